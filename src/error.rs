@@ -1,0 +1,45 @@
+//! Error kinds that decide the exit code.
+//!
+//! Everything is an `anyhow::Error`; a [`UsageError`] anywhere in the chain
+//! means the user (or a policy file) asked for something invalid: exit 2.
+//! Anything else is a failed operation: exit 1.
+
+use std::fmt;
+
+/// Bad input: a flag, a policy key, a time that cannot be resolved. Exit 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Build an `anyhow::Error` that exits 2.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// Exit code for an error chain: 2 when any link is a usage error, else 1.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|e| e.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_exit_2_even_with_context() {
+        let e = usage("bad flag").context("restore failed");
+        assert_eq!(exit_code(&e), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("io")), 1);
+    }
+}

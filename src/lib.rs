@@ -1,0 +1,25 @@
+//! drctl: backup and disaster recovery for PostgreSQL and AWS RDS.
+//!
+//! Pure decision code (policy, time parsing, schedules, manifests, restore
+//! planning) is kept apart from the imperative shell that talks to the
+//! outside world: `pg` (PostgreSQL tools), `repo` (file and S3 repositories),
+//! `catalog` (SQLite). `backup`, `restore` and `verify` orchestrate them;
+//! `cli` parses arguments and prints.
+
+pub mod backup;
+pub mod cancel;
+pub mod catalog;
+pub mod cli;
+pub mod error;
+pub mod inventory;
+pub mod manifest;
+pub mod pg;
+pub mod pipeline;
+pub mod plan;
+pub mod policy;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+pub mod schedule;
+pub mod timeparse;
+pub mod verify;

@@ -1,0 +1,190 @@
+//! The backup manifest: plain JSON, written last, its presence = committed.
+//!
+//! Readable without any key, so `catalog rebuild` and `verify` need none.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Method;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub policy: String,
+    pub method: Method,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    /// For dumps: the instant of the dump's snapshot. Every transaction
+    /// committed before it is in the backup; none committed after it is.
+    pub consistent_at: Timestamp,
+    pub source: SourceInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalInfo>,
+    pub objects: Vec<ObjectEntry>,
+    pub compression: CompressionInfo,
+    pub encryption: EncryptionInfo,
+    /// How `tables[].rows` was measured: "exact", "estimate" or "off".
+    pub row_counts: String,
+    pub tables: Vec<TableCount>,
+    pub drctl_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SourceInfo {
+    pub database: String,
+    pub host: String,
+    pub server_version: String,
+    pub server_version_num: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_dump_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WalInfo {
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub start_segment: String,
+    pub stop_segment: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObjectEntry {
+    /// Logical name ("data").
+    pub name: String,
+    /// Key relative to the repository root.
+    pub key: String,
+    pub plain_bytes: u64,
+    pub plain_sha256: String,
+    pub stored_bytes: u64,
+    pub stored_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompressionInfo {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncryptionInfo {
+    pub algorithm: String,
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableCount {
+    pub schema: String,
+    pub name: String,
+    pub rows: i64,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("manifest serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid: {e}"))?;
+        if m.format > FORMAT_VERSION {
+            return Err(format!(
+                "manifest format {} is newer than this drctl understands ({FORMAT_VERSION}); upgrade drctl",
+                m.format
+            ));
+        }
+        Ok(m)
+    }
+
+    pub fn source_bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.plain_bytes).sum()
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.stored_bytes).sum()
+    }
+}
+
+/// Repository key prefix of one backup.
+pub fn backup_prefix(policy: &str, id: &str) -> String {
+    format!("{policy}/backups/{id}/")
+}
+
+pub fn manifest_key(policy: &str, id: &str) -> String {
+    format!("{}{MANIFEST_NAME}", backup_prefix(policy, id))
+}
+
+/// Backup ids sort by time: `20261122T101500Z-3f9a`.
+pub fn new_backup_id(at: Timestamp) -> String {
+    let suffix: u16 = rand::random();
+    format!("{}-{suffix:04x}", at.strftime("%Y%m%dT%H%M%SZ"))
+}
+
+/// Ids appear in repository keys and SQL: only the shape we generate.
+pub fn valid_backup_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 21
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..].iter().all(|c| c.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_validate() {
+        let a = new_backup_id("2026-11-22T10:15:00Z".parse().unwrap());
+        let b = new_backup_id("2026-11-22T10:15:01Z".parse().unwrap());
+        assert!(a < b);
+        assert!(a.starts_with("20261122T101500Z-"));
+        assert!(valid_backup_id(&a), "{a}");
+        assert!(!valid_backup_id("../../etc/passwd"));
+        assert!(!valid_backup_id("20261122T101500Z-3f9"));
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let ts: Timestamp = "2026-11-22T10:15:00Z".parse().unwrap();
+        let m = Manifest {
+            format: FORMAT_VERSION,
+            id: "20261122T101500Z-3f9a".into(),
+            policy: "orders".into(),
+            method: Method::Dump,
+            started_at: ts,
+            finished_at: ts,
+            consistent_at: ts,
+            source: SourceInfo::default(),
+            wal: None,
+            objects: vec![ObjectEntry {
+                name: "data".into(),
+                key: "orders/backups/x/data.zst.age".into(),
+                plain_bytes: 10,
+                plain_sha256: "ab".into(),
+                stored_bytes: 20,
+                stored_sha256: "cd".into(),
+            }],
+            compression: CompressionInfo { algorithm: "zstd".into(), level: 3 },
+            encryption: EncryptionInfo { algorithm: "age-x25519".into(), recipients: vec![] },
+            row_counts: "exact".into(),
+            tables: vec![],
+            drctl_version: "0.1.0".into(),
+        };
+        let back = Manifest::from_json(m.to_json().as_bytes()).unwrap();
+        assert_eq!(back, m);
+        assert!(m.to_json().contains("\"consistent_at\": \"2026-11-22T10:15:00Z\""));
+        assert!(Manifest::from_json(b"{}").is_err());
+    }
+}

@@ -1,0 +1,677 @@
+//! Policy files: one TOML file per protected database in `policies/`.
+//!
+//! Parsing is strict (unknown keys are errors, so a typo can never silently
+//! disable retention) and reports every problem it can find, each naming the
+//! file, the key and the reason. Pure: no I/O beyond reading the file text.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use jiff::SignedDuration;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::timeparse::parse_duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Postgres,
+    Rds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Dump,
+    Physical,
+    RdsSnapshot,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Dump => "dump",
+            Method::Physical => "physical",
+            Method::RdsSnapshot => "rds-snapshot",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RowCounts {
+    /// `count(*)` of every table in the dump's own snapshot.
+    #[default]
+    Exact,
+    /// `pg_class.reltuples`: free, but only as good as the last ANALYZE.
+    Estimate,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub kind: SourceKind,
+    pub url: Option<String>,
+    pub password_env: Option<String>,
+    pub instance: Option<String>,
+    pub cluster: Option<String>,
+    pub region: Option<String>,
+    pub copy_to_region: Option<String>,
+    pub copy_kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    pub method: Method,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub jobs: Option<u32>,
+    #[serde(default)]
+    pub row_counts: RowCounts,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub keep_within: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    pub url: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub storage_class: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    pub object_lock_days: Option<u32>,
+    /// Multipart part size in MiB (S3). Memory is about (parts in flight + 2) × this.
+    pub part_size_mib: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    pub level: Option<i32>,
+    /// zstd worker threads; default: available cores.
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub on_success: bool,
+    pub max_rpo: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub name: String,
+    pub sql: String,
+    pub expect: Option<String>,
+    pub expect_min: Option<f64>,
+    pub expect_max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    pub schedule: Option<String>,
+    pub max_rto: Option<String>,
+    pub max_rpo: Option<String>,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub path: PathBuf,
+    pub source: Source,
+    pub backup: Backup,
+    pub retention: Retention,
+    pub repository: Option<Repository>,
+    pub encryption: Option<Encryption>,
+    pub compression: Compression,
+    pub notify: Notify,
+    pub drill: Option<Drill>,
+}
+
+impl Policy {
+    pub fn compression_level(&self) -> i32 {
+        self.compression.level.unwrap_or(3)
+    }
+
+    pub fn recipients(&self) -> &[String] {
+        self.encryption
+            .as_ref()
+            .map(|e| e.recipients.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn repository_url(&self) -> Option<&str> {
+        self.repository.as_ref().map(|r| r.url.as_str())
+    }
+
+    pub fn timezone(&self) -> jiff::tz::TimeZone {
+        self.backup
+            .timezone
+            .as_deref()
+            .and_then(|tz| jiff::tz::TimeZone::get(tz).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+}
+
+/// One problem in one policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+        }
+    }
+}
+
+/// Policy names become repository prefixes and file names: keep them tame.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+const SECTIONS: &[&str] = &[
+    "source",
+    "backup",
+    "retention",
+    "repository",
+    "encryption",
+    "compression",
+    "notify",
+    "drill",
+];
+
+struct Ctx<'a> {
+    file: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Deserialize one section, turning serde's complaint into file/key/reason.
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        table: &toml::Table,
+        name: &str,
+        required: bool,
+    ) -> Option<T> {
+        let Some(value) = table.get(name) else {
+            if required {
+                self.add(name, "missing section");
+            }
+            return None;
+        };
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                let path = err.path().to_string();
+                let inner = err.into_inner().to_string();
+                let mut key = name.to_string();
+                if path != "." && !path.is_empty() {
+                    key = format!("{name}.{path}");
+                }
+                let reason = if let Some(rest) = inner.strip_prefix("unknown field `") {
+                    let field = rest.split('`').next().unwrap_or_default();
+                    if !key.ends_with(&format!(".{field}")) {
+                        key = format!("{key}.{field}");
+                    }
+                    let expected = rest.split_once(", expected ").map(|x| x.1).unwrap_or("");
+                    format!("unknown key (expected {expected})")
+                } else if let Some(rest) = inner.strip_prefix("missing field `") {
+                    let field = rest.split('`').next().unwrap_or_default();
+                    if !key.ends_with(&format!(".{field}")) {
+                        key = format!("{key}.{field}");
+                    }
+                    "required key is missing".to_string()
+                } else {
+                    inner
+                };
+                self.add(key, reason);
+                None
+            }
+        }
+    }
+}
+
+/// Parse and validate one policy from its text. The name is the file stem.
+pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
+    let mut ctx = Ctx {
+        file,
+        problems: Vec::new(),
+    };
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !valid_name(&name) {
+        ctx.add(
+            "",
+            format!("policy name '{name}' (the file stem) must be 1-64 of [A-Za-z0-9_-], starting with a letter or digit"),
+        );
+    }
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid TOML").to_string();
+            let detail = msg.lines().last().unwrap_or("").trim().to_string();
+            ctx.add("", format!("not valid TOML: {first} {detail}").trim_end().to_string());
+            return Err(ctx.problems);
+        }
+    };
+    for key in table.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            ctx.add(
+                key.clone(),
+                format!("unknown section (expected one of {})", SECTIONS.join(", ")),
+            );
+        }
+    }
+    let source: Option<Source> = ctx.section(&table, "source", true);
+    let backup: Option<Backup> = ctx.section(&table, "backup", true);
+    let retention: Option<Retention> = ctx.section(&table, "retention", false);
+    let repository: Option<Repository> = ctx.section(&table, "repository", false);
+    let encryption: Option<Encryption> = ctx.section(&table, "encryption", false);
+    let compression: Option<Compression> = ctx.section(&table, "compression", false);
+    let notify: Option<Notify> = ctx.section(&table, "notify", false);
+    let drill: Option<Drill> = ctx.section(&table, "drill", false);
+
+    if let Some(s) = &source {
+        validate_source(&mut ctx, s);
+    }
+    if let Some(b) = &backup {
+        validate_backup(&mut ctx, b, source.as_ref().map(|s| s.kind));
+    }
+    if let Some(r) = &retention {
+        if let Some(w) = &r.keep_within {
+            check_duration(&mut ctx, "retention.keep_within", w);
+        }
+    }
+    let is_rds = source.as_ref().is_some_and(|s| s.kind == SourceKind::Rds);
+    if !is_rds && source.is_some() {
+        if repository.is_none() {
+            ctx.add("repository", "missing section: a postgres policy needs [repository] url = \"file:///...\" or \"s3://bucket/prefix\"");
+        }
+        if encryption.is_none() {
+            ctx.add("encryption", "missing section: [encryption] recipients = [\"age1...\"] (run `drctl init` to make a key pair)");
+        }
+    }
+    if let Some(r) = &repository {
+        validate_repository(&mut ctx, r);
+    }
+    if let Some(e) = &encryption {
+        validate_recipients(&mut ctx, &e.recipients);
+    }
+    if let Some(c) = &compression {
+        if let Some(level) = c.level {
+            if !(1..=19).contains(&level) {
+                ctx.add("compression.level", format!("{level} is out of range; use 1 (fast) to 19 (small), 3 is the default"));
+            }
+        }
+        if c.threads == Some(0) {
+            ctx.add("compression.threads", "must be at least 1");
+        }
+    }
+    if let Some(n) = &notify {
+        if let Some(u) = &n.webhook_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                ctx.add("notify.webhook_url", "must be an http:// or https:// URL");
+            }
+        }
+        if let Some(d) = &n.max_rpo {
+            check_duration(&mut ctx, "notify.max_rpo", d);
+        }
+    }
+    if let Some(d) = &drill {
+        validate_drill(&mut ctx, d);
+    }
+
+    if !ctx.problems.is_empty() {
+        return Err(ctx.problems);
+    }
+    // Every required piece was checked above; these cannot fail here.
+    let (Some(source), Some(backup)) = (source, backup) else {
+        unreachable!("missing sections are reported as problems")
+    };
+    Ok(Policy {
+        name,
+        path: file.to_path_buf(),
+        source,
+        backup,
+        retention: retention.unwrap_or_default(),
+        repository,
+        encryption,
+        compression: compression.unwrap_or_default(),
+        notify: notify.unwrap_or_default(),
+        drill,
+    })
+}
+
+fn check_duration(ctx: &mut Ctx<'_>, key: &str, value: &str) -> Option<SignedDuration> {
+    match parse_duration(value) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            ctx.add(key, e);
+            None
+        }
+    }
+}
+
+fn validate_source(ctx: &mut Ctx<'_>, s: &Source) {
+    match s.kind {
+        SourceKind::Postgres => {
+            match &s.url {
+                None => ctx.add("source.url", "required for kind = \"postgres\" (e.g. postgres://backup@db1:5432/orders)"),
+                Some(u) => {
+                    if let Err(e) = crate::pg::ConnUrl::parse(u) {
+                        ctx.add("source.url", e);
+                    }
+                }
+            }
+            for (key, v) in [("source.instance", &s.instance), ("source.cluster", &s.cluster), ("source.copy_to_region", &s.copy_to_region)] {
+                if v.is_some() {
+                    ctx.add(key, "only valid with kind = \"rds\"");
+                }
+            }
+        }
+        SourceKind::Rds => {
+            if s.instance.is_none() == s.cluster.is_none() {
+                ctx.add("source.instance", "an rds source needs exactly one of instance = \"...\" or cluster = \"...\"");
+            }
+            if s.url.is_some() && s.password_env.is_none() {
+                // url is allowed for drills against the restored endpoint.
+            }
+        }
+    }
+    if let Some(env) = &s.password_env {
+        if env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            ctx.add("source.password_env", "must be the NAME of an environment variable holding the password, not the password");
+        }
+    }
+}
+
+fn validate_backup(ctx: &mut Ctx<'_>, b: &Backup, kind: Option<SourceKind>) {
+    match (kind, b.method) {
+        (Some(SourceKind::Postgres), Method::RdsSnapshot) => {
+            ctx.add("backup.method", "\"rds-snapshot\" needs [source] kind = \"rds\"")
+        }
+        (Some(SourceKind::Rds), Method::Dump | Method::Physical) => ctx.add(
+            "backup.method",
+            "an rds source supports only method = \"rds-snapshot\"",
+        ),
+        _ => {}
+    }
+    if let Some(s) = &b.schedule {
+        if let Err(e) = crate::schedule::Schedule::parse(s) {
+            ctx.add("backup.schedule", e);
+        }
+    }
+    if let Some(tz) = &b.timezone {
+        if jiff::tz::TimeZone::get(tz).is_err() {
+            ctx.add("backup.timezone", format!("unknown time zone '{tz}' (use an IANA name such as UTC or Europe/Berlin)"));
+        }
+    }
+    if b.jobs == Some(0) {
+        ctx.add("backup.jobs", "must be at least 1");
+    }
+}
+
+fn validate_repository(ctx: &mut Ctx<'_>, r: &Repository) {
+    if let Err(e) = crate::repo::RepoUrl::parse(&r.url) {
+        ctx.add("repository.url", e);
+    }
+    if let Some(p) = r.part_size_mib {
+        if !(5..=512).contains(&p) {
+            ctx.add("repository.part_size_mib", "must be between 5 and 512 (S3 parts are at least 5 MiB)");
+        }
+    }
+}
+
+fn validate_recipients(ctx: &mut Ctx<'_>, recipients: &[String]) {
+    if recipients.is_empty() {
+        ctx.add("encryption.recipients", "needs at least one age public key (age1...)");
+    }
+    for (i, r) in recipients.iter().enumerate() {
+        let key = format!("encryption.recipients[{i}]");
+        if r.trim().to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+            // Never echo it: it is a private key.
+            ctx.add(key, "this is a PRIVATE key; put only public keys (age1...) in a policy, keep the identity file off this host and rotate the key");
+        } else if r.parse::<age::x25519::Recipient>().is_err() {
+            ctx.add(key, format!("'{r}' is not an age X25519 public key (age1...)"));
+        }
+    }
+}
+
+fn validate_drill(ctx: &mut Ctx<'_>, d: &Drill) {
+    if let Some(s) = &d.schedule {
+        if let Err(e) = crate::schedule::Schedule::parse(s) {
+            ctx.add("drill.schedule", e);
+        }
+    }
+    if let Some(v) = &d.max_rto {
+        check_duration(ctx, "drill.max_rto", v);
+    }
+    if let Some(v) = &d.max_rpo {
+        check_duration(ctx, "drill.max_rpo", v);
+    }
+    let mut names = BTreeMap::new();
+    for (i, c) in d.checks.iter().enumerate() {
+        let key = format!("drill.checks[{i}]");
+        if c.name.trim().is_empty() {
+            ctx.add(format!("{key}.name"), "must not be empty");
+        }
+        if names.insert(c.name.clone(), i).is_some() {
+            ctx.add(format!("{key}.name"), format!("duplicate check name '{}'", c.name));
+        }
+        if c.sql.trim().is_empty() {
+            ctx.add(format!("{key}.sql"), "must not be empty");
+        }
+        if c.expect.is_none() && c.expect_min.is_none() && c.expect_max.is_none() {
+            ctx.add(key.clone(), "needs expect = \"...\" or expect_min / expect_max");
+        }
+        if c.expect.is_some() && (c.expect_min.is_some() || c.expect_max.is_some()) {
+            ctx.add(key.clone(), "use either expect or expect_min/expect_max, not both");
+        }
+        if let (Some(lo), Some(hi)) = (c.expect_min, c.expect_max) {
+            if lo > hi {
+                ctx.add(key, format!("expect_min {lo} is greater than expect_max {hi}"));
+            }
+        }
+    }
+}
+
+/// Load every `*.toml` in a directory. Returns policies and all problems.
+pub fn load_dir(dir: &Path) -> std::io::Result<(Vec<Policy>, Vec<Problem>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut policies = Vec::new();
+    let mut problems = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => match parse(&f, &text) {
+                Ok(p) => policies.push(p),
+                Err(mut ps) => problems.append(&mut ps),
+            },
+            Err(e) => problems.push(Problem {
+                file: f.clone(),
+                key: String::new(),
+                reason: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    Ok((policies, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+kind = "postgres"
+url = "postgres://backup@db1:5432/orders"
+password_env = "ORDERS_PGPASSWORD"
+[backup]
+method = "dump"
+schedule = "0 2 * * *"
+timezone = "Europe/Berlin"
+[retention]
+keep_last = 3
+keep_daily = 7
+keep_within = "2d"
+[repository]
+url = "file:///var/lib/drctl/repo"
+[encryption]
+recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
+[compression]
+level = 3
+[drill]
+max_rto = "30m"
+[[drill.checks]]
+name = "orders not empty"
+sql = "select count(*) > 0 from orders"
+expect = "t"
+"#;
+
+    fn p(text: &str) -> Result<Policy, Vec<Problem>> {
+        parse(Path::new("policies/orders.toml"), text)
+    }
+
+    #[test]
+    fn good_policy_parses() {
+        let pol = p(GOOD).unwrap();
+        assert_eq!(pol.name, "orders");
+        assert_eq!(pol.backup.method, Method::Dump);
+        assert_eq!(pol.retention.keep_daily, Some(7));
+        assert_eq!(pol.compression_level(), 3);
+        assert_eq!(pol.drill.unwrap().checks.len(), 1);
+    }
+
+    #[test]
+    fn typo_in_retention_is_an_error_naming_file_and_key() {
+        let text = GOOD.replace("keep_daily", "keep_dayly");
+        let errs = p(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "retention.keep_dayly");
+        assert!(errs[0].reason.contains("unknown key"), "{}", errs[0]);
+        assert!(errs[0].to_string().starts_with("policies/orders.toml: retention.keep_dayly: "));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = GOOD
+            .replace("keep_daily", "keep_dayly")
+            .replace("schedule = \"0 2 * * *\"", "schedule = \"bogus\"")
+            .replace("level = 3", "level = 99")
+            .replace("age1ql3z", "age1xxxx");
+        let errs = p(&text).unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"retention.keep_dayly"), "{keys:?}");
+        assert!(keys.contains(&"backup.schedule"), "{keys:?}");
+        assert!(keys.contains(&"compression.level"), "{keys:?}");
+        assert!(keys.contains(&"encryption.recipients[0]"), "{keys:?}");
+    }
+
+    #[test]
+    fn password_in_url_is_refused() {
+        let text = GOOD.replace("backup@db1", "backup:hunter2@db1");
+        let errs = p(&text).unwrap_err();
+        assert_eq!(errs[0].key, "source.url");
+        assert!(!errs[0].reason.contains("hunter2"), "secret echoed: {}", errs[0]);
+    }
+
+    #[test]
+    fn private_key_as_recipient_is_refused_without_echo() {
+        let secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+        let text = GOOD.replace("age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p", secret);
+        let errs = p(&text).unwrap_err();
+        assert!(errs[0].reason.contains("PRIVATE"));
+        assert!(!errs[0].to_string().contains(secret));
+    }
+
+    #[test]
+    fn missing_sections_and_wrong_types() {
+        let errs = p("[source]\nkind = \"postgres\"\nurl = \"postgres://a@b/c\"\n").unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"backup"), "{keys:?}");
+        assert!(keys.contains(&"repository"), "{keys:?}");
+        let errs = p(&GOOD.replace("keep_last = 3", "keep_last = \"three\"")).unwrap_err();
+        assert_eq!(errs[0].key, "retention.keep_last");
+        let errs = p("this is = not toml [").unwrap_err();
+        assert!(errs[0].reason.contains("not valid TOML"));
+        let errs = p(&GOOD.replace("[compression]", "[compresion]")).unwrap_err();
+        assert_eq!(errs[0].key, "compresion");
+    }
+
+    #[test]
+    fn method_must_fit_source_kind() {
+        let errs = p(&GOOD.replace("method = \"dump\"", "method = \"rds-snapshot\"")).unwrap_err();
+        assert_eq!(errs[0].key, "backup.method");
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("orders"));
+        assert!(valid_name("orders-eu_1"));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("-x"));
+    }
+}
