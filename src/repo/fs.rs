@@ -1,0 +1,230 @@
+//! Local filesystem repository (`file:///path`), the embedded default.
+//!
+//! Objects are written to a hidden temp file in the target directory,
+//! fsynced, renamed into place, and the directory fsynced: a crash leaves
+//! either the whole object or no object, never a torn one.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+
+use super::{check_key, ObjectInfo, ObjectReader, ObjectWriter, Repository};
+
+pub struct FsRepo {
+    url: String,
+    root: PathBuf,
+}
+
+impl FsRepo {
+    pub fn new(url: String, root: PathBuf) -> FsRepo {
+        FsRepo { url, root }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+pub struct FsWriter {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    written: u64,
+}
+
+impl FsWriter {
+    fn create(dest: PathBuf) -> Result<FsWriter> {
+        let dir = dest.parent().context("object key has no parent")?;
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{name}.tmp-{:08x}", rand::random::<u32>()));
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(FsWriter { file: Some(file), tmp, dest, written: 0 })
+    }
+}
+
+impl Write for FsWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.as_mut().expect("writer used after finish").write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("writer used after finish").flush()
+    }
+}
+
+impl ObjectWriter for FsWriter {
+    fn finish(mut self: Box<Self>) -> Result<u64> {
+        let file = self.file.take().expect("finish called once");
+        file.sync_all()
+            .with_context(|| format!("cannot fsync {}", self.tmp.display()))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("cannot rename into {}", self.dest.display()))?;
+        if let Some(dir) = self.dest.parent() {
+            sync_dir(dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
+        }
+        Ok(self.written)
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn walk(dir: &Path, root: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue; // in-flight temp files are not objects
+        }
+        let path = entry.path();
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk(&path, root, out)?;
+        } else if meta.is_file() {
+            let key = path
+                .strip_prefix(root)
+                .expect("walked below root")
+                .to_string_lossy()
+                .into_owned();
+            out.push(ObjectInfo { key, size: meta.len() });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Repository for FsRepo {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn put_bytes(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        let dest = self.path(key)?;
+        tokio::task::spawn_blocking(move || {
+            let mut w = Box::new(FsWriter::create(dest)?);
+            w.write_all(&data)?;
+            w.finish().map(|_| ())
+        })
+        .await?
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            // Walk the deepest directory the prefix names, then filter.
+            let dir_part = prefix.rsplit_once('/').map(|x| x.0).unwrap_or("");
+            let start = if dir_part.is_empty() { root.clone() } else { root.join(dir_part) };
+            let mut out = Vec::new();
+            walk(&start, &root, &mut out)
+                .with_context(|| format!("cannot list {}", start.display()))?;
+            out.retain(|o| o.key.starts_with(&prefix));
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await?
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot delete {}", path.display())),
+        }
+        // Tidy now-empty directories up to the root.
+        let mut dir = path.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d == self.root || tokio::fs::remove_dir(&d).await.is_err() {
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        Ok(())
+    }
+
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let dest = self.path(key)?;
+        let w = tokio::task::spawn_blocking(move || FsWriter::create(dest)).await??;
+        Ok(Box::new(w))
+    }
+
+    async fn reader(&self, key: &str) -> Result<ObjectReader> {
+        let path = self.path(key)?;
+        let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Box::new(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[tokio::test]
+    async fn write_is_invisible_until_finish_and_drop_aborts() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepo::new("file://x".into(), dir.path().to_path_buf());
+        let mut w = repo.writer("p/backups/a/data").await.unwrap();
+        w.write_all(b"hello").unwrap();
+        assert_eq!(repo.head("p/backups/a/data").await.unwrap(), None);
+        assert!(repo.list("p/").await.unwrap().is_empty(), "temp file listed");
+        tokio::task::spawn_blocking(move || w.finish().unwrap()).await.unwrap();
+        assert_eq!(repo.head("p/backups/a/data").await.unwrap(), Some(5));
+        let mut s = String::new();
+        repo.reader("p/backups/a/data").await.unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+
+        let mut w = repo.writer("p/backups/b/data").await.unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        let keys: Vec<_> = repo.list("p/").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, vec!["p/backups/a/data".to_string()]);
+        assert_eq!(fs::read_dir(dir.path().join("p/backups/b")).unwrap().count(), 0);
+
+        repo.delete("p/backups/a/data").await.unwrap();
+        repo.delete("p/backups/a/data").await.unwrap();
+        assert!(!dir.path().join("p/backups/a").exists(), "empty dir left behind");
+        assert!(dir.path().join("p/backups/b").exists(), "non-empty parents must stay");
+    }
+}

@@ -1,0 +1,190 @@
+//! Repositories: where artifacts live. One trait, two drivers (`fs`, `s3`).
+//!
+//! Metadata calls are async. Streaming writers and readers are blocking
+//! `Write`/`Read` objects because zstd and age stream synchronously; they
+//! must be used (and dropped) on blocking threads (`spawn_blocking`).
+
+pub mod fs;
+pub mod s3;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::policy;
+
+pub const REPO_MARKER: &str = "drctl-repo.json";
+pub const REPO_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoUrl {
+    File(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl RepoUrl {
+    pub fn parse(url: &str) -> Result<RepoUrl, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "'{url}' must be an absolute path: file:///var/lib/drctl/repo"
+                ));
+            }
+            if path.split('/').any(|c| c == "..") {
+                return Err(format!("'{url}' must not contain '..'"));
+            }
+            return Ok(RepoUrl::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("'{url}' names no bucket: s3://bucket/prefix"));
+            }
+            let prefix = prefix.trim_matches('/');
+            let prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            return Ok(RepoUrl::S3 {
+                bucket: bucket.to_string(),
+                prefix,
+            });
+        }
+        Err(format!(
+            "'{url}' is not a repository URL; use file:///path or s3://bucket/prefix"
+        ))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// A blocking, streaming object upload. Nothing is visible under the key
+/// until `finish` returns Ok; dropping an unfinished writer aborts it.
+pub trait ObjectWriter: Write + Send {
+    /// Make the object durable and visible; returns its size.
+    fn finish(self: Box<Self>) -> Result<u64>;
+}
+
+/// A blocking, streaming object download.
+pub type ObjectReader = Box<dyn Read + Send>;
+
+#[async_trait]
+pub trait Repository: Send + Sync {
+    /// The URL it was opened from (no secrets: repository URLs carry none).
+    fn url(&self) -> &str;
+    /// Write a small object atomically and durably.
+    async fn put_bytes(&self, key: &str, data: Vec<u8>) -> Result<()>;
+    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Size of an object, None if absent.
+    async fn head(&self, key: &str) -> Result<Option<u64>>;
+    /// Every object under a prefix, recursively, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Delete; an absent object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
+    async fn reader(&self, key: &str) -> Result<ObjectReader>;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RepoMarker {
+    pub format: u32,
+    pub created_at: jiff::Timestamp,
+    pub created_by: String,
+}
+
+/// Keys are built by drctl, but check anyway: a key escaping the root is a bug.
+pub fn check_key(key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.starts_with('/')
+        || key.split('/').any(|c| c == ".." || c == ".")
+        || key.contains('\0')
+    {
+        bail!("invalid repository key '{key}'");
+    }
+    Ok(())
+}
+
+/// Open the repository of a policy.
+pub async fn open(cfg: &policy::Repository) -> Result<Arc<dyn Repository>> {
+    let url = RepoUrl::parse(&cfg.url).map_err(crate::error::usage)?;
+    Ok(match url {
+        RepoUrl::File(root) => Arc::new(fs::FsRepo::new(cfg.url.clone(), root)),
+        RepoUrl::S3 { bucket, prefix } => {
+            Arc::new(s3::S3Repo::connect(cfg, bucket, prefix).await?)
+        }
+    })
+}
+
+/// Create the repository marker when absent; check its format when present.
+pub async fn ensure_initialized(repo: &dyn Repository) -> Result<()> {
+    match repo
+        .get_bytes(REPO_MARKER)
+        .await
+        .with_context(|| format!("cannot read repository {}", repo.url()))?
+    {
+        Some(bytes) => {
+            let m: RepoMarker = serde_json::from_slice(&bytes).with_context(|| {
+                format!("{}/{REPO_MARKER} is not a drctl repository marker", repo.url())
+            })?;
+            if m.format > REPO_FORMAT {
+                bail!(
+                    "repository {} has format {} but this drctl understands {REPO_FORMAT}; upgrade drctl",
+                    repo.url(),
+                    m.format
+                );
+            }
+        }
+        None => {
+            let marker = RepoMarker {
+                format: REPO_FORMAT,
+                created_at: jiff::Timestamp::now(),
+                created_by: format!("drctl {}", env!("CARGO_PKG_VERSION")),
+            };
+            repo.put_bytes(REPO_MARKER, serde_json::to_vec_pretty(&marker)?)
+                .await
+                .with_context(|| format!("cannot initialize repository {}", repo.url()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            RepoUrl::parse("file:///var/lib/drctl").unwrap(),
+            RepoUrl::File("/var/lib/drctl".into())
+        );
+        assert_eq!(
+            RepoUrl::parse("s3://b/pg/prod/").unwrap(),
+            RepoUrl::S3 { bucket: "b".into(), prefix: "pg/prod/".into() }
+        );
+        assert_eq!(
+            RepoUrl::parse("s3://b").unwrap(),
+            RepoUrl::S3 { bucket: "b".into(), prefix: "".into() }
+        );
+        assert!(RepoUrl::parse("file://relative").is_err());
+        assert!(RepoUrl::parse("/var/lib").is_err());
+        assert!(RepoUrl::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn keys() {
+        assert!(check_key("orders/backups/x/manifest.json").is_ok());
+        assert!(check_key("../x").is_err());
+        assert!(check_key("/x").is_err());
+        assert!(check_key("a/./b").is_err());
+    }
+}
