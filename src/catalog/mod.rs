@@ -1,0 +1,268 @@
+//! The SQLite catalog: an index of the repositories plus run history.
+//!
+//! A cache, never the source of truth: `drctl catalog rebuild` recreates the
+//! backup rows from repository manifests alone. WAL mode so `status` and
+//! `list` read while a backup writes.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use jiff::Timestamp;
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+
+use crate::manifest::Manifest;
+use crate::timeparse::rfc3339_micros;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct Catalog {
+    pool: SqlitePool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupRow {
+    pub id: String,
+    pub policy: String,
+    pub method: String,
+    pub status: String,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub consistent_at: Option<Timestamp>,
+    pub stored_bytes: Option<i64>,
+    pub source_bytes: Option<i64>,
+    pub repository: Option<String>,
+    pub error: Option<String>,
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyRow {
+    pub at: Timestamp,
+    pub deep: bool,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn ts(s: Option<String>) -> Option<Timestamp> {
+    s.and_then(|s| s.parse().ok())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn pid_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // Signal 0 checks existence without touching the process.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+impl Catalog {
+    pub async fn open(path: &Path) -> Result<Catalog> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create catalog directory {}", dir.display()))?;
+            }
+        }
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("cannot open catalog {}", path.display()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot migrate catalog {}", path.display()))?;
+        let cat = Catalog { pool };
+        cat.repair_orphans().await?;
+        Ok(cat)
+    }
+
+    /// A `running` row whose process is gone on this host died mid-run
+    /// (kill -9, power loss): it failed.
+    async fn repair_orphans(&self) -> Result<()> {
+        let host = hostname();
+        let rows = sqlx::query("select id, pid from backups where status = 'running' and host = ?")
+            .bind(&host)
+            .fetch_all(&self.pool)
+            .await?;
+        for r in rows {
+            let id: String = r.get(0);
+            let pid: Option<i64> = r.get(1);
+            if !pid.is_some_and(pid_alive) {
+                tracing::warn!(backup = %id, "backup was left running by a process that died; marking it failed");
+                self.mark_failed(&id, Timestamp::now(), "drctl process died during the backup").await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn insert_running(&self, id: &str, policy: &str, method: &str, started_at: Timestamp, repo: &str) -> Result<()> {
+        sqlx::query("insert into backups (id, policy, method, status, started_at, repository, host, pid) values (?, ?, ?, 'running', ?, ?, ?, ?)")
+            .bind(id)
+            .bind(policy)
+            .bind(method)
+            .bind(rfc3339_micros(started_at))
+            .bind(repo)
+            .bind(hostname())
+            .bind(std::process::id() as i64)
+            .execute(&self.pool)
+            .await
+            .context("recording the backup in the catalog")?;
+        Ok(())
+    }
+
+    /// Insert or replace a committed backup from its manifest.
+    pub async fn upsert_complete(&self, m: &Manifest, repo: &str) -> Result<()> {
+        sqlx::query(
+            "insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, source_bytes, repository, manifest)
+             values (?, ?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?)
+             on conflict(id) do update set status = 'complete', finished_at = excluded.finished_at,
+               consistent_at = excluded.consistent_at, stored_bytes = excluded.stored_bytes,
+               source_bytes = excluded.source_bytes, repository = excluded.repository,
+               manifest = excluded.manifest, error = null, pid = null",
+        )
+        .bind(&m.id)
+        .bind(&m.policy)
+        .bind(m.method.as_str())
+        .bind(rfc3339_micros(m.started_at))
+        .bind(rfc3339_micros(m.finished_at))
+        .bind(rfc3339_micros(m.consistent_at))
+        .bind(m.stored_bytes() as i64)
+        .bind(m.source_bytes() as i64)
+        .bind(repo)
+        .bind(m.to_json())
+        .execute(&self.pool)
+        .await
+        .context("recording the completed backup in the catalog")?;
+        Ok(())
+    }
+
+    pub async fn mark_failed(&self, id: &str, at: Timestamp, error: &str) -> Result<()> {
+        sqlx::query("update backups set status = 'failed', finished_at = ?, error = ?, pid = null where id = ? and status = 'running'")
+            .bind(rfc3339_micros(at))
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .context("recording the failure in the catalog")?;
+        Ok(())
+    }
+
+    fn row(r: &sqlx::sqlite::SqliteRow) -> BackupRow {
+        BackupRow {
+            id: r.get("id"),
+            policy: r.get("policy"),
+            method: r.get("method"),
+            status: r.get("status"),
+            started_at: ts(r.get("started_at")),
+            finished_at: ts(r.get("finished_at")),
+            consistent_at: ts(r.get("consistent_at")),
+            stored_bytes: r.get("stored_bytes"),
+            source_bytes: r.get("source_bytes"),
+            repository: r.get("repository"),
+            error: r.get("error"),
+            pinned: r.get::<i64, _>("pinned") != 0,
+        }
+    }
+
+    /// Backups, newest first.
+    pub async fn list(&self, policy: Option<&str>) -> Result<Vec<BackupRow>> {
+        let rows = match policy {
+            Some(p) => sqlx::query("select * from backups where policy = ? order by started_at desc, id desc").bind(p).fetch_all(&self.pool).await?,
+            None => sqlx::query("select * from backups order by started_at desc, id desc").fetch_all(&self.pool).await?,
+        };
+        Ok(rows.iter().map(Self::row).collect())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<(BackupRow, Option<String>)>> {
+        let r = sqlx::query("select * from backups where id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(r.map(|r| (Self::row(&r), r.get("manifest"))))
+    }
+
+    /// Remove complete rows of a policy that the repository no longer has.
+    pub async fn forget_missing(&self, policy: &str, present: &[String]) -> Result<u64> {
+        let rows = sqlx::query("select id from backups where policy = ? and status = 'complete'").bind(policy).fetch_all(&self.pool).await?;
+        let mut n = 0;
+        for r in rows {
+            let id: String = r.get(0);
+            if !present.contains(&id) {
+                sqlx::query("delete from backups where id = ?").bind(&id).execute(&self.pool).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub async fn record_verify(&self, id: &str, deep: bool, ok: bool, detail: &str) -> Result<()> {
+        sqlx::query("insert into verifications (backup_id, at, deep, ok, detail) values (?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(rfc3339_micros(Timestamp::now()))
+            .bind(deep as i64)
+            .bind(ok as i64)
+            .bind(detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn last_verify(&self, id: &str) -> Result<Option<VerifyRow>> {
+        let r = sqlx::query("select at, deep, ok, detail from verifications where backup_id = ? order by at desc limit 1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| VerifyRow {
+            at: ts(r.get(0)).unwrap_or_default(),
+            deep: r.get::<i64, _>(1) != 0,
+            ok: r.get::<i64, _>(2) != 0,
+            detail: r.get(3),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn orphaned_running_rows_are_repaired_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let cat = Catalog::open(&path).await.unwrap();
+        cat.insert_running("20261122T101500Z-0001", "p", "dump", Timestamp::now(), "file:///r").await.unwrap();
+        // Pretend a dead process owned it.
+        sqlx::query("update backups set pid = 999999999").execute(&cat.pool).await.unwrap();
+        drop(cat);
+        let cat = Catalog::open(&path).await.unwrap();
+        let rows = cat.list(None).await.unwrap();
+        assert_eq!(rows[0].status, "failed");
+        assert!(rows[0].error.as_deref().unwrap().contains("died"));
+    }
+
+    #[tokio::test]
+    async fn live_running_rows_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let cat = Catalog::open(&path).await.unwrap();
+        cat.insert_running("20261122T101500Z-0002", "p", "dump", Timestamp::now(), "file:///r").await.unwrap();
+        drop(cat);
+        let cat = Catalog::open(&path).await.unwrap();
+        assert_eq!(cat.list(Some("p")).await.unwrap()[0].status, "running");
+    }
+}

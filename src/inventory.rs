@@ -1,0 +1,64 @@
+//! What a repository holds: committed backups (those with a manifest) and
+//! incomplete ones (objects without a manifest). The repository is the
+//! source of truth; the catalog only caches this.
+
+use anyhow::{Context, Result};
+
+use crate::manifest::{Manifest, MANIFEST_NAME};
+use crate::plan::Candidate;
+use crate::repo::Repository;
+
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub complete: Vec<Manifest>,
+    /// (policy, backup id) with objects but no manifest.
+    pub incomplete: Vec<(String, String)>,
+}
+
+impl Inventory {
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.complete
+            .iter()
+            .map(|m| Candidate { id: m.id.clone(), consistent_at: m.consistent_at })
+            .collect()
+    }
+
+    pub fn find(&self, id: &str) -> Option<&Manifest> {
+        self.complete.iter().find(|m| m.id == id)
+    }
+}
+
+/// Scan one policy's backups, or (None) every policy in the repository.
+pub async fn scan(repo: &dyn Repository, policy: Option<&str>) -> Result<Inventory> {
+    let prefix = policy.map(|p| format!("{p}/backups/")).unwrap_or_default();
+    let objects = repo
+        .list(&prefix)
+        .await
+        .with_context(|| format!("cannot list repository {}", repo.url()))?;
+    let mut inv = Inventory::default();
+    let mut seen = std::collections::BTreeMap::<(String, String), bool>::new();
+    for o in &objects {
+        let parts: Vec<&str> = o.key.split('/').collect();
+        if let [pol, "backups", id, name] = parts.as_slice() {
+            let has = seen.entry((pol.to_string(), id.to_string())).or_insert(false);
+            if *name == MANIFEST_NAME {
+                *has = true;
+            }
+        }
+    }
+    for ((pol, id), has_manifest) in seen {
+        if !has_manifest {
+            inv.incomplete.push((pol, id));
+            continue;
+        }
+        let key = crate::manifest::manifest_key(&pol, &id);
+        let bytes = repo
+            .get_bytes(&key)
+            .await?
+            .with_context(|| format!("{key} vanished while scanning"))?;
+        let m = Manifest::from_json(&bytes).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        inv.complete.push(m);
+    }
+    inv.complete.sort_by(|a, b| (a.consistent_at, &a.id).cmp(&(b.consistent_at, &b.id)));
+    Ok(inv)
+}
