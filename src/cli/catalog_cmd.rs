@@ -1,0 +1,52 @@
+//! `drctl catalog rebuild`: recreate backup rows from repository manifests.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Ctx;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CatalogCmd {
+    /// Recreate the catalog's backups from the repositories alone (no key needed)
+    Rebuild,
+}
+
+pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
+    let CatalogCmd::Rebuild = cmd;
+    let policies = ctx.load_all()?;
+    let catalog = ctx.catalog().await?;
+    let mut seen_repos: Vec<String> = Vec::new();
+    let (mut complete, mut incomplete, mut forgotten) = (0usize, 0usize, 0u64);
+    let mut by_policy: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for p in &policies {
+        let Some(cfg) = &p.repository else { continue };
+        by_policy.entry(p.name.clone()).or_default();
+        if seen_repos.contains(&cfg.url) {
+            continue;
+        }
+        seen_repos.push(cfg.url.clone());
+        let repo = crate::repo::open(cfg).await?;
+        let inv = crate::inventory::scan(&*repo, None).await?;
+        for m in &inv.complete {
+            catalog.upsert_complete(m, repo.url()).await?;
+            by_policy.entry(m.policy.clone()).or_default().push(m.id.clone());
+            complete += 1;
+        }
+        incomplete += inv.incomplete.len();
+    }
+    for (policy, ids) in &by_policy {
+        forgotten += catalog.forget_missing(policy, ids).await?;
+    }
+    if ctx.json() {
+        ctx.print_json(&serde_json::json!({
+            "repositories": seen_repos, "backups": complete, "incomplete": incomplete, "removed": forgotten,
+        }))?;
+    } else {
+        println!(
+            "catalog rebuilt from {} repositories: {complete} backups, {incomplete} incomplete (no manifest) ignored, {forgotten} stale rows removed",
+            seen_repos.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

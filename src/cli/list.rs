@@ -1,0 +1,103 @@
+//! `drctl list [POLICY]`: backups, newest first.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Ctx;
+use crate::catalog::BackupRow;
+use crate::manifest::Manifest;
+use crate::progress::human_bytes;
+use crate::timeparse::rfc3339;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this policy
+    policy: Option<String>,
+}
+
+/// One backup in `list --output json` (contract fields first).
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    pub id: String,
+    pub policy: String,
+    pub method: String,
+    pub status: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub consistent_at: Option<String>,
+    pub stored_bytes: Option<i64>,
+    pub source_bytes: Option<i64>,
+    pub pinned: bool,
+    pub error: Option<String>,
+}
+
+impl Entry {
+    pub fn from_row(r: &BackupRow) -> Entry {
+        Entry {
+            id: r.id.clone(),
+            policy: r.policy.clone(),
+            method: r.method.clone(),
+            status: r.status.clone(),
+            started_at: r.started_at.map(rfc3339),
+            finished_at: r.finished_at.map(rfc3339),
+            consistent_at: r.consistent_at.map(rfc3339),
+            stored_bytes: r.stored_bytes,
+            source_bytes: r.source_bytes,
+            pinned: r.pinned,
+            error: r.error.clone(),
+        }
+    }
+
+    pub fn from_manifest(m: &Manifest) -> Entry {
+        Entry {
+            id: m.id.clone(),
+            policy: m.policy.clone(),
+            method: m.method.to_string(),
+            status: "complete".into(),
+            started_at: Some(rfc3339(m.started_at)),
+            finished_at: Some(rfc3339(m.finished_at)),
+            consistent_at: Some(rfc3339(m.consistent_at)),
+            stored_bytes: Some(m.stored_bytes() as i64),
+            source_bytes: Some(m.source_bytes() as i64),
+            pinned: false,
+            error: None,
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    if let Some(p) = &a.policy {
+        ctx.load(p)?;
+    }
+    let catalog = ctx.catalog().await?;
+    let rows = catalog.list(a.policy.as_deref()).await?;
+    let entries: Vec<Entry> = rows.iter().map(Entry::from_row).collect();
+    if ctx.json() {
+        ctx.print_json(&entries)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        println!("no backups{}", a.policy.map(|p| format!(" of {p}")).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<22} {:<16} {:<8} {:<9} {:<21} {:>10} {:>10}", "ID", "POLICY", "METHOD", "STATUS", "CONSISTENT AT", "STORED", "SOURCE");
+    for e in &entries {
+        println!(
+            "{:<22} {:<16} {:<8} {:<9} {:<21} {:>10} {:>10}{}",
+            e.id,
+            e.policy,
+            e.method,
+            e.status,
+            e.consistent_at.as_deref().unwrap_or("-"),
+            e.stored_bytes.map(|b| human_bytes(b as u64)).unwrap_or_else(|| "-".into()),
+            e.source_bytes.map(|b| human_bytes(b as u64)).unwrap_or_else(|| "-".into()),
+            if e.pinned { "  pinned" } else { "" }
+        );
+        if let (Some(err), "failed") = (&e.error, e.status.as_str()) {
+            println!("{:<22} error: {}", "", err.lines().next().unwrap_or(""));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,290 @@
+//! Command-line interface: argument parsing, dispatch and output. One file
+//! per command; each turns arguments into a library call and prints.
+
+mod backup;
+mod catalog_cmd;
+mod init;
+mod list;
+mod policy_cmd;
+mod restore;
+mod show;
+mod verify;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::catalog::Catalog;
+use crate::error::{exit_code, usage};
+use crate::policy::{self, Policy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "drctl", version, about = "Backup and disaster recovery for PostgreSQL and AWS RDS, with restores proven by drills")]
+pub struct Cli {
+    /// Directory of policy files (one TOML file per database)
+    #[arg(long, env = "DRCTL_POLICIES", global = true, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// SQLite catalog [default: ./drctl.db when ./policies exists, else $XDG_STATE_HOME/drctl/catalog.db]
+    #[arg(long, env = "DRCTL_CATALOG", global = true, value_name = "PATH")]
+    catalog: Option<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
+    /// Log format on stderr
+    #[arg(long, value_enum, env = "DRCTL_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+    /// More logging (-v info, -vv debug) and full error chains
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an example policy and an age key pair (0600)
+    Init(init::Args),
+    /// Validate policies
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
+    /// Run one backup of a policy now (what cron calls)
+    Backup(backup::Args),
+    /// List backups, newest first
+    List(list::Args),
+    /// Show a backup's manifest and verification state
+    Show(show::Args),
+    /// Check stored objects against their manifests
+    Verify(verify::Args),
+    /// Restore a backup
+    Restore(restore::Args),
+    /// Catalog maintenance
+    #[command(subcommand)]
+    Catalog(catalog_cmd::CatalogCmd),
+}
+
+/// Shared state every command gets.
+pub struct Ctx {
+    pub policies_dir: PathBuf,
+    catalog_path: PathBuf,
+    pub output: Output,
+    pub verbose: u8,
+}
+
+impl Ctx {
+    pub fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+
+    pub async fn catalog(&self) -> Result<Catalog> {
+        Catalog::open(&self.catalog_path).await
+    }
+
+    /// Load every policy; any problem in any file is a usage error.
+    pub fn load_all(&self) -> Result<Vec<Policy>> {
+        let (policies, problems) = self.read_dir()?;
+        if let Some(p) = problems.first() {
+            let more = if problems.len() > 1 { format!(" (and {} more; run `drctl policy check`)", problems.len() - 1) } else { String::new() };
+            return Err(usage(format!("{p}{more}")));
+        }
+        Ok(policies)
+    }
+
+    fn read_dir(&self) -> Result<(Vec<Policy>, Vec<policy::Problem>)> {
+        policy::load_dir(&self.policies_dir).map_err(|e| {
+            usage(format!(
+                "cannot read policies directory {}: {e}; run `drctl init` or pass --policies DIR",
+                self.policies_dir.display()
+            ))
+        })
+    }
+
+    /// Load one policy by name; only that file's problems matter.
+    pub fn load(&self, name: &str) -> Result<Policy> {
+        if !policy::valid_name(name) {
+            return Err(usage(format!("'{name}' is not a policy name")));
+        }
+        let path = self.policies_dir.join(format!("{name}.toml"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(_) => {
+                let known = self.policy_names();
+                return Err(usage(format!(
+                    "no policy '{name}' ({} not found); known policies: {}",
+                    path.display(),
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                )));
+            }
+        };
+        policy::parse(&path, &text).map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            usage(lines.join("; "))
+        })
+    }
+
+    pub fn policy_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.policies_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let p = e.path();
+                        if p.extension()? != "toml" {
+                            return None;
+                        }
+                        Some(p.file_stem()?.to_string_lossy().into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Write a JSON document to stdout.
+    pub fn print_json<T: serde::Serialize>(&self, v: &T) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+}
+
+fn default_catalog() -> PathBuf {
+    if Path::new("policies").is_dir() {
+        return PathBuf::from("drctl.db");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    state.join("drctl/catalog.db")
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn"))
+    });
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Entry point of the `drctl` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let verbose = cli.verbose;
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drctl: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::spawn(watch_signals());
+        run(cli).await
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if verbose > 0 {
+                eprintln!("drctl: error: {e}");
+                for cause in e.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
+                }
+            } else {
+                eprintln!("drctl: error: {e:#}");
+            }
+            ExitCode::from(exit_code(&e) as u8)
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: cancel cleanly (uploads aborted, catalog updated).
+/// Second: exit now.
+async fn watch_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        if round == 0 {
+            tracing::warn!("interrupted: stopping cleanly (signal again to exit at once)");
+            crate::cancel::request();
+        } else {
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let ctx = Ctx {
+        policies_dir: cli.policies.clone().unwrap_or_else(|| PathBuf::from("policies")),
+        catalog_path: cli.catalog.clone().unwrap_or_else(default_catalog),
+        output: cli.output,
+        verbose: cli.verbose,
+    };
+    match cli.command {
+        Command::Init(a) => init::run(&ctx, a).await,
+        Command::Policy(c) => policy_cmd::run(&ctx, c),
+        Command::Backup(a) => backup::run(&ctx, a).await,
+        Command::List(a) => list::run(&ctx, a).await,
+        Command::Show(a) => show::run(&ctx, a).await,
+        Command::Verify(a) => verify::run(&ctx, a).await,
+        Command::Restore(a) => restore::run(&ctx, a).await,
+        Command::Catalog(c) => catalog_cmd::run(&ctx, c).await,
+    }
+}
+
+/// Find a committed backup by id: the catalog says which policy, the
+/// repository (the source of truth) supplies the manifest.
+pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::manifest::Manifest)> {
+    if !crate::manifest::valid_backup_id(id) {
+        return Err(usage(format!("'{id}' is neither a policy nor a backup id (like 20261122T101500Z-3f9a)")));
+    }
+    let catalog = ctx.catalog().await?;
+    let mut candidates: Vec<Policy> = Vec::new();
+    if let Some((row, _)) = catalog.get(id).await? {
+        candidates.push(ctx.load(&row.policy)?);
+    } else {
+        candidates = ctx.load_all()?;
+    }
+    for policy in candidates {
+        let Some(_) = policy.repository else { continue };
+        let repo = crate::backup::open_repo(&policy).await?;
+        let key = crate::manifest::manifest_key(&policy.name, id);
+        if let Some(bytes) = repo.get_bytes(&key).await? {
+            let m = crate::manifest::Manifest::from_json(&bytes).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+            return Ok((policy, m));
+        }
+    }
+    if let Some((row, _)) = catalog.get(id).await? {
+        anyhow::bail!("backup {id} is {} in the catalog and has no manifest in the repository: it is not a restorable backup", row.status);
+    }
+    Err(usage(format!("no backup {id}; see `drctl list`")))
+}

@@ -1,0 +1,119 @@
+//! `drctl restore POLICY (--to TIME | --backup ID | --latest) --target URL`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::ArgGroup;
+
+use super::Ctx;
+use crate::error::usage;
+use crate::plan::Target;
+use crate::progress::human_bytes;
+use crate::timeparse::{parse_time, rfc3339};
+
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("point").required(true).args(["to", "backup", "latest"])))]
+#[command(group(ArgGroup::new("dest").args(["target", "target_dir", "target_instance"])))]
+pub struct Args {
+    /// Policy name
+    policy: String,
+    /// Restore the state as of TIME (RFC 3339, 'YYYY-MM-DD HH:MM[:SS]' local, '2h-ago', 'now')
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    /// Restore this backup
+    #[arg(long, value_name = "ID")]
+    backup: Option<String>,
+    /// Restore the newest backup
+    #[arg(long)]
+    latest: bool,
+    /// Target database (created if absent): postgres://user@host:5432/newdb
+    #[arg(long, value_name = "URL")]
+    target: Option<String>,
+    /// Target data directory (physical backups)
+    #[arg(long, value_name = "DIR")]
+    target_dir: Option<PathBuf>,
+    /// Target RDS instance (rds-snapshot backups)
+    #[arg(long, value_name = "RDS_ID")]
+    target_instance: Option<String>,
+    /// age identity file (private key)
+    #[arg(long, env = "DRCTL_IDENTITY", value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// pg_restore parallelism
+    #[arg(long, default_value_t = 1)]
+    jobs: u32,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace the contents of an existing, non-empty target database
+    #[arg(long)]
+    force: bool,
+    /// Do not restore object ownership (when the roles do not exist on the target)
+    #[arg(long)]
+    no_owner: bool,
+    /// Do not restore privileges (GRANT/REVOKE)
+    #[arg(long)]
+    no_acl: bool,
+    /// Start the restored server (physical restores)
+    #[arg(long)]
+    start: bool,
+    /// Port for --start
+    #[arg(long, requires = "start")]
+    port: Option<u16>,
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    let policy = ctx.load(&a.policy)?;
+    if a.target_dir.is_some() || a.target_instance.is_some() || a.start {
+        return Err(usage(format!(
+            "policy {} uses method \"{}\": this drctl build restores dumps into a database with --target postgres://host/newdb",
+            policy.name, policy.backup.method
+        )));
+    }
+    if a.target.is_none() && !a.dry_run {
+        return Err(usage("where to? pass --target postgres://user@host:5432/newdb"));
+    }
+    let now = jiff::Timestamp::now();
+    let target = match (&a.to, &a.backup) {
+        (Some(t), _) => {
+            let ts = parse_time(t, now, &jiff::tz::TimeZone::system()).map_err(|e| usage(format!("--to: {e}")))?;
+            if !ctx.json() {
+                println!("resolved --to {t} as {}", rfc3339(ts));
+            }
+            Target::Time(ts)
+        }
+        (None, Some(id)) => Target::Backup(id.clone()),
+        (None, None) => Target::Latest,
+    };
+    let req = crate::restore::Request {
+        target,
+        database: a.target.clone(),
+        identity: a.identity.clone(),
+        jobs: a.jobs,
+        dry_run: a.dry_run,
+        force: a.force,
+        no_owner: a.no_owner,
+        no_acl: a.no_acl,
+    };
+    let outcome = crate::restore::run(&policy, &req).await?;
+    if ctx.json() {
+        ctx.print_json(&outcome)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout();
+    crate::restore::print_plan(&mut out, &outcome.plan)?;
+    if a.dry_run {
+        println!("dry run: nothing was changed");
+    } else {
+        println!(
+            "restored {} into {} in {:.1}s ({}{})",
+            outcome.plan.backup_id,
+            a.target.as_deref().unwrap_or("-"),
+            outcome.duration_seconds,
+            human_bytes(outcome.plan.source_bytes),
+            if outcome.created_database { ", database created" } else { "" }
+        );
+        println!("next: run ANALYZE on the restored database before serving traffic");
+    }
+    Ok(ExitCode::SUCCESS)
+}

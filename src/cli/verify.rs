@@ -1,0 +1,97 @@
+//! `drctl verify [POLICY|BACKUP_ID] [--deep]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::error::usage;
+use crate::manifest::Manifest;
+use crate::policy::Policy;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A policy name or a backup id [default: every policy]
+    target: Option<String>,
+    /// Also decrypt and decompress; for dumps run `pg_restore --list`
+    #[arg(long)]
+    deep: bool,
+    /// age identity file (for --deep)
+    #[arg(long, env = "DRCTL_IDENTITY", value_name = "FILE")]
+    identity: Option<PathBuf>,
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    let ids = if a.deep {
+        Some(crate::pipeline::load_identities(a.identity.as_ref().ok_or_else(|| {
+            usage("--deep decrypts: pass --identity FILE or set DRCTL_IDENTITY")
+        })?)?)
+    } else {
+        None
+    };
+    let mut work: Vec<(Policy, Vec<Manifest>)> = Vec::new();
+    let mut incomplete = Vec::new();
+    match a.target.as_deref() {
+        Some(t) if crate::policy::valid_name(t) && ctx.policy_names().iter().any(|n| n == t) => {
+            let p = ctx.load(t)?;
+            let inv = scan(&p).await?;
+            incomplete.extend(inv.incomplete);
+            work.push((p, inv.complete));
+        }
+        Some(t) => {
+            let (p, m) = super::find_backup(ctx, t).await?;
+            work.push((p, vec![m]));
+        }
+        None => {
+            for p in ctx.load_all()? {
+                if p.repository.is_none() {
+                    continue;
+                }
+                let inv = scan(&p).await?;
+                incomplete.extend(inv.incomplete);
+                work.push((p, inv.complete));
+            }
+        }
+    }
+    let catalog = ctx.catalog().await?;
+    let mut reports = Vec::new();
+    for (policy, manifests) in &work {
+        let repo = crate::backup::open_repo(policy).await?;
+        for m in manifests {
+            let r = crate::verify::verify(&*repo, m, ids.as_deref()).await?;
+            catalog.record_verify(&r.id, r.deep, r.ok, &r.problems.join("; ")).await?;
+            if !ctx.json() {
+                if r.ok {
+                    println!("ok      {} ({}{})", r.id, r.policy, if r.deep { ", deep" } else { "" });
+                } else {
+                    println!("FAILED  {} ({}): {}", r.id, r.policy, r.problems.join("; "));
+                }
+            }
+            reports.push(r);
+        }
+    }
+    let failed = reports.iter().filter(|r| !r.ok).count();
+    if ctx.json() {
+        ctx.print_json(&serde_json::json!({
+            "ok": failed == 0,
+            "backups": reports,
+            "incomplete": incomplete.iter().map(|(p, id)| serde_json::json!({"policy": p, "id": id})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        for (p, id) in &incomplete {
+            println!("note    {id} ({p}): incomplete (no manifest); never restored from, removed by prune");
+        }
+        if reports.is_empty() {
+            println!("no complete backups to verify");
+        } else if failed > 0 {
+            eprintln!("drctl: error: {failed} of {} backups failed verification", reports.len());
+        }
+    }
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+async fn scan(p: &Policy) -> Result<crate::inventory::Inventory> {
+    let repo = crate::backup::open_repo(p).await?;
+    crate::inventory::scan(&*repo, Some(&p.name)).await
+}
