@@ -19,18 +19,20 @@ use crate::policy::{Method, Policy};
 use crate::repo::{self, Repository};
 
 pub fn source_conn(policy: &Policy) -> Result<Conn> {
-    let url = policy
-        .source
-        .url
-        .as_deref()
-        .ok_or_else(|| crate::error::usage(format!("{}: source.url is required", policy.path.display())))?;
-    let url = ConnUrl::parse(url).map_err(|e| crate::error::usage(format!("{}: source.url: {e}", policy.path.display())))?;
+    let url = policy.source.url.as_deref().ok_or_else(|| {
+        crate::error::usage(format!("{}: source.url is required", policy.path.display()))
+    })?;
+    let url = ConnUrl::parse(url)
+        .map_err(|e| crate::error::usage(format!("{}: source.url: {e}", policy.path.display())))?;
     Conn::new(url, policy.source.password_env.as_deref())
 }
 
 pub async fn open_repo(policy: &Policy) -> Result<std::sync::Arc<dyn Repository>> {
     let cfg = policy.repository.as_ref().ok_or_else(|| {
-        crate::error::usage(format!("{}: [repository] is required", policy.path.display()))
+        crate::error::usage(format!(
+            "{}: [repository] is required",
+            policy.path.display()
+        ))
     })?;
     repo::open(cfg).await
 }
@@ -47,13 +49,26 @@ pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
         }
     }
     let conn = source_conn(policy)?;
-    let recipients = pipeline::parse_recipients(policy.recipients()).map_err(|e| crate::error::usage(format!("{}: encryption.recipients: {e}", policy.path.display())))?;
+    let recipients = pipeline::parse_recipients(policy.recipients()).map_err(|e| {
+        crate::error::usage(format!(
+            "{}: encryption.recipients: {e}",
+            policy.path.display()
+        ))
+    })?;
     let repo = open_repo(policy).await?;
     repo::ensure_initialized(&*repo).await?;
 
     let started = Timestamp::now();
     let id = manifest::new_backup_id(started);
-    catalog.insert_running(&id, &policy.name, Method::Dump.as_str(), started, repo.url()).await?;
+    catalog
+        .insert_running(
+            &id,
+            &policy.name,
+            Method::Dump.as_str(),
+            started,
+            repo.url(),
+        )
+        .await?;
     tracing::info!(policy = %policy.name, backup = %id, "backup started");
     match dump_backup(policy, &conn, &*repo, &recipients, &id, started).await {
         Ok(m) => {
@@ -98,27 +113,38 @@ async fn dump_backup(
     let data_key = format!("{}data.zst.age", manifest::backup_prefix(&policy.name, id));
     let writer = repo.writer(&data_key).await?;
     let level = policy.compression_level();
-    let threads = policy
-        .compression
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2));
+    let threads = policy.compression.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(2)
+    });
     let recips = recipients.to_vec();
     let encoder = tokio::task::spawn_blocking(move || -> Result<DumpResult> {
         let bar = crate::progress::bytes_bar("pg_dump");
-        let opts = EncodeOptions { level, threads, recipients: &recips };
+        let opts = EncodeOptions {
+            level,
+            threads,
+            recipients: &recips,
+        };
         let mut status: Option<ExitStatus> = None;
-        let result = pipeline::encode(&mut stdout, writer, &opts, &|n| {
-            bar.set_position(n);
-            !crate::cancel::requested()
-        }, &mut || {
-            // pg_dump must have exited cleanly before the object is committed.
-            let s = child.wait().context("waiting for pg_dump")?;
-            status = Some(s);
-            if !s.success() {
-                bail!("pg_dump exited with {s}");
-            }
-            Ok(())
-        });
+        let result = pipeline::encode(
+            &mut stdout,
+            writer,
+            &opts,
+            &|n| {
+                bar.set_position(n);
+                !crate::cancel::requested()
+            },
+            &mut || {
+                // pg_dump must have exited cleanly before the object is committed.
+                let s = child.wait().context("waiting for pg_dump")?;
+                status = Some(s);
+                if !s.success() {
+                    bail!("pg_dump exited with {s}");
+                }
+                Ok(())
+            },
+        );
         bar.finish_and_clear();
         if result.is_err() && status.is_none() {
             let _ = child.kill();
@@ -133,7 +159,10 @@ async fn dump_backup(
     let stderr_summary = pg::stderr_summary(&stderr_text);
     let encoded = match encoded {
         Ok(r) => r,
-        Err(e) if !stderr_text.is_empty() => return Err(anyhow!("pg_dump failed: {stderr_summary}").context(format!("{e:#}"))),
+        Err(e) if String::from_utf8_lossy(&stderr_text).contains("error:") => {
+            tracing::debug!("pipeline: {e:#}");
+            return Err(anyhow!("pg_dump failed: {stderr_summary}"));
+        }
         Err(e) => return Err(e),
     };
     let stderr_str = String::from_utf8_lossy(&stderr_text);
@@ -175,7 +204,10 @@ async fn dump_backup(
             stored_bytes: d.stored_bytes,
             stored_sha256: d.stored_sha256,
         }],
-        compression: CompressionInfo { algorithm: "zstd".into(), level },
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level,
+        },
         encryption: EncryptionInfo {
             algorithm: "age-x25519".into(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
@@ -191,7 +223,10 @@ async fn dump_backup(
     };
     // The commit point.
     if let Err(e) = repo
-        .put_bytes(&manifest::manifest_key(&policy.name, id), m.to_json().into_bytes())
+        .put_bytes(
+            &manifest::manifest_key(&policy.name, id),
+            m.to_json().into_bytes(),
+        )
         .await
     {
         let _ = repo.delete(&data_key).await;

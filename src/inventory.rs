@@ -19,7 +19,10 @@ impl Inventory {
     pub fn candidates(&self) -> Vec<Candidate> {
         self.complete
             .iter()
-            .map(|m| Candidate { id: m.id.clone(), consistent_at: m.consistent_at })
+            .map(|m| Candidate {
+                id: m.id.clone(),
+                consistent_at: m.consistent_at,
+            })
             .collect()
     }
 
@@ -40,7 +43,9 @@ pub async fn scan(repo: &dyn Repository, policy: Option<&str>) -> Result<Invento
     for o in &objects {
         let parts: Vec<&str> = o.key.split('/').collect();
         if let [pol, "backups", id, name] = parts.as_slice() {
-            let has = seen.entry((pol.to_string(), id.to_string())).or_insert(false);
+            let has = seen
+                .entry((pol.to_string(), id.to_string()))
+                .or_insert(false);
             if *name == MANIFEST_NAME {
                 *has = true;
             }
@@ -59,6 +64,7 @@ pub async fn scan(repo: &dyn Repository, policy: Option<&str>) -> Result<Invento
         let m = Manifest::from_json(&bytes).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
         inv.complete.push(m);
     }
-    inv.complete.sort_by(|a, b| (a.consistent_at, &a.id).cmp(&(b.consistent_at, &b.id)));
+    inv.complete
+        .sort_by(|a, b| (a.consistent_at, &a.id).cmp(&(b.consistent_at, &b.id)));
     Ok(inv)
 }

@@ -176,15 +176,23 @@ mod tests {
                 stored_bytes: 20,
                 stored_sha256: "cd".into(),
             }],
-            compression: CompressionInfo { algorithm: "zstd".into(), level: 3 },
-            encryption: EncryptionInfo { algorithm: "age-x25519".into(), recipients: vec![] },
+            compression: CompressionInfo {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            encryption: EncryptionInfo {
+                algorithm: "age-x25519".into(),
+                recipients: vec![],
+            },
             row_counts: "exact".into(),
             tables: vec![],
             drctl_version: "0.1.0".into(),
         };
         let back = Manifest::from_json(m.to_json().as_bytes()).unwrap();
         assert_eq!(back, m);
-        assert!(m.to_json().contains("\"consistent_at\": \"2026-11-22T10:15:00Z\""));
+        assert!(m
+            .to_json()
+            .contains("\"consistent_at\": \"2026-11-22T10:15:00Z\""));
         assert!(Manifest::from_json(b"{}").is_err());
     }
 }

@@ -58,7 +58,11 @@ pub struct HashReader<R> {
 
 impl<R: Read> HashReader<R> {
     pub fn new(inner: R) -> Self {
-        HashReader { inner, hasher: Sha256::new(), n: 0 }
+        HashReader {
+            inner,
+            hasher: Sha256::new(),
+            n: 0,
+        }
     }
 
     pub fn finish(self) -> (u64, String) {
@@ -102,10 +106,17 @@ pub fn encode(
     progress: &dyn Fn(u64) -> bool,
     before_commit: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Digests> {
-    let stored = HashWriter { inner: dst, hasher: Sha256::new(), n: 0 };
-    let encryptor = age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
-        .context("no age recipients")?;
-    let age_w = encryptor.wrap_output(stored).context("cannot start age encryption")?;
+    let stored = HashWriter {
+        inner: dst,
+        hasher: Sha256::new(),
+        n: 0,
+    };
+    let encryptor =
+        age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
+            .context("no age recipients")?;
+    let age_w = encryptor
+        .wrap_output(stored)
+        .context("cannot start age encryption")?;
     let mut z = zstd::stream::write::Encoder::new(age_w, opts.level).context("zstd init")?;
     if opts.threads > 1 {
         z.multithread(opts.threads).context("zstd workers")?;
@@ -121,14 +132,19 @@ pub fn encode(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("reading the source stream"),
         };
-        z.write_all(&buf[..n]).context("writing to the repository")?;
+        z.write_all(&buf[..n])
+            .context("writing to the repository")?;
         if !progress(plain.n) {
             bail!("interrupted");
         }
     }
     let age_w = z.finish().context("finishing zstd")?;
     let stored = age_w.finish().context("finishing age")?;
-    let HashWriter { inner: dst, hasher, n: stored_bytes } = stored;
+    let HashWriter {
+        inner: dst,
+        hasher,
+        n: stored_bytes,
+    } = stored;
     let stored_sha256 = hex::encode(hasher.finalize());
     let (plain_bytes, plain_sha256) = plain.finish();
     before_commit()?;
@@ -136,7 +152,12 @@ pub fn encode(
     if size != stored_bytes {
         bail!("repository stored {size} bytes but {stored_bytes} were written");
     }
-    Ok(Digests { plain_bytes, plain_sha256, stored_bytes, stored_sha256 })
+    Ok(Digests {
+        plain_bytes,
+        plain_sha256,
+        stored_bytes,
+        stored_sha256,
+    })
 }
 
 /// Load X25519 identities from an age identity file (`age-keygen` format).
@@ -159,9 +180,17 @@ pub fn load_identities(path: &Path) -> Result<Vec<age::x25519::Identity>> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| l.parse::<age::x25519::Identity>())
         .collect::<Result<_, _>>()
-        .map_err(|_| crate::error::usage(format!("{} is not an age identity file (expected AGE-SECRET-KEY-1... lines)", path.display())))?;
+        .map_err(|_| {
+            crate::error::usage(format!(
+                "{} is not an age identity file (expected AGE-SECRET-KEY-1... lines)",
+                path.display()
+            ))
+        })?;
     if ids.is_empty() {
-        return Err(crate::error::usage(format!("{} holds no age identity", path.display())));
+        return Err(crate::error::usage(format!(
+            "{} holds no age identity",
+            path.display()
+        )));
     }
     Ok(ids)
 }
@@ -174,7 +203,10 @@ pub struct Holdback<W: Write> {
 
 impl<W: Write> Holdback<W> {
     pub fn new(inner: W) -> Self {
-        Holdback { inner, buf: Vec::with_capacity(2 * HOLDBACK) }
+        Holdback {
+            inner,
+            buf: Vec::with_capacity(2 * HOLDBACK),
+        }
     }
 
     pub fn release(mut self) -> io::Result<W> {
@@ -251,8 +283,18 @@ pub fn decode(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // age reports a failed chunk tag as InvalidData; zstd reports
                 // a bad frame or checksum as an io error too.
-                Err(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::Other | io::ErrorKind::UnexpectedEof) => {
-                    return Err(DecodeError::Corrupt(format!("at plain byte {}: {e}", plain.n)))
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData
+                            | io::ErrorKind::Other
+                            | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return Err(DecodeError::Corrupt(format!(
+                        "at plain byte {}: {e}",
+                        plain.n
+                    )))
                 }
                 Err(e) => return Err(DecodeError::Io(e)),
             };
@@ -274,10 +316,17 @@ pub fn decode(
     // Anything after age's final chunk is tampering too.
     let mut rest = [0u8; 1];
     if stored.read(&mut rest).map_err(DecodeError::Io)? != 0 {
-        return Err(DecodeError::Corrupt("trailing bytes after the end of the age stream".into()));
+        return Err(DecodeError::Corrupt(
+            "trailing bytes after the end of the age stream".into(),
+        ));
     }
     let (stored_bytes, stored_sha256) = stored.finish();
-    let got = Digests { plain_bytes, plain_sha256, stored_bytes, stored_sha256 };
+    let got = Digests {
+        plain_bytes,
+        plain_sha256,
+        stored_bytes,
+        stored_sha256,
+    };
     if got.stored_bytes != expect.stored_bytes || got.stored_sha256 != expect.stored_sha256 {
         return Err(DecodeError::Corrupt(format!(
             "stored bytes do not match the manifest (size {} vs {}, sha256 {} vs {})",
@@ -335,7 +384,11 @@ mod tests {
         let d = encode(
             &mut &data[..],
             Box::new(Mem(store.clone())),
-            &EncodeOptions { level: 3, threads: 2, recipients: &recips },
+            &EncodeOptions {
+                level: 3,
+                threads: 2,
+                recipients: &recips,
+            },
             &|_| true,
             &mut || Ok(()),
         )
@@ -366,7 +419,15 @@ mod tests {
         assert_eq!(d.plain_bytes, data.len() as u64);
         assert!(d.stored_bytes < d.plain_bytes, "compressed");
         let mut out = Vec::new();
-        let got = decode(Box::new(io::Cursor::new(stored)), &[id], &entry(&d), &mut out, false, &|_| {}).unwrap();
+        let got = decode(
+            Box::new(io::Cursor::new(stored)),
+            &[id],
+            &entry(&d),
+            &mut out,
+            false,
+            &|_| {},
+        )
+        .unwrap();
         assert_eq!(got, d);
         assert_eq!(out, data);
     }
@@ -378,9 +439,20 @@ mod tests {
         let mid = stored.len() / 2;
         stored[mid] ^= 0x01;
         let mut out = Vec::new();
-        let err = decode(Box::new(io::Cursor::new(stored)), &[id], &entry(&d), &mut out, false, &|_| {}).unwrap_err();
+        let err = decode(
+            Box::new(io::Cursor::new(stored)),
+            &[id],
+            &entry(&d),
+            &mut out,
+            false,
+            &|_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
-        assert!(out.len() < data.len(), "sink got the whole stream despite corruption");
+        assert!(
+            out.len() < data.len(),
+            "sink got the whole stream despite corruption"
+        );
     }
 
     #[test]
@@ -390,9 +462,23 @@ mod tests {
         let mut e = entry(&d);
         e.plain_sha256 = "00".repeat(32);
         let mut out = Vec::new();
-        let err = decode(Box::new(io::Cursor::new(stored)), &[id], &e, &mut out, false, &|_| {}).unwrap_err();
-        assert!(err.to_string().contains("does not match the manifest"), "{err}");
-        assert!(out.len() <= data.len() - HOLDBACK, "tail must be withheld until verified");
+        let err = decode(
+            Box::new(io::Cursor::new(stored)),
+            &[id],
+            &e,
+            &mut out,
+            false,
+            &|_| {},
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("does not match the manifest"),
+            "{err}"
+        );
+        assert!(
+            out.len() <= data.len() - HOLDBACK,
+            "tail must be withheld until verified"
+        );
     }
 
     #[test]
@@ -400,7 +486,15 @@ mod tests {
         let data = sample(1000);
         let (stored, d, _) = roundtrip_setup(&data);
         let other = age::x25519::Identity::generate();
-        let err = decode(Box::new(io::Cursor::new(stored)), &[other], &entry(&d), &mut io::sink(), false, &|_| {}).unwrap_err();
+        let err = decode(
+            Box::new(io::Cursor::new(stored)),
+            &[other],
+            &entry(&d),
+            &mut io::sink(),
+            false,
+            &|_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, DecodeError::WrongKey), "{err:?}");
     }
 
@@ -409,7 +503,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = age::x25519::Identity::generate();
         let p = dir.path().join("k.txt");
-        std::fs::write(&p, format!("# created: now\n# public key: {}\n{}\n", id.to_public(), id.to_string().expose_secret())).unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "# created: now\n# public key: {}\n{}\n",
+                id.to_public(),
+                id.to_string().expose_secret()
+            ),
+        )
+        .unwrap();
         assert_eq!(load_identities(&p).unwrap().len(), 1);
         std::fs::write(&p, "nonsense\n").unwrap();
         assert!(load_identities(&p).is_err());

@@ -38,12 +38,7 @@ pub fn window(c: &[Candidate]) -> Option<(Timestamp, Timestamp)> {
 pub fn describe_window(c: &[Candidate]) -> String {
     match window(c) {
         None => "no complete backups".into(),
-        Some((a, b)) => format!(
-            "{} backups from {} to {}",
-            c.len(),
-            rfc3339(a),
-            rfc3339(b)
-        ),
+        Some((a, b)) => format!("{} backups from {} to {}", c.len(), rfc3339(a), rfc3339(b)),
     }
 }
 
@@ -55,14 +50,27 @@ pub fn choose(cands: &[Candidate], target: &Target) -> Result<Choice, String> {
     }
     match target {
         Target::Latest => {
-            let c = cands.iter().max_by_key(|c| (c.consistent_at, c.id.clone())).expect("non-empty");
-            Ok(Choice { id: c.id.clone(), consistent_at: c.consistent_at, gap: None })
+            let c = cands
+                .iter()
+                .max_by_key(|c| (c.consistent_at, c.id.clone()))
+                .expect("non-empty");
+            Ok(Choice {
+                id: c.id.clone(),
+                consistent_at: c.consistent_at,
+                gap: None,
+            })
         }
         Target::Backup(id) => cands
             .iter()
             .find(|c| &c.id == id)
-            .map(|c| Choice { id: c.id.clone(), consistent_at: c.consistent_at, gap: None })
-            .ok_or_else(|| format!("backup {id} is not a complete backup of this policy; see `drctl list`")),
+            .map(|c| Choice {
+                id: c.id.clone(),
+                consistent_at: c.consistent_at,
+                gap: None,
+            })
+            .ok_or_else(|| {
+                format!("backup {id} is not a complete backup of this policy; see `drctl list`")
+            }),
         Target::Time(t) => {
             let best = cands
                 .iter()
@@ -89,7 +97,10 @@ pub fn describe_gap(gap: SignedDuration) -> String {
     if gap.is_zero() {
         "no data-loss gap".into()
     } else {
-        format!("data committed in the {} before the target is not in this backup", human_duration(gap))
+        format!(
+            "data committed in the {} before the target is not in this backup",
+            human_duration(gap)
+        )
     }
 }
 
@@ -99,19 +110,31 @@ mod tests {
     use proptest::prelude::*;
 
     fn c(id: &str, at: &str) -> Candidate {
-        Candidate { id: id.into(), consistent_at: at.parse().unwrap() }
+        Candidate {
+            id: id.into(),
+            consistent_at: at.parse().unwrap(),
+        }
     }
 
     fn cands() -> Vec<Candidate> {
-        vec![c("a", "2026-11-20T02:00:00Z"), c("b", "2026-11-21T02:00:00Z"), c("c", "2026-11-22T02:00:00Z")]
+        vec![
+            c("a", "2026-11-20T02:00:00Z"),
+            c("b", "2026-11-21T02:00:00Z"),
+            c("c", "2026-11-22T02:00:00Z"),
+        ]
     }
 
     #[test]
     fn latest_and_by_id() {
         assert_eq!(choose(&cands(), &Target::Latest).unwrap().id, "c");
-        assert_eq!(choose(&cands(), &Target::Backup("b".into())).unwrap().id, "b");
+        assert_eq!(
+            choose(&cands(), &Target::Backup("b".into())).unwrap().id,
+            "b"
+        );
         assert!(choose(&cands(), &Target::Backup("zz".into())).is_err());
-        assert!(choose(&[], &Target::Latest).unwrap_err().contains("drctl backup"));
+        assert!(choose(&[], &Target::Latest)
+            .unwrap_err()
+            .contains("drctl backup"));
     }
 
     #[test]
@@ -120,10 +143,16 @@ mod tests {
         let ch = choose(&cands(), &t("2026-11-21T05:00:00Z")).unwrap();
         assert_eq!(ch.id, "b");
         assert_eq!(ch.gap, Some(SignedDuration::from_hours(3)));
-        assert_eq!(choose(&cands(), &t("2026-11-21T02:00:00Z")).unwrap().id, "b");
+        assert_eq!(
+            choose(&cands(), &t("2026-11-21T02:00:00Z")).unwrap().id,
+            "b"
+        );
         let e = choose(&cands(), &t("2026-11-19T00:00:00Z")).unwrap_err();
         assert!(e.contains("before the oldest backup"), "{e}");
-        assert!(e.contains("2026-11-20T02:00:00Z") && e.contains("2026-11-22T02:00:00Z"), "{e}");
+        assert!(
+            e.contains("2026-11-20T02:00:00Z") && e.contains("2026-11-22T02:00:00Z"),
+            "{e}"
+        );
     }
 
     proptest! {

@@ -214,7 +214,10 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 const SECTIONS: &[&str] = &[
@@ -309,7 +312,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or("invalid TOML").to_string();
             let detail = msg.lines().last().unwrap_or("").trim().to_string();
-            ctx.add("", format!("not valid TOML: {first} {detail}").trim_end().to_string());
+            ctx.add(
+                "",
+                format!("not valid TOML: {first} {detail}")
+                    .trim_end()
+                    .to_string(),
+            );
             return Err(ctx.problems);
         }
     };
@@ -359,7 +367,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
     if let Some(c) = &compression {
         if let Some(level) = c.level {
             if !(1..=19).contains(&level) {
-                ctx.add("compression.level", format!("{level} is out of range; use 1 (fast) to 19 (small), 3 is the default"));
+                ctx.add(
+                    "compression.level",
+                    format!(
+                        "{level} is out of range; use 1 (fast) to 19 (small), 3 is the default"
+                    ),
+                );
             }
         }
         if c.threads == Some(0) {
@@ -415,14 +428,21 @@ fn validate_source(ctx: &mut Ctx<'_>, s: &Source) {
     match s.kind {
         SourceKind::Postgres => {
             match &s.url {
-                None => ctx.add("source.url", "required for kind = \"postgres\" (e.g. postgres://backup@db1:5432/orders)"),
+                None => ctx.add(
+                    "source.url",
+                    "required for kind = \"postgres\" (e.g. postgres://backup@db1:5432/orders)",
+                ),
                 Some(u) => {
                     if let Err(e) = crate::pg::ConnUrl::parse(u) {
                         ctx.add("source.url", e);
                     }
                 }
             }
-            for (key, v) in [("source.instance", &s.instance), ("source.cluster", &s.cluster), ("source.copy_to_region", &s.copy_to_region)] {
+            for (key, v) in [
+                ("source.instance", &s.instance),
+                ("source.cluster", &s.cluster),
+                ("source.copy_to_region", &s.copy_to_region),
+            ] {
                 if v.is_some() {
                     ctx.add(key, "only valid with kind = \"rds\"");
                 }
@@ -430,7 +450,10 @@ fn validate_source(ctx: &mut Ctx<'_>, s: &Source) {
         }
         SourceKind::Rds => {
             if s.instance.is_none() == s.cluster.is_none() {
-                ctx.add("source.instance", "an rds source needs exactly one of instance = \"...\" or cluster = \"...\"");
+                ctx.add(
+                    "source.instance",
+                    "an rds source needs exactly one of instance = \"...\" or cluster = \"...\"",
+                );
             }
             if s.url.is_some() && s.password_env.is_none() {
                 // url is allowed for drills against the restored endpoint.
@@ -446,9 +469,10 @@ fn validate_source(ctx: &mut Ctx<'_>, s: &Source) {
 
 fn validate_backup(ctx: &mut Ctx<'_>, b: &Backup, kind: Option<SourceKind>) {
     match (kind, b.method) {
-        (Some(SourceKind::Postgres), Method::RdsSnapshot) => {
-            ctx.add("backup.method", "\"rds-snapshot\" needs [source] kind = \"rds\"")
-        }
+        (Some(SourceKind::Postgres), Method::RdsSnapshot) => ctx.add(
+            "backup.method",
+            "\"rds-snapshot\" needs [source] kind = \"rds\"",
+        ),
         (Some(SourceKind::Rds), Method::Dump | Method::Physical) => ctx.add(
             "backup.method",
             "an rds source supports only method = \"rds-snapshot\"",
@@ -462,7 +486,10 @@ fn validate_backup(ctx: &mut Ctx<'_>, b: &Backup, kind: Option<SourceKind>) {
     }
     if let Some(tz) = &b.timezone {
         if jiff::tz::TimeZone::get(tz).is_err() {
-            ctx.add("backup.timezone", format!("unknown time zone '{tz}' (use an IANA name such as UTC or Europe/Berlin)"));
+            ctx.add(
+                "backup.timezone",
+                format!("unknown time zone '{tz}' (use an IANA name such as UTC or Europe/Berlin)"),
+            );
         }
     }
     if b.jobs == Some(0) {
@@ -476,14 +503,20 @@ fn validate_repository(ctx: &mut Ctx<'_>, r: &Repository) {
     }
     if let Some(p) = r.part_size_mib {
         if !(5..=512).contains(&p) {
-            ctx.add("repository.part_size_mib", "must be between 5 and 512 (S3 parts are at least 5 MiB)");
+            ctx.add(
+                "repository.part_size_mib",
+                "must be between 5 and 512 (S3 parts are at least 5 MiB)",
+            );
         }
     }
 }
 
 fn validate_recipients(ctx: &mut Ctx<'_>, recipients: &[String]) {
     if recipients.is_empty() {
-        ctx.add("encryption.recipients", "needs at least one age public key (age1...)");
+        ctx.add(
+            "encryption.recipients",
+            "needs at least one age public key (age1...)",
+        );
     }
     for (i, r) in recipients.iter().enumerate() {
         let key = format!("encryption.recipients[{i}]");
@@ -491,7 +524,10 @@ fn validate_recipients(ctx: &mut Ctx<'_>, recipients: &[String]) {
             // Never echo it: it is a private key.
             ctx.add(key, "this is a PRIVATE key; put only public keys (age1...) in a policy, keep the identity file off this host and rotate the key");
         } else if r.parse::<age::x25519::Recipient>().is_err() {
-            ctx.add(key, format!("'{r}' is not an age X25519 public key (age1...)"));
+            ctx.add(
+                key,
+                format!("'{r}' is not an age X25519 public key (age1...)"),
+            );
         }
     }
 }
@@ -515,20 +551,32 @@ fn validate_drill(ctx: &mut Ctx<'_>, d: &Drill) {
             ctx.add(format!("{key}.name"), "must not be empty");
         }
         if names.insert(c.name.clone(), i).is_some() {
-            ctx.add(format!("{key}.name"), format!("duplicate check name '{}'", c.name));
+            ctx.add(
+                format!("{key}.name"),
+                format!("duplicate check name '{}'", c.name),
+            );
         }
         if c.sql.trim().is_empty() {
             ctx.add(format!("{key}.sql"), "must not be empty");
         }
         if c.expect.is_none() && c.expect_min.is_none() && c.expect_max.is_none() {
-            ctx.add(key.clone(), "needs expect = \"...\" or expect_min / expect_max");
+            ctx.add(
+                key.clone(),
+                "needs expect = \"...\" or expect_min / expect_max",
+            );
         }
         if c.expect.is_some() && (c.expect_min.is_some() || c.expect_max.is_some()) {
-            ctx.add(key.clone(), "use either expect or expect_min/expect_max, not both");
+            ctx.add(
+                key.clone(),
+                "use either expect or expect_min/expect_max, not both",
+            );
         }
         if let (Some(lo), Some(hi)) = (c.expect_min, c.expect_max) {
             if lo > hi {
-                ctx.add(key, format!("expect_min {lo} is greater than expect_max {hi}"));
+                ctx.add(
+                    key,
+                    format!("expect_min {lo} is greater than expect_max {hi}"),
+                );
             }
         }
     }
@@ -611,7 +659,9 @@ expect = "t"
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].key, "retention.keep_dayly");
         assert!(errs[0].reason.contains("unknown key"), "{}", errs[0]);
-        assert!(errs[0].to_string().starts_with("policies/orders.toml: retention.keep_dayly: "));
+        assert!(errs[0]
+            .to_string()
+            .starts_with("policies/orders.toml: retention.keep_dayly: "));
     }
 
     #[test]
@@ -634,13 +684,20 @@ expect = "t"
         let text = GOOD.replace("backup@db1", "backup:hunter2@db1");
         let errs = p(&text).unwrap_err();
         assert_eq!(errs[0].key, "source.url");
-        assert!(!errs[0].reason.contains("hunter2"), "secret echoed: {}", errs[0]);
+        assert!(
+            !errs[0].reason.contains("hunter2"),
+            "secret echoed: {}",
+            errs[0]
+        );
     }
 
     #[test]
     fn private_key_as_recipient_is_refused_without_echo() {
         let secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
-        let text = GOOD.replace("age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p", secret);
+        let text = GOOD.replace(
+            "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+            secret,
+        );
         let errs = p(&text).unwrap_err();
         assert!(errs[0].reason.contains("PRIVATE"));
         assert!(!errs[0].to_string().contains(secret));

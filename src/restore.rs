@@ -66,7 +66,10 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
         Target::Latest => anyhow!(e),
         _ => usage(e),
     })?;
-    let m = inv.find(&choice.id).expect("chosen from the inventory").clone();
+    let m = inv
+        .find(&choice.id)
+        .expect("chosen from the inventory")
+        .clone();
     let target_time = match req.target {
         Target::Time(t) => t,
         _ => m.consistent_at,
@@ -98,13 +101,19 @@ pub fn identities(path: Option<&PathBuf>) -> Result<Vec<age::x25519::Identity>> 
 }
 
 /// Decrypt only the age header: proves the key fits before anything is touched.
-pub async fn check_identity(policy: &Policy, m: &Manifest, ids: &[age::x25519::Identity], id_path: &std::path::Path) -> Result<()> {
+pub async fn check_identity(
+    policy: &Policy,
+    m: &Manifest,
+    ids: &[age::x25519::Identity],
+    id_path: &std::path::Path,
+) -> Result<()> {
     let repo = crate::backup::open_repo(policy).await?;
     let obj = m.objects.first().context("manifest lists no objects")?;
     let reader = repo.reader(&obj.key).await?;
     let ids = ids.to_vec();
     let ok = tokio::task::spawn_blocking(move || -> Result<bool, String> {
-        let d = age::Decryptor::new_buffered(std::io::BufReader::new(reader)).map_err(|e| e.to_string())?;
+        let d = age::Decryptor::new_buffered(std::io::BufReader::new(reader))
+            .map_err(|e| e.to_string())?;
         match d.decrypt(ids.iter().map(|i| i as &dyn age::Identity)) {
             Ok(_) => Ok(true),
             Err(age::DecryptError::NoMatchingKeys) => Ok(false),
@@ -128,13 +137,21 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let (plan, m) = plan(policy, req).await?;
     if m.method != Method::Dump {
-        bail!("backup {} is a {} backup; this drctl build restores dump backups", m.id, m.method);
+        bail!(
+            "backup {} is a {} backup; this drctl build restores dump backups",
+            m.id,
+            m.method
+        );
     }
-    let target_url = req
-        .database
-        .as_deref()
-        .ok_or_else(|| usage("a dump backup restores into a database: pass --target postgres://host/newdb"))?;
-    let target_url = ConnUrl::parse(target_url).map_err(|e| usage(format!("--target: {e}")))?;
+    let target_url = match req.database.as_deref() {
+        Some(t) => Some(ConnUrl::parse(t).map_err(|e| usage(format!("--target: {e}")))?),
+        None if req.dry_run => None,
+        None => {
+            return Err(usage(
+                "a dump backup restores into a database: pass --target postgres://host/newdb",
+            ))
+        }
+    };
     if req.jobs == 0 {
         return Err(usage("--jobs must be at least 1"));
     }
@@ -151,16 +168,24 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         check_identity(policy, &m, ids, p).await?;
     }
     if req.dry_run {
-        return Ok(Outcome { plan, created_database: false, duration_seconds: started.elapsed().as_secs_f64() });
+        return Ok(Outcome {
+            plan,
+            created_database: false,
+            duration_seconds: started.elapsed().as_secs_f64(),
+        });
     }
     let ids = ids.expect("loaded unless dry-run");
+    let target_url = target_url.expect("required unless dry-run");
 
     // Target checks: nothing is created or changed before they pass.
     let target = Conn::new(target_url.clone(), None)?;
     let db = target_url.database();
     let admin = target.with_database("postgres");
     let exists = admin
-        .query_one("select count(*) from pg_database where datname = :'db'", &[("db", &db)])
+        .query_one(
+            "select count(*) from pg_database where datname = :'db'",
+            &[("db", &db)],
+        )
         .await
         .with_context(|| format!("cannot reach the target server {}", target_url.host()))?
         == "1";
@@ -185,7 +210,10 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     } else {
         let enc = m.source.encoding.clone().unwrap_or_else(|| "UTF8".into());
         admin
-            .query("create database :\"db\" template template0 encoding :'enc'", &[("db", &db), ("enc", &enc)])
+            .query(
+                "create database :\"db\" template template0 encoding :'enc'",
+                &[("db", &db), ("enc", &enc)],
+            )
             .await
             .with_context(|| format!("cannot create database \"{db}\""))?;
     }
@@ -195,16 +223,29 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     if let Err(e) = result {
         if created {
             if let Err(de) = admin
-                .query("drop database if exists :\"db\" with (force)", &[("db", &db)])
+                .query(
+                    "drop database if exists :\"db\" with (force)",
+                    &[("db", &db)],
+                )
                 .await
             {
                 tracing::error!(error = %de, "could not drop the half-restored database \"{db}\"; drop it by hand");
             }
-            return Err(e.context(format!("restore of {} failed; the database \"{db}\" drctl created was dropped", m.id)));
+            return Err(e.context(format!(
+                "restore of {} failed; the database \"{db}\" drctl created was dropped",
+                m.id
+            )));
         }
-        return Err(e.context(format!("restore of {} failed; pg_restore ran in one transaction, so \"{db}\" is unchanged", m.id)));
+        return Err(e.context(format!(
+            "restore of {} failed; pg_restore ran in one transaction, so \"{db}\" is unchanged",
+            m.id
+        )));
     }
-    Ok(Outcome { plan, created_database: created, duration_seconds: started.elapsed().as_secs_f64() })
+    Ok(Outcome {
+        plan,
+        created_database: created,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 async fn stream_into(
@@ -216,7 +257,11 @@ async fn stream_into(
     clean: bool,
 ) -> Result<()> {
     let repo = crate::backup::open_repo(policy).await?;
-    let obj = m.objects.first().context("manifest lists no objects")?.clone();
+    let obj = m
+        .objects
+        .first()
+        .context("manifest lists no objects")?
+        .clone();
     let reader = repo.reader(&obj.key).await?;
     let mut cmd = target.std_command("pg_restore");
     cmd.args(["-w", "--exit-on-error", "--single-transaction"]);
@@ -233,7 +278,9 @@ async fn stream_into(
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("cannot run pg_restore (install the PostgreSQL client tools)")?;
+    let mut child = cmd
+        .spawn()
+        .context("cannot run pg_restore (install the PostgreSQL client tools)")?;
     let id = m.id.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let mut stdin = child.stdin.take().expect("piped");
@@ -282,14 +329,27 @@ async fn stream_into(
 
 /// Write the plan for humans.
 pub fn print_plan(out: &mut dyn Write, p: &Plan) -> std::io::Result<()> {
-    writeln!(out, "backup:        {} ({}, consistent at {})", p.backup_id, p.method, p.consistent_at)?;
+    writeln!(
+        out,
+        "backup:        {} ({}, consistent at {})",
+        p.backup_id, p.method, p.consistent_at
+    )?;
     writeln!(out, "target time:   {}", p.target_time)?;
     if let Some(g) = p.gap_seconds {
-        writeln!(out, "data-loss gap: {}", plan::describe_gap(jiff::SignedDuration::from_secs(g)))?;
+        writeln!(
+            out,
+            "data-loss gap: {}",
+            plan::describe_gap(jiff::SignedDuration::from_secs(g))
+        )?;
     }
     if let Some(t) = &p.target {
         writeln!(out, "into:          {t}")?;
     }
-    writeln!(out, "size:          {} stored, {} plain", crate::progress::human_bytes(p.stored_bytes), crate::progress::human_bytes(p.source_bytes))?;
+    writeln!(
+        out,
+        "size:          {} stored, {} plain",
+        crate::progress::human_bytes(p.stored_bytes),
+        crate::progress::human_bytes(p.source_bytes)
+    )?;
     Ok(())
 }

@@ -84,9 +84,15 @@ mod tests {
         let utc = TimeZone::UTC;
         let t: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
         let s = Schedule::parse("0 2 * * *").unwrap();
-        assert_eq!(s.next_after(t, &utc).unwrap(), "2026-11-23T02:00:00Z".parse::<Timestamp>().unwrap());
+        assert_eq!(
+            s.next_after(t, &utc).unwrap(),
+            "2026-11-23T02:00:00Z".parse::<Timestamp>().unwrap()
+        );
         let s = Schedule::parse("*/10 * * * * *").unwrap();
-        assert_eq!(s.next_after(t, &utc).unwrap(), "2026-11-22T10:00:10Z".parse::<Timestamp>().unwrap());
+        assert_eq!(
+            s.next_after(t, &utc).unwrap(),
+            "2026-11-22T10:00:10Z".parse::<Timestamp>().unwrap()
+        );
         assert!(Schedule::parse("bogus").is_err());
         assert!(Schedule::parse("61 * * * *").is_err());
     }
@@ -97,6 +103,9 @@ mod tests {
         let t: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
         let s = Schedule::parse("0 2 * * *").unwrap();
         // 02:00 Berlin (UTC+1) = 01:00Z.
-        assert_eq!(s.next_after(t, &berlin).unwrap(), "2026-11-23T01:00:00Z".parse::<Timestamp>().unwrap());
+        assert_eq!(
+            s.next_after(t, &berlin).unwrap(),
+            "2026-11-23T01:00:00Z".parse::<Timestamp>().unwrap()
+        );
     }
 }

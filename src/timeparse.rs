@@ -8,7 +8,8 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Span, SpanRelativeTo, Timestamp};
 
 /// What the accepted forms are, for error messages.
-pub const TIME_FORMS: &str = "RFC 3339 (2026-11-22T10:00:00Z), 'YYYY-MM-DD HH:MM[:SS]' (local time), \
+pub const TIME_FORMS: &str =
+    "RFC 3339 (2026-11-22T10:00:00Z), 'YYYY-MM-DD HH:MM[:SS]' (local time), \
      relative ('2h-ago', '90m-ago', '1d-ago', '30s-ago', '2h ago') or 'now'";
 
 /// Resolve a user-supplied TIME to an absolute instant.
@@ -136,7 +137,11 @@ mod tests {
             ("now", "2026-11-22T10:00:00Z"),
             ("NOW", "2026-11-22T10:00:00Z"),
         ] {
-            assert_eq!(t(input).unwrap(), want.parse::<Timestamp>().unwrap(), "{input}");
+            assert_eq!(
+                t(input).unwrap(),
+                want.parse::<Timestamp>().unwrap(),
+                "{input}"
+            );
         }
     }
 
@@ -172,9 +177,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("2d").unwrap(), SignedDuration::from_hours(48));
-        assert_eq!(parse_duration("90m").unwrap(), SignedDuration::from_mins(90));
-        assert_eq!(parse_duration("1h30m").unwrap(), SignedDuration::from_mins(90));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            SignedDuration::from_hours(48)
+        );
+        assert_eq!(
+            parse_duration("90m").unwrap(),
+            SignedDuration::from_mins(90)
+        );
+        assert_eq!(
+            parse_duration("1h30m").unwrap(),
+            SignedDuration::from_mins(90)
+        );
         assert!(parse_duration("1 month").is_err());
         assert!(parse_duration("soon").is_err());
     }

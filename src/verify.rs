@@ -36,7 +36,10 @@ pub async fn verify(
                 continue;
             }
             Some(size) if size != obj.stored_bytes => {
-                problems.push(format!("{}: size {size} but the manifest says {}", obj.key, obj.stored_bytes));
+                problems.push(format!(
+                    "{}: size {size} but the manifest says {}",
+                    obj.key, obj.stored_bytes
+                ));
                 continue;
             }
             Some(_) => {}
@@ -48,14 +51,19 @@ pub async fn verify(
                     .await?
                     .with_context(|| format!("reading {}", obj.key))?;
                 if n != obj.stored_bytes || sha != obj.stored_sha256 {
-                    problems.push(format!("{}: sha256 {sha} but the manifest says {}", obj.key, obj.stored_sha256));
+                    problems.push(format!(
+                        "{}: sha256 {sha} but the manifest says {}",
+                        obj.key, obj.stored_sha256
+                    ));
                 }
             }
             Some(ids) => {
                 let ids = ids.to_vec();
                 let entry = obj.clone();
                 let is_dump = m.method == Method::Dump;
-                let r = tokio::task::spawn_blocking(move || deep_one(reader, &ids, &entry, is_dump)).await?;
+                let r =
+                    tokio::task::spawn_blocking(move || deep_one(reader, &ids, &entry, is_dump))
+                        .await?;
                 if let Err(e) = r {
                     problems.push(format!("{}: {e}", obj.key));
                 }
@@ -94,12 +102,17 @@ fn deep_one(
     drop(stdin);
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     match r {
-        Err(DecodeError::WrongKey) => return Err("the identity does not match this backup's recipients".into()),
+        Err(DecodeError::WrongKey) => {
+            return Err("the identity does not match this backup's recipients".into())
+        }
         Err(e) => return Err(e.to_string()),
         Ok(_) => {}
     }
     if !out.status.success() {
-        return Err(format!("pg_restore --list rejected the archive: {}", crate::pg::stderr_summary(&out.stderr)));
+        return Err(format!(
+            "pg_restore --list rejected the archive: {}",
+            crate::pg::stderr_summary(&out.stderr)
+        ));
     }
     Ok(())
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use jiff::Timestamp;
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 
 use crate::manifest::Manifest;
@@ -58,7 +60,9 @@ fn hostname() -> String {
 }
 
 fn pid_alive(pid: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
     if pid <= 0 {
         return false;
     }
@@ -71,8 +75,9 @@ impl Catalog {
     pub async fn open(path: &Path) -> Result<Catalog> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create catalog directory {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create catalog directory {}", dir.display())
+                })?;
             }
         }
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
@@ -107,13 +112,25 @@ impl Catalog {
             let pid: Option<i64> = r.get(1);
             if !pid.is_some_and(pid_alive) {
                 tracing::warn!(backup = %id, "backup was left running by a process that died; marking it failed");
-                self.mark_failed(&id, Timestamp::now(), "drctl process died during the backup").await?;
+                self.mark_failed(
+                    &id,
+                    Timestamp::now(),
+                    "drctl process died during the backup",
+                )
+                .await?;
             }
         }
         Ok(())
     }
 
-    pub async fn insert_running(&self, id: &str, policy: &str, method: &str, started_at: Timestamp, repo: &str) -> Result<()> {
+    pub async fn insert_running(
+        &self,
+        id: &str,
+        policy: &str,
+        method: &str,
+        started_at: Timestamp,
+        repo: &str,
+    ) -> Result<()> {
         sqlx::query("insert into backups (id, policy, method, status, started_at, repository, host, pid) values (?, ?, ?, 'running', ?, ?, ?, ?)")
             .bind(id)
             .bind(policy)
@@ -185,25 +202,45 @@ impl Catalog {
     /// Backups, newest first.
     pub async fn list(&self, policy: Option<&str>) -> Result<Vec<BackupRow>> {
         let rows = match policy {
-            Some(p) => sqlx::query("select * from backups where policy = ? order by started_at desc, id desc").bind(p).fetch_all(&self.pool).await?,
-            None => sqlx::query("select * from backups order by started_at desc, id desc").fetch_all(&self.pool).await?,
+            Some(p) => {
+                sqlx::query(
+                    "select * from backups where policy = ? order by started_at desc, id desc",
+                )
+                .bind(p)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("select * from backups order by started_at desc, id desc")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
         };
         Ok(rows.iter().map(Self::row).collect())
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<(BackupRow, Option<String>)>> {
-        let r = sqlx::query("select * from backups where id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("select * from backups where id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(r.map(|r| (Self::row(&r), r.get("manifest"))))
     }
 
     /// Remove complete rows of a policy that the repository no longer has.
     pub async fn forget_missing(&self, policy: &str, present: &[String]) -> Result<u64> {
-        let rows = sqlx::query("select id from backups where policy = ? and status = 'complete'").bind(policy).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("select id from backups where policy = ? and status = 'complete'")
+            .bind(policy)
+            .fetch_all(&self.pool)
+            .await?;
         let mut n = 0;
         for r in rows {
             let id: String = r.get(0);
             if !present.contains(&id) {
-                sqlx::query("delete from backups where id = ?").bind(&id).execute(&self.pool).await?;
+                sqlx::query("delete from backups where id = ?")
+                    .bind(&id)
+                    .execute(&self.pool)
+                    .await?;
                 n += 1;
             }
         }
@@ -211,14 +248,16 @@ impl Catalog {
     }
 
     pub async fn record_verify(&self, id: &str, deep: bool, ok: bool, detail: &str) -> Result<()> {
-        sqlx::query("insert into verifications (backup_id, at, deep, ok, detail) values (?, ?, ?, ?, ?)")
-            .bind(id)
-            .bind(rfc3339_micros(Timestamp::now()))
-            .bind(deep as i64)
-            .bind(ok as i64)
-            .bind(detail)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "insert into verifications (backup_id, at, deep, ok, detail) values (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(rfc3339_micros(Timestamp::now()))
+        .bind(deep as i64)
+        .bind(ok as i64)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -245,9 +284,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let cat = Catalog::open(&path).await.unwrap();
-        cat.insert_running("20261122T101500Z-0001", "p", "dump", Timestamp::now(), "file:///r").await.unwrap();
+        cat.insert_running(
+            "20261122T101500Z-0001",
+            "p",
+            "dump",
+            Timestamp::now(),
+            "file:///r",
+        )
+        .await
+        .unwrap();
         // Pretend a dead process owned it.
-        sqlx::query("update backups set pid = 999999999").execute(&cat.pool).await.unwrap();
+        sqlx::query("update backups set pid = 999999999")
+            .execute(&cat.pool)
+            .await
+            .unwrap();
         drop(cat);
         let cat = Catalog::open(&path).await.unwrap();
         let rows = cat.list(None).await.unwrap();
@@ -260,7 +310,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let cat = Catalog::open(&path).await.unwrap();
-        cat.insert_running("20261122T101500Z-0002", "p", "dump", Timestamp::now(), "file:///r").await.unwrap();
+        cat.insert_running(
+            "20261122T101500Z-0002",
+            "p",
+            "dump",
+            Timestamp::now(),
+            "file:///r",
+        )
+        .await
+        .unwrap();
         drop(cat);
         let cat = Catalog::open(&path).await.unwrap();
         assert_eq!(cat.list(Some("p")).await.unwrap()[0].status, "running");

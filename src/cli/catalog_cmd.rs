@@ -30,7 +30,10 @@ pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
         let inv = crate::inventory::scan(&*repo, None).await?;
         for m in &inv.complete {
             catalog.upsert_complete(m, repo.url()).await?;
-            by_policy.entry(m.policy.clone()).or_default().push(m.id.clone());
+            by_policy
+                .entry(m.policy.clone())
+                .or_default()
+                .push(m.id.clone());
             complete += 1;
         }
         incomplete += inv.incomplete.len();

@@ -29,7 +29,10 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     if !crate::policy::valid_name(&a.name) {
-        return Err(usage(format!("--name '{}' must be 1-64 of [A-Za-z0-9_-]", a.name)));
+        return Err(usage(format!(
+            "--name '{}' must be 1-64 of [A-Za-z0-9_-]",
+            a.name
+        )));
     }
     crate::pg::ConnUrl::parse(&a.source).map_err(|e| usage(format!("--source: {e}")))?;
     let repo_url = match a.repo {
@@ -39,7 +42,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     crate::repo::RepoUrl::parse(&repo_url).map_err(|e| usage(format!("--repo: {e}")))?;
     let policy_path = ctx.policies_dir.join(format!("{}.toml", a.name));
     if policy_path.exists() {
-        return Err(usage(format!("{} already exists; pick another --name", policy_path.display())));
+        return Err(usage(format!(
+            "{} already exists; pick another --name",
+            policy_path.display()
+        )));
     }
 
     let public = if a.identity_file.exists() {
@@ -69,9 +75,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let text = include_str!("../../policies/example.toml")
         .replace("postgres://backup@db1:5432/orders", &a.source)
         .replace("file:///var/lib/drctl/repo", &repo_url)
-        .replace("age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p", &public);
+        .replace(
+            "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+            &public,
+        );
     // The template must stay a valid policy after substitution.
-    crate::policy::parse(&policy_path, &text).map_err(|p| anyhow::anyhow!("generated policy is invalid: {}", p[0]))?;
+    crate::policy::parse(&policy_path, &text)
+        .map_err(|p| anyhow::anyhow!("generated policy is invalid: {}", p[0]))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -90,9 +100,15 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     } else {
         println!("policy:     {}", policy_path.display());
         println!("repository: {repo_url}");
-        println!("identity:   {} (private key, mode 0600: keep a copy OFF this host; restores need it)", a.identity_file.display());
+        println!(
+            "identity:   {} (private key, mode 0600: keep a copy OFF this host; restores need it)",
+            a.identity_file.display()
+        );
         println!("recipient:  {public}");
-        println!("next:       edit the policy, then `drctl policy check` and `drctl backup {}`", a.name);
+        println!(
+            "next:       edit the policy, then `drctl policy check` and `drctl backup {}`",
+            a.name
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -79,10 +79,16 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if entries.is_empty() {
-        println!("no backups{}", a.policy.map(|p| format!(" of {p}")).unwrap_or_default());
+        println!(
+            "no backups{}",
+            a.policy.map(|p| format!(" of {p}")).unwrap_or_default()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<22} {:<16} {:<8} {:<9} {:<21} {:>10} {:>10}", "ID", "POLICY", "METHOD", "STATUS", "CONSISTENT AT", "STORED", "SOURCE");
+    println!(
+        "{:<22} {:<16} {:<8} {:<9} {:<21} {:>10} {:>10}",
+        "ID", "POLICY", "METHOD", "STATUS", "CONSISTENT AT", "STORED", "SOURCE"
+    );
     for e in &entries {
         println!(
             "{:<22} {:<16} {:<8} {:<9} {:<21} {:>10} {:>10}{}",
@@ -91,8 +97,12 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             e.method,
             e.status,
             e.consistent_at.as_deref().unwrap_or("-"),
-            e.stored_bytes.map(|b| human_bytes(b as u64)).unwrap_or_else(|| "-".into()),
-            e.source_bytes.map(|b| human_bytes(b as u64)).unwrap_or_else(|| "-".into()),
+            e.stored_bytes
+                .map(|b| human_bytes(b as u64))
+                .unwrap_or_else(|| "-".into()),
+            e.source_bytes
+                .map(|b| human_bytes(b as u64))
+                .unwrap_or_else(|| "-".into()),
             if e.pinned { "  pinned" } else { "" }
         );
         if let (Some(err), "failed") = (&e.error, e.status.as_str()) {

@@ -34,7 +34,11 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "drctl", version, about = "Backup and disaster recovery for PostgreSQL and AWS RDS, with restores proven by drills")]
+#[command(
+    name = "drctl",
+    version,
+    about = "Backup and disaster recovery for PostgreSQL and AWS RDS, with restores proven by drills"
+)]
 pub struct Cli {
     /// Directory of policy files (one TOML file per database)
     #[arg(long, env = "DRCTL_POLICIES", global = true, value_name = "DIR")]
@@ -46,7 +50,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
     /// Log format on stderr
-    #[arg(long, value_enum, env = "DRCTL_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        env = "DRCTL_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
     /// More logging (-v info, -vv debug) and full error chains
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -98,7 +108,14 @@ impl Ctx {
     pub fn load_all(&self) -> Result<Vec<Policy>> {
         let (policies, problems) = self.read_dir()?;
         if let Some(p) = problems.first() {
-            let more = if problems.len() > 1 { format!(" (and {} more; run `drctl policy check`)", problems.len() - 1) } else { String::new() };
+            let more = if problems.len() > 1 {
+                format!(
+                    " (and {} more; run `drctl policy check`)",
+                    problems.len() - 1
+                )
+            } else {
+                String::new()
+            };
             return Err(usage(format!("{p}{more}")));
         }
         Ok(policies)
@@ -126,7 +143,11 @@ impl Ctx {
                 return Err(usage(format!(
                     "no policy '{name}' ({} not found); known policies: {}",
                     path.display(),
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             }
         };
@@ -180,9 +201,13 @@ fn init_logging(cli: &Cli) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!("{level},aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn"))
+        EnvFilter::new(format!(
+            "{level},aws_config=warn,aws_smithy_runtime=warn,sqlx=warn,hyper=warn"
+        ))
     });
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -194,7 +219,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     let verbose = cli.verbose;
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drctl: error: cannot start the runtime: {e}");
@@ -225,7 +253,10 @@ pub fn main() -> ExitCode {
 /// Second: exit now.
 async fn watch_signals() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     for round in 0..2 {
@@ -244,7 +275,10 @@ async fn watch_signals() {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let ctx = Ctx {
-        policies_dir: cli.policies.clone().unwrap_or_else(|| PathBuf::from("policies")),
+        policies_dir: cli
+            .policies
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("policies")),
         catalog_path: cli.catalog.clone().unwrap_or_else(default_catalog),
         output: cli.output,
         verbose: cli.verbose,
@@ -265,7 +299,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 /// repository (the source of truth) supplies the manifest.
 pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::manifest::Manifest)> {
     if !crate::manifest::valid_backup_id(id) {
-        return Err(usage(format!("'{id}' is neither a policy nor a backup id (like 20261122T101500Z-3f9a)")));
+        return Err(usage(format!(
+            "'{id}' is neither a policy nor a backup id (like 20261122T101500Z-3f9a)"
+        )));
     }
     let catalog = ctx.catalog().await?;
     let mut candidates: Vec<Policy> = Vec::new();
@@ -279,7 +315,8 @@ pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::manifest
         let repo = crate::backup::open_repo(&policy).await?;
         let key = crate::manifest::manifest_key(&policy.name, id);
         if let Some(bytes) = repo.get_bytes(&key).await? {
-            let m = crate::manifest::Manifest::from_json(&bytes).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+            let m = crate::manifest::Manifest::from_json(&bytes)
+                .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
             return Ok((policy, m));
         }
     }

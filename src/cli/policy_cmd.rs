@@ -20,7 +20,11 @@ pub fn run(ctx: &Ctx, cmd: PolicyCmd) -> Result<ExitCode> {
     let (mut policies, mut problems) = ctx.read_dir()?;
     if !names.is_empty() {
         for n in &names {
-            if !policies.iter().any(|p| &p.name == n) && !problems.iter().any(|p| p.file.file_stem().is_some_and(|s| s == n.as_str())) {
+            if !policies.iter().any(|p| &p.name == n)
+                && !problems
+                    .iter()
+                    .any(|p| p.file.file_stem().is_some_and(|s| s == n.as_str()))
+            {
                 problems.push(crate::policy::Problem {
                     file: ctx.policies_dir.join(format!("{n}.toml")),
                     key: String::new(),
@@ -29,7 +33,11 @@ pub fn run(ctx: &Ctx, cmd: PolicyCmd) -> Result<ExitCode> {
             }
         }
         policies.retain(|p| names.contains(&p.name));
-        problems.retain(|p| names.iter().any(|n| p.file.file_stem().is_some_and(|s| s == n.as_str())));
+        problems.retain(|p| {
+            names
+                .iter()
+                .any(|n| p.file.file_stem().is_some_and(|s| s == n.as_str()))
+        });
     }
     if ctx.json() {
         ctx.print_json(&serde_json::json!({
@@ -43,12 +51,19 @@ pub fn run(ctx: &Ctx, cmd: PolicyCmd) -> Result<ExitCode> {
         }
         if problems.is_empty() {
             if policies.is_empty() {
-                eprintln!("no policies in {}; run `drctl init`", ctx.policies_dir.display());
+                eprintln!(
+                    "no policies in {}; run `drctl init`",
+                    ctx.policies_dir.display()
+                );
                 return Ok(ExitCode::from(2));
             }
             let names: Vec<_> = policies.iter().map(|p| p.name.as_str()).collect();
             println!("ok: {} ({})", names.len(), names.join(", "));
         }
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

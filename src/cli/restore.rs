@@ -71,12 +71,15 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         )));
     }
     if a.target.is_none() && !a.dry_run {
-        return Err(usage("where to? pass --target postgres://user@host:5432/newdb"));
+        return Err(usage(
+            "where to? pass --target postgres://user@host:5432/newdb",
+        ));
     }
     let now = jiff::Timestamp::now();
     let target = match (&a.to, &a.backup) {
         (Some(t), _) => {
-            let ts = parse_time(t, now, &jiff::tz::TimeZone::system()).map_err(|e| usage(format!("--to: {e}")))?;
+            let ts = parse_time(t, now, &jiff::tz::TimeZone::system())
+                .map_err(|e| usage(format!("--to: {e}")))?;
             if !ctx.json() {
                 println!("resolved --to {t} as {}", rfc3339(ts));
             }
@@ -111,7 +114,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             a.target.as_deref().unwrap_or("-"),
             outcome.duration_seconds,
             human_bytes(outcome.plan.source_bytes),
-            if outcome.created_database { ", database created" } else { "" }
+            if outcome.created_database {
+                ", database created"
+            } else {
+                ""
+            }
         );
         println!("next: run ANALYZE on the restored database before serving traffic");
     }

@@ -18,7 +18,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let (_policy, m) = super::find_backup(ctx, &a.id).await?;
     let catalog = ctx.catalog().await?;
     let verification = catalog.last_verify(&m.id).await?;
-    let pinned = catalog.get(&m.id).await?.map(|(r, _)| r.pinned).unwrap_or(false);
+    let pinned = catalog
+        .get(&m.id)
+        .await?
+        .map(|(r, _)| r.pinned)
+        .unwrap_or(false);
     if ctx.json() {
         ctx.print_json(&serde_json::json!({
             "id": m.id, "policy": m.policy, "status": "complete", "pinned": pinned,
@@ -29,20 +33,39 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     println!("id:             {}", m.id);
     println!("policy:         {}", m.policy);
     println!("method:         {}", m.method);
-    println!("status:         complete (manifest committed){}", if pinned { ", pinned" } else { "" });
+    println!(
+        "status:         complete (manifest committed){}",
+        if pinned { ", pinned" } else { "" }
+    );
     println!("started:        {}", rfc3339(m.started_at));
     println!("finished:       {}", rfc3339(m.finished_at));
     println!("consistent at:  {}", rfc3339(m.consistent_at));
-    println!("source:         {} on {} (PostgreSQL {})", m.source.database, m.source.host, m.source.server_version);
+    println!(
+        "source:         {} on {} (PostgreSQL {})",
+        m.source.database, m.source.host, m.source.server_version
+    );
     if let Some(v) = &m.source.pg_dump_version {
         println!("pg_dump:        {v}");
     }
-    println!("size:           {} plain, {} stored (zstd {}, {})", human_bytes(m.source_bytes()), human_bytes(m.stored_bytes()), m.compression.level, m.encryption.algorithm);
+    println!(
+        "size:           {} plain, {} stored (zstd {}, {})",
+        human_bytes(m.source_bytes()),
+        human_bytes(m.stored_bytes()),
+        m.compression.level,
+        m.encryption.algorithm
+    );
     println!("recipients:     {}", m.encryption.recipients.join(", "));
     for o in &m.objects {
-        println!("object:         {} sha256(stored) {}", o.key, o.stored_sha256);
+        println!(
+            "object:         {} sha256(stored) {}",
+            o.key, o.stored_sha256
+        );
     }
-    println!("tables:         {} ({} row counts)", m.tables.len(), m.row_counts);
+    println!(
+        "tables:         {} ({} row counts)",
+        m.tables.len(),
+        m.row_counts
+    );
     for t in &m.tables {
         println!("  {:>12}  {}.{}", t.rows, t.schema, t.name);
     }
@@ -52,7 +75,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             if v.ok { "ok" } else { "FAILED" },
             rfc3339(v.at),
             if v.deep { "deep" } else { "checksums" },
-            if v.ok { String::new() } else { format!(": {}", v.detail) }
+            if v.ok {
+                String::new()
+            } else {
+                format!(": {}", v.detail)
+            }
         ),
         None => println!("verified:       never; run `drctl verify {}`", m.id),
     }

@@ -24,9 +24,11 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let ids = if a.deep {
-        Some(crate::pipeline::load_identities(a.identity.as_ref().ok_or_else(|| {
-            usage("--deep decrypts: pass --identity FILE or set DRCTL_IDENTITY")
-        })?)?)
+        Some(crate::pipeline::load_identities(
+            a.identity.as_ref().ok_or_else(|| {
+                usage("--deep decrypts: pass --identity FILE or set DRCTL_IDENTITY")
+            })?,
+        )?)
     } else {
         None
     };
@@ -60,10 +62,17 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         let repo = crate::backup::open_repo(policy).await?;
         for m in manifests {
             let r = crate::verify::verify(&*repo, m, ids.as_deref()).await?;
-            catalog.record_verify(&r.id, r.deep, r.ok, &r.problems.join("; ")).await?;
+            catalog
+                .record_verify(&r.id, r.deep, r.ok, &r.problems.join("; "))
+                .await?;
             if !ctx.json() {
                 if r.ok {
-                    println!("ok      {} ({}{})", r.id, r.policy, if r.deep { ", deep" } else { "" });
+                    println!(
+                        "ok      {} ({}{})",
+                        r.id,
+                        r.policy,
+                        if r.deep { ", deep" } else { "" }
+                    );
                 } else {
                     println!("FAILED  {} ({}): {}", r.id, r.policy, r.problems.join("; "));
                 }
@@ -85,10 +94,17 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         if reports.is_empty() {
             println!("no complete backups to verify");
         } else if failed > 0 {
-            eprintln!("drctl: error: {failed} of {} backups failed verification", reports.len());
+            eprintln!(
+                "drctl: error: {failed} of {} backups failed verification",
+                reports.len()
+            );
         }
     }
-    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn scan(p: &Policy) -> Result<crate::inventory::Inventory> {

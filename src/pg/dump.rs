@@ -38,7 +38,9 @@ pub async fn export_snapshot(conn: &Conn) -> Result<Snapshot> {
         )
         .await
         .with_context(|| format!("cannot export a snapshot on {}", conn.url))?;
-    let [row] = rows.as_slice() else { bail!("snapshot query returned {} rows", rows.len()) };
+    let [row] = rows.as_slice() else {
+        bail!("snapshot query returned {} rows", rows.len())
+    };
     let consistent_at: Timestamp = row[1].parse().context("parsing the server's timestamp")?;
     Ok(Snapshot {
         session,
@@ -70,17 +72,25 @@ pub async fn row_counts(session: &mut Session, mode: RowCounts) -> Result<Vec<Ta
         RowCounts::Estimate => format!(
             "select n.nspname, c.relname, greatest(c.reltuples, 0)::bigint {TABLES} order by 1, 2;"
         ),
-        // One count(*) per table, generated server-side so names are quoted by format().
+        // One count(*) per table, generated server-side so names are quoted
+        // by format(), run as a single UNION ALL so psql prints one result.
+        // Unreadable tables are skipped: an error here would abort the
+        // transaction and with it the snapshot pg_dump is importing; pg_dump
+        // itself reports the missing privilege.
         RowCounts::Exact => format!(
-            "select format('select %L, %L, count(*) from only %I.%I;', n.nspname, c.relname, n.nspname, c.relname) \
-             {TABLES} order by n.nspname, c.relname \\gexec"
+            "select string_agg(format('select %L, %L, count(*) from only %I.%I', n.nspname, c.relname, n.nspname, c.relname), \
+             ' union all ' order by n.nspname, c.relname) {TABLES} and has_table_privilege(c.oid, 'SELECT') \\gexec"
         ),
     };
     let rows = session.query(&sql).await.context("counting rows")?;
     let mut out: Vec<TableCount> = rows
         .into_iter()
         .filter(|r| r.len() == 3)
-        .map(|r| TableCount { schema: r[0].clone(), name: r[1].clone(), rows: r[2].parse().unwrap_or(-1) })
+        .map(|r| TableCount {
+            schema: r[0].clone(),
+            name: r[1].clone(),
+            rows: r[2].parse().unwrap_or(-1),
+        })
         .collect();
     out.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
     Ok(out)
@@ -95,5 +105,6 @@ pub fn spawn_pg_dump(conn: &Conn, snapshot: &str) -> Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    cmd.spawn().context("cannot run pg_dump (install the PostgreSQL client tools)")
+    cmd.spawn()
+        .context("cannot run pg_dump (install the PostgreSQL client tools)")
 }

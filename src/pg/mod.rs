@@ -31,10 +31,15 @@ impl ConnUrl {
             ));
         }
         if url.password().is_some() {
-            return Err("contains a password; remove it and use password_env, PGPASSWORD or ~/.pgpass".into());
+            return Err(
+                "contains a password; remove it and use password_env, PGPASSWORD or ~/.pgpass"
+                    .into(),
+            );
         }
         if url.query_pairs().any(|(k, _)| k == "password") {
-            return Err("contains a password parameter; use password_env, PGPASSWORD or ~/.pgpass".into());
+            return Err(
+                "contains a password parameter; use password_env, PGPASSWORD or ~/.pgpass".into(),
+            );
         }
         let c = ConnUrl { url };
         if c.database().is_empty() {
@@ -90,7 +95,9 @@ fn percent_decode(s: &str) -> String {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -105,7 +112,9 @@ pub struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("url", &self.url.as_str()).finish_non_exhaustive()
+        f.debug_struct("Conn")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,7 +134,10 @@ impl Conn {
     }
 
     pub fn with_database(&self, db: &str) -> Conn {
-        Conn { url: self.url.with_database(db), password: self.password.clone() }
+        Conn {
+            url: self.url.with_database(db),
+            password: self.password.clone(),
+        }
     }
 
     fn envs(&self) -> Vec<(&'static str, String)> {
@@ -156,7 +168,21 @@ impl Conn {
 
     fn psql(&self) -> Command {
         let mut c = self.command("psql");
-        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\x1f", "-R", "\x1e", "-w", "-f", "-"]);
+        c.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-F",
+            "\x1f",
+            "-R",
+            "\x1e",
+            "-w",
+            "-f",
+            "-",
+        ]);
         c.arg(format!("--dbname={}", self.url));
         c
     }
@@ -168,8 +194,12 @@ impl Conn {
         for (k, v) in vars {
             cmd.arg("-v").arg(format!("{k}={v}"));
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("cannot run psql (install the PostgreSQL client tools)")?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .context("cannot run psql (install the PostgreSQL client tools)")?;
         let mut stdin = child.stdin.take().expect("piped");
         let sql = sql.to_string();
         let writer = tokio::spawn(async move {
@@ -212,7 +242,11 @@ fn parse_rows(out: &[u8]) -> Vec<Vec<String>> {
 /// First meaningful line of a libpq tool's stderr, for one-line errors.
 pub fn stderr_summary(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines
         .iter()
         .find(|l| l.contains("error:") || l.contains("FATAL") || l.contains("ERROR"))
@@ -232,12 +266,21 @@ pub struct Session {
 impl Session {
     pub async fn open(conn: &Conn) -> Result<Session> {
         let mut cmd = conn.psql();
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("cannot run psql (install the PostgreSQL client tools)")?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .context("cannot run psql (install the PostgreSQL client tools)")?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         let marker = format!("__drctl_{:016x}__", rand::random::<u64>());
-        Ok(Session { child, stdin, stdout, marker })
+        Ok(Session {
+            child,
+            stdin,
+            stdout,
+            marker,
+        })
     }
 
     /// Run SQL in the session's transaction and return its rows.
@@ -248,7 +291,11 @@ impl Session {
         let mut out = Vec::new();
         let end = format!("{}\n", self.marker);
         loop {
-            let n = self.stdout.read_until(b'\n', &mut out).await.context("reading from psql")?;
+            let n = self
+                .stdout
+                .read_until(b'\n', &mut out)
+                .await
+                .context("reading from psql")?;
             if n == 0 {
                 let mut err = Vec::new();
                 if let Some(mut e) = self.child.stderr.take() {
@@ -287,7 +334,11 @@ pub async fn tool_version(program: &str) -> Result<String> {
         .await
         .with_context(|| format!("cannot run {program} (install the PostgreSQL client tools)"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.split_whitespace().last().unwrap_or("unknown").to_string())
+    Ok(text
+        .split_whitespace()
+        .last()
+        .unwrap_or("unknown")
+        .to_string())
 }
 
 #[cfg(test)]
@@ -299,10 +350,17 @@ mod tests {
         let u = ConnUrl::parse("postgres://backup@db1:5432/orders").unwrap();
         assert_eq!(u.database(), "orders");
         assert_eq!(u.host(), "db1:5432");
-        assert_eq!(u.with_database("postgres").as_str(), "postgres://backup@db1:5432/postgres");
+        assert_eq!(
+            u.with_database("postgres").as_str(),
+            "postgres://backup@db1:5432/postgres"
+        );
         assert_eq!(u.with_database("a b").database(), "a b");
-        assert!(ConnUrl::parse("postgres://u:secret@h/db").unwrap_err().contains("password"));
-        assert!(!ConnUrl::parse("postgres://u:secret@h/db").unwrap_err().contains("secret"));
+        assert!(ConnUrl::parse("postgres://u:secret@h/db")
+            .unwrap_err()
+            .contains("password"));
+        assert!(!ConnUrl::parse("postgres://u:secret@h/db")
+            .unwrap_err()
+            .contains("secret"));
         assert!(ConnUrl::parse("mysql://h/db").is_err());
         assert!(ConnUrl::parse("postgres://h").is_err());
         assert!(ConnUrl::parse("postgres://h/db?password=x").is_err());
@@ -310,7 +368,10 @@ mod tests {
 
     #[test]
     fn rows() {
-        assert_eq!(parse_rows(b"a\x1fb\x1ec\x1fd\n"), vec![vec!["a", "b"], vec!["c", "d"]]);
+        assert_eq!(
+            parse_rows(b"a\x1fb\x1ec\x1fd\n"),
+            vec![vec!["a", "b"], vec!["c", "d"]]
+        );
         assert!(parse_rows(b"").is_empty());
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
     }

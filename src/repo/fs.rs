@@ -46,20 +46,33 @@ impl FsWriter {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let name = dest.file_name().unwrap_or_default().to_string_lossy();
         let tmp = dir.join(format!(".{name}.tmp-{:08x}", rand::random::<u32>()));
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        Ok(FsWriter { file: Some(file), tmp, dest, written: 0 })
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(FsWriter {
+            file: Some(file),
+            tmp,
+            dest,
+            written: 0,
+        })
     }
 }
 
 impl Write for FsWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.as_mut().expect("writer used after finish").write(buf)?;
+        let n = self
+            .file
+            .as_mut()
+            .expect("writer used after finish")
+            .write(buf)?;
         self.written += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.as_mut().expect("writer used after finish").flush()
+        self.file
+            .as_mut()
+            .expect("writer used after finish")
+            .flush()
     }
 }
 
@@ -108,7 +121,10 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
                 .expect("walked below root")
                 .to_string_lossy()
                 .into_owned();
-            out.push(ObjectInfo { key, size: meta.len() });
+            out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+            });
         }
     }
     Ok(())
@@ -154,7 +170,11 @@ impl Repository for FsRepo {
         tokio::task::spawn_blocking(move || {
             // Walk the deepest directory the prefix names, then filter.
             let dir_part = prefix.rsplit_once('/').map(|x| x.0).unwrap_or("");
-            let start = if dir_part.is_empty() { root.clone() } else { root.join(dir_part) };
+            let start = if dir_part.is_empty() {
+                root.clone()
+            } else {
+                root.join(dir_part)
+            };
             let mut out = Vec::new();
             walk(&start, &root, &mut out)
                 .with_context(|| format!("cannot list {}", start.display()))?;
@@ -208,23 +228,49 @@ mod tests {
         let mut w = repo.writer("p/backups/a/data").await.unwrap();
         w.write_all(b"hello").unwrap();
         assert_eq!(repo.head("p/backups/a/data").await.unwrap(), None);
-        assert!(repo.list("p/").await.unwrap().is_empty(), "temp file listed");
-        tokio::task::spawn_blocking(move || w.finish().unwrap()).await.unwrap();
+        assert!(
+            repo.list("p/").await.unwrap().is_empty(),
+            "temp file listed"
+        );
+        tokio::task::spawn_blocking(move || w.finish().unwrap())
+            .await
+            .unwrap();
         assert_eq!(repo.head("p/backups/a/data").await.unwrap(), Some(5));
         let mut s = String::new();
-        repo.reader("p/backups/a/data").await.unwrap().read_to_string(&mut s).unwrap();
+        repo.reader("p/backups/a/data")
+            .await
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "hello");
 
         let mut w = repo.writer("p/backups/b/data").await.unwrap();
         w.write_all(b"partial").unwrap();
         drop(w);
-        let keys: Vec<_> = repo.list("p/").await.unwrap().into_iter().map(|o| o.key).collect();
+        let keys: Vec<_> = repo
+            .list("p/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert_eq!(keys, vec!["p/backups/a/data".to_string()]);
-        assert_eq!(fs::read_dir(dir.path().join("p/backups/b")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("p/backups/b"))
+                .unwrap()
+                .count(),
+            0
+        );
 
         repo.delete("p/backups/a/data").await.unwrap();
         repo.delete("p/backups/a/data").await.unwrap();
-        assert!(!dir.path().join("p/backups/a").exists(), "empty dir left behind");
-        assert!(dir.path().join("p/backups/b").exists(), "non-empty parents must stay");
+        assert!(
+            !dir.path().join("p/backups/a").exists(),
+            "empty dir left behind"
+        );
+        assert!(
+            dir.path().join("p/backups/b").exists(),
+            "non-empty parents must stay"
+        );
     }
 }

@@ -118,9 +118,7 @@ pub async fn open(cfg: &policy::Repository) -> Result<Arc<dyn Repository>> {
     let url = RepoUrl::parse(&cfg.url).map_err(crate::error::usage)?;
     Ok(match url {
         RepoUrl::File(root) => Arc::new(fs::FsRepo::new(cfg.url.clone(), root)),
-        RepoUrl::S3 { bucket, prefix } => {
-            Arc::new(s3::S3Repo::connect(cfg, bucket, prefix).await?)
-        }
+        RepoUrl::S3 { bucket, prefix } => Arc::new(s3::S3Repo::connect(cfg, bucket, prefix).await?),
     })
 }
 
@@ -133,7 +131,10 @@ pub async fn ensure_initialized(repo: &dyn Repository) -> Result<()> {
     {
         Some(bytes) => {
             let m: RepoMarker = serde_json::from_slice(&bytes).with_context(|| {
-                format!("{}/{REPO_MARKER} is not a drctl repository marker", repo.url())
+                format!(
+                    "{}/{REPO_MARKER} is not a drctl repository marker",
+                    repo.url()
+                )
             })?;
             if m.format > REPO_FORMAT {
                 bail!(
@@ -169,11 +170,17 @@ mod tests {
         );
         assert_eq!(
             RepoUrl::parse("s3://b/pg/prod/").unwrap(),
-            RepoUrl::S3 { bucket: "b".into(), prefix: "pg/prod/".into() }
+            RepoUrl::S3 {
+                bucket: "b".into(),
+                prefix: "pg/prod/".into()
+            }
         );
         assert_eq!(
             RepoUrl::parse("s3://b").unwrap(),
-            RepoUrl::S3 { bucket: "b".into(), prefix: "".into() }
+            RepoUrl::S3 {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
         );
         assert!(RepoUrl::parse("file://relative").is_err());
         assert!(RepoUrl::parse("/var/lib").is_err());

@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::runtime::Handle;
@@ -67,7 +69,11 @@ where
 }
 
 impl S3Repo {
-    pub async fn connect(cfg: &policy::Repository, bucket: String, prefix: String) -> Result<S3Repo> {
+    pub async fn connect(
+        cfg: &policy::Repository,
+        bucket: String,
+        prefix: String,
+    ) -> Result<S3Repo> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(r) = &cfg.region {
             loader = loader.region(Region::new(r.clone()));
@@ -76,8 +82,11 @@ impl S3Repo {
             loader = loader.endpoint_url(ep);
         }
         let sdk = loader.load().await;
-        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
-            .retry_config(RetryConfig::standard().with_max_attempts(6).with_max_backoff(Duration::from_secs(20)));
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk).retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(6)
+                .with_max_backoff(Duration::from_secs(20)),
+        );
         if sdk.region().is_none() {
             b = b.region(Region::new("us-east-1"));
         }
@@ -87,7 +96,11 @@ impl S3Repo {
         Ok(S3Repo {
             url: cfg.url.clone(),
             prefix,
-            part_size: cfg.part_size_mib.map(|m| m as usize).unwrap_or(DEFAULT_PART_MIB) << 20,
+            part_size: cfg
+                .part_size_mib
+                .map(|m| m as usize)
+                .unwrap_or(DEFAULT_PART_MIB)
+                << 20,
             t: Target {
                 client: Client::from_conf(b.build()),
                 bucket,
@@ -115,26 +128,38 @@ impl Target {
             req = req.storage_class(sc.clone());
         }
         if let Some(k) = &self.sse_kms_key_id {
-            req = req.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(k);
+            req = req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(k);
         }
-        req.send().await.map_err(sdk_err).with_context(|| format!("PutObject s3://{}/{key}", self.bucket))?;
+        req.send()
+            .await
+            .map_err(sdk_err)
+            .with_context(|| format!("PutObject s3://{}/{key}", self.bucket))?;
         Ok(())
     }
 
     async fn create_upload(&self, key: &str) -> Result<String> {
-        let mut req = self.client.create_multipart_upload().bucket(&self.bucket).key(key);
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key);
         if let Some(sc) = &self.storage_class {
             req = req.storage_class(sc.clone());
         }
         if let Some(k) = &self.sse_kms_key_id {
-            req = req.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(k);
+            req = req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(k);
         }
         let out = req
             .send()
             .await
             .map_err(sdk_err)
             .with_context(|| format!("CreateMultipartUpload s3://{}/{key}", self.bucket))?;
-        out.upload_id.context("CreateMultipartUpload returned no upload id")
+        out.upload_id
+            .context("CreateMultipartUpload returned no upload id")
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) {
@@ -148,7 +173,9 @@ impl Target {
             .await;
         match r {
             Ok(_) => tracing::info!(key, "aborted multipart upload"),
-            Err(e) => tracing::warn!(key, error = %sdk_err(e), "could not abort multipart upload; a bucket lifecycle rule for incomplete uploads will clean it"),
+            Err(e) => {
+                tracing::warn!(key, error = %sdk_err(e), "could not abort multipart upload; a bucket lifecycle rule for incomplete uploads will clean it")
+            }
         }
     }
 }
@@ -181,7 +208,9 @@ async fn upload_parts(
     let sem = Arc::new(Semaphore::new(PARTS_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     let mut parts = Vec::new();
-    let collect = |r: Result<Result<CompletedPart>, tokio::task::JoinError>, parts: &mut Vec<CompletedPart>| -> Result<()> {
+    let collect = |r: Result<Result<CompletedPart>, tokio::task::JoinError>,
+                   parts: &mut Vec<CompletedPart>|
+     -> Result<()> {
         parts.push(r.context("part upload task failed")??);
         Ok(())
     };
@@ -202,7 +231,10 @@ async fn upload_parts(
                 .await
                 .map_err(sdk_err)
                 .with_context(|| format!("UploadPart {n} of s3://{}/{key}", t.bucket))?;
-            Ok(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build())
+            Ok(CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag)
+                .build())
         });
         while let Some(r) = tasks.try_join_next() {
             collect(r, &mut parts)?;
@@ -217,12 +249,28 @@ async fn upload_parts(
 
 impl S3Writer {
     fn send_part(&mut self) -> io::Result<()> {
-        let data = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size)));
+        let data = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(self.part_size),
+        ));
         if self.upload.is_none() {
-            let id = self.handle.block_on(self.t.create_upload(&self.key)).map_err(io::Error::other)?;
+            let id = self
+                .handle
+                .block_on(self.t.create_upload(&self.key))
+                .map_err(io::Error::other)?;
             let (tx, rx) = mpsc::channel(1);
-            let task = self.handle.spawn(upload_parts(self.t.clone(), self.key.clone(), id.clone(), rx));
-            self.upload = Some(Upload { id, tx: Some(tx), next_part: 1, task });
+            let task = self.handle.spawn(upload_parts(
+                self.t.clone(),
+                self.key.clone(),
+                id.clone(),
+                rx,
+            ));
+            self.upload = Some(Upload {
+                id,
+                tx: Some(tx),
+                next_part: 1,
+                task,
+            });
         }
         let up = self.upload.as_mut().expect("upload started");
         let n = up.next_part;
@@ -252,7 +300,9 @@ impl S3Writer {
             .handle
             .block_on(&mut up.task)
             .context("uploader task panicked")??;
-        let out = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+        let out = CompletedMultipartUpload::builder()
+            .set_parts(Some(parts))
+            .build();
         self.handle
             .block_on(
                 self.t
@@ -265,7 +315,12 @@ impl S3Writer {
                     .send(),
             )
             .map_err(sdk_err)
-            .with_context(|| format!("CompleteMultipartUpload s3://{}/{}", self.t.bucket, self.key))?;
+            .with_context(|| {
+                format!(
+                    "CompleteMultipartUpload s3://{}/{}",
+                    self.t.bucket, self.key
+                )
+            })?;
         Ok(())
     }
 }
@@ -306,7 +361,8 @@ impl Drop for S3Writer {
         }
         if let Some(up) = self.upload.take() {
             up.task.abort();
-            let (t, key, id, handle) = (self.t.clone(), self.key.clone(), up.id, self.handle.clone());
+            let (t, key, id, handle) =
+                (self.t.clone(), self.key.clone(), up.id, self.handle.clone());
             // A fresh thread has no runtime context, so block_on is legal
             // whichever thread drops us.
             let _ = std::thread::spawn(move || handle.block_on(t.abort_upload(&key, &id))).join();
@@ -347,7 +403,10 @@ impl S3Reader {
                         failures += 1;
                         let e = sdk_err(e);
                         if failures >= 5 {
-                            return Err(io::Error::other(format!("GET s3://{}/{} at byte {}: {e:#}", self.t.bucket, self.key, self.offset)));
+                            return Err(io::Error::other(format!(
+                                "GET s3://{}/{} at byte {}: {e:#}",
+                                self.t.bucket, self.key, self.offset
+                            )));
                         }
                         std::thread::sleep(Duration::from_millis(200 << failures));
                         continue;
@@ -366,7 +425,10 @@ impl S3Reader {
                     failures += 1;
                     self.body = None;
                     if failures >= 5 {
-                        return Err(io::Error::other(format!("download of s3://{}/{} kept failing at byte {}", self.t.bucket, self.key, self.offset)));
+                        return Err(io::Error::other(format!(
+                            "download of s3://{}/{} kept failing at byte {}",
+                            self.t.bucket, self.key, self.offset
+                        )));
                     }
                     tracing::warn!(key = %self.key, offset = self.offset, "S3 download interrupted; resuming");
                     std::thread::sleep(Duration::from_millis(200 << failures));
@@ -408,9 +470,21 @@ impl Repository for S3Repo {
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = self.full_key(key)?;
-        match self.t.client.get_object().bucket(&self.t.bucket).key(&key).send().await {
+        match self
+            .t
+            .client
+            .get_object()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
             Ok(out) => {
-                let data = out.body.collect().await.with_context(|| format!("GET s3://{}/{key}", self.t.bucket))?;
+                let data = out
+                    .body
+                    .collect()
+                    .await
+                    .with_context(|| format!("GET s3://{}/{key}", self.t.bucket))?;
                 Ok(Some(data.into_bytes().to_vec()))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
@@ -420,7 +494,15 @@ impl Repository for S3Repo {
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
         let key = self.full_key(key)?;
-        match self.t.client.head_object().bucket(&self.t.bucket).key(&key).send().await {
+        match self
+            .t
+            .client
+            .head_object()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some(out.content_length.unwrap_or(0).max(0) as u64)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(sdk_err(e)).with_context(|| format!("HEAD s3://{}/{key}", self.t.bucket)),
@@ -439,11 +521,16 @@ impl Repository for S3Repo {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(sdk_err).with_context(|| format!("LIST s3://{}/{full}", self.t.bucket))?;
+            let page = page
+                .map_err(sdk_err)
+                .with_context(|| format!("LIST s3://{}/{full}", self.t.bucket))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
                     if let Some(rel) = k.strip_prefix(&self.prefix) {
-                        out.push(ObjectInfo { key: rel.to_string(), size: o.size().unwrap_or(0).max(0) as u64 });
+                        out.push(ObjectInfo {
+                            key: rel.to_string(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                        });
                     }
                 }
             }

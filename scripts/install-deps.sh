@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what drctl and its tests need on Debian/Ubuntu, skipping what is
+# already there: PostgreSQL 15 server and client tools, zstd and age (the
+# interop tests and the benchmark use the stock CLIs), and moto, an
+# S3-compatible server the tests run on loopback, in a venv under .venv/.
+#
+# Usage: scripts/install-deps.sh [--no-test-deps]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test_deps=1
+[[ "${1:-}" == "--no-test-deps" ]] && want_test_deps=0
+
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null; then sudo_cmd=(sudo); else
+        echo "install-deps: not root and no sudo; install these yourself: postgresql-15 postgresql-client-15 zstd age python3-venv" >&2
+        exit 1
+    fi
+fi
+
+pkgs=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in postgresql-15 postgresql-client-15 postgresql-contrib zstd age curl python3-venv; do
+    have_pkg "$p" || pkgs+=("$p")
+done
+if ((${#pkgs[@]})); then
+    echo "install-deps: apt-get install ${pkgs[*]}" >&2
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+# The Debian packages keep initdb/pg_ctl out of PATH; the tests find them
+# under /usr/lib/postgresql/15/bin themselves, the scripts add it to PATH.
+
+if ((want_test_deps)); then
+    if [[ ! -x .venv/bin/moto_server ]]; then
+        echo "install-deps: moto (S3-compatible test server) into .venv/" >&2
+        python3 -m venv .venv
+        .venv/bin/pip install -q --disable-pip-version-check 'moto[server]==5.*'
+    fi
+fi
+echo "install-deps: ok" >&2

@@ -1,0 +1,580 @@
+//! Test harness: real PostgreSQL 15 clusters in temp dirs on free loopback
+//! ports, a real S3-compatible server (moto) on loopback, and the `drctl`
+//! binary driven as a user would. Every server is stopped on drop, so a
+//! failing test cleans up too.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn pg_tool(name: &str) -> PathBuf {
+    let p = Path::new(PG_BIN).join(name);
+    if p.exists() {
+        p
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run a command as the cluster owner: `postgres` when we are root
+/// (PostgreSQL refuses to run as root), else ourselves.
+fn as_owner(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn check(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A throwaway PostgreSQL 15 cluster.
+pub struct PgCluster {
+    pub port: u16,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PgCluster {
+    pub fn start() -> PgCluster {
+        Self::start_with(&[])
+    }
+
+    /// `hba` lines replace the default trust rules (e.g. to require scram).
+    pub fn start_with(hba: &[&str]) -> PgCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("drctl-pg-")
+            .tempdir()
+            .unwrap();
+        if is_root() {
+            let st = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let data = dir.path().join("data");
+        check(
+            as_owner(&pg_tool("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ])
+                .output()
+                .unwrap(),
+            "initdb",
+        );
+        if !hba.is_empty() {
+            let body = hba.join("\n") + "\nlocal all postgres trust\n";
+            let path = data.join("pg_hba.conf");
+            let mut c = as_owner(Path::new("sh"));
+            c.arg("-c")
+                .arg(format!("cat > '{}'", path.display()))
+                .stdin(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            assert!(child.wait().unwrap().success());
+        }
+        // The port can be taken between probe and bind; retry a few times.
+        for attempt in 0..5 {
+            let port = free_port();
+            let opts = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+                dir.path().display()
+            );
+            let out = as_owner(&pg_tool("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &opts, "-l"])
+                .arg(dir.path().join("server.log"))
+                .args(["-w", "-t", "60", "start"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return PgCluster {
+                    port,
+                    data,
+                    _dir: dir,
+                };
+            }
+            if attempt == 4 {
+                let log =
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                panic!(
+                    "pg_ctl start failed: {}\n{log}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        unreachable!()
+    }
+
+    /// Connection URL for a database as the superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn url_as(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Run SQL (a script) in `db`, fail the test on any error, return the
+    /// unaligned tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = check(self.try_psql(db, sql), &format!("psql {db}"));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn try_psql(&self, db: &str, sql: &str) -> Output {
+        let mut child = Command::new(pg_tool("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-w"])
+            .arg(format!("--dbname={}", self.url(db)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let sql = sql.to_string();
+        let w = std::thread::spawn(move || {
+            let _ = stdin.write_all(sql.as_bytes());
+        });
+        let out = child.wait_with_output().unwrap();
+        w.join().unwrap();
+        out
+    }
+
+    pub fn database_exists(&self, db: &str) -> bool {
+        self.query(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+        ) == "1"
+    }
+
+    /// One value (first line, trimmed).
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        let out = check(self.try_psql(db, sql), &format!("psql {db}: {sql}"));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Per-table row count and content checksum, sequence positions and
+    /// view definitions, in a stable order: equal fingerprints mean equal
+    /// logical content.
+    pub fn fingerprint(&self, db: &str) -> Vec<String> {
+        let sql = r#"
+SELECT format('SELECT %L || ''|'' || count(*) || ''|'' || coalesce(md5(string_agg(t::text, E''\n'' ORDER BY t::text)), ''-'') FROM %I.%I t',
+              n.nspname || '.' || c.relname, n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'm')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
+ORDER BY n.nspname, c.relname
+\gexec
+SELECT 'seq ' || schemaname || '.' || sequencename || '=' || coalesce(last_value::text, 'null') FROM pg_sequences ORDER BY 1;
+SELECT 'view ' || schemaname || '.' || viewname || '=' || md5(definition) FROM pg_views
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;
+SELECT 'index ' || schemaname || '.' || indexname || '=' || md5(indexdef) FROM pg_indexes
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;
+"#;
+        let out = check(self.try_psql(db, sql), "fingerprint");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn createdb(&self, db: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = as_owner(&pg_tool("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Data with the shapes a dump must carry: several schemas, unicode names
+/// and text, NULLs, bytea, jsonb, sequences, views, foreign keys, an empty
+/// table, a materialized view, a function and a trigger.
+pub const SAMPLE_SQL: &str = r#"
+CREATE SCHEMA sales;
+CREATE SCHEMA "Ünïcode schema";
+CREATE TABLE sales.customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE);
+CREATE TABLE sales.orders (
+  id bigserial PRIMARY KEY,
+  customer_id int REFERENCES sales.customers(id),
+  amount numeric(12,2),
+  note text,
+  created timestamptz NOT NULL DEFAULT '2026-01-01 00:00:00+00',
+  payload jsonb,
+  blob bytea
+);
+INSERT INTO sales.customers (name, email)
+SELECT 'customer ' || g || CASE WHEN g % 3 = 0 THEN ' Zoë Ångström 日本語 ✓' ELSE '' END,
+       CASE WHEN g % 5 = 0 THEN NULL ELSE 'c' || g || '@example.com' END
+FROM generate_series(1, 300) g;
+INSERT INTO sales.orders (customer_id, amount, note, created, payload, blob)
+SELECT 1 + g % 300, g * 1.25,
+       CASE WHEN g % 7 = 0 THEN NULL ELSE 'note ' || g || E' with "quotes", tabs\t and \\ backslashes' END,
+       '2026-01-01 00:00:00+00'::timestamptz + g * interval '1 minute',
+       jsonb_build_object('g', g, 'tags', jsonb_build_array('a', 'β', g % 4), 'nested', jsonb_build_object('ok', g % 2 = 0)),
+       CASE WHEN g % 11 = 0 THEN NULL ELSE decode(md5(g::text), 'hex') || '\x00ff00'::bytea END
+FROM generate_series(1, 5000) g;
+CREATE TABLE "Ünïcode schema"."Tëst tablé" (k text PRIMARY KEY, v text, n int);
+INSERT INTO "Ünïcode schema"."Tëst tablé" VALUES ('ключ', 'значение', 1), ('鍵', NULL, 2), ('emoji 🐘', '🚀', NULL);
+CREATE TABLE public.empty_table (id int, v text);
+CREATE SEQUENCE public.invoice_no START 1000;
+SELECT nextval('public.invoice_no') FROM generate_series(1, 42);
+CREATE VIEW sales.big_orders AS SELECT id, amount FROM sales.orders WHERE amount > 5000;
+CREATE MATERIALIZED VIEW sales.daily AS SELECT date_trunc('day', created) AS day, count(*) AS n FROM sales.orders GROUP BY 1;
+CREATE INDEX orders_created_idx ON sales.orders (created);
+CREATE FUNCTION sales.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.note := coalesce(NEW.note, 'touched'); RETURN NEW; END $$;
+CREATE TRIGGER orders_touch BEFORE UPDATE ON sales.orders FOR EACH ROW EXECUTE FUNCTION sales.touch();
+"#;
+
+/// Change every kind of thing the sample holds, so a restore that returned
+/// the current state instead of the backup's would be caught.
+pub const CHANGE_SQL: &str = r#"
+DELETE FROM sales.orders WHERE id % 10 = 0;
+UPDATE sales.customers SET name = name || ' (changed)' WHERE id < 50;
+INSERT INTO "Ünïcode schema"."Tëst tablé" VALUES ('new', 'row', 9);
+SELECT nextval('public.invoice_no');
+"#;
+
+/// An S3-compatible server (moto) on a loopback port, killed on drop.
+pub struct S3Server {
+    pub port: u16,
+    child: Child,
+}
+
+fn moto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("DRCTL_TEST_MOTO") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("moto_server")
+}
+
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let bin = moto_binary();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start the S3 test server {}: {e}; run scripts/install-deps.sh (or set DRCTL_TEST_MOTO)",
+                        bin.display()
+                    )
+                });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if http(port, "GET", "/moto-api/").is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+                    return S3Server { port, child };
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("the S3 test server did not come up");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let r = http(self.port, "PUT", &format!("/{bucket}")).unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "create bucket: {r}");
+    }
+
+    /// Raw S3 API GET (unsigned; moto accepts it).
+    pub fn get(&self, path: &str) -> String {
+        http(self.port, "GET", path).unwrap()
+    }
+
+    pub fn delete(&self, path: &str) -> String {
+        http(self.port, "DELETE", path).unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A drctl working directory: policies/, a catalog and an age key pair.
+pub struct Drctl {
+    pub dir: tempfile::TempDir,
+    pub identity: PathBuf,
+    pub recipient: String,
+    pub extra_env: Vec<(String, String)>,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "drctl failed\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Generate an age key pair with the stock `age-keygen`, so the test also
+/// proves drctl reads keys made by other tools.
+pub fn age_keygen(path: &Path) -> String {
+    let out = check(
+        Command::new("age-keygen")
+            .arg("-o")
+            .arg(path)
+            .output()
+            .expect("age-keygen (apt package age; run scripts/install-deps.sh)"),
+        "age-keygen",
+    );
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    text.trim()
+        .strip_prefix("Public key: ")
+        .unwrap_or_else(|| panic!("age-keygen said: {text}"))
+        .to_string()
+}
+
+impl Drctl {
+    pub fn new() -> Drctl {
+        let dir = tempfile::Builder::new()
+            .prefix("drctl-work-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let identity = dir.path().join("identity.txt");
+        let recipient = age_keygen(&identity);
+        Drctl {
+            dir,
+            identity,
+            recipient,
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn repo_dir(&self) -> PathBuf {
+        self.path().join("repo")
+    }
+
+    pub fn catalog(&self) -> PathBuf {
+        self.path().join("catalog.db")
+    }
+
+    /// A dump policy for `source_url` into a file repository under the
+    /// work dir. `extra` is appended TOML (more keys or sections).
+    pub fn write_policy(&self, name: &str, source_url: &str, extra: &str) {
+        let repo = format!("file://{}", self.repo_dir().display());
+        self.write_policy_repo(name, source_url, &format!("url = \"{repo}\"\n"), extra);
+    }
+
+    pub fn write_policy_repo(&self, name: &str, source_url: &str, repo_keys: &str, extra: &str) {
+        let text = format!(
+            r#"[source]
+kind = "postgres"
+url = "{source_url}"
+
+[backup]
+method = "dump"
+schedule = "0 2 * * *"
+
+[retention]
+keep_last = 3
+
+[repository]
+{repo_keys}
+[encryption]
+recipients = ["{}"]
+
+[compression]
+level = 3
+{extra}"#,
+            self.recipient
+        );
+        self.write_policy_text(name, &text);
+    }
+
+    pub fn write_policy_text(&self, name: &str, text: &str) {
+        std::fs::write(
+            self.path().join("policies").join(format!("{name}.toml")),
+            text,
+        )
+        .unwrap();
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_drctl"));
+        c.args(args)
+            .current_dir(self.path())
+            .env("DRCTL_POLICIES", self.path().join("policies"))
+            .env("DRCTL_CATALOG", self.catalog())
+            .env_remove("DRCTL_IDENTITY")
+            .env_remove("DRCTL_LOG")
+            .env_remove("PGPASSWORD")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("PATH", test_path())
+            .stdin(Stdio::null());
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `drctl list --output json` as values.
+    pub fn list(&self, policy: &str) -> Vec<serde_json::Value> {
+        let v = self.run(&["list", policy, "--output", "json"]).ok().json();
+        v.as_array().unwrap().clone()
+    }
+
+    /// Back up and return the new backup's id.
+    pub fn backup(&self, policy: &str) -> String {
+        let v = self
+            .run(&["backup", policy, "--output", "json"])
+            .ok()
+            .json();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn identity_arg(&self) -> String {
+        self.identity.display().to_string()
+    }
+
+    /// Every file under the repository directory whose path ends in `suffix`.
+    pub fn repo_files(&self, suffix: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.repo_dir(), &mut out);
+        out.retain(|p| p.to_string_lossy().ends_with(suffix));
+        out.sort();
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// PATH with the PostgreSQL 15 binaries first, so pg_dump/pg_restore match
+/// the test servers.
+pub fn test_path() -> String {
+    format!(
+        "{PG_BIN}:{}",
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+    )
+}

@@ -1,0 +1,405 @@
+//! `method = "dump"` end to end against real PostgreSQL 15 clusters and a
+//! file repository: backup, list, show, verify, restore, and the ways each
+//! must fail.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Drctl, PgCluster, CHANGE_SQL, SAMPLE_SQL};
+
+fn sample_cluster() -> PgCluster {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    pg
+}
+
+#[test]
+fn round_trip_restores_exactly_the_backed_up_content() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let before = pg.fingerprint("shop");
+    assert!(before.len() > 8, "fingerprint too small: {before:?}");
+
+    let id = d.backup("shop");
+    // The source moves on after the backup; the restore must not see it.
+    pg.psql("shop", CHANGE_SQL);
+    let after_change = pg.fingerprint("shop");
+    assert_ne!(
+        before, after_change,
+        "the change must alter the fingerprint"
+    );
+
+    let listed = d.list("shop");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["status"], "complete");
+    assert_eq!(listed[0]["method"], "dump");
+    assert!(listed[0]["stored_bytes"].as_i64().unwrap() > 0);
+
+    let r = d
+        .run(&[
+            "restore",
+            "shop",
+            "--latest",
+            "--target",
+            &pg.url("shop_restored"),
+            "--identity",
+            &d.identity_arg(),
+        ])
+        .ok();
+    assert!(
+        r.stdout.contains(&id),
+        "restore names the backup: {}",
+        r.stdout
+    );
+    assert_eq!(pg.fingerprint("shop_restored"), before);
+    // Sanity on the comparison itself: specific values survive.
+    assert_eq!(
+        pg.query(
+            "shop_restored",
+            "SELECT v FROM \"Ünïcode schema\".\"Tëst tablé\" WHERE k = 'emoji 🐘'"
+        ),
+        "🚀"
+    );
+    assert_eq!(
+        pg.query(
+            "shop_restored",
+            "SELECT count(*) FROM sales.orders WHERE blob IS NULL"
+        ),
+        "454"
+    );
+}
+
+#[test]
+fn manifest_records_counts_versions_and_checksums() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let id = d.backup("shop");
+    let show = d.run(&["show", &id, "--output", "json"]).ok().json();
+    let m = show["manifest"].clone();
+    assert_eq!(m["id"], id.as_str());
+    assert_eq!(m["policy"], "shop");
+    assert_eq!(m["row_counts"], "exact");
+    let tables = m["tables"].as_array().unwrap();
+    let count_of = |name: &str| {
+        tables
+            .iter()
+            .find(|t| {
+                format!(
+                    "{}.{}",
+                    t["schema"].as_str().unwrap(),
+                    t["name"].as_str().unwrap()
+                ) == name
+            })
+            .unwrap_or_else(|| panic!("{name} not in {tables:?}"))["rows"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(count_of("sales.orders"), 5000);
+    assert_eq!(count_of("sales.customers"), 300);
+    assert_eq!(count_of("public.empty_table"), 0);
+    assert!(m["source"]["server_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("15"));
+    assert!(m["source"]["pg_dump_version"]
+        .as_str()
+        .unwrap()
+        .contains("15"));
+    assert_eq!(m["encryption"]["recipients"][0], d.recipient.as_str());
+    let obj = &m["objects"][0];
+    let stored = std::fs::read(&d.repo_files("data.zst.age")[0]).unwrap();
+    assert_eq!(obj["stored_bytes"].as_u64().unwrap(), stored.len() as u64);
+    use sha2::Digest;
+    assert_eq!(
+        obj["stored_sha256"].as_str().unwrap(),
+        hex::encode(sha2::Sha256::digest(&stored))
+    );
+    // Encrypted at rest: the age header, and no plaintext table content.
+    assert!(stored.starts_with(b"age-encryption.org/v1"));
+    assert!(!stored.windows(8).any(|w| w == b"customer"));
+}
+
+#[test]
+fn stock_age_and_zstd_decode_the_stored_object() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    d.backup("shop");
+    let before = pg.fingerprint("shop");
+    let obj = &d.repo_files("data.zst.age")[0];
+    // The runbook in docs/restore-without-drctl.md, verbatim in spirit.
+    pg.createdb("manual");
+    let script = format!(
+        "set -o pipefail; age -d -i '{}' '{}' | zstd -d | pg_restore --exit-on-error --dbname='{}'",
+        d.identity.display(),
+        obj.display(),
+        pg.url("manual")
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("PATH", common::test_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stock pipeline failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg.fingerprint("manual"), before);
+}
+
+#[test]
+fn corrupted_byte_is_detected_by_verify_and_restore() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let id = d.backup("shop");
+    d.run(&["verify", "shop"]).ok();
+    d.run(&["verify", "shop", "--deep", "--identity", &d.identity_arg()])
+        .ok();
+
+    let obj = d.repo_files("data.zst.age")[0].clone();
+    let mut bytes = std::fs::read(&obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&obj, &bytes).unwrap();
+
+    let v = d.run(&["verify", "shop"]);
+    assert_eq!(v.code, 1, "verify must fail: {} {}", v.stdout, v.stderr);
+    assert!(
+        v.stdout.contains(&id) && v.stdout.contains("sha256"),
+        "{}",
+        v.stdout
+    );
+
+    let r = d.run(&[
+        "restore",
+        "shop",
+        "--backup",
+        &id,
+        "--target",
+        &pg.url("from_corrupt"),
+        "--identity",
+        &d.identity_arg(),
+    ]);
+    assert_eq!(r.code, 1, "restore must fail: {} {}", r.stdout, r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
+    assert!(
+        !pg.database_exists("from_corrupt"),
+        "the half-restored database drctl created must be dropped"
+    );
+    let show = d.run(&["show", &id, "--output", "json"]).ok().json();
+    assert_eq!(
+        show["verification"]["ok"], false,
+        "verification recorded: {show}"
+    );
+    assert!(show["verification"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("sha256"));
+}
+
+#[test]
+fn wrong_identity_is_refused_before_the_target_is_touched() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    d.backup("shop");
+    let other = d.path().join("other.txt");
+    common::age_keygen(&other);
+    let r = d.run(&[
+        "restore",
+        "shop",
+        "--latest",
+        "--target",
+        &pg.url("nope"),
+        "--identity",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2, "{} {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("does not match"), "{}", r.stderr);
+    assert!(!pg.database_exists("nope"));
+
+    let r = d.run(&["restore", "shop", "--latest", "--target", &pg.url("nope")]);
+    assert_eq!(r.code, 2, "no identity is a usage error: {}", r.stderr);
+    assert!(!pg.database_exists("nope"));
+}
+
+#[test]
+fn existing_non_empty_target_is_refused_unless_forced() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    d.backup("shop");
+    let before = pg.fingerprint("shop");
+    pg.createdb("busy");
+    pg.psql(
+        "busy",
+        "CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (1);",
+    );
+    let args = |force: bool| {
+        let mut v = vec![
+            "restore".to_string(),
+            "shop".into(),
+            "--latest".into(),
+            "--target".into(),
+            pg.url("busy"),
+            "--identity".into(),
+            d.identity_arg(),
+        ];
+        if force {
+            v.push("--force".into());
+        }
+        v
+    };
+    let a: Vec<String> = args(false);
+    let r = d.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("--force"), "{}", r.stderr);
+    assert_eq!(pg.query("busy", "SELECT count(*) FROM keep_me"), "1");
+
+    // An existing but empty database is fine without --force.
+    pg.createdb("empty_db");
+    d.run(&[
+        "restore",
+        "shop",
+        "--latest",
+        "--target",
+        &pg.url("empty_db"),
+        "--identity",
+        &d.identity_arg(),
+    ])
+    .ok();
+    assert_eq!(pg.fingerprint("empty_db"), before);
+
+    let a: Vec<String> = args(true);
+    d.run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok();
+    let mut got = pg.fingerprint("busy");
+    got.retain(|l| !l.starts_with("public.keep_me"));
+    assert_eq!(got, before);
+}
+
+#[test]
+fn pg_dump_failure_leaves_no_complete_backup() {
+    let pg = sample_cluster();
+    // A role that can connect but not read one table: pg_dump fails
+    // mid-stream, after the upload has started.
+    pg.psql(
+        "shop",
+        "CREATE ROLE weak LOGIN; GRANT USAGE ON SCHEMA sales TO weak; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA sales TO weak; GRANT SELECT ON ALL SEQUENCES IN SCHEMA sales TO weak; \
+         GRANT USAGE ON SCHEMA \"Ünïcode schema\" TO weak; GRANT SELECT ON ALL TABLES IN SCHEMA \"Ünïcode schema\" TO weak; \
+         REVOKE ALL ON public.empty_table FROM weak;",
+    );
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url_as("weak", "shop"), "");
+    let r = d.run(&["backup", "shop"]);
+    assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
+    assert!(d.repo_files("manifest.json").is_empty());
+    assert!(
+        d.repo_files("data.zst.age").is_empty(),
+        "partial object removed"
+    );
+    let listed = d.list("shop");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["status"], "failed");
+    assert!(listed[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("permission denied"));
+
+    // A database that does not exist: same story.
+    d.write_policy("gone", &pg.url("no_such_db"), "");
+    let r = d.run(&["backup", "gone"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no_such_db"), "{}", r.stderr);
+    assert!(d.repo_files("manifest.json").is_empty());
+    let r = d.run(&["restore", "gone", "--latest", "--dry-run"]);
+    assert_eq!(r.code, 1, "nothing to restore: {}", r.stderr);
+}
+
+#[test]
+fn restore_to_time_picks_the_newest_backup_at_or_before_it() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let first = d.backup("shop");
+    let first_fp = pg.fingerprint("shop");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    pg.psql("shop", CHANGE_SQL);
+    let second = d.backup("shop");
+    assert_ne!(first, second);
+
+    let show = d.run(&["show", &first, "--output", "json"]).ok().json();
+    let m = show["manifest"].clone();
+    let first_at = m["consistent_at"].as_str().unwrap().to_string();
+    let t = jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.f%:z", &first_at)
+        .or_else(|_| first_at.parse::<jiff::Timestamp>())
+        .unwrap();
+    let between = (t + jiff::SignedDuration::from_millis(500)).to_string();
+
+    let plan = d
+        .run(&[
+            "restore",
+            "shop",
+            "--to",
+            &between,
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(plan["backup_id"], first.as_str());
+    assert_eq!(plan["method"], "dump");
+    assert_eq!(plan["dry_run"], true);
+    assert!(plan["gap_seconds"].as_i64().unwrap() >= 0);
+    assert_eq!(plan["wal_segments"].as_array().unwrap().len(), 0);
+
+    let latest = d
+        .run(&[
+            "restore",
+            "shop",
+            "--to",
+            "now",
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(latest["backup_id"], second.as_str());
+
+    let before_all = (t - jiff::SignedDuration::from_secs(3600)).to_string();
+    let r = d.run(&["restore", "shop", "--to", &before_all, "--dry-run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("window"),
+        "prints the window: {}",
+        r.stderr
+    );
+
+    let r = d.run(&["restore", "shop", "--to", "yesterday-ish", "--dry-run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    d.run(&[
+        "restore",
+        "shop",
+        "--to",
+        &between,
+        "--target",
+        &pg.url("as_of_first"),
+        "--identity",
+        &d.identity_arg(),
+    ])
+    .ok();
+    assert_eq!(pg.fingerprint("as_of_first"), first_fp);
+}
