@@ -241,7 +241,12 @@ impl Ctx<'_> {
         self.problems.push(Problem {
             file: self.file.to_path_buf(),
             key: key.into(),
-            reason: reason.into(),
+            // toml's messages carry newlines; errors are one line.
+            reason: reason
+                .into()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         });
     }
 

@@ -433,6 +433,9 @@ impl Drctl {
             .tempdir()
             .unwrap();
         std::fs::create_dir(dir.path().join("policies")).unwrap();
+        // Empty AWS files: credentials come from the environment only.
+        std::fs::write(dir.path().join("aws-config"), "").unwrap();
+        std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
         let identity = dir.path().join("identity.txt");
         let recipient = age_keygen(&identity);
         Drctl {
@@ -509,8 +512,11 @@ level = 3
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_CONFIG_FILE", self.path().join("aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.path().join("aws-credentials"),
+            )
             .env("PATH", test_path())
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {

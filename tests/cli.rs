@@ -1,0 +1,264 @@
+//! Policies, init, the catalog and secrets, driven through the binary.
+
+mod common;
+
+use common::{Drctl, PgCluster, SAMPLE_SQL};
+
+#[test]
+fn policy_check_reports_every_problem_with_file_key_and_reason() {
+    let d = Drctl::new();
+    let repo = format!("file://{}", d.repo_dir().display());
+    d.write_policy("good", "postgres://backup@127.0.0.1:5432/orders", "");
+    d.write_policy_text(
+        "typo",
+        &format!(
+            "[source]\nkind = \"postgres\"\nurl = \"postgres://u@h/db\"\n[backup]\nmethod = \"dump\"\n\
+             [retention]\nkeep_dayly = 7\n[repository]\nurl = \"{repo}\"\n[encryption]\nrecipients = [\"{}\"]\n",
+            d.recipient
+        ),
+    );
+    d.write_policy_text(
+        "secret",
+        &format!(
+            "[source]\nkind = \"postgres\"\nurl = \"postgres://u:hunter2-topsecret@h/db\"\n[backup]\nmethod = \"dump\"\n\
+             schedule = \"61 * * * *\"\n[repository]\nurl = \"{repo}\"\n[encryption]\nrecipients = [\"age1notakey\"]\n"
+        ),
+    );
+    d.write_policy_text("broken", "[source\nkind = ");
+
+    let r = d.run(&["policy", "check"]);
+    assert_eq!(r.code, 2, "{} {}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("typo.toml") && all.contains("retention.keep_dayly"),
+        "{all}"
+    );
+    assert!(
+        all.contains("secret.toml") && all.contains("source.url"),
+        "{all}"
+    );
+    assert!(all.contains("backup.schedule"), "{all}");
+    assert!(all.contains("encryption.recipients"), "{all}");
+    assert!(all.contains("broken.toml"), "{all}");
+    assert!(
+        !all.contains("hunter2-topsecret"),
+        "a password is never echoed: {all}"
+    );
+
+    let j = d.run(&["policy", "check", "--output", "json"]);
+    assert_eq!(j.code, 2);
+    let v = j.json();
+    assert_eq!(v["ok"], false);
+    let keys: Vec<String> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap().to_string())
+        .collect();
+    assert!(keys.iter().any(|k| k == "retention.keep_dayly"), "{keys:?}");
+
+    // Only the named policy: the good one passes on its own.
+    d.run(&["policy", "check", "good"]).ok();
+    // Commands on a broken policy are usage errors that touch nothing.
+    let r = d.run(&["backup", "typo"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        !d.repo_dir().exists(),
+        "nothing written for a broken policy"
+    );
+    let r = d.run(&["backup", "nosuch"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("good"),
+        "lists known policies: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let d = Drctl::new();
+    d.write_policy("good", "postgres://backup@127.0.0.1:5432/orders", "");
+    for args in [
+        vec!["restore", "good"],
+        vec!["restore", "good", "--latest", "--backup", "x"],
+        vec!["frobnicate"],
+        vec!["list", "--output", "yaml"],
+        vec!["show", "not-an-id"],
+    ] {
+        let r = d.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn init_writes_a_valid_policy_and_a_private_key_only_we_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let d = Drctl::new();
+    let repo = format!("file://{}/repo2", d.path().display());
+    let r = d
+        .run(&[
+            "init",
+            "--repo",
+            &repo,
+            "--source",
+            &pg.url("shop"),
+            "--name",
+            "shop",
+        ])
+        .ok();
+    assert!(r.stdout.contains("age1"), "{}", r.stdout);
+    let key = d.path().join("drctl-identity.txt");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&key)
+        .unwrap()
+        .contains("AGE-SECRET-KEY-1"));
+    let policy = std::fs::read_to_string(d.path().join("policies/shop.toml")).unwrap();
+    assert!(
+        !policy.contains("AGE-SECRET-KEY"),
+        "private key never in a policy"
+    );
+    d.run(&["policy", "check"]).ok();
+    // The generated pair works end to end.
+    let id = d.backup("shop");
+    d.run(&[
+        "restore",
+        "shop",
+        "--backup",
+        &id,
+        "--target",
+        &pg.url("shop2"),
+        "--identity",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(pg.fingerprint("shop2"), pg.fingerprint("shop"));
+    // A second init must not overwrite the policy.
+    let r = d.run(&["init", "--repo", &repo, "--name", "shop"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
+fn catalog_rebuild_recovers_every_backup_without_the_key() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    d.write_policy("other", &pg.url("postgres"), "");
+    let a = d.backup("shop");
+    let b = d.backup("shop");
+    let c = d.backup("other");
+    let before = d.list("shop");
+    // A leftover without a manifest (a crashed backup) must not come back
+    // as a backup.
+    let crashed = d.repo_dir().join("shop/backups/20200101T000000Z-dead");
+    std::fs::create_dir_all(&crashed).unwrap();
+    std::fs::write(crashed.join("data.zst.age"), b"partial").unwrap();
+
+    std::fs::remove_file(d.catalog()).unwrap();
+    // No identity anywhere: the manifests are enough.
+    std::fs::remove_file(&d.identity).unwrap();
+    let r = d
+        .run(&["catalog", "rebuild", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(r["backups"], 3);
+    assert_eq!(r["incomplete"], 1);
+    let after = d.list("shop");
+    let ids: Vec<&str> = after.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![b.as_str(), a.as_str()], "newest first");
+    for (x, y) in before.iter().zip(after.iter()) {
+        for f in [
+            "id",
+            "policy",
+            "method",
+            "status",
+            "consistent_at",
+            "stored_bytes",
+            "source_bytes",
+        ] {
+            assert_eq!(x[f], y[f], "field {f}");
+        }
+    }
+    assert_eq!(d.list("other")[0]["id"], c.as_str());
+    // Rebuilding again is idempotent, and forgets backups deleted from the repo.
+    std::fs::remove_dir_all(d.repo_dir().join(format!("shop/backups/{a}"))).unwrap();
+    d.run(&["catalog", "rebuild"]).ok();
+    let ids: Vec<String> = d
+        .list("shop")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![b]);
+}
+
+#[test]
+fn passwords_stay_out_of_argv_logs_catalog_and_manifests() {
+    const SECRET: &str = "Pa55-never-log-me-7731";
+    let pg = PgCluster::start_with(&[
+        "host all postgres 127.0.0.1/32 trust",
+        "host all app 127.0.0.1/32 scram-sha-256",
+    ]);
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE app LOGIN PASSWORD '{SECRET}'; GRANT pg_read_all_data TO app;"),
+    );
+    let mut d = Drctl::new();
+    d.write_policy("shop", &pg.url_as("app", "shop"), "");
+    // password_env goes in [source]; rewrite the policy with it.
+    let text = std::fs::read_to_string(d.path().join("policies/shop.toml"))
+        .unwrap()
+        .replace(
+            "kind = \"postgres\"\n",
+            "kind = \"postgres\"\npassword_env = \"SHOP_PW\"\n",
+        );
+    d.write_policy_text("shop", &text);
+
+    // Unset variable: a usage error naming it.
+    let r = d.run(&["backup", "shop"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("SHOP_PW"), "{}", r.stderr);
+
+    // Wrong password: one line, exit 1, the password not echoed.
+    d.extra_env = vec![("SHOP_PW".into(), "wrong-password-xyz".into())];
+    let r = d.run(&["backup", "shop"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("password authentication failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("wrong-password-xyz"));
+
+    d.extra_env = vec![("SHOP_PW".into(), SECRET.into())];
+    let r = d
+        .run(&["-vv", "--log-format", "json", "backup", "shop"])
+        .ok();
+    assert!(!r.stdout.contains(SECRET) && !r.stderr.contains(SECRET));
+    d.run(&["verify", "shop", "--deep", "--identity", &d.identity_arg()])
+        .ok();
+    let mut files = d.repo_files("");
+    for ext in ["", "-wal", "-shm"] {
+        files.push(std::path::PathBuf::from(format!(
+            "{}{ext}",
+            d.catalog().display()
+        )));
+    }
+    for f in files {
+        if let Ok(bytes) = std::fs::read(&f) {
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "secret found in {}",
+                f.display()
+            );
+        }
+    }
+}
