@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: unit, property and integration tests. The integration
+# tests start their own PostgreSQL 15 clusters and S3-compatible server
+# (moto) on loopback; scripts/install-deps.sh installs what they need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+export PATH="/usr/lib/postgresql/15/bin:$PATH"
+export DRCTL_TEST_MOTO="$PWD/.venv/bin/moto_server"
+cargo test --all-targets "$@"
