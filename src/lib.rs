@@ -22,4 +22,5 @@ pub mod repo;
 pub mod restore;
 pub mod schedule;
 pub mod timeparse;
+pub mod toc;
 pub mod verify;

@@ -6,7 +6,9 @@
 //! `pg_restore --single-transaction`. The decoder withholds the end of the
 //! archive until every checksum matched, so a corrupt artifact or a wrong
 //! key aborts before pg_restore can commit; a database drctl created is
-//! dropped again on failure.
+//! dropped again on failure. `--jobs N` restores the data section with N
+//! streaming workers (see `toc`); it is not one transaction, which is why
+//! it only goes into a new or empty database.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -155,9 +157,9 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     if req.jobs == 0 {
         return Err(usage("--jobs must be at least 1"));
     }
-    if req.jobs > 1 {
+    if req.jobs > 1 && req.force {
         return Err(usage(
-            "--jobs > 1 needs a seekable archive and drctl never writes a plaintext copy to disk; dump restores stream with one job",
+            "--jobs > 1 restores in several transactions, so it cannot replace an existing database's contents safely; drop --force and restore into a new database, or use --jobs 1",
         ));
     }
     let ids = match (&req.identity, req.dry_run) {
@@ -236,9 +238,15 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
                 m.id
             )));
         }
+        let state = if req.jobs > 1 {
+            "it ran in several transactions, so \"{db}\" may hold part of the backup: empty it before retrying"
+        } else {
+            "pg_restore ran in one transaction, so \"{db}\" is unchanged"
+        };
         return Err(e.context(format!(
-            "restore of {} failed; pg_restore ran in one transaction, so \"{db}\" is unchanged",
-            m.id
+            "restore of {} failed; {}",
+            m.id,
+            state.replace("{db}", &db)
         )));
     }
     Ok(Outcome {
@@ -248,6 +256,9 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     })
 }
 
+/// Restore the dump: one `pg_restore --single-transaction` fed by one
+/// stream, or with `--jobs N` three phases (pre-data, data split over N
+/// workers each fed by its own stream, post-data); see `toc`.
 async fn stream_into(
     policy: &Policy,
     m: &Manifest,
@@ -257,6 +268,111 @@ async fn stream_into(
     clean: bool,
 ) -> Result<()> {
     let repo = crate::backup::open_repo(policy).await?;
+    let mut common: Vec<String> = vec!["-w".into(), "--exit-on-error".into()];
+    if req.no_owner {
+        common.push("--no-owner".into());
+    }
+    if req.no_acl {
+        common.push("--no-acl".into());
+    }
+    common.push(format!("--dbname={}", target.url));
+    let one = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        v.extend(common.iter().cloned());
+        v
+    };
+    if req.jobs <= 1 {
+        let mut args = one(&["--single-transaction"]);
+        if clean {
+            args.extend(["--clean".into(), "--if-exists".into()]);
+        }
+        feed(&repo, m, target, &ids, args, false, "restore").await?;
+        return Ok(());
+    }
+
+    let toc = feed(
+        &repo,
+        m,
+        target,
+        &ids,
+        vec!["--list".into()],
+        true,
+        "reading TOC",
+    )
+    .await?;
+    let lists = crate::toc::partition(&toc, &m.tables, req.jobs as usize);
+    tracing::info!(
+        workers = lists.len(),
+        "parallel restore: pre-data, data, post-data"
+    );
+    feed(
+        &repo,
+        m,
+        target,
+        &ids,
+        one(&["--section=pre-data", "--single-transaction"]),
+        true,
+        "restore schema",
+    )
+    .await?;
+
+    let mut files = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, list) in lists.iter().enumerate() {
+        let mut f = tempfile::Builder::new()
+            .prefix("drctl-toc-")
+            .tempfile()
+            .context("cannot write a restore list")?;
+        f.write_all(list.as_bytes())?;
+        f.flush()?;
+        let mut args = one(&["--section=data", "--single-transaction", "-L"]);
+        args.insert(3, f.path().display().to_string());
+        files.push(f);
+        let (repo, m, target, ids) = (repo.clone(), m.clone(), target.clone(), ids.clone());
+        set.spawn(async move {
+            let label = if i == 0 { "restore data" } else { "" };
+            feed(&repo, &m, &target, &ids, args, true, label).await
+        });
+    }
+    let mut first_err = None;
+    while let Some(r) = set.join_next().await {
+        let r = r
+            .map_err(|e| anyhow!("restore worker panicked: {e}"))
+            .and_then(|r| r);
+        if let (Err(e), None) = (r, &first_err) {
+            first_err = Some(e);
+        }
+    }
+    drop(files);
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    feed(
+        &repo,
+        m,
+        target,
+        &ids,
+        one(&["--section=post-data", "--single-transaction"]),
+        true,
+        "restore indexes",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stream the backup's object into one `pg_restore ARGS` and return its
+/// stdout. With `drain`, pg_restore may stop reading early (`--list`, one
+/// section, a share of the data); the rest is still read so every checksum
+/// is checked. An empty `label` hides progress.
+async fn feed(
+    repo: &std::sync::Arc<dyn crate::repo::Repository>,
+    m: &Manifest,
+    target: &Conn,
+    ids: &[age::x25519::Identity],
+    args: Vec<String>,
+    drain: bool,
+    label: &'static str,
+) -> Result<String> {
     let obj = m
         .objects
         .first()
@@ -264,40 +380,43 @@ async fn stream_into(
         .clone();
     let reader = repo.reader(&obj.key).await?;
     let mut cmd = target.std_command("pg_restore");
-    cmd.args(["-w", "--exit-on-error", "--single-transaction"]);
-    if clean {
-        cmd.args(["--clean", "--if-exists"]);
-    }
-    if req.no_owner {
-        cmd.arg("--no-owner");
-    }
-    if req.no_acl {
-        cmd.arg("--no-acl");
-    }
-    cmd.arg(format!("--dbname={}", target.url))
+    cmd.args(&args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .context("cannot run pg_restore (install the PostgreSQL client tools)")?;
     let id = m.id.clone();
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    let ids = ids.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<String> {
         let mut stdin = child.stdin.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
+        let mut stdout = child.stdout.take().expect("piped");
         let err_thread = std::thread::spawn(move || {
             let mut buf = Vec::new();
             let _ = std::io::Read::read_to_end(&mut std::io::Read::take(stderr, 64 << 10), &mut buf);
             buf
         });
-        let bar = crate::progress::bytes_bar("restore");
-        let r = pipeline::decode(reader, &ids, &obj, &mut stdin, false, &|n| bar.set_position(n));
+        let out_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut stdout, 64 << 20), &mut buf);
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+            buf
+        });
+        let bar = if label.is_empty() {
+            indicatif::ProgressBar::hidden()
+        } else {
+            crate::progress::bytes_bar(label)
+        };
+        let r = pipeline::decode(reader, &ids, &obj, &mut stdin, drain, &|n| bar.set_position(n));
         bar.finish_and_clear();
         match r {
             Ok(_) => {
                 drop(stdin);
                 let status = child.wait()?;
                 let err = err_thread.join().unwrap_or_default();
+                let out = out_thread.join().unwrap_or_default();
                 if !status.success() {
                     let s = pg::stderr_summary(&err);
                     let hint = if s.contains("role") && s.contains("does not exist") {
@@ -307,7 +426,7 @@ async fn stream_into(
                     };
                     bail!("pg_restore failed: {s}{hint}");
                 }
-                Ok(())
+                Ok(String::from_utf8_lossy(&out).into_owned())
             }
             Err(e) => {
                 // Kill before closing stdin: pg_restore must never see the end.

@@ -403,3 +403,68 @@ fn restore_to_time_picks_the_newest_backup_at_or_before_it() {
     .ok();
     assert_eq!(pg.fingerprint("as_of_first"), first_fp);
 }
+
+#[test]
+fn parallel_restore_with_jobs_equals_the_backup() {
+    let pg = sample_cluster();
+    pg.psql(
+        "shop",
+        "CREATE TABLE public.big AS SELECT g AS id, md5(g::text) AS a FROM generate_series(1, 100000) g; \
+         ALTER TABLE public.big ADD PRIMARY KEY (id);",
+    );
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let id = d.backup("shop");
+    let before = pg.fingerprint("shop");
+    d.run(&[
+        "restore",
+        "shop",
+        "--latest",
+        "--jobs",
+        "3",
+        "--target",
+        &pg.url("par"),
+        "--identity",
+        &d.identity_arg(),
+    ])
+    .ok();
+    assert_eq!(pg.fingerprint("par"), before);
+
+    // Several transactions cannot replace contents safely.
+    let r = d.run(&[
+        "restore",
+        "shop",
+        "--latest",
+        "--jobs",
+        "2",
+        "--force",
+        "--target",
+        &pg.url("par"),
+        "--identity",
+        &d.identity_arg(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // A corrupt object fails the parallel restore too, and the database
+    // drctl created is dropped.
+    let obj = d.repo_files("data.zst.age")[0].clone();
+    let mut bytes = std::fs::read(&obj).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x80;
+    std::fs::write(&obj, &bytes).unwrap();
+    let r = d.run(&[
+        "restore",
+        "shop",
+        "--backup",
+        &id,
+        "--jobs",
+        "2",
+        "--target",
+        &pg.url("par_corrupt"),
+        "--identity",
+        &d.identity_arg(),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("corrupt"), "{}", r.stderr);
+    assert!(!pg.database_exists("par_corrupt"));
+}
