@@ -279,20 +279,20 @@ impl Catalog {
 mod tests {
     use super::*;
 
+    /// A fresh catalog holding one `running` row owned by this process.
+    async fn with_running_row(dir: &tempfile::TempDir, id: &str) -> (Catalog, std::path::PathBuf) {
+        let path = dir.path().join("c.db");
+        let cat = Catalog::open(&path).await.unwrap();
+        cat.insert_running(id, "p", "dump", Timestamp::now(), "file:///r")
+            .await
+            .unwrap();
+        (cat, path)
+    }
+
     #[tokio::test]
     async fn orphaned_running_rows_are_repaired_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let cat = Catalog::open(&path).await.unwrap();
-        cat.insert_running(
-            "20261122T101500Z-0001",
-            "p",
-            "dump",
-            Timestamp::now(),
-            "file:///r",
-        )
-        .await
-        .unwrap();
+        let (cat, path) = with_running_row(&dir, "20261122T101500Z-0001").await;
         // Pretend a dead process owned it.
         sqlx::query("update backups set pid = 999999999")
             .execute(&cat.pool)
@@ -308,17 +308,7 @@ mod tests {
     #[tokio::test]
     async fn live_running_rows_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let cat = Catalog::open(&path).await.unwrap();
-        cat.insert_running(
-            "20261122T101500Z-0002",
-            "p",
-            "dump",
-            Timestamp::now(),
-            "file:///r",
-        )
-        .await
-        .unwrap();
+        let (cat, path) = with_running_row(&dir, "20261122T101500Z-0002").await;
         drop(cat);
         let cat = Catalog::open(&path).await.unwrap();
         assert_eq!(cat.list(Some("p")).await.unwrap()[0].status, "running");
