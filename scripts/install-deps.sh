@@ -37,7 +37,7 @@ if ((want_test_deps)); then
     if [[ ! -x .venv/bin/moto_server ]]; then
         echo "install-deps: moto (S3-compatible test server) into .venv/" >&2
         python3 -m venv .venv
-        .venv/bin/pip install -q --disable-pip-version-check 'moto[server]==5.*'
+        .venv/bin/pip install -q --disable-pip-version-check 'moto[server]==5.2.5'
     fi
 fi
 echo "install-deps: ok" >&2
