@@ -24,3 +24,5 @@ pub mod schedule;
 pub mod timeparse;
 pub mod toc;
 pub mod verify;
+pub mod wal;
+pub mod walarchive;

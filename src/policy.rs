@@ -118,6 +118,8 @@ pub struct Compression {
     pub level: Option<i32>,
     /// zstd worker threads; default: available cores.
     pub threads: Option<u32>,
+    /// zstd level for WAL (wal-push must keep up with the server); default 1.
+    pub wal_level: Option<i32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -167,6 +169,10 @@ pub struct Policy {
 impl Policy {
     pub fn compression_level(&self) -> i32 {
         self.compression.level.unwrap_or(3)
+    }
+
+    pub fn wal_compression_level(&self) -> i32 {
+        self.compression.wal_level.unwrap_or(1)
     }
 
     pub fn recipients(&self) -> &[String] {
@@ -382,6 +388,14 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
         }
         if c.threads == Some(0) {
             ctx.add("compression.threads", "must be at least 1");
+        }
+        if let Some(level) = c.wal_level {
+            if !(1..=19).contains(&level) {
+                ctx.add(
+                    "compression.wal_level",
+                    format!("{level} is out of range; use 1 (the default) to 19"),
+                );
+            }
         }
     }
     if let Some(n) = &notify {

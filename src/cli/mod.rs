@@ -9,6 +9,8 @@ mod policy_cmd;
 mod restore;
 mod show;
 mod verify;
+mod wal_fetch;
+mod wal_push;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -82,6 +84,10 @@ enum Command {
     Verify(verify::Args),
     /// Restore a backup
     Restore(restore::Args),
+    /// Archive one WAL file (archive_command = 'drctl wal-push POLICY %p')
+    WalPush(wal_push::Args),
+    /// Restore one WAL file (restore_command = 'drctl wal-fetch POLICY %f %p')
+    WalFetch(wal_fetch::Args),
     /// Catalog maintenance
     #[command(subcommand)]
     Catalog(catalog_cmd::CatalogCmd),
@@ -292,6 +298,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => verify::run(&ctx, a).await,
         Command::Restore(a) => restore::run(&ctx, a).await,
         Command::Catalog(c) => catalog_cmd::run(&ctx, c).await,
+        Command::WalPush(a) => wal_push::run(&ctx, a).await,
+        Command::WalFetch(a) => wal_fetch::run(&ctx, a).await,
     }
 }
 

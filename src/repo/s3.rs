@@ -84,7 +84,16 @@ impl S3Repo {
         let sdk = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk).retry_config(
             RetryConfig::standard()
-                .with_max_attempts(6)
+                // AWS_MAX_ATTEMPTS is the standard knob; drctl's default is
+                // more patient than the SDK's 3 because a failed upload
+                // costs a whole backup.
+                .with_max_attempts(
+                    std::env::var("AWS_MAX_ATTEMPTS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|&n: &u32| n >= 1)
+                        .unwrap_or(6),
+                )
                 .with_max_backoff(Duration::from_secs(20)),
         );
         if sdk.region().is_none() {

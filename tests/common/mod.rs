@@ -56,6 +56,37 @@ fn check(out: Output, what: &str) -> Output {
     out
 }
 
+/// Write (or append to) a file the cluster owner owns.
+fn write_as_owner(path: &Path, body: &str, append: bool) {
+    let op = if append { ">>" } else { ">" };
+    let mut c = as_owner(Path::new("sh"));
+    c.arg("-c")
+        .arg(format!("cat {op} '{}'", path.display()))
+        .stdin(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Give a directory tree to the cluster owner (when we are root), so the
+/// server's archive_command/restore_command, which run as that user, can
+/// use it.
+pub fn give_to_owner(path: &Path) {
+    if is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
 /// A throwaway PostgreSQL 15 cluster.
 pub struct PgCluster {
     pub port: u16,
@@ -70,6 +101,15 @@ impl PgCluster {
 
     /// `hba` lines replace the default trust rules (e.g. to require scram).
     pub fn start_with(hba: &[&str]) -> PgCluster {
+        Self::start_full(hba, &[])
+    }
+
+    /// Extra postgresql.conf lines (archive_command and the like).
+    pub fn start_conf(conf: &[String]) -> PgCluster {
+        Self::start_full(&[], conf)
+    }
+
+    fn start_full(hba: &[&str], conf: &[String]) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("drctl-pg-")
             .tempdir()
@@ -102,19 +142,14 @@ impl PgCluster {
         );
         if !hba.is_empty() {
             let body = hba.join("\n") + "\nlocal all postgres trust\n";
-            let path = data.join("pg_hba.conf");
-            let mut c = as_owner(Path::new("sh"));
-            c.arg("-c")
-                .arg(format!("cat > '{}'", path.display()))
-                .stdin(Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(body.as_bytes())
-                .unwrap();
-            assert!(child.wait().unwrap().success());
+            write_as_owner(&data.join("pg_hba.conf"), &body, false);
+        }
+        if !conf.is_empty() {
+            write_as_owner(
+                &data.join("postgresql.conf"),
+                &(conf.join("\n") + "\n"),
+                true,
+            );
         }
         // The port can be taken between probe and bind; retry a few times.
         for attempt in 0..5 {
@@ -148,6 +183,10 @@ impl PgCluster {
             }
         }
         unreachable!()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
     }
 
     /// Connection URL for a database as the superuser.
@@ -383,6 +422,9 @@ pub struct Drctl {
     pub identity: PathBuf,
     pub recipient: String,
     pub extra_env: Vec<(String, String)>,
+    /// Run drctl as the cluster owner (physical backups and WAL, where the
+    /// server's own archive_command shares the repository).
+    pub as_owner: bool,
 }
 
 pub struct Run {
@@ -443,7 +485,25 @@ impl Drctl {
             identity,
             recipient,
             extra_env: Vec::new(),
+            as_owner: false,
         }
+    }
+
+    /// A work dir owned by the cluster owner, and drctl run as that user.
+    pub fn for_owner() -> Drctl {
+        let mut d = Drctl::new();
+        std::fs::set_permissions(
+            d.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        give_to_owner(d.path());
+        d.as_owner = true;
+        d
+    }
+
+    pub fn bin() -> &'static str {
+        env!("CARGO_BIN_EXE_drctl")
     }
 
     pub fn path(&self) -> &Path {
@@ -500,7 +560,13 @@ level = 3
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_drctl"));
+        let mut c = if self.as_owner {
+            let mut c = as_owner(Path::new(Self::bin()));
+            c.env("HOME", self.path());
+            c
+        } else {
+            Command::new(Self::bin())
+        };
         c.args(args)
             .current_dir(self.path())
             .env("DRCTL_POLICIES", self.path().join("policies"))

@@ -1,0 +1,253 @@
+//! WAL file names, repository keys and the archive's continuity. Pure code.
+//!
+//! PostgreSQL archives four kinds of file: segments
+//! (`TTTTTTTTXXXXXXXXYYYYYYYY`), partial segments left at a promotion
+//! (`….partial`), backup history files (`….XXXXXXXX.backup`) and timeline
+//! history files (`TTTTTTTT.history`). Each is stored as
+//! `<policy>/wal/<TLI>/<name>.zst.age` with a plain JSON sidecar
+//! `<name>.json` written after it: the sidecar is the commit marker, like a
+//! backup's manifest, so a segment whose push never finished is not part of
+//! the archive.
+
+use serde::{Deserialize, Serialize};
+
+/// The default (and by far the most common) WAL segment size.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Segment,
+    Partial,
+    Backup,
+    History,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalName {
+    pub name: String,
+    pub timeline: u32,
+    pub kind: Kind,
+    /// (log, seg) for segments, partials and backup files.
+    pub log_seg: Option<(u32, u32)>,
+}
+
+fn hex8(s: &str) -> Option<u32> {
+    if s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+    {
+        u32::from_str_radix(s, 16).ok()
+    } else {
+        None
+    }
+}
+
+/// Parse an archived file name; anything else is refused (never guessed).
+pub fn parse(name: &str) -> Result<WalName, String> {
+    let bad = || {
+        format!(
+            "'{name}' is not a WAL file name (segment, .partial, .backup or .history); archive_command must pass %p"
+        )
+    };
+    if let Some(tli) = name.strip_suffix(".history") {
+        let timeline = hex8(tli).ok_or_else(bad)?;
+        return Ok(WalName {
+            name: name.to_string(),
+            timeline,
+            kind: Kind::History,
+            log_seg: None,
+        });
+    }
+    if name.len() < 24 {
+        return Err(bad());
+    }
+    let (seg, rest) = name.split_at(24);
+    let timeline = hex8(&seg[..8]).ok_or_else(bad)?;
+    let log = hex8(&seg[8..16]).ok_or_else(bad)?;
+    let s = hex8(&seg[16..24]).ok_or_else(bad)?;
+    let kind = match rest {
+        "" => Kind::Segment,
+        ".partial" => Kind::Partial,
+        r if r.len() == 16
+            && r.ends_with(".backup")
+            && hex8(&r[1..9]).is_some()
+            && r.starts_with('.') =>
+        {
+            Kind::Backup
+        }
+        _ => return Err(bad()),
+    };
+    if timeline == 0 {
+        return Err(bad());
+    }
+    Ok(WalName {
+        name: name.to_string(),
+        timeline,
+        kind,
+        log_seg: Some((log, s)),
+    })
+}
+
+/// Segments per "log id" (4 GiB of WAL).
+pub fn segments_per_log(segment_size: u64) -> u64 {
+    0x1_0000_0000 / segment_size
+}
+
+/// The segment number of (log, seg), as PostgreSQL's XLogSegNo.
+pub fn segno(log: u32, seg: u32, segment_size: u64) -> u64 {
+    log as u64 * segments_per_log(segment_size) + seg as u64
+}
+
+pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
+    let per = segments_per_log(segment_size);
+    format!("{timeline:08X}{:08X}{:08X}", segno / per, segno % per)
+}
+
+/// The segment holding LSN `lsn` ("16/B374D848").
+pub fn lsn_to_segno(lsn: &str, segment_size: u64) -> Option<u64> {
+    let (hi, lo) = lsn.split_once('/')?;
+    let v = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+    Some(v / segment_size)
+}
+
+pub fn dir_key(policy: &str) -> String {
+    format!("{policy}/wal/")
+}
+
+pub fn object_key(policy: &str, w: &WalName) -> String {
+    format!("{policy}/wal/{:08X}/{}.zst.age", w.timeline, w.name)
+}
+
+pub fn sidecar_key(policy: &str, w: &WalName) -> String {
+    format!("{policy}/wal/{:08X}/{}.json", w.timeline, w.name)
+}
+
+/// The sidecar: what was archived, readable without a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sidecar {
+    pub name: String,
+    pub plain_bytes: u64,
+    pub plain_sha256: String,
+    pub stored_bytes: u64,
+    pub stored_sha256: String,
+    pub pushed_at: String,
+}
+
+/// Runs of consecutive segments on one timeline: (first segno, last segno).
+/// A missing segment splits a run.
+pub fn runs(mut segnos: Vec<u64>) -> Vec<(u64, u64)> {
+    segnos.sort_unstable();
+    segnos.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for s in segnos {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == s => *last = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+/// Segments missing between `from` and `to` inclusive (at most `limit`).
+pub fn missing(segnos: &[u64], from: u64, to: u64, limit: usize) -> Vec<u64> {
+    let have: std::collections::BTreeSet<u64> = segnos.iter().copied().collect();
+    (from..=to)
+        .filter(|s| !have.contains(s))
+        .take(limit)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names() {
+        let w = parse("000000010000000A000000FF").unwrap();
+        assert_eq!(w.kind, Kind::Segment);
+        assert_eq!(w.timeline, 1);
+        assert_eq!(w.log_seg, Some((0xA, 0xFF)));
+        assert_eq!(
+            parse("000000020000000A00000003.partial").unwrap().kind,
+            Kind::Partial
+        );
+        assert_eq!(
+            parse("000000010000000000000002.00000028.backup")
+                .unwrap()
+                .kind,
+            Kind::Backup
+        );
+        let h = parse("00000003.history").unwrap();
+        assert_eq!((h.kind, h.timeline), (Kind::History, 3));
+        for bad in [
+            "",
+            "pg_wal/000000010000000000000001",
+            "00000001000000000000000",
+            "000000010000000000000001.gz",
+            "000000010000000a00000001",
+            "000000000000000000000001",
+            "xyz.history",
+            "000000010000000000000002.0000028.backup",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys() {
+        let w = parse("000000020000000000000005").unwrap();
+        assert_eq!(
+            object_key("orders", &w),
+            "orders/wal/00000002/000000020000000000000005.zst.age"
+        );
+        assert_eq!(
+            sidecar_key("orders", &w),
+            "orders/wal/00000002/000000020000000000000005.json"
+        );
+    }
+
+    #[test]
+    fn segment_arithmetic() {
+        let ss = DEFAULT_SEGMENT_SIZE;
+        assert_eq!(segno(1, 0, ss), 256);
+        assert_eq!(segment_name(1, 256, ss), "000000010000000100000000");
+        assert_eq!(segment_name(1, 255, ss), "0000000100000000000000FF");
+        assert_eq!(lsn_to_segno("0/3000028", ss), Some(3));
+        assert_eq!(lsn_to_segno("1/0", ss), Some(256));
+        assert_eq!(lsn_to_segno("nonsense", ss), None);
+    }
+
+    #[test]
+    fn gaps_split_runs() {
+        assert_eq!(
+            runs(vec![5, 3, 4, 8, 9, 11]),
+            vec![(3, 5), (8, 9), (11, 11)]
+        );
+        assert_eq!(missing(&[3, 4, 6], 3, 7, 10), vec![5, 7]);
+    }
+
+    proptest! {
+        #[test]
+        fn names_round_trip(tli in 1u32..0xFFFF, n in 0u64..(1u64 << 40)) {
+            let ss = DEFAULT_SEGMENT_SIZE;
+            let name = segment_name(tli, n, ss);
+            let w = parse(&name).unwrap();
+            let (log, seg) = w.log_seg.unwrap();
+            prop_assert_eq!(segno(log, seg, ss), n);
+            prop_assert_eq!(w.timeline, tli);
+        }
+
+        #[test]
+        fn runs_cover_exactly_the_input(v in proptest::collection::vec(0u64..200, 0..60)) {
+            let r = runs(v.clone());
+            let covered: Vec<u64> = r.iter().flat_map(|&(a, b)| a..=b).collect();
+            let mut want = v.clone();
+            want.sort_unstable();
+            want.dedup();
+            prop_assert_eq!(covered, want);
+            prop_assert!(r.windows(2).all(|w| w[0].1 + 1 < w[1].0));
+        }
+    }
+}

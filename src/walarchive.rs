@@ -1,0 +1,218 @@
+//! `wal-push` (archive_command) and `wal-fetch` (restore_command).
+//!
+//! Both run once per file, as the postgres OS user, many times a minute:
+//! they touch only the policy and the repository, never the catalog.
+//! Exit status is the contract with PostgreSQL: push exits 0 only once the
+//! file and its sidecar are durable; fetch exits 1 only when the file is
+//! truly absent, and 126 (recovery aborts) for anything it cannot vouch for.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::ObjectEntry;
+use crate::pipeline::{self, DecodeError, EncodeOptions};
+use crate::policy::{Method, Policy};
+use crate::repo::Repository;
+use crate::wal::{self, Sidecar, WalName};
+
+#[derive(Debug)]
+pub enum Pushed {
+    Archived(Sidecar),
+    /// The same content was archived before (PostgreSQL retries after a crash).
+    AlreadyArchived,
+}
+
+fn check_method(policy: &Policy) -> Result<()> {
+    if policy.backup.method != Method::Physical {
+        return Err(crate::error::usage(format!(
+            "{}: WAL archiving needs backup.method = \"physical\" (it is \"{}\")",
+            policy.path.display(),
+            policy.backup.method
+        )));
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<(u64, String)> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h)?;
+    Ok((n, hex::encode(h.finalize())))
+}
+
+/// Archive one file. Never overwrites: identical content is success,
+/// different content an error.
+pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
+    check_method(policy)?;
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| crate::error::usage(format!("{} names no file", path.display())))?;
+    let w = wal::parse(file_name).map_err(crate::error::usage)?;
+    let recipients = pipeline::parse_recipients(policy.recipients()).map_err(|e| {
+        crate::error::usage(format!(
+            "{}: encryption.recipients: {e}",
+            policy.path.display()
+        ))
+    })?;
+    let repo = crate::backup::open_repo(policy).await?;
+    let side_key = wal::sidecar_key(&policy.name, &w);
+    if let Some(bytes) = repo.get_bytes(&side_key).await? {
+        let old: Sidecar = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{side_key} in {} is not a WAL sidecar", repo.url()))?;
+        let p = path.to_path_buf();
+        let (n, sha) = tokio::task::spawn_blocking(move || sha256_file(&p)).await??;
+        if n == old.plain_bytes && sha == old.plain_sha256 {
+            return Ok(Pushed::AlreadyArchived);
+        }
+        bail!(
+            "{} is already archived for policy {} with different content (archived sha256 {}, this file {sha}); refusing to overwrite: is another server archiving into this policy?",
+            w.name,
+            policy.name,
+            &old.plain_sha256
+        );
+    }
+    crate::repo::ensure_initialized(&*repo).await?;
+    let writer = repo.writer(&wal::object_key(&policy.name, &w)).await?;
+    let level = policy.wal_compression_level();
+    let threads = policy.compression.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(2)
+    });
+    let p = path.to_path_buf();
+    let digests = tokio::task::spawn_blocking(move || -> Result<pipeline::Digests> {
+        let mut f =
+            std::fs::File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let opts = EncodeOptions {
+            level,
+            threads,
+            recipients: &recipients,
+        };
+        pipeline::encode(&mut f, writer, &opts, &|_| true, &mut || Ok(()))
+    })
+    .await
+    .context("wal-push pipeline panicked")??;
+    let side = Sidecar {
+        name: w.name.clone(),
+        plain_bytes: digests.plain_bytes,
+        plain_sha256: digests.plain_sha256,
+        stored_bytes: digests.stored_bytes,
+        stored_sha256: digests.stored_sha256,
+        pushed_at: crate::timeparse::rfc3339(jiff::Timestamp::now()),
+    };
+    // The sidecar commits the push; without it the segment is not archived.
+    repo.put_bytes(&side_key, serde_json::to_vec_pretty(&side)?)
+        .await
+        .with_context(|| format!("cannot commit {} in {}", w.name, repo.url()))?;
+    Ok(Pushed::Archived(side))
+}
+
+#[derive(Debug)]
+pub enum Fetched {
+    Restored { bytes: u64 },
+    Absent,
+}
+
+async fn fetch_once(
+    repo: &dyn Repository,
+    policy: &str,
+    w: &WalName,
+    dest: &Path,
+    ids: &[age::x25519::Identity],
+) -> Result<Fetched> {
+    let Some(bytes) = repo.get_bytes(&wal::sidecar_key(policy, w)).await? else {
+        return Ok(Fetched::Absent);
+    };
+    let side: Sidecar = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the sidecar of {} is not valid JSON", w.name))?;
+    let key = wal::object_key(policy, w);
+    let entry = ObjectEntry {
+        name: w.name.clone(),
+        key: key.clone(),
+        plain_bytes: side.plain_bytes,
+        plain_sha256: side.plain_sha256.clone(),
+        stored_bytes: side.stored_bytes,
+        stored_sha256: side.stored_sha256.clone(),
+    };
+    let reader = repo
+        .reader(&key)
+        .await
+        .with_context(|| format!("{} is committed but its object is unreadable", w.name))?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp: PathBuf = dir.join(format!(".drctl-fetch-{}-{}", w.name, std::process::id()));
+    let ids = ids.to_vec();
+    let dest = dest.to_path_buf();
+    let name = w.name.clone();
+    tokio::task::spawn_blocking(move || -> Result<Fetched> {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let r = pipeline::decode(reader, &ids, &entry, &mut f, false, &|_| {});
+        let done = r
+            .map_err(|e| match e {
+                DecodeError::WrongKey => {
+                    anyhow!("the identity does not match the key {name} was archived with")
+                }
+                DecodeError::Corrupt(why) => anyhow!("archived {name} is corrupt: {why}"),
+                DecodeError::Sink(e) => anyhow!("cannot write {}: {e}", tmp.display()),
+                DecodeError::Io(e) => anyhow!("reading {name} from the repository: {e}"),
+            })
+            .and_then(|d| {
+                f.sync_all()?;
+                std::fs::rename(&tmp, &dest)
+                    .with_context(|| format!("cannot rename into {}", dest.display()))?;
+                Ok(d)
+            });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(Fetched::Restored {
+            bytes: done?.plain_bytes,
+        })
+    })
+    .await
+    .context("wal-fetch pipeline panicked")?
+}
+
+/// Restore one archived file to `dest` (written to a temp file, then
+/// renamed). Transient failures are retried `attempts` times.
+pub async fn fetch(
+    policy: &Policy,
+    name: &str,
+    dest: &Path,
+    ids: &[age::x25519::Identity],
+    attempts: u32,
+) -> Result<Fetched> {
+    let w = wal::parse(name).map_err(|e| anyhow!(e))?;
+    let mut last = None;
+    for attempt in 0..attempts.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 << attempt.min(4))).await;
+        }
+        let repo = match crate::backup::open_repo(policy).await {
+            Ok(r) => r,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        match fetch_once(&*repo, &policy.name, &w, dest, ids).await {
+            Ok(f) => return Ok(f),
+            Err(e) => {
+                // A bad key or corrupt object will not get better.
+                let permanent = format!("{e:#}");
+                let stop = permanent.contains("corrupt") || permanent.contains("identity");
+                tracing::warn!(attempt, error = %permanent, "wal-fetch {name} failed");
+                last = Some(e);
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+}
