@@ -39,14 +39,12 @@ pub async fn open_repo(policy: &Policy) -> Result<std::sync::Arc<dyn Repository>
 
 /// Run a backup and return its committed manifest.
 pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
-    match policy.backup.method {
-        Method::Dump => {}
-        other => {
-            return Err(crate::error::usage(format!(
-                "{}: backup.method = \"{other}\" is not supported by this drctl build yet; use \"dump\"",
-                policy.path.display()
-            )))
-        }
+    let method = policy.backup.method;
+    if method == Method::RdsSnapshot {
+        return Err(crate::error::usage(format!(
+            "{}: backup.method = \"rds-snapshot\" is not supported by this drctl build yet; use \"dump\" or \"physical\"",
+            policy.path.display()
+        )));
     }
     let conn = source_conn(policy)?;
     let recipients = pipeline::parse_recipients(policy.recipients()).map_err(|e| {
@@ -64,13 +62,19 @@ pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
         .insert_running(
             &id,
             &policy.name,
-            Method::Dump.as_str(),
+            method.as_str(),
             started,
             repo.url(),
         )
         .await?;
     tracing::info!(policy = %policy.name, backup = %id, "backup started");
-    match dump_backup(policy, &conn, &*repo, &recipients, &id, started).await {
+    let result = match method {
+        Method::Physical => {
+            crate::pg::physical::backup(policy, &conn, &*repo, &recipients, &id, started).await
+        }
+        _ => dump_backup(policy, &conn, &*repo, &recipients, &id, started).await,
+    };
+    match result {
         Ok(m) => {
             catalog.upsert_complete(&m, repo.url()).await?;
             tracing::info!(policy = %policy.name, backup = %id, "backup complete");
@@ -86,21 +90,20 @@ pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
     }
 }
 
-struct DumpResult {
-    digests: pipeline::Digests,
-}
 
-async fn dump_backup(
+/// A child process whose stdout is being encoded into the repository.
+pub type Encoding = tokio::task::JoinHandle<(Result<pipeline::Digests>, Vec<u8>)>;
+
+/// Stream `child`'s stdout through the pipeline into `key`. The object is
+/// committed only if the child exits 0; the result carries its stderr.
+pub async fn encode_child(
     policy: &Policy,
-    conn: &Conn,
     repo: &dyn Repository,
+    key: &str,
     recipients: &[age::x25519::Recipient],
-    id: &str,
-    started: Timestamp,
-) -> Result<Manifest> {
-    let pg_dump_version = pg::tool_version("pg_dump").await?;
-    let mut snap = dump::export_snapshot(conn).await?;
-    let mut child = dump::spawn_pg_dump(conn, &snap.id)?;
+    mut child: std::process::Child,
+    what: &'static str,
+) -> Result<Encoding> {
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let stderr_thread = std::thread::spawn(move || {
@@ -109,9 +112,14 @@ async fn dump_backup(
         let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         buf
     });
-
-    let data_key = format!("{}data.zst.age", manifest::backup_prefix(&policy.name, id));
-    let writer = repo.writer(&data_key).await?;
+    let writer = match repo.writer(key).await {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     let level = policy.compression_level();
     let threads = policy.compression.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -119,8 +127,8 @@ async fn dump_backup(
             .unwrap_or(2)
     });
     let recips = recipients.to_vec();
-    let encoder = tokio::task::spawn_blocking(move || -> Result<DumpResult> {
-        let bar = crate::progress::bytes_bar("pg_dump");
+    Ok(tokio::task::spawn_blocking(move || {
+        let bar = crate::progress::bytes_bar(what);
         let opts = EncodeOptions {
             level,
             threads,
@@ -136,11 +144,11 @@ async fn dump_backup(
                 !crate::cancel::requested()
             },
             &mut || {
-                // pg_dump must have exited cleanly before the object is committed.
-                let s = child.wait().context("waiting for pg_dump")?;
+                // The child must have exited cleanly before the object is committed.
+                let s = child.wait().with_context(|| format!("waiting for {what}"))?;
                 status = Some(s);
                 if !s.success() {
-                    bail!("pg_dump exited with {s}");
+                    bail!("{what} exited with {s}");
                 }
                 Ok(())
             },
@@ -150,15 +158,29 @@ async fn dump_backup(
             let _ = child.kill();
             let _ = child.wait();
         }
-        Ok(DumpResult { digests: result? })
-    });
+        (result, stderr_thread.join().unwrap_or_default())
+    }))
+}
+
+async fn dump_backup(
+    policy: &Policy,
+    conn: &Conn,
+    repo: &dyn Repository,
+    recipients: &[age::x25519::Recipient],
+    id: &str,
+    started: Timestamp,
+) -> Result<Manifest> {
+    let pg_dump_version = pg::tool_version("pg_dump").await?;
+    let mut snap = dump::export_snapshot(conn).await?;
+    let child = dump::spawn_pg_dump(conn, &snap.id)?;
+    let data_key = format!("{}data.zst.age", manifest::backup_prefix(&policy.name, id));
+    let encoder = encode_child(policy, repo, &data_key, recipients, child, "pg_dump").await?;
 
     let counts = dump::row_counts(&mut snap.session, policy.backup.row_counts).await;
-    let encoded = encoder.await.context("backup pipeline panicked")?;
-    let stderr_text = stderr_thread.join().unwrap_or_default();
+    let (encoded, stderr_text) = encoder.await.context("backup pipeline panicked")?;
     let stderr_summary = pg::stderr_summary(&stderr_text);
     let encoded = match encoded {
-        Ok(r) => r,
+        Ok(d) => d,
         Err(e) if String::from_utf8_lossy(&stderr_text).contains("error:") => {
             tracing::debug!("pipeline: {e:#}");
             return Err(anyhow!("pg_dump failed: {stderr_summary}"));
@@ -185,7 +207,7 @@ async fn dump_backup(
 
     let mut source = snap.source;
     source.pg_dump_version = Some(pg_dump_version);
-    let d = encoded.digests;
+    let d = encoded;
     let m = Manifest {
         format: manifest::FORMAT_VERSION,
         id: id.to_string(),
@@ -206,7 +228,7 @@ async fn dump_backup(
         }],
         compression: CompressionInfo {
             algorithm: "zstd".into(),
-            level,
+            level: policy.compression_level(),
         },
         encryption: EncryptionInfo {
             algorithm: "age-x25519".into(),

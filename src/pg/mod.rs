@@ -5,6 +5,7 @@
 //! expects. Passwords travel only in the child's PGPASSWORD, never in argv.
 
 pub mod dump;
+pub mod physical;
 
 use std::collections::HashMap;
 use std::process::Stdio;

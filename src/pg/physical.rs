@@ -1,0 +1,265 @@
+//! Physical base backups: `pg_basebackup -D - -Ft -X none` streamed into
+//! the repository. The WAL comes from the archive (`wal-push`), so a base
+//! backup is committed only once every segment from its start to its stop
+//! point is in the repository: without them it cannot be restored.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use jiff::Timestamp;
+
+use super::Conn;
+use crate::manifest::{
+    self, CompressionInfo, EncryptionInfo, Manifest, ObjectEntry, SourceInfo, WalInfo,
+};
+use crate::policy::{Method, Policy};
+use crate::repo::Repository;
+use crate::wal;
+
+/// Start and stop of the backup as pg_basebackup -v reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Points {
+    pub start_lsn: String,
+    pub timeline: u32,
+    pub stop_lsn: String,
+}
+
+/// Parse pg_basebackup -v's "write-ahead log start point: 0/2000028 on
+/// timeline 1" and "write-ahead log end point: 0/2000100".
+pub fn parse_points(stderr: &str) -> Option<Points> {
+    let mut start = None;
+    let mut stop = None;
+    for line in stderr.lines() {
+        if let Some(rest) = line.split("write-ahead log start point: ").nth(1) {
+            let mut it = rest.split_whitespace();
+            let lsn = it.next()?.to_string();
+            let tli = rest.split("on timeline ").nth(1)?.trim().parse().ok()?;
+            start = Some((lsn, tli));
+        }
+        if let Some(rest) = line.split("write-ahead log end point: ").nth(1) {
+            stop = Some(rest.split_whitespace().next()?.to_string());
+        }
+    }
+    let (start_lsn, timeline) = start?;
+    Some(Points {
+        start_lsn,
+        timeline,
+        stop_lsn: stop?,
+    })
+}
+
+async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64)> {
+    let rows = conn
+        .query(
+            "select current_setting('server_version'), current_setting('server_version_num'), \
+             (select system_identifier::text from pg_control_system()), \
+             (select count(*) from pg_tablespace where spcname not in ('pg_default', 'pg_global')), \
+             current_setting('archive_mode'), \
+             (select setting || ' ' || coalesce(unit, '') from pg_settings where name = 'wal_segment_size')",
+            &[],
+        )
+        .await
+        .with_context(|| format!("cannot query {}", conn.url))?;
+    let r = rows.first().ok_or_else(|| anyhow!("no answer from the server"))?;
+    let tablespaces: u64 = r[3].parse().unwrap_or(0);
+    if tablespaces > 0 {
+        bail!(
+            "the cluster has {tablespaces} tablespaces besides pg_default; this drctl build backs up single-tablespace clusters only (pg_basebackup cannot stream several to stdout)"
+        );
+    }
+    if r[4] == "off" {
+        return Err(crate::error::usage(format!(
+            "archive_mode is off on {}: physical backups need the WAL archive; set archive_mode = on and archive_command = 'drctl wal-push POLICY %p'",
+            conn.url.host()
+        )));
+    }
+    let seg = match r[5].split_once(' ') {
+        Some((n, "B")) => n.parse().ok(),
+        Some((n, "8kB")) => n.parse::<u64>().ok().map(|n| n * 8192),
+        Some((n, "MB")) => n.parse::<u64>().ok().map(|n| n << 20),
+        _ => None,
+    }
+    .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
+    Ok((
+        SourceInfo {
+            database: conn.url.database(),
+            host: conn.url.host(),
+            server_version: r[0].clone(),
+            server_version_num: r[1].parse().unwrap_or(0),
+            pg_dump_version: None,
+            encoding: None,
+            system_identifier: Some(r[2].clone()),
+        },
+        seg,
+    ))
+}
+
+/// Wait until every segment start..=stop has a committed sidecar.
+async fn wait_for_wal(
+    repo: &dyn Repository,
+    policy: &str,
+    p: &Points,
+    seg_size: u64,
+    timeout: Duration,
+) -> Result<()> {
+    let first = wal::lsn_to_segno(&p.start_lsn, seg_size).context("bad start LSN")?;
+    let last = wal::lsn_to_segno(&p.stop_lsn, seg_size).context("bad stop LSN")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut missing = Vec::new();
+        for s in first..=last {
+            let w = wal::parse(&wal::segment_name(p.timeline, s, seg_size)).expect("valid name");
+            if repo.head(&wal::sidecar_key(policy, &w)).await?.is_none() {
+                missing.push(w.name);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline || crate::cancel::requested() {
+            bail!(
+                "WAL {} needed by this backup is not in the archive after {}s; check archive_command = 'drctl wal-push {policy} %p' and pg_stat_archiver on the server",
+                missing.join(", "),
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn backup(
+    policy: &Policy,
+    conn: &Conn,
+    repo: &dyn Repository,
+    recipients: &[age::x25519::Recipient],
+    id: &str,
+    started: Timestamp,
+) -> Result<Manifest> {
+    let (mut source, seg_size) = server_facts(conn).await?;
+    let mut cmd = conn.std_command("pg_basebackup");
+    cmd.args(["-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v", "-w"])
+        .arg(format!("--label=drctl {id}"))
+        .arg(format!("--dbname={}", conn.url))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .context("cannot run pg_basebackup (install the PostgreSQL client tools)")?;
+    let key = format!("{}base.tar.zst.age", manifest::backup_prefix(&policy.name, id));
+    let enc = crate::backup::encode_child(policy, repo, &key, recipients, child, "pg_basebackup")
+        .await?;
+    let (encoded, stderr) = enc.await.context("backup pipeline panicked")?;
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    let digests = match encoded {
+        Ok(d) => d,
+        Err(e) if stderr.contains("error:") => {
+            tracing::debug!("pipeline: {e:#}");
+            bail!("pg_basebackup failed: {}", super::stderr_summary(stderr.as_bytes()));
+        }
+        Err(e) => return Err(e),
+    };
+    let result = async {
+        let points = parse_points(&stderr).ok_or_else(|| {
+            anyhow!(
+                "pg_basebackup did not report its start and end points: {}",
+                super::stderr_summary(stderr.as_bytes())
+            )
+        })?;
+        // Upper bound of the stop record's time: restoring to any time at or
+        // after it reaches consistency.
+        let consistent_at: Timestamp = conn
+            .query_one(
+                "select to_char(statement_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                &[],
+            )
+            .await?
+            .parse()
+            .context("parsing the server's timestamp")?;
+        let wait = std::env::var("DRCTL_WAL_WAIT_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        wait_for_wal(repo, &policy.name, &points, seg_size, Duration::from_secs(wait)).await?;
+        anyhow::Ok((points, consistent_at))
+    }
+    .await;
+    let (points, consistent_at) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = repo.delete(&key).await;
+            return Err(e);
+        }
+    };
+    source.pg_dump_version = Some(super::tool_version("pg_basebackup").await?);
+    let start_segno = wal::lsn_to_segno(&points.start_lsn, seg_size).unwrap_or(0);
+    let stop_segno = wal::lsn_to_segno(&points.stop_lsn, seg_size).unwrap_or(0);
+    let m = Manifest {
+        format: manifest::FORMAT_VERSION,
+        id: id.to_string(),
+        policy: policy.name.clone(),
+        method: Method::Physical,
+        started_at: started,
+        finished_at: Timestamp::now(),
+        consistent_at,
+        source,
+        wal: Some(WalInfo {
+            timeline: points.timeline,
+            start_lsn: points.start_lsn.clone(),
+            stop_lsn: points.stop_lsn.clone(),
+            start_segment: wal::segment_name(points.timeline, start_segno, seg_size),
+            stop_segment: wal::segment_name(points.timeline, stop_segno, seg_size),
+        }),
+        objects: vec![ObjectEntry {
+            name: "base".into(),
+            key: key.clone(),
+            plain_bytes: digests.plain_bytes,
+            plain_sha256: digests.plain_sha256,
+            stored_bytes: digests.stored_bytes,
+            stored_sha256: digests.stored_sha256,
+        }],
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level: policy.compression_level(),
+        },
+        encryption: EncryptionInfo {
+            algorithm: "age-x25519".into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        },
+        row_counts: "off".into(),
+        tables: Vec::new(),
+        drctl_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    if let Err(e) = repo
+        .put_bytes(&manifest::manifest_key(&policy.name, id), m.to_json().into_bytes())
+        .await
+    {
+        let _ = repo.delete(&key).await;
+        return Err(e.context("writing the manifest (the backup is not committed)"));
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_from_pg_basebackup_output() {
+        let err = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
+                   pg_basebackup: checkpoint completed\n\
+                   pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1\n\
+                   pg_basebackup: write-ahead log end point: 0/2000100\n\
+                   pg_basebackup: base backup completed\n";
+        assert_eq!(
+            parse_points(err),
+            Some(Points {
+                start_lsn: "0/2000028".into(),
+                timeline: 1,
+                stop_lsn: "0/2000100".into()
+            })
+        );
+        assert_eq!(parse_points("pg_basebackup: error: connection failed"), None);
+    }
+}
