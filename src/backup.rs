@@ -59,13 +59,7 @@ pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
     let started = Timestamp::now();
     let id = manifest::new_backup_id(started);
     catalog
-        .insert_running(
-            &id,
-            &policy.name,
-            method.as_str(),
-            started,
-            repo.url(),
-        )
+        .insert_running(&id, &policy.name, method.as_str(), started, repo.url())
         .await?;
     tracing::info!(policy = %policy.name, backup = %id, "backup started");
     let result = match method {
@@ -89,7 +83,6 @@ pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
         }
     }
 }
-
 
 /// A child process whose stdout is being encoded into the repository.
 pub type Encoding = tokio::task::JoinHandle<(Result<pipeline::Digests>, Vec<u8>)>;
@@ -145,7 +138,9 @@ pub async fn encode_child(
             },
             &mut || {
                 // The child must have exited cleanly before the object is committed.
-                let s = child.wait().with_context(|| format!("waiting for {what}"))?;
+                let s = child
+                    .wait()
+                    .with_context(|| format!("waiting for {what}"))?;
                 status = Some(s);
                 if !s.success() {
                     bail!("{what} exited with {s}");

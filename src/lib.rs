@@ -20,6 +20,7 @@ pub mod policy;
 pub mod progress;
 pub mod repo;
 pub mod restore;
+pub mod restore_physical;
 pub mod schedule;
 pub mod timeparse;
 pub mod toc;

@@ -54,6 +54,12 @@ pub struct WalInfo {
     pub stop_lsn: String,
     pub start_segment: String,
     pub stop_segment: String,
+    #[serde(default = "default_segment_size")]
+    pub segment_size: u64,
+}
+
+fn default_segment_size() -> u64 {
+    crate::wal::DEFAULT_SEGMENT_SIZE
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

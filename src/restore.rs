@@ -51,6 +51,11 @@ pub struct Plan {
     pub stored_bytes: u64,
     pub source_bytes: u64,
     pub dry_run: bool,
+    /// Physical: the policy's recoverable window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +64,9 @@ pub struct Outcome {
     pub plan: Plan,
     pub created_database: bool,
     pub duration_seconds: f64,
+    /// Physical with --start: the point recovery reached, per the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached_at: Option<String>,
 }
 
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
@@ -89,6 +97,8 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
             stored_bytes: m.stored_bytes(),
             source_bytes: m.source_bytes(),
             dry_run: req.dry_run,
+            window_start: None,
+            window_end: None,
         },
         m,
     ))
@@ -174,6 +184,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             plan,
             created_database: false,
             duration_seconds: started.elapsed().as_secs_f64(),
+            reached_at: None,
         });
     }
     let ids = ids.expect("loaded unless dry-run");
@@ -253,6 +264,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         plan,
         created_database: created,
         duration_seconds: started.elapsed().as_secs_f64(),
+        reached_at: None,
     })
 }
 

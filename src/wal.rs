@@ -132,6 +132,90 @@ pub struct Sidecar {
     pub stored_bytes: u64,
     pub stored_sha256: String,
     pub pushed_at: String,
+    /// The file's mtime: a segment holds no commit later than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_write_at: Option<String>,
+    /// For `.history` files: the (parent timeline, switch LSN) entries,
+    /// so the archive's timelines can be followed without a key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<(u32, String)>,
+    /// For `.backup` files: where the base backup starts and stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupHistory>,
+}
+
+/// The parts of a backup history file drctl needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupHistory {
+    pub label: String,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub start_timeline: u32,
+    pub stop_timeline: u32,
+}
+
+/// Parse a `.backup` history file ("START WAL LOCATION: 0/2000028 (file …)").
+pub fn parse_backup_history(text: &str) -> Option<BackupHistory> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    let lsn = |key: &str| field(key).and_then(|v| v.split_whitespace().next().map(String::from));
+    Some(BackupHistory {
+        label: field("LABEL:")?,
+        start_lsn: lsn("START WAL LOCATION:")?,
+        stop_lsn: lsn("STOP WAL LOCATION:")?,
+        start_timeline: field("START TIMELINE:")?.parse().ok()?,
+        stop_timeline: field("STOP TIMELINE:")?.parse().ok()?,
+    })
+}
+
+/// Parse a timeline history file: "parentTLI<TAB>switchLSN<TAB>reason" lines.
+pub fn parse_history(text: &str) -> Vec<(u32, String)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let tli = it.next()?.parse().ok()?;
+            let lsn = it.next()?;
+            lsn.contains('/').then(|| (tli, lsn.to_string()))
+        })
+        .collect()
+}
+
+/// The timelines recovery follows from `base_tli` to the newest timeline
+/// that descends from it: (timeline, first segno on it).
+pub fn timeline_path(
+    base_tli: u32,
+    histories: &std::collections::BTreeMap<u32, Vec<(u32, String)>>,
+    segment_size: u64,
+) -> Vec<(u32, u64)> {
+    let descends = |tli: &u32| {
+        histories
+            .get(tli)
+            .is_some_and(|h| h.iter().any(|(p, _)| *p == base_tli))
+    };
+    let Some((&target, hist)) = histories.iter().rev().find(|(t, _)| descends(t)) else {
+        return vec![(base_tli, 0)];
+    };
+    let mut path = vec![(base_tli, 0)];
+    let mut entries: Vec<&(u32, String)> = hist.iter().filter(|(p, _)| *p >= base_tli).collect();
+    entries.sort_by_key(|(p, _)| *p);
+    for (i, (_, lsn)) in entries.iter().enumerate() {
+        let next = entries.get(i + 1).map(|(p, _)| *p).unwrap_or(target);
+        path.push((next, lsn_to_segno(lsn, segment_size).unwrap_or(0)));
+    }
+    path
+}
+
+/// Which timeline a segment is read from on `path`.
+pub fn timeline_for(path: &[(u32, u64)], segno: u64) -> u32 {
+    path.iter()
+        .rev()
+        .find(|(_, from)| *from <= segno)
+        .map(|(t, _)| *t)
+        .unwrap_or(path[0].0)
 }
 
 /// Runs of consecutive segments on one timeline: (first segno, last segno).
@@ -217,6 +301,43 @@ mod tests {
         assert_eq!(lsn_to_segno("0/3000028", ss), Some(3));
         assert_eq!(lsn_to_segno("1/0", ss), Some(256));
         assert_eq!(lsn_to_segno("nonsense", ss), None);
+    }
+
+    #[test]
+    fn timelines_are_followed_through_history() {
+        let mut h = std::collections::BTreeMap::new();
+        h.insert(
+            2,
+            parse_history("1\t0/5000060\tbefore 2026-11-22 10:00:00+00\n"),
+        );
+        h.insert(3, parse_history("1\t0/5000060\tx\n2\t0/9000000\ty\n"));
+        let ss = DEFAULT_SEGMENT_SIZE;
+        let p = timeline_path(1, &h, ss);
+        assert_eq!(p, vec![(1, 0), (2, 5), (3, 9)]);
+        assert_eq!(timeline_for(&p, 4), 1);
+        assert_eq!(timeline_for(&p, 5), 2);
+        assert_eq!(timeline_for(&p, 12), 3);
+        // A base backup taken on timeline 2 only follows what descends from 2.
+        assert_eq!(timeline_path(2, &h, ss), vec![(2, 0), (3, 9)]);
+        assert_eq!(timeline_path(3, &h, ss), vec![(3, 0)]);
+        assert_eq!(timeline_path(1, &Default::default(), ss), vec![(1, 0)]);
+    }
+
+    #[test]
+    fn backup_history_files() {
+        let text = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+                    STOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\n\
+                    CHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n\
+                    START TIME: 2026-11-23 00:14:13 UTC\nLABEL: drctl 20261123T001413Z-f226\n\
+                    START TIMELINE: 1\nSTOP TIME: 2026-11-23 00:14:13 UTC\nSTOP TIMELINE: 1\n";
+        let b = parse_backup_history(text).unwrap();
+        assert_eq!(b.label, "drctl 20261123T001413Z-f226");
+        assert_eq!(
+            (b.start_lsn.as_str(), b.stop_lsn.as_str()),
+            ("0/2000028", "0/2000100")
+        );
+        assert_eq!((b.start_timeline, b.stop_timeline), (1, 1));
+        assert!(parse_backup_history("garbage").is_none());
     }
 
     #[test]

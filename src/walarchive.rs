@@ -97,7 +97,25 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     })
     .await
     .context("wal-push pipeline panicked")??;
+    let last_write_at = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| jiff::Timestamp::try_from(t).ok())
+        .map(crate::timeparse::rfc3339_micros);
+    let history = if w.kind == wal::Kind::History {
+        wal::parse_history(&std::fs::read_to_string(path).unwrap_or_default())
+    } else {
+        Vec::new()
+    };
+    let backup = if w.kind == wal::Kind::Backup {
+        wal::parse_backup_history(&std::fs::read_to_string(path).unwrap_or_default())
+    } else {
+        None
+    };
     let side = Sidecar {
+        last_write_at,
+        history,
+        backup,
         name: w.name.clone(),
         plain_bytes: digests.plain_bytes,
         plain_sha256: digests.plain_sha256,

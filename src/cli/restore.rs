@@ -64,30 +64,34 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = ctx.load(&a.policy)?;
-    if a.target_dir.is_some() || a.target_instance.is_some() || a.start {
+    let physical = policy.backup.method == crate::policy::Method::Physical;
+    if a.target_instance.is_some() || policy.backup.method == crate::policy::Method::RdsSnapshot {
         return Err(usage(format!(
-            "policy {} uses method \"{}\": this drctl build restores dumps into a database with --target postgres://host/newdb",
-            policy.name, policy.backup.method
+            "policy {}: RDS restores are not supported by this drctl build yet",
+            policy.name
         )));
+    }
+    if physical && a.target.is_some() {
+        return Err(usage(format!(
+            "policy {} takes physical backups: restore them with --target-dir DIR, not --target",
+            policy.name
+        )));
+    }
+    if !physical && (a.target_dir.is_some() || a.start) {
+        return Err(usage(format!(
+            "policy {} takes dumps: restore them into a database with --target postgres://host/newdb",
+            policy.name
+        )));
+    }
+    if physical {
+        return run_physical(ctx, &a, policy).await;
     }
     if a.target.is_none() && !a.dry_run {
         return Err(usage(
             "where to? pass --target postgres://user@host:5432/newdb",
         ));
     }
-    let now = jiff::Timestamp::now();
-    let target = match (&a.to, &a.backup) {
-        (Some(t), _) => {
-            let ts = parse_time(t, now, &jiff::tz::TimeZone::system())
-                .map_err(|e| usage(format!("--to: {e}")))?;
-            if !ctx.json() {
-                println!("resolved --to {t} as {}", rfc3339(ts));
-            }
-            Target::Time(ts)
-        }
-        (None, Some(id)) => Target::Backup(id.clone()),
-        (None, None) => Target::Latest,
-    };
+    let target = resolve_target(ctx, &a)?;
     let req = crate::restore::Request {
         target,
         database: a.target.clone(),
@@ -121,6 +125,74 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             }
         );
         println!("next: run ANALYZE on the restored database before serving traffic");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parse --to/--backup/--latest; relative times resolve against now and are
+/// echoed as absolute UTC.
+fn resolve_target(ctx: &Ctx, a: &Args) -> Result<Target> {
+    let now = jiff::Timestamp::now();
+    Ok(match (&a.to, &a.backup) {
+        (Some(t), _) => {
+            let ts = parse_time(t, now, &jiff::tz::TimeZone::system())
+                .map_err(|e| usage(format!("--to: {e}")))?;
+            if !ctx.json() {
+                println!("resolved --to {t} as {}", rfc3339(ts));
+            }
+            Target::Time(ts)
+        }
+        (None, Some(id)) => Target::Backup(id.clone()),
+        (None, None) => Target::Latest,
+    })
+}
+
+async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<ExitCode> {
+    let target = resolve_target(ctx, a)?;
+    let policies_dir = std::path::absolute(&ctx.policies_dir)?;
+    let req = crate::restore_physical::Request {
+        target,
+        target_dir: a.target_dir.clone(),
+        identity: a.identity.clone(),
+        dry_run: a.dry_run,
+        start: a.start,
+        port: a.port,
+        policies_dir,
+    };
+    let outcome = crate::restore_physical::run(&policy, &req).await?;
+    if ctx.json() {
+        ctx.print_json(&outcome)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout();
+    crate::restore::print_plan(&mut out, &outcome.plan)?;
+    println!("wal segments:  {}", outcome.plan.wal_segments.len());
+    if a.dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = a.target_dir.as_ref().expect("checked").display();
+    match &outcome.reached_at {
+        Some(r) => {
+            println!(
+                "restored {} into {dir} and recovered: {r} (server running on port {}, archiving off)",
+                outcome.plan.backup_id,
+                a.port.unwrap_or(5432)
+            );
+            println!(
+                "next: check the data, then cut over; enable archiving before it takes writes"
+            );
+        }
+        None => {
+            println!(
+                "restored {} into {dir} in {:.1}s; recovery.signal and restore_command are set",
+                outcome.plan.backup_id, outcome.duration_seconds
+            );
+            println!(
+                "next: pg_ctl -D {dir} start (archive_command still points at policy {}: set archive_mode = off first unless this server replaces the primary)",
+                policy.name
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -61,7 +61,9 @@ async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64)> {
         )
         .await
         .with_context(|| format!("cannot query {}", conn.url))?;
-    let r = rows.first().ok_or_else(|| anyhow!("no answer from the server"))?;
+    let r = rows
+        .first()
+        .ok_or_else(|| anyhow!("no answer from the server"))?;
     let tablespaces: u64 = r[3].parse().unwrap_or(0);
     if tablespaces > 0 {
         bail!(
@@ -128,6 +130,42 @@ async fn wait_for_wal(
     }
 }
 
+/// Find the archived backup history file labelled for backup `id`.
+async fn backup_points(
+    repo: &dyn Repository,
+    policy: &str,
+    id: &str,
+    timeout: Duration,
+) -> Result<Points> {
+    let label = format!("drctl {id}");
+    let deadline = Instant::now() + timeout;
+    loop {
+        for o in repo.list(&wal::dir_key(policy)).await? {
+            if !o.key.ends_with(".backup.json") {
+                continue;
+            }
+            if let Some(b) = repo.get_bytes(&o.key).await? {
+                if let Ok(side) = serde_json::from_slice::<wal::Sidecar>(&b) {
+                    if let Some(h) = side.backup.filter(|h| h.label == label) {
+                        return Ok(Points {
+                            start_lsn: h.start_lsn,
+                            timeline: h.start_timeline,
+                            stop_lsn: h.stop_lsn,
+                        });
+                    }
+                }
+            }
+        }
+        if Instant::now() >= deadline || crate::cancel::requested() {
+            bail!(
+                "the server's backup history file for {id} is not in the archive after {}s; check archive_command = 'drctl wal-push {policy} %p' and pg_stat_archiver on the server",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 pub async fn backup(
     policy: &Policy,
     conn: &Conn,
@@ -147,26 +185,36 @@ pub async fn backup(
     let child = cmd
         .spawn()
         .context("cannot run pg_basebackup (install the PostgreSQL client tools)")?;
-    let key = format!("{}base.tar.zst.age", manifest::backup_prefix(&policy.name, id));
-    let enc = crate::backup::encode_child(policy, repo, &key, recipients, child, "pg_basebackup")
-        .await?;
+    let key = format!(
+        "{}base.tar.zst.age",
+        manifest::backup_prefix(&policy.name, id)
+    );
+    let enc =
+        crate::backup::encode_child(policy, repo, &key, recipients, child, "pg_basebackup").await?;
     let (encoded, stderr) = enc.await.context("backup pipeline panicked")?;
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
     let digests = match encoded {
         Ok(d) => d,
         Err(e) if stderr.contains("error:") => {
             tracing::debug!("pipeline: {e:#}");
-            bail!("pg_basebackup failed: {}", super::stderr_summary(stderr.as_bytes()));
+            bail!(
+                "pg_basebackup failed: {}",
+                super::stderr_summary(stderr.as_bytes())
+            );
         }
         Err(e) => return Err(e),
     };
     let result = async {
-        let points = parse_points(&stderr).ok_or_else(|| {
-            anyhow!(
-                "pg_basebackup did not report its start and end points: {}",
-                super::stderr_summary(stderr.as_bytes())
-            )
-        })?;
+        let wait = std::env::var("DRCTL_WAL_WAIT_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let points = match parse_points(&stderr) {
+            Some(p) => p,
+            // With -X none pg_basebackup does not print them; the server's
+            // backup history file, archived by wal-push, has them.
+            None => backup_points(repo, &policy.name, id, Duration::from_secs(wait)).await?,
+        };
         // Upper bound of the stop record's time: restoring to any time at or
         // after it reaches consistency.
         let consistent_at: Timestamp = conn
@@ -177,10 +225,6 @@ pub async fn backup(
             .await?
             .parse()
             .context("parsing the server's timestamp")?;
-        let wait = std::env::var("DRCTL_WAL_WAIT_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(300);
         wait_for_wal(repo, &policy.name, &points, seg_size, Duration::from_secs(wait)).await?;
         anyhow::Ok((points, consistent_at))
     }
@@ -210,6 +254,7 @@ pub async fn backup(
             stop_lsn: points.stop_lsn.clone(),
             start_segment: wal::segment_name(points.timeline, start_segno, seg_size),
             stop_segment: wal::segment_name(points.timeline, stop_segno, seg_size),
+            segment_size: seg_size,
         }),
         objects: vec![ObjectEntry {
             name: "base".into(),
@@ -232,7 +277,10 @@ pub async fn backup(
         drctl_version: env!("CARGO_PKG_VERSION").into(),
     };
     if let Err(e) = repo
-        .put_bytes(&manifest::manifest_key(&policy.name, id), m.to_json().into_bytes())
+        .put_bytes(
+            &manifest::manifest_key(&policy.name, id),
+            m.to_json().into_bytes(),
+        )
         .await
     {
         let _ = repo.delete(&key).await;
@@ -260,6 +308,9 @@ mod tests {
                 stop_lsn: "0/2000100".into()
             })
         );
-        assert_eq!(parse_points("pg_basebackup: error: connection failed"), None);
+        assert_eq!(
+            parse_points("pg_basebackup: error: connection failed"),
+            None
+        );
     }
 }

@@ -1,0 +1,578 @@
+//! `drctl restore` for physical backups: point-in-time recovery.
+//!
+//! Everything that can refuse happens before a byte is written: pick the
+//! newest base backup at or before the target, follow the archived WAL from
+//! its start through the timelines (from the history sidecars, no key
+//! needed) and refuse a target outside the reachable window, check the key,
+//! check the target directory is empty. Then extract the base backup
+//! (streamed, checksummed), write `recovery.signal` and the recovery
+//! settings, and with `--start` run the server until it has promoted and
+//! report the point it actually reached.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use jiff::Timestamp;
+
+use crate::error::usage;
+use crate::inventory;
+use crate::manifest::Manifest;
+use crate::pipeline::{self, DecodeError};
+use crate::plan::{self, Target};
+use crate::policy::{Method, Policy};
+use crate::repo::Repository;
+use crate::restore::{Outcome, Plan};
+use crate::timeparse::rfc3339;
+use crate::wal::{self, Sidecar};
+
+pub struct Request {
+    pub target: Target,
+    pub target_dir: Option<PathBuf>,
+    pub identity: Option<PathBuf>,
+    pub dry_run: bool,
+    pub start: bool,
+    pub port: Option<u16>,
+    /// Absolute policies directory, for restore_command.
+    pub policies_dir: PathBuf,
+}
+
+/// The archive as the planner sees it: committed sidecars by timeline.
+#[derive(Default)]
+struct Archive {
+    segments: BTreeMap<(u32, u64), Option<Timestamp>>,
+    histories: BTreeMap<u32, Vec<(u32, String)>>,
+}
+
+async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) -> Result<Archive> {
+    let mut a = Archive::default();
+    for o in repo.list(&wal::dir_key(policy)).await? {
+        let Some(name) = o
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let Ok(w) = wal::parse(name) else { continue };
+        match w.kind {
+            wal::Kind::Segment => {
+                let (log, seg) = w.log_seg.expect("segments have one");
+                let side: Option<Sidecar> = match repo.get_bytes(&o.key).await? {
+                    Some(b) => serde_json::from_slice(&b).ok(),
+                    None => None,
+                };
+                let at = side
+                    .and_then(|s| s.last_write_at.or(Some(s.pushed_at)))
+                    .and_then(|t| t.parse().ok());
+                a.segments
+                    .insert((w.timeline, wal::segno(log, seg, seg_size)), at);
+            }
+            wal::Kind::History => {
+                if let Some(b) = repo.get_bytes(&o.key).await? {
+                    if let Ok(s) = serde_json::from_slice::<Sidecar>(&b) {
+                        a.histories.insert(w.timeline, s.history);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(a)
+}
+
+/// How far the archive reaches from a base backup without a gap.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub segments: Vec<String>,
+    /// No commit after this is in the archive (the last segment's mtime).
+    pub end: Option<Timestamp>,
+    /// The first segment missing after the run, if the archive continues later.
+    pub gap_at: Option<String>,
+}
+
+fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
+    let w = m
+        .wal
+        .as_ref()
+        .context("physical manifest without WAL information")?;
+    let ss = w.segment_size;
+    let first = wal::parse(&w.start_segment)
+        .ok()
+        .and_then(|n| n.log_seg)
+        .map(|(l, s)| wal::segno(l, s, ss))
+        .context("bad start segment in the manifest")?;
+    let path = wal::timeline_path(w.timeline, &a.histories, ss);
+    let mut segments = Vec::new();
+    let mut end = None;
+    let mut s = first;
+    loop {
+        let tli = wal::timeline_for(&path, s);
+        match a.segments.get(&(tli, s)) {
+            Some(at) => {
+                segments.push(wal::segment_name(tli, s, ss));
+                end = at.or(end);
+                s += 1;
+            }
+            None => break,
+        }
+    }
+    let max_known = a.segments.keys().map(|(_, n)| *n).max().unwrap_or(0);
+    let gap_at = (max_known > s).then(|| wal::segment_name(wal::timeline_for(&path, s), s, ss));
+    Ok(Reach {
+        segments,
+        end,
+        gap_at,
+    })
+}
+
+fn describe_window(start: Timestamp, r: &Reach) -> String {
+    let end = r.end.map(rfc3339).unwrap_or_else(|| "?".into());
+    let gap = r
+        .gap_at
+        .as_ref()
+        .map(|g| format!(" (WAL gap at {g}: later WAL is unreachable)"))
+        .unwrap_or_default();
+    format!("{} .. {end}{gap}", rfc3339(start))
+}
+
+pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Reach)> {
+    let repo = crate::backup::open_repo(policy).await?;
+    let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
+    let physical: Vec<&Manifest> = inv
+        .complete
+        .iter()
+        .filter(|m| m.method == Method::Physical)
+        .collect();
+    let cands: Vec<plan::Candidate> = physical
+        .iter()
+        .map(|m| plan::Candidate {
+            id: m.id.clone(),
+            consistent_at: m.consistent_at,
+        })
+        .collect();
+    let seg_size = physical
+        .first()
+        .and_then(|m| m.wal.as_ref())
+        .map(|w| w.segment_size)
+        .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
+    let archive = read_archive(&*repo, &policy.name, seg_size).await?;
+    let choice = plan::choose(&cands, &req.target).map_err(|e| match req.target {
+        Target::Latest => anyhow!(e),
+        _ => usage(e),
+    })?;
+    let m = (*physical
+        .iter()
+        .find(|m| m.id == choice.id)
+        .expect("chosen from the inventory"))
+    .clone();
+    let r = reach(&m, &archive)?;
+    let stop_ok = m
+        .wal
+        .as_ref()
+        .is_some_and(|w| r.segments.iter().any(|s| s[8..] == w.stop_segment[8..]));
+    if !stop_ok {
+        bail!(
+            "backup {} cannot be restored: WAL from its start {} to its stop {} is not all in the archive (missing {})",
+            m.id,
+            m.wal.as_ref().map(|w| w.start_segment.as_str()).unwrap_or("?"),
+            m.wal.as_ref().map(|w| w.stop_segment.as_str()).unwrap_or("?"),
+            r.gap_at.as_deref().unwrap_or("?")
+        );
+    }
+    let oldest = cands
+        .iter()
+        .map(|c| c.consistent_at)
+        .min()
+        .unwrap_or(m.consistent_at);
+    let target_time = match req.target {
+        Target::Time(t) => {
+            let end = r.end.unwrap_or(m.consistent_at);
+            if t > end {
+                return Err(usage(format!(
+                    "{} is after the newest archived WAL; recoverable window: {}",
+                    rfc3339(t),
+                    describe_window(oldest, &r)
+                )));
+            }
+            t
+        }
+        _ => r.end.unwrap_or(m.consistent_at),
+    };
+    // Only the segments replay needs: up to the first one written at or
+    // after the target.
+    let mut segs = Vec::new();
+    for s in &r.segments {
+        segs.push(s.clone());
+        let tli = u32::from_str_radix(&s[..8], 16).unwrap_or(0);
+        let n = wal::parse(s)
+            .ok()
+            .and_then(|w| w.log_seg)
+            .map(|(l, g)| wal::segno(l, g, seg_size))
+            .unwrap_or(0);
+        if matches!(req.target, Target::Time(_))
+            && archive
+                .segments
+                .get(&(tli, n))
+                .copied()
+                .flatten()
+                .is_some_and(|at| at >= target_time)
+        {
+            break;
+        }
+    }
+    Ok((
+        Plan {
+            policy: policy.name.clone(),
+            backup_id: m.id.clone(),
+            method: m.method,
+            target_time: rfc3339(target_time),
+            consistent_at: rfc3339(m.consistent_at),
+            gap_seconds: match req.target {
+                Target::Time(t) => Some(t.duration_since(target_time).as_secs().max(0)),
+                _ => None,
+            },
+            wal_segments: segs,
+            target: req.target_dir.as_ref().map(|d| d.display().to_string()),
+            stored_bytes: m.stored_bytes(),
+            source_bytes: m.source_bytes(),
+            dry_run: req.dry_run,
+            window_start: Some(rfc3339(oldest)),
+            window_end: r.end.map(rfc3339),
+        },
+        m,
+        r,
+    ))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run a PostgreSQL server tool as the cluster owner: `postgres` when we are
+/// root (the server refuses root), else ourselves.
+fn owner_command(program: &str) -> std::process::Command {
+    if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+fn sql_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
+    let started = std::time::Instant::now();
+    let (plan, m, _reach) = plan(policy, req).await?;
+    let dir = match (&req.target_dir, req.dry_run) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => None,
+        (None, false) => {
+            return Err(usage(
+                "a physical backup restores into a data directory: pass --target-dir DIR (empty or absent)",
+            ))
+        }
+    };
+    if let Some(d) = &dir {
+        if d.exists() {
+            let non_empty = std::fs::read_dir(d)
+                .with_context(|| format!("cannot read --target-dir {}", d.display()))?
+                .next()
+                .is_some();
+            if non_empty {
+                return Err(usage(format!(
+                    "--target-dir {} is not empty; restore into an empty or new directory",
+                    d.display()
+                )));
+            }
+        }
+    }
+    let ids = match (&req.identity, req.dry_run) {
+        (None, true) => None,
+        (p, _) => Some(crate::restore::identities(p.as_ref())?),
+    };
+    if let (Some(ids), Some(p)) = (&ids, &req.identity) {
+        crate::restore::check_identity(policy, &m, ids, p).await?;
+    }
+    if req.dry_run {
+        return Ok(Outcome {
+            plan,
+            created_database: false,
+            duration_seconds: started.elapsed().as_secs_f64(),
+            reached_at: None,
+        });
+    }
+    let dir = std::path::absolute(dir.expect("required unless dry-run"))?;
+    let ids = ids.expect("loaded unless dry-run");
+    let identity = std::path::absolute(req.identity.clone().expect("checked"))?;
+    let created_dir = !dir.exists();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // PostgreSQL refuses a data directory others can read.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+    let result = async {
+        extract(policy, &m, &ids, &dir).await?;
+        write_recovery(policy, req, &plan, &dir, &identity)?;
+        if req.start {
+            start_and_wait(&dir, req.port, &plan).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    .await;
+    match result {
+        Ok(reached_at) => Ok(Outcome {
+            plan,
+            created_database: false,
+            duration_seconds: started.elapsed().as_secs_f64(),
+            reached_at,
+        }),
+        Err(e) => {
+            // A half-extracted directory must not be mistaken for a restore.
+            if !req.start {
+                let _ = clear_dir(&dir, created_dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn clear_dir(dir: &Path, remove_self: bool) -> std::io::Result<()> {
+    if remove_self {
+        return std::fs::remove_dir_all(dir);
+    }
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+async fn extract(
+    policy: &Policy,
+    m: &Manifest,
+    ids: &[age::x25519::Identity],
+    dir: &Path,
+) -> Result<()> {
+    let repo = crate::backup::open_repo(policy).await?;
+    let obj = m
+        .objects
+        .first()
+        .context("manifest lists no objects")?
+        .clone();
+    let reader = repo.reader(&obj.key).await?;
+    let ids = ids.to_vec();
+    let dir = dir.to_path_buf();
+    let id = m.id.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let (pr, mut pw) = std::io::pipe()?;
+        let dir2 = dir.clone();
+        let untar = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut a = tar::Archive::new(pr);
+            a.set_preserve_permissions(true);
+            a.set_overwrite(false);
+            a.unpack(&dir2)
+        });
+        let bar = crate::progress::bytes_bar("restore base backup");
+        let r = pipeline::decode(reader, &ids, &obj, &mut pw, false, &|n| bar.set_position(n));
+        bar.finish_and_clear();
+        drop(pw);
+        let u = untar
+            .join()
+            .map_err(|_| anyhow!("tar extraction panicked"))?;
+        r.map_err(|e| match e {
+            DecodeError::WrongKey => usage(format!("the identity does not match backup {id}")),
+            DecodeError::Corrupt(why) => anyhow!("backup {id} is corrupt: {why}"),
+            DecodeError::Sink(e) => anyhow!("extracting into {}: {e}", dir.display()),
+            DecodeError::Io(e) => anyhow!("reading backup {id} from the repository: {e}"),
+        })?;
+        u.with_context(|| format!("extracting into {}", dir.display()))?;
+        Ok(())
+    })
+    .await
+    .context("extraction panicked")?
+}
+
+fn write_recovery(
+    policy: &Policy,
+    req: &Request,
+    plan: &Plan,
+    dir: &Path,
+    identity: &Path,
+) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the drctl executable")?;
+    let restore_command = format!(
+        "{} --policies {} wal-fetch {} %f %p --identity {}",
+        shell_word(&exe.display().to_string()),
+        shell_word(&req.policies_dir.display().to_string()),
+        policy.name,
+        shell_word(&identity.display().to_string())
+    );
+    let mut conf = format!(
+        "\n# drctl restore of backup {} ({})\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        plan.backup_id,
+        rfc3339(Timestamp::now()),
+        sql_quote(&restore_command)
+    );
+    if let Target::Time(t) = req.target {
+        // PostgreSQL rejects some ISO forms; this one it accepts.
+        let utc = t.to_zoned(jiff::tz::TimeZone::UTC);
+        conf.push_str(&format!(
+            "recovery_target_time = '{}+00'\nrecovery_target_action = 'promote'\n",
+            utc.strftime("%Y-%m-%d %H:%M:%S%.6f")
+        ));
+    }
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("postgresql.auto.conf"))?;
+    f.write_all(conf.as_bytes())?;
+    std::fs::write(dir.join("recovery.signal"), b"")?;
+    if is_root() {
+        let st = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()?;
+        if !st.success() {
+            bail!("cannot give {} to the postgres user", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn shell_word(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!(
+            "\"{}\"",
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+                .replace('`', "\\`")
+        )
+    }
+}
+
+/// Start the restored server (archiving off, so it can never write into
+/// the production archive), wait for recovery to finish and promote, and
+/// return the time it reached.
+async fn start_and_wait(dir: &Path, port: Option<u16>, plan: &Plan) -> Result<String> {
+    let port = port.unwrap_or(5432);
+    let log = dir.join("drctl-recovery.log");
+    let opts = format!(
+        "-p {port} -c archive_mode=off -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c logging_collector=off"
+    );
+    let out = owner_command("pg_ctl")
+        .arg("-D")
+        .arg(dir)
+        .args(["-o", &opts, "-l"])
+        .arg(&log)
+        .args(["-w", "-t", "3600", "start"])
+        .output()
+        .context("cannot run pg_ctl (is the PostgreSQL server installed?)")?;
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    if !out.status.success() {
+        bail!(
+            "the restored server did not start: {}",
+            last_error(&log_text())
+                .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string())
+        );
+    }
+    let url = crate::pg::ConnUrl::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        .map_err(|e| anyhow!(e))?;
+    let conn = crate::pg::Conn::new(url, None)?;
+    loop {
+        let text = log_text();
+        if text.contains("recovery ended before configured recovery target was reached") {
+            bail!(
+                "recovery ended before the target {} was reached: the archive does not hold WAL up to it (server log: {})",
+                plan.target_time,
+                log.display()
+            );
+        }
+        match conn.query_one("select pg_is_in_recovery()", &[]).await {
+            Ok(v) if v == "f" => break,
+            Ok(_) => {}
+            Err(e) => {
+                let st = owner_command("pg_ctl")
+                    .arg("-D")
+                    .arg(dir)
+                    .arg("status")
+                    .output()?;
+                if !st.status.success() {
+                    bail!(
+                        "the restored server stopped during recovery: {} (server log: {})",
+                        last_error(&log_text()).unwrap_or_else(|| format!("{e:#}")),
+                        log.display()
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(reached(&log_text()).unwrap_or_else(|| "end of the archive".into()))
+}
+
+fn last_error(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("FATAL") || l.contains("PANIC"))
+        .map(|l| l.trim().to_string())
+}
+
+/// The point recovery reached, from the server's own log.
+pub fn reached(log: &str) -> Option<String> {
+    for l in log.lines().rev() {
+        if let Some(i) = l.find("recovery stopping before commit of transaction") {
+            if let Some(t) = l[i..].split(", time ").nth(1) {
+                return Some(format!("before a commit at {}", t.trim()));
+            }
+        }
+        if let Some(t) = l
+            .split("last completed transaction was at log time ")
+            .nth(1)
+        {
+            return Some(format!("last transaction committed at {}", t.trim()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reached_point_from_the_log() {
+        let log = "LOG:  starting point-in-time recovery to 2026-11-22 10:00:00+00\n\
+                   LOG:  recovery stopping before commit of transaction 745, time 2026-11-22 10:00:01.5+00\n\
+                   LOG:  redo done at 0/5000100\n\
+                   LOG:  last completed transaction was at log time 2026-11-22 09:59:59.1+00\n";
+        assert_eq!(
+            reached(log).unwrap(),
+            "last transaction committed at 2026-11-22 09:59:59.1+00"
+        );
+        assert!(reached("nothing").is_none());
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word("/usr/bin/drctl"), "/usr/bin/drctl");
+        assert_eq!(shell_word("/a b/$x"), "\"/a b/\\$x\"");
+    }
+}

@@ -1,0 +1,254 @@
+//! Point-in-time recovery with real servers: a physical base backup, WAL
+//! archived by the server's own archive_command (`drctl wal-push`), and
+//! restores to times between batches of commits that bring back exactly
+//! the batches committed before the target.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Drctl, PgCluster};
+
+fn physical_policy(d: &Drctl, name: &str, source: &str) {
+    d.write_policy(name, source, "");
+    let p = d.path().join("policies").join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("method = \"dump\"", "method = \"physical\"");
+    std::fs::write(p, text).unwrap();
+}
+
+fn archiving_cluster(d: &Drctl, policy: &str) -> PgCluster {
+    PgCluster::start_conf(&[
+        "archive_mode = on".into(),
+        format!(
+            "archive_command = '{} --policies {} wal-push {policy} %p'",
+            Drctl::bin(),
+            d.path().join("policies").display()
+        ),
+    ])
+}
+
+fn wait_archived(pg: &PgCluster, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = pg.query(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if last.as_str() >= name {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never archived (last {last})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A restored server, stopped when the test ends however it ends.
+struct Restored {
+    dir: PathBuf,
+    port: u16,
+    _parent: tempfile::TempDir,
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let mut c = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"])
+                .arg(common::pg_tool("pg_ctl"));
+            c
+        } else {
+            Command::new(common::pg_tool("pg_ctl"))
+        };
+        let _ = c
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+impl Restored {
+    fn batches(&self) -> String {
+        let out = Command::new(common::pg_tool("psql"))
+            .args(["-X", "-A", "-t", "-w"])
+            .arg(format!(
+                "--dbname=postgres://postgres@127.0.0.1:{}/postgres",
+                self.port
+            ))
+            .args(["-c", "SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) || ' ' || count(*) FROM batches"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+fn restore(d: &Drctl, to: &[&str]) -> (Restored, common::Run) {
+    let parent = tempfile::tempdir().unwrap();
+    common::give_to_owner(parent.path());
+    let dir = parent.path().join("data");
+    let port = common::free_port();
+    let mut args = vec!["restore", "pitr"];
+    args.extend_from_slice(to);
+    let dir_s = dir.display().to_string();
+    let port_s = port.to_string();
+    let id = d.identity_arg();
+    args.extend_from_slice(&[
+        "--target-dir",
+        &dir_s,
+        "--identity",
+        &id,
+        "--start",
+        "--port",
+        &port_s,
+    ]);
+    let r = d.run(&args);
+    (
+        Restored {
+            dir,
+            port,
+            _parent: parent,
+        },
+        r,
+    )
+}
+
+fn server_now(pg: &PgCluster) -> String {
+    pg.query(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
+#[test]
+fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    physical_policy(&d, "pitr", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
+    );
+    let before_backup = server_now(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    let id = d.backup("pitr");
+    let show = d.run(&["show", &id, "--output", "json"]).ok().json();
+    assert_eq!(show["manifest"]["method"], "physical");
+    assert!(show["manifest"]["wal"]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .contains('/'));
+    assert!(
+        show["manifest"]["source"]["system_identifier"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 5
+    );
+
+    // Batches with a recorded time after each and a WAL switch between them.
+    let mut after = Vec::new();
+    let mut last_seg = String::new();
+    for b in 1..=3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        pg.psql(
+            "postgres",
+            &format!(
+                "INSERT INTO batches SELECT {b}, g, md5(g::text) FROM generate_series(1, 1000) g;"
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        after.push(server_now(&pg));
+        last_seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    }
+    wait_archived(&pg, &last_seg);
+
+    // Dry run: the plan, nothing written.
+    let plan = d
+        .run(&[
+            "restore",
+            "pitr",
+            "--to",
+            &after[0],
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(plan["backup_id"], id.as_str());
+    assert!(!plan["wal_segments"].as_array().unwrap().is_empty());
+    assert!(plan["window_start"].is_string() && plan["window_end"].is_string());
+
+    // Relative times resolve against now and come back as absolute UTC.
+    let rel = d
+        .run(&[
+            "restore",
+            "pitr",
+            "--to",
+            "2s-ago",
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    let t: jiff::Timestamp = rel["target_time"].as_str().unwrap().parse().unwrap();
+    let age = jiff::Timestamp::now().duration_since(t).as_secs_f64();
+    assert!((1.0..30.0).contains(&age), "2s-ago resolved {age}s back");
+
+    // Before the first backup: refused, with the window.
+    let r = d.run(&["restore", "pitr", "--to", &before_backup, "--dry-run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("window"), "{}", r.stderr);
+    // After the end of the archive: refused, with the window.
+    let r = d.run(&[
+        "restore",
+        "pitr",
+        "--to",
+        "2099-01-01T00:00:00Z",
+        "--dry-run",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("window"), "{}", r.stderr);
+
+    let (s1, r) = restore(&d, &["--to", &after[0]]);
+    let r = r.ok();
+    assert!(r.stdout.contains("recovered"), "{}", r.stdout);
+    assert_eq!(s1.batches(), "0,1 1100");
+    drop(s1);
+
+    let (s2, r) = restore(&d, &["--to", &after[1]]);
+    r.ok();
+    assert_eq!(s2.batches(), "0,1,2 2100");
+    drop(s2);
+
+    let (s3, r) = restore(&d, &["--latest"]);
+    r.ok();
+    assert_eq!(s3.batches(), "0,1,2,3 3100");
+
+    // A non-empty target directory is refused before anything is written.
+    let r = d.run(&[
+        "restore",
+        "pitr",
+        "--latest",
+        "--target-dir",
+        s3.dir.to_str().unwrap(),
+        "--identity",
+        &d.identity_arg(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    assert!(Path::new(&s3.dir).join("PG_VERSION").exists());
+}
