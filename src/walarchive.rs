@@ -20,7 +20,7 @@ use crate::wal::{self, Sidecar, WalName};
 
 #[derive(Debug)]
 pub enum Pushed {
-    Archived(Sidecar),
+    Archived(Box<Sidecar>),
     /// The same content was archived before (PostgreSQL retries after a crash).
     AlreadyArchived,
 }
@@ -127,7 +127,7 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     repo.put_bytes(&side_key, serde_json::to_vec_pretty(&side)?)
         .await
         .with_context(|| format!("cannot commit {} in {}", w.name, repo.url()))?;
-    Ok(Pushed::Archived(side))
+    Ok(Pushed::Archived(Box::new(side)))
 }
 
 #[derive(Debug)]
