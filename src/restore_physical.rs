@@ -40,12 +40,15 @@ pub struct Request {
 
 /// The archive as the planner sees it: committed sidecars by timeline.
 #[derive(Default)]
-struct Archive {
-    segments: BTreeMap<(u32, u64), Option<Timestamp>>,
-    histories: BTreeMap<u32, Vec<(u32, String)>>,
+pub struct Archive {
+    /// (timeline, segno) → last write time, for every committed segment.
+    pub segments: BTreeMap<(u32, u64), Option<Timestamp>>,
+    pub histories: BTreeMap<u32, Vec<(u32, String)>>,
+    /// Committed sidecars: key → (object key, stored bytes).
+    pub objects: Vec<(String, u64)>,
 }
 
-async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) -> Result<Archive> {
+pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) -> Result<Archive> {
     let mut a = Archive::default();
     for o in repo.list(&wal::dir_key(policy)).await? {
         let Some(name) = o
@@ -57,13 +60,17 @@ async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) -> Res
             continue;
         };
         let Ok(w) = wal::parse(name) else { continue };
+        let side: Option<Sidecar> = match repo.get_bytes(&o.key).await? {
+            Some(b) => serde_json::from_slice(&b).ok(),
+            None => None,
+        };
+        if let Some(sc) = &side {
+            a.objects
+                .push((wal::object_key(policy, &w), sc.stored_bytes));
+        }
         match w.kind {
             wal::Kind::Segment => {
                 let (log, seg) = w.log_seg.expect("segments have one");
-                let side: Option<Sidecar> = match repo.get_bytes(&o.key).await? {
-                    Some(b) => serde_json::from_slice(&b).ok(),
-                    None => None,
-                };
                 let at = side
                     .and_then(|s| s.last_write_at.or(Some(s.pushed_at)))
                     .and_then(|t| t.parse().ok());
@@ -71,10 +78,8 @@ async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) -> Res
                     .insert((w.timeline, wal::segno(log, seg, seg_size)), at);
             }
             wal::Kind::History => {
-                if let Some(b) = repo.get_bytes(&o.key).await? {
-                    if let Ok(s) = serde_json::from_slice::<Sidecar>(&b) {
-                        a.histories.insert(w.timeline, s.history);
-                    }
+                if let Some(s) = side {
+                    a.histories.insert(w.timeline, s.history);
                 }
             }
             _ => {}
@@ -93,7 +98,7 @@ pub struct Reach {
     pub gap_at: Option<String>,
 }
 
-fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
+pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
     let w = m
         .wal
         .as_ref()

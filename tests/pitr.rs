@@ -75,6 +75,24 @@ impl Drop for Restored {
 }
 
 impl Restored {
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new(common::pg_tool("psql"))
+            .args(["-X", "-A", "-t", "-w"])
+            .arg(format!(
+                "--dbname=postgres://postgres@127.0.0.1:{}/postgres",
+                self.port
+            ))
+            .args(["-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     fn batches(&self) -> String {
         let out = Command::new(common::pg_tool("psql"))
             .args(["-X", "-A", "-t", "-w"])
@@ -251,4 +269,126 @@ fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("not empty"), "{}", r.stderr);
     assert!(Path::new(&s3.dir).join("PG_VERSION").exists());
+    drop(s3);
+
+    // verify covers the base backup and the WAL chain; list shows the window.
+    let v = d.run(&["verify", "pitr"]).ok();
+    assert!(v.stdout.contains("WAL archive"), "{}", v.stdout);
+    let listed = d.list("pitr");
+    assert!(listed[0]["recoverable_until"].is_string(), "{listed:?}");
+    let text = d.run(&["list", "pitr"]).ok();
+    assert!(
+        text.stdout.contains("recoverable window of pitr"),
+        "{}",
+        text.stdout
+    );
+
+    // Failover: restore without --start, start it by hand with the base's own
+    // archive_command, so it promotes to timeline 2 and archives there.
+    let (promoted, r) = restore_no_start(&d);
+    r.ok();
+    start_by_hand(&promoted);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while promoted.sql("SELECT pg_is_in_recovery()") != "f" {
+        assert!(
+            Instant::now() < deadline,
+            "the restored server never promoted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    promoted
+        .sql("INSERT INTO batches SELECT 4, g, 'after failover' FROM generate_series(1, 500) g");
+    let seg = promoted.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg.starts_with("00000002"), "new timeline: {seg}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while promoted.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < seg {
+        assert!(Instant::now() < deadline, "{seg} never archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(promoted);
+    let (s4, r) = restore(&d, &["--latest"]);
+    r.ok();
+    assert_eq!(s4.batches(), "0,1,2,3,4 3600", "followed timeline 2");
+    drop(s4);
+
+    // A lost segment: verify names it, and times after the gap are refused.
+    let victim = segs_between(&d);
+    for f in d.repo_files(&format!("{victim}.json")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let v = d.run(&["verify", "pitr"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    assert!(v.stdout.contains(&victim), "{}", v.stdout);
+    let r = d.run(&["restore", "pitr", "--to", &after[2], "--dry-run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("window"), "{}", r.stderr);
+}
+
+/// A timeline-1 segment archived between the backup and the last batch.
+fn segs_between(d: &Drctl) -> String {
+    let mut names: Vec<String> = d
+        .repo_files(".json")
+        .iter()
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .strip_suffix(".json")
+                .map(String::from)
+        })
+        .filter(|n| n.len() == 24 && n.starts_with("00000001"))
+        .collect();
+    names.sort();
+    names[names.len() - 2].clone()
+}
+
+fn restore_no_start(d: &Drctl) -> (Restored, common::Run) {
+    let parent = tempfile::tempdir().unwrap();
+    common::give_to_owner(parent.path());
+    let dir = parent.path().join("data");
+    let port = common::free_port();
+    let r = d.run(&[
+        "restore",
+        "pitr",
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--identity",
+        &d.identity_arg(),
+    ]);
+    (
+        Restored {
+            dir,
+            port,
+            _parent: parent,
+        },
+        r,
+    )
+}
+
+fn start_by_hand(s: &Restored) {
+    let mut c = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"])
+            .arg(common::pg_tool("pg_ctl"));
+        c
+    } else {
+        Command::new(common::pg_tool("pg_ctl"))
+    };
+    let out = c
+        .arg("-D")
+        .arg(&s.dir)
+        .args([
+            "-o",
+            &format!("-p {} -c unix_socket_directories=/tmp", s.port),
+            "-l",
+        ])
+        .arg(s.dir.join("server.log"))
+        .args(["-w", "start"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

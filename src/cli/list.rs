@@ -31,6 +31,10 @@ pub struct Entry {
     pub source_bytes: Option<i64>,
     pub pinned: bool,
     pub error: Option<String>,
+    /// Physical: how far this backup can be rolled forward with the
+    /// archived WAL (the end of its recoverable window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recoverable_until: Option<String>,
 }
 
 impl Entry {
@@ -47,6 +51,7 @@ impl Entry {
             source_bytes: r.source_bytes,
             pinned: r.pinned,
             error: r.error.clone(),
+            recoverable_until: None,
         }
     }
 
@@ -63,6 +68,7 @@ impl Entry {
             source_bytes: Some(m.source_bytes() as i64),
             pinned: false,
             error: None,
+            recoverable_until: None,
         }
     }
 }
@@ -73,7 +79,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     }
     let catalog = ctx.catalog().await?;
     let rows = catalog.list(a.policy.as_deref()).await?;
-    let entries: Vec<Entry> = rows.iter().map(Entry::from_row).collect();
+    let mut entries: Vec<Entry> = rows.iter().map(Entry::from_row).collect();
+    let windows = windows(ctx, &mut entries).await;
     if ctx.json() {
         ctx.print_json(&entries)?;
         return Ok(ExitCode::SUCCESS);
@@ -109,5 +116,68 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             println!("{:<22} error: {}", "", err.lines().next().unwrap_or(""));
         }
     }
+    for (policy, w) in &windows {
+        println!("recoverable window of {policy}: {w}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fill `recoverable_until` for physical backups from the WAL archive and
+/// return each physical policy's window for display. A policy or
+/// repository that cannot be read is reported, not fatal: `list` still
+/// shows what the catalog knows.
+async fn windows(ctx: &Ctx, entries: &mut [Entry]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut policies: Vec<String> = entries
+        .iter()
+        .filter(|e| e.method == "physical")
+        .map(|e| e.policy.clone())
+        .collect();
+    policies.dedup();
+    for name in policies {
+        let Ok(policy) = ctx.load(&name) else {
+            continue;
+        };
+        let result = async {
+            let repo = crate::backup::open_repo(&policy).await?;
+            let inv = crate::inventory::scan(&*repo, Some(&name)).await?;
+            let archive = crate::restore_physical::read_archive(
+                &*repo,
+                &name,
+                crate::wal::DEFAULT_SEGMENT_SIZE,
+            )
+            .await?;
+            let mut start = None;
+            let mut end = None;
+            for m in inv
+                .complete
+                .iter()
+                .filter(|m| m.method == crate::policy::Method::Physical)
+            {
+                let r = crate::restore_physical::reach(m, &archive)?;
+                if let Some(e) = entries.iter_mut().find(|e| e.id == m.id) {
+                    e.recoverable_until = r.end.map(rfc3339);
+                }
+                start = start.min(Some(m.consistent_at)).or(Some(m.consistent_at));
+                end = end.max(r.end);
+            }
+            anyhow::Ok((start, end))
+        }
+        .await;
+        match result {
+            Ok((Some(s), e)) => out.push((
+                name,
+                format!(
+                    "{} .. {}",
+                    rfc3339(s),
+                    e.map(rfc3339).unwrap_or_else(|| "?".into())
+                ),
+            )),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(policy = %name, "cannot compute the recoverable window: {e:#}")
+            }
+        }
+    }
+    out
 }

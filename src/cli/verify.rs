@@ -79,6 +79,26 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             }
             reports.push(r);
         }
+        if policy.backup.method == crate::policy::Method::Physical
+            && !a
+                .target
+                .as_deref()
+                .is_some_and(crate::manifest::valid_backup_id)
+        {
+            let r = crate::verify::verify_wal(&*repo, &policy.name, manifests).await?;
+            if !ctx.json() {
+                if r.ok {
+                    println!("ok      WAL archive ({})", r.policy);
+                } else {
+                    println!(
+                        "FAILED  WAL archive ({}): {}",
+                        r.policy,
+                        r.problems.join("; ")
+                    );
+                }
+            }
+            reports.push(r);
+        }
     }
     let failed = reports.iter().filter(|r| !r.ok).count();
     if ctx.json() {
