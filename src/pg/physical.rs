@@ -1,7 +1,8 @@
-//! Physical base backups: `pg_basebackup -D - -Ft -X none` streamed into
-//! the repository. The WAL comes from the archive (`wal-push`), so a base
+//! Physical base backups: `pg_basebackup -D - -Ft -X fetch` streamed into
+//! the repository, WAL included so each backup is self-contained. A base
 //! backup is committed only once every segment from its start to its stop
-//! point is in the repository: without them it cannot be restored.
+//! point is also in the WAL archive (`wal-push`), so point-in-time recovery
+//! from it has no hole at its start.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -176,7 +177,10 @@ pub async fn backup(
 ) -> Result<Manifest> {
     let (mut source, seg_size) = server_facts(conn).await?;
     let mut cmd = conn.std_command("pg_basebackup");
-    cmd.args(["-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v", "-w"])
+    // -X fetch puts the WAL from start to stop into the tar, so every base
+    // backup restores on its own; the archive is still awaited below so
+    // that the chain for point-in-time recovery has no hole.
+    cmd.args(["-D", "-", "-Ft", "-X", "fetch", "-c", "fast", "-v", "-w"])
         .arg(format!("--label=drctl {id}"))
         .arg(format!("--dbname={}", conn.url))
         .stdin(Stdio::null())
