@@ -530,6 +530,8 @@ async fn start_and_wait(dir: &Path, port: Option<u16>, plan: &Plan) -> Result<St
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Segments prefetched past the target are of no further use.
+    let _ = std::fs::remove_dir_all(dir.join("drctl-prefetch"));
     Ok(reached(&log_text()).unwrap_or_else(|| "end of the archive".into()))
 }
 

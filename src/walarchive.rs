@@ -130,7 +130,7 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     Ok(Pushed::Archived(Box::new(side)))
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Fetched {
     Restored { bytes: u64 },
     Absent,
@@ -233,4 +233,133 @@ pub async fn fetch(
         }
     }
     Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+}
+
+/// Where prefetched segments wait: `drctl-prefetch/` in the data directory
+/// (restore_command runs there with %p = pg_wal/RECOVERYXLOG), on the same
+/// filesystem as pg_wal so handing one over is a rename. None when `dest`
+/// is not in a pg_wal directory: then there is nothing to prefetch for.
+pub fn spool_dir(dest: &Path) -> Option<PathBuf> {
+    let wal_dir = dest.parent()?;
+    if wal_dir.file_name()? != "pg_wal" {
+        return None;
+    }
+    let data_dir = wal_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(data_dir.join("drctl-prefetch"))
+}
+
+/// Hand over a prefetched segment, if there is one.
+pub fn take_prefetched(spool: &Path, name: &str, dest: &Path) -> bool {
+    std::fs::rename(spool.join(name), dest).is_ok()
+}
+
+/// The next `count` segment names after `name` on its timeline.
+pub fn following(name: &str, count: u32, segment_size: u64) -> Vec<String> {
+    let Ok(w) = wal::parse(name) else {
+        return Vec::new();
+    };
+    let Some((log, seg)) = w.log_seg.filter(|_| w.kind == wal::Kind::Segment) else {
+        return Vec::new();
+    };
+    let n = wal::segno(log, seg, segment_size);
+    (1..=count as u64)
+        .map(|i| wal::segment_name(w.timeline, n + i, segment_size))
+        .collect()
+}
+
+/// Fetch the segments after `name` into the spool, stopping at the first
+/// one not in the archive. Files already there are kept; older ones, which
+/// recovery has passed, are removed. One prefetcher per spool (lock file).
+pub async fn prefetch(
+    policy: &Policy,
+    name: &str,
+    count: u32,
+    spool: &Path,
+    ids: &[age::x25519::Identity],
+) -> Result<usize> {
+    std::fs::create_dir_all(spool)?;
+    let lock = spool.join(".lock");
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock)
+    else {
+        let holder: i32 = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        if holder > 0 && unsafe { libc::kill(holder, 0) } == 0 {
+            return Ok(0);
+        }
+        let _ = std::fs::remove_file(&lock);
+        return Ok(0);
+    };
+    use std::io::Write;
+    let _ = write!(f, "{}", std::process::id());
+    drop(f);
+    let result = async {
+        for e in std::fs::read_dir(spool)?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if wal::parse(&n).is_ok() && n.as_str() <= name {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let repo = crate::backup::open_repo(policy).await?;
+        let mut fetched = 0;
+        for next in following(name, count, wal::DEFAULT_SEGMENT_SIZE) {
+            let dest = spool.join(&next);
+            if dest.exists() {
+                continue;
+            }
+            let w = wal::parse(&next).expect("generated name");
+            match fetch_once(&*repo, &policy.name, &w, &dest, ids).await? {
+                Fetched::Restored { .. } => fetched += 1,
+                Fetched::Absent => break,
+            }
+        }
+        anyhow::Ok(fetched)
+    }
+    .await;
+    let _ = std::fs::remove_file(&lock);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_lives_beside_pg_wal_only() {
+        assert_eq!(
+            spool_dir(Path::new("pg_wal/RECOVERYXLOG")),
+            Some(PathBuf::from("./drctl-prefetch"))
+        );
+        assert_eq!(
+            spool_dir(Path::new("/srv/pg/pg_wal/RECOVERYXLOG")),
+            Some(PathBuf::from("/srv/pg/drctl-prefetch"))
+        );
+        assert_eq!(
+            spool_dir(Path::new("/tmp/x/000000010000000000000001")),
+            None
+        );
+    }
+
+    #[test]
+    fn following_segments() {
+        let ss = wal::DEFAULT_SEGMENT_SIZE;
+        assert_eq!(
+            following("0000000100000000000000FE", 3, ss),
+            vec![
+                "0000000100000000000000FF",
+                "000000010000000100000000",
+                "000000010000000100000001"
+            ]
+        );
+        assert!(following("00000002.history", 3, ss).is_empty());
+        assert!(following("000000010000000000000003.partial", 3, ss).is_empty());
+    }
 }

@@ -139,6 +139,31 @@ fn archive_command_pushes_segments_that_fetch_restores_exactly() {
     assert_eq!(r.code, 126, "{}", r.stderr);
     assert!(!dest.exists());
 
+    // Inside a data directory, wal-fetch prefetches the next segments and
+    // hands them over from its spool.
+    let data = out.path().join("data");
+    std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+    common::give_to_owner(&data);
+    let xlog = data.join("pg_wal/RECOVERYXLOG");
+    fetch(&d, "wal", &segs[0], &xlog).ok();
+    let spooled = data.join("drctl-prefetch").join(&segs[1]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !spooled.exists() {
+        assert!(Instant::now() < deadline, "{} never prefetched", segs[1]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fetch(&d, "wal", &segs[1], &xlog).ok();
+    assert!(!spooled.exists(), "handed over from the spool");
+    let want = std::fs::read(pg.data_dir().join("pg_wal").join(&segs[1])).unwrap();
+    assert!(std::fs::read(&xlog).unwrap() == want);
+    // The end of the archive clears the spool.
+    let r = fetch(&d, "wal", "0000000100000000000000F0", &xlog);
+    assert_eq!(r.code, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = fetch(&d, "wal", "0000000100000000000000F0", &xlog);
+    assert_eq!(r.code, 1);
+    assert!(!data.join("drctl-prefetch").exists());
+
     // Not a WAL file name: a usage error for push.
     let r = d.run(&["wal-push", "wal", "/etc/hostname"]);
     assert_eq!(r.code, 2, "{}", r.stderr);

@@ -10,6 +10,7 @@ mod restore;
 mod show;
 mod verify;
 mod wal_fetch;
+mod wal_prefetch;
 mod wal_push;
 
 use std::io::IsTerminal;
@@ -88,6 +89,9 @@ enum Command {
     WalPush(wal_push::Args),
     /// Restore one WAL file (restore_command = 'drctl wal-fetch POLICY %f %p')
     WalFetch(wal_fetch::Args),
+    /// Internal: fetch the next WAL segments in the background
+    #[command(hide = true)]
+    WalPrefetch(wal_prefetch::Args),
     /// Catalog maintenance
     #[command(subcommand)]
     Catalog(catalog_cmd::CatalogCmd),
@@ -300,6 +304,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Catalog(c) => catalog_cmd::run(&ctx, c).await,
         Command::WalPush(a) => wal_push::run(&ctx, a).await,
         Command::WalFetch(a) => wal_fetch::run(&ctx, a).await,
+        Command::WalPrefetch(a) => wal_prefetch::run(&ctx, a).await,
     }
 }
 

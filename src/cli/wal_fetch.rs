@@ -30,6 +30,9 @@ pub struct Args {
     /// Attempts before giving up on a failing repository
     #[arg(long, default_value_t = 3)]
     attempts: u32,
+    /// Segments to fetch ahead in the background while PostgreSQL replays (0: off)
+    #[arg(long, default_value_t = 4)]
+    prefetch: u32,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
@@ -50,14 +53,65 @@ async fn fetch(ctx: &Ctx, a: &Args) -> Result<ExitCode> {
         )
     })?;
     let ids = crate::pipeline::load_identities(path)?;
+    let spool = walarchive::spool_dir(&a.dest).filter(|_| a.prefetch > 0);
+    if let Some(spool) = &spool {
+        if walarchive::take_prefetched(spool, &a.name, &a.dest) {
+            tracing::info!(name = %a.name, "restored from the prefetch spool");
+            spawn_prefetch(ctx, a, path, spool);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     match walarchive::fetch(&policy, &a.name, &a.dest, &ids, a.attempts).await? {
         Fetched::Restored { bytes } => {
             tracing::info!(name = %a.name, bytes, "restored from the archive");
+            if let Some(spool) = &spool {
+                spawn_prefetch(ctx, a, path, spool);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Fetched::Absent => {
             tracing::info!(name = %a.name, "not in the archive");
+            // The end of the archive (or a probe): nothing ahead to keep.
+            if let Some(spool) = &spool {
+                if crate::wal::parse(&a.name).is_ok_and(|w| w.kind == crate::wal::Kind::Segment) {
+                    let _ = std::fs::remove_dir_all(spool);
+                }
+            }
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// Start a detached `wal-prefetch` for the segments after this one. Best
+/// effort: a failure here only costs speed, never correctness, because
+/// every segment is still fetched and checked on demand.
+fn spawn_prefetch(ctx: &Ctx, a: &Args, identity: &std::path::Path, spool: &std::path::Path) {
+    if crate::wal::parse(&a.name).map_or(true, |w| w.kind != crate::wal::Kind::Segment) {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let policies = std::path::absolute(&ctx.policies_dir).unwrap_or(ctx.policies_dir.clone());
+    let r = std::process::Command::new(exe)
+        .arg("--policies")
+        .arg(policies)
+        .args([
+            "wal-prefetch",
+            &a.policy,
+            &a.name,
+            "--count",
+            &a.prefetch.to_string(),
+        ])
+        .arg("--spool")
+        .arg(spool)
+        .arg("--identity")
+        .arg(identity)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = r {
+        tracing::warn!("cannot start prefetching: {e}");
     }
 }
