@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Physical backup and point-in-time restore, drctl against pgBackRest, in
+# one run on the same data and the same target time:
+#   - full base backup: drctl backup vs pgbackrest backup --type=full
+#     (both zstd level 3, 2 processes/threads, both encrypted)
+#   - PITR restore to the same time, start, and wait for promotion:
+#     drctl restore --to T --start vs pgbackrest restore --type=time + pg_ctl start
+#   - wal-push latency per 16 MiB segment (p50, p99) of real pgbench WAL
+# The server archives every segment to both (archive_command runs both).
+#
+# Usage: scripts/bench-physical.sh [SCALE]   (pgbench scale, default 100)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale=${1:-100}
+root=$PWD
+scripts/install-deps.sh --no-test-deps
+if ! command -v pgbackrest >/dev/null; then
+    echo "bench: installing pgbackrest" >&2
+    apt-get install -y -qq --no-install-recommends pgbackrest >/dev/null
+fi
+cargo build --release --quiet
+drctl="$root/target/release/drctl"
+export PATH="/usr/lib/postgresql/15/bin:$PATH"
+
+work=$(mktemp -d /tmp/drctl-benchphys.XXXXXX)
+chmod 755 "$work"
+as_pg=()
+if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$work"; as_pg=(runuser -u postgres --); fi
+pg() { "${as_pg[@]}" "$@"; }
+freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(freeport); port1=$(freeport); port2=$(freeport)
+cleanup() {
+    for d in pgdata r-drctl r-pgbr; do pg pg_ctl -D "$work/$d" -m immediate -w stop >/dev/null 2>&1 || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.4f\", $1 }"; }
+
+# drctl: policy + key, owned by postgres (archive_command runs as postgres).
+mkdir -p "$work/policies"
+recipient=$(age-keygen -o "$work/key.txt" 2>&1 | sed 's/Public key: //')
+cat > "$work/policies/bench.toml" <<TOML
+[source]
+kind = "postgres"
+url = "postgres://postgres@127.0.0.1:$port/postgres"
+[backup]
+method = "physical"
+[repository]
+url = "file://$work/drctl-repo"
+[encryption]
+recipients = ["$recipient"]
+[compression]
+level = 3
+threads = 2
+TOML
+cp "$work/policies/bench.toml" "$work/policies/walbench.toml"
+
+# pgBackRest: zstd 3, process-max 2, encrypted repository.
+cat > "$work/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$work/pgbr-repo
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=bench-only-passphrase-not-a-secret
+compress-type=zst
+compress-level=3
+process-max=2
+start-fast=y
+log-level-console=warn
+log-level-file=off
+lock-path=$work/pgbr-lock
+spool-path=$work/pgbr-spool
+
+[bench]
+pg1-path=$work/pgdata
+pg1-port=$port
+pg1-socket-path=$work
+CONF
+[[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$work"
+pgbr() { pg pgbackrest --config="$work/pgbackrest.conf" --stanza=bench "$@"; }
+
+echo "==> cluster on 127.0.0.1:$port, archiving to drctl and pgBackRest"
+pg initdb -D "$work/pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+cat >> "$work/pgdata/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$work'
+shared_buffers = 256MB
+max_wal_size = 4GB
+wal_keep_size = 2GB
+archive_mode = on
+archive_command = '$drctl --policies $work/policies wal-push bench %p && pgbackrest --config=$work/pgbackrest.conf --stanza=bench archive-push %p'
+CONF
+pg pg_ctl -D "$work/pgdata" -l "$work/server.log" -w start >/dev/null
+url="postgres://postgres@127.0.0.1:$port/postgres"
+q() { psql -X -At --dbname="$1" -c "$2"; }
+pgbr stanza-create
+echo "==> pgbench -i -s $scale"
+pgbench -i -q -s "$scale" "$url" 2>&1 | tail -1
+echo "database size: $(q "$url" "select pg_size_pretty(sum(pg_database_size(datname))) from pg_database")"
+pg "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" policy check >/dev/null
+
+echo "==> full backups"
+t0=$(now); pg "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" backup bench; t1=$(now)
+t_drctl_backup=$(calc "$t1 - $t0")
+t0=$(now); pgbr backup --type=full; t1=$(now)
+t_pgbr_backup=$(calc "$t1 - $t0")
+
+echo "==> writes, a target time, more writes"
+q "$url" "create table marker(batch int, at timestamptz default clock_timestamp())"
+pgbench -n -T 10 -c 2 "$url" >/dev/null
+q "$url" "insert into marker(batch) values (1)"
+sleep 1
+target=$(q "$url" "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+sleep 1
+q "$url" "insert into marker(batch) values (2)"
+pgbench -n -T 5 -c 2 "$url" >/dev/null
+last=$(q "$url" "select pg_walfile_name(pg_switch_wal())")
+until [[ "$(q "$url" "select coalesce(last_archived_wal, '') from pg_stat_archiver")" > "$last" || \
+         "$(q "$url" "select coalesce(last_archived_wal, '') from pg_stat_archiver")" == "$last" ]]; do sleep 0.2; done
+echo "target time: $target"
+
+wait_promoted() { # port
+    until [[ "$(q "postgres://postgres@127.0.0.1:$1/postgres" "select pg_is_in_recovery()" 2>/dev/null)" == "f" ]]; do sleep 0.1; done
+}
+echo "==> PITR restores to $target"
+t0=$(now)
+"$drctl" --policies "$work/policies" --catalog "$work/drctl.db" restore bench --to "$target" \
+    --target-dir "$work/r-drctl" --identity "$work/key.txt" --start --port "$port1"
+t1=$(now)
+t_drctl_restore=$(calc "$t1 - $t0")
+t0=$(now)
+pg mkdir -p "$work/r-pgbr"
+pg chmod 700 "$work/r-pgbr"
+pgbr restore --type=time --target="$target" --target-action=promote --pg1-path="$work/r-pgbr" \
+    --recovery-option="restore_command=pgbackrest --config=$work/pgbackrest.conf --stanza=bench archive-get %f \"%p\""
+pg pg_ctl -D "$work/r-pgbr" -l "$work/r-pgbr.log" -w -t 3600 \
+    -o "-p $port2 -c archive_mode=off -c unix_socket_directories=$work" start >/dev/null
+wait_promoted "$port2"
+t1=$(now)
+t_pgbr_restore=$(calc "$t1 - $t0")
+m1=$(q "postgres://postgres@127.0.0.1:$port1/postgres" "select string_agg(batch::text, ',') from marker")
+m2=$(q "postgres://postgres@127.0.0.1:$port2/postgres" "select string_agg(batch::text, ',') from marker")
+a1=$(q "postgres://postgres@127.0.0.1:$port1/postgres" "select count(*) from pgbench_history")
+a2=$(q "postgres://postgres@127.0.0.1:$port2/postgres" "select count(*) from pgbench_history")
+echo "restored markers: drctl=[$m1] pgbackrest=[$m2]; pgbench_history rows: drctl=$a1 pgbackrest=$a2"
+if [[ "$m1" != "1" || "$m1" != "$m2" || "$a1" != "$a2" ]]; then
+    echo "FAIL: the two restores disagree or missed the target" >&2; exit 1
+fi
+
+echo "==> wal-push latency"
+segs=$(cd "$work/pgdata/pg_wal" && ls | grep -E '^[0-9A-F]{24}$' | head -40)
+mkdir -p "$work/walbench"
+lat=()
+for s in $segs; do
+    fake="00000010${s:8}"
+    cp "$work/pgdata/pg_wal/$s" "$work/walbench/$fake"
+    [[ $(id -u) -eq 0 ]] && chown postgres "$work/walbench/$fake"
+    t0=$(date +%s%N)
+    pg "$drctl" --policies "$work/policies" wal-push walbench "$work/walbench/$fake"
+    t1=$(date +%s%N)
+    lat+=($(( (t1 - t0) / 1000 )))
+done
+sorted=($(printf '%s\n' "${lat[@]}" | sort -n))
+n=${#sorted[@]}
+p50=${sorted[$(( n / 2 ))]}
+p99=${sorted[$(( (n * 99 + 99) / 100 - 1 ))]}
+
+printf '\n%-44s %9s %9s %9s\n' "pgbench scale $scale" "drctl s" "pgbr s" "ratio"
+printf '%-44s %9.2f %9.2f %9.2f  (target <= 1.00)\n' "full backup" "$t_drctl_backup" "$t_pgbr_backup" "$(calc "$t_drctl_backup / $t_pgbr_backup")"
+printf '%-44s %9.2f %9.2f %9.2f  (target <= 1.00)\n' "PITR restore + start + promote" "$t_drctl_restore" "$t_pgbr_restore" "$(calc "$t_drctl_restore / $t_pgbr_restore")"
+printf '\nwal-push per 16 MiB segment over %d segments: p50 %.1f ms, p99 %.1f ms (target p50 <= 30 ms)\n' "$n" "$(calc "$p50 / 1000")" "$(calc "$p99 / 1000")"
