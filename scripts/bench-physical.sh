@@ -111,7 +111,9 @@ q "$url" "create table marker(batch int, at timestamptz default clock_timestamp(
 pgbench -n -T 10 -c 2 "$url" >/dev/null
 q "$url" "insert into marker(batch) values (1)"
 sleep 1
-target=$(q "$url" "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+target=$(q "$url" "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+# The same instant in the form pgBackRest accepts.
+pgbr_target="$(echo "$target" | sed 's/T/ /; s/Z$/+00/')"
 sleep 1
 q "$url" "insert into marker(batch) values (2)"
 pgbench -n -T 5 -c 2 "$url" >/dev/null
@@ -132,10 +134,11 @@ t_drctl_restore=$(calc "$t1 - $t0")
 t0=$(now)
 pg mkdir -p "$work/r-pgbr"
 pg chmod 700 "$work/r-pgbr"
-pgbr restore --type=time --target="$target" --target-action=promote --pg1-path="$work/r-pgbr" \
-    --recovery-option="restore_command=pgbackrest --config=$work/pgbackrest.conf --stanza=bench archive-get %f \"%p\""
+pgbr restore --type=time --target="$pgbr_target" --target-action=promote --pg1-path="$work/r-pgbr" \
+    --recovery-option="restore_command=pgbackrest --config=$work/pgbackrest.conf --stanza=bench --pg1-path=$work/r-pgbr archive-get %f \"%p\""
 pg pg_ctl -D "$work/r-pgbr" -l "$work/r-pgbr.log" -w -t 3600 \
-    -o "-p $port2 -c archive_mode=off -c unix_socket_directories=$work" start >/dev/null
+    -o "-p $port2 -c archive_mode=off -c unix_socket_directories=$work" start >/dev/null \
+    || { tail -20 "$work/r-pgbr.log" >&2; exit 1; }
 wait_promoted "$port2"
 t1=$(now)
 t_pgbr_restore=$(calc "$t1 - $t0")

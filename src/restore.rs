@@ -89,7 +89,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
             policy: policy.name.clone(),
             backup_id: m.id.clone(),
             method: m.method,
-            target_time: rfc3339(target_time),
+            target_time: crate::timeparse::rfc3339_exact(target_time),
             consistent_at: rfc3339(m.consistent_at),
             gap_seconds: choice.gap.map(|g| g.as_secs()),
             wal_segments: Vec::new(),

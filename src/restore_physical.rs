@@ -233,7 +233,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
             policy: policy.name.clone(),
             backup_id: m.id.clone(),
             method: m.method,
-            target_time: rfc3339(target_time),
+            target_time: crate::timeparse::rfc3339_exact(target_time),
             consistent_at: rfc3339(m.consistent_at),
             gap_seconds: match req.target {
                 Target::Time(t) => Some(t.duration_since(target_time).as_secs().max(0)),

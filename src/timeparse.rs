@@ -83,6 +83,16 @@ pub fn rfc3339(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// UTC with the fraction of a second when there is one: for echoing a
+/// user's target time without rounding it.
+pub fn rfc3339_exact(ts: Timestamp) -> String {
+    if ts.subsec_nanosecond() == 0 {
+        rfc3339(ts)
+    } else {
+        ts.strftime("%Y-%m-%dT%H:%M:%S%.fZ").to_string()
+    }
+}
+
 /// Fixed-width UTC form with microseconds: sorts as text (catalog columns).
 pub fn rfc3339_micros(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()

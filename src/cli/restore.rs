@@ -10,7 +10,7 @@ use super::Ctx;
 use crate::error::usage;
 use crate::plan::Target;
 use crate::progress::human_bytes;
-use crate::timeparse::{parse_time, rfc3339};
+use crate::timeparse::{parse_time, rfc3339_exact};
 
 #[derive(Debug, clap::Args)]
 #[command(group(ArgGroup::new("point").required(true).args(["to", "backup", "latest"])))]
@@ -138,7 +138,7 @@ fn resolve_target(ctx: &Ctx, a: &Args) -> Result<Target> {
             let ts = parse_time(t, now, &jiff::tz::TimeZone::system())
                 .map_err(|e| usage(format!("--to: {e}")))?;
             if !ctx.json() {
-                println!("resolved --to {t} as {}", rfc3339(ts));
+                println!("resolved --to {t} as {}", rfc3339_exact(ts));
             }
             Target::Time(ts)
         }
