@@ -114,11 +114,7 @@ pub async fn encode_child(
         }
     };
     let level = policy.compression_level();
-    let threads = policy.compression.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(2)
-    });
+    let threads = policy.compression_threads();
     let recips = recipients.to_vec();
     Ok(tokio::task::spawn_blocking(move || {
         let bar = crate::progress::bytes_bar(what);
@@ -155,6 +151,35 @@ pub async fn encode_child(
         }
         (result, stderr_thread.join().unwrap_or_default())
     }))
+}
+
+pub fn compression_info(policy: &Policy) -> CompressionInfo {
+    CompressionInfo {
+        algorithm: "zstd".into(),
+        level: policy.compression_level(),
+    }
+}
+
+pub fn encryption_info(recipients: &[age::x25519::Recipient]) -> EncryptionInfo {
+    EncryptionInfo {
+        algorithm: "age-x25519".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+/// Commit a backup: write its manifest, or delete its object if that fails.
+pub async fn commit(repo: &dyn Repository, m: &Manifest, object_key: &str) -> Result<()> {
+    if let Err(e) = repo
+        .put_bytes(
+            &manifest::manifest_key(&m.policy, &m.id),
+            m.to_json().into_bytes(),
+        )
+        .await
+    {
+        let _ = repo.delete(object_key).await;
+        return Err(e.context("writing the manifest (the backup is not committed)"));
+    }
+    Ok(())
 }
 
 async fn dump_backup(
@@ -221,14 +246,8 @@ async fn dump_backup(
             stored_bytes: d.stored_bytes,
             stored_sha256: d.stored_sha256,
         }],
-        compression: CompressionInfo {
-            algorithm: "zstd".into(),
-            level: policy.compression_level(),
-        },
-        encryption: EncryptionInfo {
-            algorithm: "age-x25519".into(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        },
+        compression: compression_info(policy),
+        encryption: encryption_info(recipients),
         row_counts: match policy.backup.row_counts {
             crate::policy::RowCounts::Exact => "exact",
             crate::policy::RowCounts::Estimate => "estimate",
@@ -239,15 +258,6 @@ async fn dump_backup(
         drctl_version: env!("CARGO_PKG_VERSION").into(),
     };
     // The commit point.
-    if let Err(e) = repo
-        .put_bytes(
-            &manifest::manifest_key(&policy.name, id),
-            m.to_json().into_bytes(),
-        )
-        .await
-    {
-        let _ = repo.delete(&data_key).await;
-        return Err(e.context("writing the manifest (the backup is not committed)"));
-    }
+    commit(repo, &m, &data_key).await?;
     Ok(m)
 }

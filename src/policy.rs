@@ -171,6 +171,15 @@ impl Policy {
         self.compression.level.unwrap_or(3)
     }
 
+    /// zstd workers: the policy's, else one per core.
+    pub fn compression_threads(&self) -> u32 {
+        self.compression.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(2)
+        })
+    }
+
     pub fn wal_compression_level(&self) -> i32 {
         self.compression.wal_level.unwrap_or(1)
     }

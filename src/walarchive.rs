@@ -79,11 +79,7 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     crate::repo::ensure_initialized(&*repo).await?;
     let writer = repo.writer(&wal::object_key(&policy.name, &w)).await?;
     let level = policy.wal_compression_level();
-    let threads = policy.compression.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(2)
-    });
+    let threads = policy.compression_threads();
     let p = path.to_path_buf();
     let digests = tokio::task::spawn_blocking(move || -> Result<pipeline::Digests> {
         let mut f =

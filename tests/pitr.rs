@@ -11,24 +11,13 @@ use std::time::{Duration, Instant};
 
 use common::{Drctl, PgCluster};
 
-fn physical_policy(d: &Drctl, name: &str, source: &str) {
-    d.write_policy(name, source, "");
-    let p = d.path().join("policies").join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("method = \"dump\"", "method = \"physical\"");
-    std::fs::write(p, text).unwrap();
+fn archiving_cluster(d: &Drctl, policy: &str) -> PgCluster {
+    PgCluster::start_conf(&["archive_mode = on".into(), d.archive_command(policy)])
 }
 
-fn archiving_cluster(d: &Drctl, policy: &str) -> PgCluster {
-    PgCluster::start_conf(&[
-        "archive_mode = on".into(),
-        format!(
-            "archive_command = '{} --policies {} wal-push {policy} %p'",
-            Drctl::bin(),
-            d.path().join("policies").display()
-        ),
-    ])
+/// pg_ctl as the cluster owner.
+fn pg_ctl() -> Command {
+    common::as_owner(&common::pg_tool("pg_ctl"))
 }
 
 fn wait_archived(pg: &PgCluster, name: &str) {
@@ -58,15 +47,7 @@ struct Restored {
 
 impl Drop for Restored {
     fn drop(&mut self) {
-        let mut c = if unsafe { libc::geteuid() } == 0 {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"])
-                .arg(common::pg_tool("pg_ctl"));
-            c
-        } else {
-            Command::new(common::pg_tool("pg_ctl"))
-        };
-        let _ = c
+        let _ = pg_ctl()
             .arg("-D")
             .arg(&self.dir)
             .args(["-m", "immediate", "-w", "stop"])
@@ -153,7 +134,7 @@ fn server_now(pg: &PgCluster) -> String {
 fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
     let d = Drctl::for_owner();
     let pg = archiving_cluster(&d, "pitr");
-    physical_policy(&d, "pitr", &pg.url("postgres"));
+    d.write_physical_policy("pitr", &pg.url("postgres"));
     pg.psql(
         "postgres",
         "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
@@ -366,15 +347,7 @@ fn restore_no_start(d: &Drctl) -> (Restored, common::Run) {
 }
 
 fn start_by_hand(s: &Restored) {
-    let mut c = if unsafe { libc::geteuid() } == 0 {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"])
-            .arg(common::pg_tool("pg_ctl"));
-        c
-    } else {
-        Command::new(common::pg_tool("pg_ctl"))
-    };
-    let out = c
+    let out = pg_ctl()
         .arg("-D")
         .arg(&s.dir)
         .args([

@@ -10,23 +10,6 @@ use common::{Drctl, PgCluster};
 
 const SEG: u64 = 16 * 1024 * 1024;
 
-fn physical_policy(d: &Drctl, name: &str, source: &str) {
-    d.write_policy(name, source, "");
-    let p = d.path().join("policies").join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("method = \"dump\"", "method = \"physical\"");
-    std::fs::write(p, text).unwrap();
-}
-
-fn archive_command(d: &Drctl, policy: &str) -> String {
-    format!(
-        "archive_command = '{} --policies {} wal-push {policy} %p'",
-        Drctl::bin(),
-        d.path().join("policies").display()
-    )
-}
-
 /// Wait until the server reports `name` archived (and nothing failed).
 fn wait_archived(pg: &PgCluster, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -73,9 +56,9 @@ fn archive_command_pushes_segments_that_fetch_restores_exactly() {
         "archive_mode = on".to_string(),
         "wal_keep_size = '1GB'".into(),
     ];
-    pg_conf.push(archive_command(&d, "wal"));
+    pg_conf.push(d.archive_command("wal"));
     let pg = PgCluster::start_conf(&pg_conf);
-    physical_policy(&d, "wal", &pg.url("postgres"));
+    d.write_physical_policy("wal", &pg.url("postgres"));
     pg.psql("postgres", "CREATE TABLE t (id int, v text);");
     let segs: Vec<String> = (0..3).map(|i| switch(&pg, 1000 * (i + 1))).collect();
     wait_archived(&pg, segs.last().unwrap());
@@ -172,7 +155,7 @@ fn archive_command_pushes_segments_that_fetch_restores_exactly() {
 #[test]
 fn history_partial_and_backup_files_round_trip() {
     let d = Drctl::for_owner();
-    physical_policy(&d, "wal", "postgres://postgres@127.0.0.1:1/postgres");
+    d.write_physical_policy("wal", "postgres://postgres@127.0.0.1:1/postgres");
     let src = tempfile::tempdir().unwrap();
     common::give_to_owner(src.path());
     let out = tempfile::tempdir().unwrap();
@@ -241,7 +224,7 @@ fn wal_fetch_fails_hard_when_the_repository_is_down() {
     // And wal-push to a dead repository is a failure, never success.
     let seg = d.path().join("000000010000000000000001");
     std::fs::write(&seg, vec![0u8; 1024]).unwrap();
-    physical_policy(&d, "wal2", "postgres://postgres@127.0.0.1:1/postgres");
+    d.write_physical_policy("wal2", "postgres://postgres@127.0.0.1:1/postgres");
     let p2 = d.path().join("policies/wal2.toml");
     let text = std::fs::read_to_string(&p2).unwrap().replace(
         &format!("url = \"file://{}\"", d.repo_dir().display()),

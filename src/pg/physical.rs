@@ -11,9 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use jiff::Timestamp;
 
 use super::Conn;
-use crate::manifest::{
-    self, CompressionInfo, EncryptionInfo, Manifest, ObjectEntry, SourceInfo, WalInfo,
-};
+use crate::manifest::{self, Manifest, ObjectEntry, SourceInfo, WalInfo};
 use crate::policy::{Method, Policy};
 use crate::repo::Repository;
 use crate::wal;
@@ -268,28 +266,13 @@ pub async fn backup(
             stored_bytes: digests.stored_bytes,
             stored_sha256: digests.stored_sha256,
         }],
-        compression: CompressionInfo {
-            algorithm: "zstd".into(),
-            level: policy.compression_level(),
-        },
-        encryption: EncryptionInfo {
-            algorithm: "age-x25519".into(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        },
+        compression: crate::backup::compression_info(policy),
+        encryption: crate::backup::encryption_info(recipients),
         row_counts: "off".into(),
         tables: Vec::new(),
         drctl_version: env!("CARGO_PKG_VERSION").into(),
     };
-    if let Err(e) = repo
-        .put_bytes(
-            &manifest::manifest_key(&policy.name, id),
-            m.to_json().into_bytes(),
-        )
-        .await
-    {
-        let _ = repo.delete(&key).await;
-        return Err(e.context("writing the manifest (the backup is not committed)"));
-    }
+    crate::backup::commit(repo, &m, &key).await?;
     Ok(m)
 }
 

@@ -27,7 +27,7 @@ fn is_root() -> bool {
 
 /// Run a command as the cluster owner: `postgres` when we are root
 /// (PostgreSQL refuses to run as root), else ourselves.
-fn as_owner(program: &Path) -> Command {
+pub fn as_owner(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -549,6 +549,25 @@ level = 3
             self.recipient
         );
         self.write_policy_text(name, &text);
+    }
+
+    /// A `method = "physical"` policy (file repository).
+    pub fn write_physical_policy(&self, name: &str, source_url: &str) {
+        self.write_policy(name, source_url, "");
+        let p = self.path().join("policies").join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("method = \"dump\"", "method = \"physical\"");
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// The postgresql.conf line that archives into `policy`.
+    pub fn archive_command(&self, policy: &str) -> String {
+        format!(
+            "archive_command = '{} --policies {} wal-push {policy} %p'",
+            Self::bin(),
+            self.path().join("policies").display()
+        )
     }
 
     pub fn write_policy_text(&self, name: &str, text: &str) {
