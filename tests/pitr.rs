@@ -75,25 +75,15 @@ impl Restored {
     }
 
     fn batches(&self) -> String {
-        let out = Command::new(common::pg_tool("psql"))
-            .args(["-X", "-A", "-t", "-w"])
-            .arg(format!(
-                "--dbname=postgres://postgres@127.0.0.1:{}/postgres",
-                self.port
-            ))
-            .args(["-c", "SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) || ' ' || count(*) FROM batches"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        self.sql("SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) || ' ' || count(*) FROM batches")
     }
 }
 
 fn restore(d: &Drctl, to: &[&str]) -> (Restored, common::Run) {
+    restore_with(d, to, true)
+}
+
+fn restore_with(d: &Drctl, to: &[&str], start: bool) -> (Restored, common::Run) {
     let parent = tempfile::tempdir().unwrap();
     common::give_to_owner(parent.path());
     let dir = parent.path().join("data");
@@ -103,15 +93,10 @@ fn restore(d: &Drctl, to: &[&str]) -> (Restored, common::Run) {
     let dir_s = dir.display().to_string();
     let port_s = port.to_string();
     let id = d.identity_arg();
-    args.extend_from_slice(&[
-        "--target-dir",
-        &dir_s,
-        "--identity",
-        &id,
-        "--start",
-        "--port",
-        &port_s,
-    ]);
+    args.extend_from_slice(&["--target-dir", &dir_s, "--identity", &id]);
+    if start {
+        args.extend_from_slice(&["--start", "--port", &port_s]);
+    }
     let r = d.run(&args);
     (
         Restored {
@@ -322,28 +307,9 @@ fn segs_between(d: &Drctl) -> String {
     names[names.len() - 2].clone()
 }
 
+/// `restore --latest` without --start: the directory is only prepared.
 fn restore_no_start(d: &Drctl) -> (Restored, common::Run) {
-    let parent = tempfile::tempdir().unwrap();
-    common::give_to_owner(parent.path());
-    let dir = parent.path().join("data");
-    let port = common::free_port();
-    let r = d.run(&[
-        "restore",
-        "pitr",
-        "--latest",
-        "--target-dir",
-        dir.to_str().unwrap(),
-        "--identity",
-        &d.identity_arg(),
-    ]);
-    (
-        Restored {
-            dir,
-            port,
-            _parent: parent,
-        },
-        r,
-    )
+    restore_with(d, &["--latest"], false)
 }
 
 fn start_by_hand(s: &Restored) {
