@@ -317,6 +317,22 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let dir = std::path::absolute(dir.expect("required unless dry-run"))?;
     let ids = ids.expect("loaded unless dry-run");
     let identity = std::path::absolute(req.identity.clone().expect("checked"))?;
+    if is_root() {
+        // The server runs restore_command as postgres: it must read these.
+        for p in [&identity, &req.policies_dir] {
+            let ok = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--", "test", "-r"])
+                .arg(p)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(usage(format!(
+                    "the postgres user cannot read {}, which restore_command needs; make it readable by postgres (the key only by postgres)",
+                    p.display()
+                )));
+            }
+        }
+    }
     let created_dir = !dir.exists();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // PostgreSQL refuses a data directory others can read.
