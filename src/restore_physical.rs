@@ -91,11 +91,48 @@ pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) ->
 /// How far the archive reaches from a base backup without a gap.
 #[derive(Debug, Clone)]
 pub struct Reach {
-    pub segments: Vec<String>,
+    /// The run of archived segments from the backup's start:
+    /// (timeline, segno, last write).
+    pub run: Vec<(u32, u64, Option<Timestamp>)>,
+    pub segment_size: u64,
     /// No commit after this is in the archive (the last segment's mtime).
     pub end: Option<Timestamp>,
     /// The first segment missing after the run, if the archive continues later.
     pub gap_at: Option<String>,
+    /// The run includes the backup's stop segment; without it the backup
+    /// cannot reach consistency.
+    pub reaches_stop: bool,
+}
+
+impl Reach {
+    /// The segment names replay needs: the whole run, or with a target time
+    /// up to the first segment written at or after it.
+    pub fn segments_until(&self, target: Option<Timestamp>) -> Vec<String> {
+        let mut out = Vec::new();
+        for &(tli, n, at) in &self.run {
+            out.push(wal::segment_name(tli, n, self.segment_size));
+            if target.is_some_and(|t| at.is_some_and(|at| at >= t)) {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// The WAL segment size of a policy's physical backups (from their manifests).
+pub fn segment_size<'a>(manifests: impl IntoIterator<Item = &'a Manifest>) -> u64 {
+    manifests
+        .into_iter()
+        .find_map(|m| m.wal.as_ref())
+        .map(|w| w.segment_size)
+        .unwrap_or(wal::DEFAULT_SEGMENT_SIZE)
+}
+
+fn segno_of(name: &str, segment_size: u64) -> Option<u64> {
+    wal::parse(name)
+        .ok()?
+        .log_seg
+        .map(|(l, s)| wal::segno(l, s, segment_size))
 }
 
 pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
@@ -104,20 +141,17 @@ pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
         .as_ref()
         .context("physical manifest without WAL information")?;
     let ss = w.segment_size;
-    let first = wal::parse(&w.start_segment)
-        .ok()
-        .and_then(|n| n.log_seg)
-        .map(|(l, s)| wal::segno(l, s, ss))
-        .context("bad start segment in the manifest")?;
+    let first = segno_of(&w.start_segment, ss).context("bad start segment in the manifest")?;
+    let stop = segno_of(&w.stop_segment, ss).context("bad stop segment in the manifest")?;
     let path = wal::timeline_path(w.timeline, &a.histories, ss);
-    let mut segments = Vec::new();
+    let mut run = Vec::new();
     let mut end = None;
     let mut s = first;
     loop {
         let tli = wal::timeline_for(&path, s);
         match a.segments.get(&(tli, s)) {
             Some(at) => {
-                segments.push(wal::segment_name(tli, s, ss));
+                run.push((tli, s, *at));
                 end = at.or(end);
                 s += 1;
             }
@@ -127,9 +161,11 @@ pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
     let max_known = a.segments.keys().map(|(_, n)| *n).max().unwrap_or(0);
     let gap_at = (max_known > s).then(|| wal::segment_name(wal::timeline_for(&path, s), s, ss));
     Ok(Reach {
-        segments,
+        run,
+        segment_size: ss,
         end,
         gap_at,
+        reaches_stop: s > stop,
     })
 }
 
@@ -158,11 +194,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
             consistent_at: m.consistent_at,
         })
         .collect();
-    let seg_size = physical
-        .first()
-        .and_then(|m| m.wal.as_ref())
-        .map(|w| w.segment_size)
-        .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
+    let seg_size = segment_size(physical.iter().copied());
     let archive = read_archive(&*repo, &policy.name, seg_size).await?;
     let choice = plan::choose(&cands, &req.target).map_err(|e| match req.target {
         Target::Latest => anyhow!(e),
@@ -174,11 +206,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
         .expect("chosen from the inventory"))
     .clone();
     let r = reach(&m, &archive)?;
-    let stop_ok = m
-        .wal
-        .as_ref()
-        .is_some_and(|w| r.segments.iter().any(|s| s[8..] == w.stop_segment[8..]));
-    if !stop_ok {
+    if !r.reaches_stop {
         bail!(
             "backup {} cannot be restored: WAL from its start {} to its stop {} is not all in the archive (missing {})",
             m.id,
@@ -206,28 +234,10 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
         }
         _ => r.end.unwrap_or(m.consistent_at),
     };
-    // Only the segments replay needs: up to the first one written at or
-    // after the target.
-    let mut segs = Vec::new();
-    for s in &r.segments {
-        segs.push(s.clone());
-        let tli = u32::from_str_radix(&s[..8], 16).unwrap_or(0);
-        let n = wal::parse(s)
-            .ok()
-            .and_then(|w| w.log_seg)
-            .map(|(l, g)| wal::segno(l, g, seg_size))
-            .unwrap_or(0);
-        if matches!(req.target, Target::Time(_))
-            && archive
-                .segments
-                .get(&(tli, n))
-                .copied()
-                .flatten()
-                .is_some_and(|at| at >= target_time)
-        {
-            break;
-        }
-    }
+    let segs = r.segments_until(match req.target {
+        Target::Time(_) => Some(target_time),
+        _ => None,
+    });
     Ok((
         Plan {
             policy: policy.name.clone(),

@@ -91,11 +91,7 @@ pub async fn verify_wal(
         .iter()
         .filter(|m| m.method == Method::Physical)
         .collect();
-    let seg_size = physical
-        .first()
-        .and_then(|m| m.wal.as_ref())
-        .map(|w| w.segment_size)
-        .unwrap_or(crate::wal::DEFAULT_SEGMENT_SIZE);
+    let seg_size = crate::restore_physical::segment_size(physical.iter().copied());
     let archive = crate::restore_physical::read_archive(repo, policy, seg_size).await?;
     let mut problems = Vec::new();
     for (key, size) in &archive.objects {
@@ -110,7 +106,7 @@ pub async fn verify_wal(
     for m in &physical {
         let r = crate::restore_physical::reach(m, &archive)?;
         let w = m.wal.as_ref().expect("physical manifests carry WAL info");
-        if !r.segments.iter().any(|s| s[8..] == w.stop_segment[8..]) {
+        if !r.reaches_stop {
             problems.push(format!(
                 "backup {}: WAL {} is missing, so it cannot reach its stop point {}",
                 m.id,
