@@ -126,6 +126,11 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     Ok(Pushed::Archived(Box::new(side)))
 }
 
+/// A fetch failure that retrying cannot fix: a wrong key, a corrupt object.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Permanent(String);
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fetched {
     Restored { bytes: u64 },
@@ -168,10 +173,12 @@ async fn fetch_once(
         let r = pipeline::decode(reader, &ids, &entry, &mut f, false, &|_| {});
         let done = r
             .map_err(|e| match e {
-                DecodeError::WrongKey => {
-                    anyhow!("the identity does not match the key {name} was archived with")
+                DecodeError::WrongKey => anyhow::Error::new(Permanent(format!(
+                    "the identity does not match the key {name} was archived with"
+                ))),
+                DecodeError::Corrupt(why) => {
+                    anyhow::Error::new(Permanent(format!("archived {name} is corrupt: {why}")))
                 }
-                DecodeError::Corrupt(why) => anyhow!("archived {name} is corrupt: {why}"),
                 DecodeError::Sink(e) => anyhow!("cannot write {}: {e}", tmp.display()),
                 DecodeError::Io(e) => anyhow!("reading {name} from the repository: {e}"),
             })
@@ -217,12 +224,10 @@ pub async fn fetch(
         match fetch_once(&*repo, &policy.name, &w, dest, ids).await {
             Ok(f) => return Ok(f),
             Err(e) => {
-                // A bad key or corrupt object will not get better.
-                let permanent = format!("{e:#}");
-                let stop = permanent.contains("corrupt") || permanent.contains("identity");
-                tracing::warn!(attempt, error = %permanent, "wal-fetch {name} failed");
+                tracing::warn!(attempt, error = %format!("{e:#}"), "wal-fetch {name} failed");
+                let permanent = e.downcast_ref::<Permanent>().is_some();
                 last = Some(e);
-                if stop {
+                if permanent {
                     break;
                 }
             }
