@@ -107,14 +107,19 @@ async fn wait_for_wal(
     let first = wal::lsn_to_segno(&p.start_lsn, seg_size).context("bad start LSN")?;
     let last = wal::lsn_to_segno(&p.stop_lsn, seg_size).context("bad stop LSN")?;
     let deadline = Instant::now() + timeout;
+    // Only what is still missing is asked for again on the next round.
+    let mut missing: Vec<String> = (first..=last)
+        .map(|s| wal::segment_name(p.timeline, s, seg_size))
+        .collect();
     loop {
-        let mut missing = Vec::new();
-        for s in first..=last {
-            let w = wal::parse(&wal::segment_name(p.timeline, s, seg_size)).expect("valid name");
+        let mut still = Vec::new();
+        for name in missing {
+            let w = wal::parse(&name).expect("valid name");
             if repo.head(&wal::sidecar_key(policy, &w)).await?.is_none() {
-                missing.push(w.name);
+                still.push(name);
             }
         }
+        missing = still;
         if missing.is_empty() {
             return Ok(());
         }
