@@ -58,6 +58,27 @@ pub struct Plan {
     pub window_end: Option<String>,
 }
 
+impl Plan {
+    /// The fields every plan has; the method's planner fills in the rest.
+    pub fn new(policy: &Policy, m: &Manifest, target_time: jiff::Timestamp, dry_run: bool) -> Plan {
+        Plan {
+            policy: policy.name.clone(),
+            backup_id: m.id.clone(),
+            method: m.method,
+            target_time: crate::timeparse::rfc3339_exact(target_time),
+            consistent_at: rfc3339(m.consistent_at),
+            gap_seconds: None,
+            wal_segments: Vec::new(),
+            target: None,
+            stored_bytes: m.stored_bytes(),
+            source_bytes: m.source_bytes(),
+            dry_run,
+            window_start: None,
+            window_end: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Outcome {
     #[serde(flatten)]
@@ -86,19 +107,9 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
     };
     Ok((
         Plan {
-            policy: policy.name.clone(),
-            backup_id: m.id.clone(),
-            method: m.method,
-            target_time: crate::timeparse::rfc3339_exact(target_time),
-            consistent_at: rfc3339(m.consistent_at),
             gap_seconds: choice.gap.map(|g| g.as_secs()),
-            wal_segments: Vec::new(),
             target: req.database.clone(),
-            stored_bytes: m.stored_bytes(),
-            source_bytes: m.source_bytes(),
-            dry_run: req.dry_run,
-            window_start: None,
-            window_end: None,
+            ..Plan::new(policy, &m, target_time, req.dry_run)
         },
         m,
     ))

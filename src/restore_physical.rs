@@ -240,22 +240,13 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
     });
     Ok((
         Plan {
-            policy: policy.name.clone(),
-            backup_id: m.id.clone(),
-            method: m.method,
-            target_time: crate::timeparse::rfc3339_exact(target_time),
-            consistent_at: rfc3339(m.consistent_at),
-            gap_seconds: match req.target {
-                Target::Time(t) => Some(t.duration_since(target_time).as_secs().max(0)),
-                _ => None,
-            },
+            // Replay stops at the target itself: nothing committed before it is lost.
+            gap_seconds: matches!(req.target, Target::Time(_)).then_some(0),
             wal_segments: segs,
             target: req.target_dir.as_ref().map(|d| d.display().to_string()),
-            stored_bytes: m.stored_bytes(),
-            source_bytes: m.source_bytes(),
-            dry_run: req.dry_run,
             window_start: Some(rfc3339(oldest)),
             window_end: r.end.map(rfc3339),
+            ..Plan::new(policy, &m, target_time, req.dry_run)
         },
         m,
         r,
