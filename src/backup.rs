@@ -64,7 +64,7 @@ pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
     tracing::info!(policy = %policy.name, backup = %id, "backup started");
     let result = match method {
         Method::Physical => {
-            crate::pg::physical::backup(policy, &conn, &*repo, &recipients, &id, started).await
+            crate::pg::physical::backup(policy, &conn, &repo, &recipients, &id, started).await
         }
         _ => dump_backup(policy, &conn, &*repo, &recipients, &id, started).await,
     };
@@ -167,8 +167,8 @@ pub fn encryption_info(recipients: &[age::x25519::Recipient]) -> EncryptionInfo 
     }
 }
 
-/// Commit a backup: write its manifest, or delete its object if that fails.
-pub async fn commit(repo: &dyn Repository, m: &Manifest, object_key: &str) -> Result<()> {
+/// Commit a backup: write its manifest, or delete its objects if that fails.
+pub async fn commit(repo: &dyn Repository, m: &Manifest) -> Result<()> {
     if let Err(e) = repo
         .put_bytes(
             &manifest::manifest_key(&m.policy, &m.id),
@@ -176,7 +176,9 @@ pub async fn commit(repo: &dyn Repository, m: &Manifest, object_key: &str) -> Re
         )
         .await
     {
-        let _ = repo.delete(object_key).await;
+        for o in &m.objects {
+            let _ = repo.delete(&o.key).await;
+        }
         return Err(e.context("writing the manifest (the backup is not committed)"));
     }
     Ok(())
@@ -255,9 +257,10 @@ async fn dump_backup(
         }
         .into(),
         tables,
+        tablespaces: Vec::new(),
         drctl_version: env!("CARGO_PKG_VERSION").into(),
     };
     // The commit point.
-    commit(repo, &m, &data_key).await?;
+    commit(repo, &m).await?;
     Ok(m)
 }

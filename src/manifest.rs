@@ -25,6 +25,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalInfo>,
     pub objects: Vec<ObjectEntry>,
+    /// Physical backups of clusters with tablespaces: where each one was;
+    /// its archive is the object named `tablespace-<oid>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
     pub compression: CompressionInfo,
     pub encryption: EncryptionInfo,
     /// How `tables[].rows` was measured: "exact", "estimate" or "off".
@@ -72,6 +76,19 @@ pub struct ObjectEntry {
     pub plain_sha256: String,
     pub stored_bytes: u64,
     pub stored_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tablespace {
+    pub oid: u32,
+    /// The directory on the source server.
+    pub location: String,
+}
+
+impl Tablespace {
+    pub fn object_name(&self) -> String {
+        format!("tablespace-{}", self.oid)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -192,6 +209,10 @@ mod tests {
             },
             row_counts: "exact".into(),
             tables: vec![],
+            tablespaces: vec![Tablespace {
+                oid: 16390,
+                location: "/srv/ts1".into(),
+            }],
             drctl_version: "0.1.0".into(),
         };
         let back = Manifest::from_json(m.to_json().as_bytes()).unwrap();

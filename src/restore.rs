@@ -56,6 +56,17 @@ pub struct Plan {
     pub window_start: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_end: Option<String>,
+    /// Physical: where each tablespace of the backup goes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<TablespacePlacement>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TablespacePlacement {
+    pub oid: u32,
+    /// Its directory on the source server.
+    pub location: String,
+    pub restore_to: String,
 }
 
 impl Plan {
@@ -75,6 +86,7 @@ impl Plan {
             dry_run,
             window_start: None,
             window_end: None,
+            tablespaces: Vec::new(),
         }
     }
 }
@@ -486,6 +498,13 @@ pub fn print_plan(out: &mut dyn Write, p: &Plan) -> std::io::Result<()> {
     }
     if let Some(t) = &p.target {
         writeln!(out, "into:          {t}")?;
+    }
+    for t in &p.tablespaces {
+        writeln!(
+            out,
+            "tablespace:    {} (was {}) into {}",
+            t.oid, t.location, t.restore_to
+        )?;
     }
     writeln!(
         out,

@@ -18,12 +18,12 @@ use jiff::Timestamp;
 
 use crate::error::usage;
 use crate::inventory;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Tablespace};
 use crate::pipeline::{self, DecodeError};
 use crate::plan::{self, Target};
 use crate::policy::{Method, Policy};
 use crate::repo::Repository;
-use crate::restore::{Outcome, Plan};
+use crate::restore::{Outcome, Plan, TablespacePlacement};
 use crate::timeparse::rfc3339;
 use crate::wal::{self, Sidecar};
 
@@ -36,6 +36,76 @@ pub struct Request {
     pub port: Option<u16>,
     /// Absolute policies directory, for restore_command.
     pub policies_dir: PathBuf,
+    /// `OLD=NEW` relocations: OLD is a tablespace's OID or its directory on
+    /// the source.
+    pub tablespace_map: Vec<String>,
+}
+
+/// Where each tablespace of `ts` is restored: where `maps` says, else where
+/// it was on the source (what pgBackRest does too).
+pub fn place_tablespaces(
+    ts: &[Tablespace],
+    maps: &[String],
+) -> std::result::Result<Vec<TablespacePlacement>, String> {
+    let known = || {
+        if ts.is_empty() {
+            "it has none".to_string()
+        } else {
+            let list: Vec<String> = ts
+                .iter()
+                .map(|t| format!("{} at {}", t.oid, t.location))
+                .collect();
+            format!("it has {}", list.join(", "))
+        }
+    };
+    let mut to: BTreeMap<u32, String> = BTreeMap::new();
+    for m in maps {
+        let (old, new) = m
+            .split_once('=')
+            .filter(|(o, n)| !o.is_empty() && !n.is_empty())
+            .ok_or_else(|| format!("--tablespace-map {m}: expected OLD=NEW (OLD: the tablespace's OID or its directory on the source)"))?;
+        if !Path::new(new).is_absolute() {
+            return Err(format!(
+                "--tablespace-map {m}: {new} is not an absolute path"
+            ));
+        }
+        let old_dir = old.trim_end_matches('/');
+        let t = ts
+            .iter()
+            .find(|t| t.oid.to_string() == old || t.location.trim_end_matches('/') == old_dir)
+            .ok_or_else(|| {
+                format!(
+                    "--tablespace-map {m}: the backup has no tablespace {old} ({})",
+                    known()
+                )
+            })?;
+        if to
+            .insert(t.oid, new.trim_end_matches('/').to_string())
+            .is_some()
+        {
+            return Err(format!(
+                "--tablespace-map: tablespace {} is mapped twice",
+                t.oid
+            ));
+        }
+    }
+    let placed: Vec<TablespacePlacement> = ts
+        .iter()
+        .map(|t| TablespacePlacement {
+            oid: t.oid,
+            location: t.location.clone(),
+            restore_to: to.remove(&t.oid).unwrap_or_else(|| t.location.clone()),
+        })
+        .collect();
+    for (i, a) in placed.iter().enumerate() {
+        if placed[..i].iter().any(|b| b.restore_to == a.restore_to) {
+            return Err(format!(
+                "two tablespaces would be restored into {}; give each its own directory with --tablespace-map",
+                a.restore_to
+            ));
+        }
+    }
+    Ok(placed)
 }
 
 /// The archive as the planner sees it: committed sidecars by timeline.
@@ -238,6 +308,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
         Target::Time(_) => Some(target_time),
         _ => None,
     });
+    let tablespaces = place_tablespaces(&m.tablespaces, &req.tablespace_map).map_err(usage)?;
     Ok((
         Plan {
             // Replay stops at the target itself: nothing committed before it is lost.
@@ -246,6 +317,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
             target: req.target_dir.as_ref().map(|d| d.display().to_string()),
             window_start: Some(rfc3339(oldest)),
             window_end: r.end.map(rfc3339),
+            tablespaces,
             ..Plan::new(policy, &m, target_time, req.dry_run)
         },
         m,
@@ -287,17 +359,24 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         }
     };
     if let Some(d) = &dir {
-        if d.exists() {
-            let non_empty = std::fs::read_dir(d)
-                .with_context(|| format!("cannot read --target-dir {}", d.display()))?
-                .next()
-                .is_some();
-            if non_empty {
-                return Err(usage(format!(
-                    "--target-dir {} is not empty; restore into an empty or new directory",
-                    d.display()
-                )));
-            }
+        if !empty_or_absent(d)? {
+            return Err(usage(format!(
+                "--target-dir {} is not empty; restore into an empty or new directory",
+                d.display()
+            )));
+        }
+    }
+    for t in &plan.tablespaces {
+        if !empty_or_absent(Path::new(&t.restore_to))? {
+            let how = if t.restore_to == t.location {
+                "its place on the source"
+            } else {
+                "per --tablespace-map"
+            };
+            return Err(usage(format!(
+                "tablespace {} would be restored into {} ({how}), which is not empty; pass --tablespace-map {}=NEWDIR",
+                t.oid, t.restore_to, t.oid
+            )));
         }
     }
     let ids = match (&req.identity, req.dry_run) {
@@ -334,13 +413,21 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             }
         }
     }
-    let created_dir = !dir.exists();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // PostgreSQL refuses a data directory others can read.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+    // Every directory written into, and whether drctl created it.
+    let mut dirs: Vec<(PathBuf, bool)> = Vec::new();
+    for d in std::iter::once(dir.clone()).chain(
+        plan.tablespaces
+            .iter()
+            .map(|t| PathBuf::from(&t.restore_to)),
+    ) {
+        dirs.push((d.clone(), !d.exists()));
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        // PostgreSQL refuses a data directory others can read.
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("cannot set the mode of {}", d.display()))?;
+    }
     let result = async {
-        extract(policy, &m, &ids, &dir).await?;
+        extract(policy, &m, &plan.tablespaces, &ids, &dir).await?;
         write_recovery(policy, req, &plan, &dir, &identity)?;
         if req.start {
             start_and_wait(&dir, req.port, &plan).await.map(Some)
@@ -359,11 +446,23 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         Err(e) => {
             // A half-extracted directory must not be mistaken for a restore.
             if !req.start {
-                let _ = clear_dir(&dir, created_dir);
+                for (d, created) in &dirs {
+                    let _ = clear_dir(d, *created);
+                }
             }
             Err(e)
         }
     }
+}
+
+fn empty_or_absent(d: &Path) -> Result<bool> {
+    if !d.exists() {
+        return Ok(true);
+    }
+    Ok(std::fs::read_dir(d)
+        .with_context(|| format!("cannot read {}", d.display()))?
+        .next()
+        .is_none())
 }
 
 fn clear_dir(dir: &Path, remove_self: bool) -> std::io::Result<()> {
@@ -381,49 +480,101 @@ fn clear_dir(dir: &Path, remove_self: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Extract the data directory into `dir` and each tablespace into its
+/// placement, pointing `pg_tblspc/<oid>` there.
 async fn extract(
     policy: &Policy,
     m: &Manifest,
+    places: &[TablespacePlacement],
     ids: &[age::x25519::Identity],
     dir: &Path,
 ) -> Result<()> {
     let repo = crate::backup::open_repo(policy).await?;
-    let obj = m
-        .objects
-        .first()
-        .context("manifest lists no objects")?
-        .clone();
-    let reader = repo.reader(&obj.key).await?;
-    let ids = ids.to_vec();
-    let dir = dir.to_path_buf();
-    let id = m.id.clone();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let (pr, mut pw) = std::io::pipe()?;
-        let dir2 = dir.clone();
-        let untar = std::thread::spawn(move || -> std::io::Result<()> {
-            let mut a = tar::Archive::new(pr);
-            a.set_preserve_permissions(true);
-            a.set_overwrite(false);
-            a.unpack(&dir2)
-        });
-        let bar = crate::progress::bytes_bar("restore base backup");
-        let r = pipeline::decode(reader, &ids, &obj, &mut pw, false, &|n| bar.set_position(n));
-        bar.finish_and_clear();
-        drop(pw);
-        let u = untar
-            .join()
-            .map_err(|_| anyhow!("tar extraction panicked"))?;
-        r.map_err(|e| match e {
-            DecodeError::WrongKey => usage(format!("the identity does not match backup {id}")),
-            DecodeError::Corrupt(why) => anyhow!("backup {id} is corrupt: {why}"),
-            DecodeError::Sink(e) => anyhow!("extracting into {}: {e}", dir.display()),
-            DecodeError::Io(e) => anyhow!("reading backup {id} from the repository: {e}"),
-        })?;
-        u.with_context(|| format!("extracting into {}", dir.display()))?;
-        Ok(())
-    })
-    .await
-    .context("extraction panicked")?
+    let links: BTreeMap<String, PathBuf> = places
+        .iter()
+        .map(|t| (t.oid.to_string(), PathBuf::from(&t.restore_to)))
+        .collect();
+    let mut jobs = Vec::new();
+    for obj in &m.objects {
+        let into = match obj.name.strip_prefix("tablespace-") {
+            None if obj.name == "base" => dir.to_path_buf(),
+            None => bail!(
+                "backup {} has an object {} this drctl does not know",
+                m.id,
+                obj.name
+            ),
+            Some(oid) => links.get(oid).cloned().with_context(|| {
+                format!("backup {} has no tablespace entry for {}", m.id, obj.name)
+            })?,
+        };
+        jobs.push((obj.clone(), into));
+    }
+    if !jobs.iter().any(|(o, _)| o.name == "base") {
+        bail!("backup {} has no base object", m.id);
+    }
+    for (obj, into) in jobs {
+        let reader = repo.reader(&obj.key).await?;
+        let ids = ids.to_vec();
+        let id = m.id.clone();
+        let links = if obj.name == "base" {
+            links.clone()
+        } else {
+            BTreeMap::new()
+        };
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let (pr, mut pw) = std::io::pipe()?;
+            let into2 = into.clone();
+            let untar = std::thread::spawn(move || untar(pr, &into2, &links));
+            let bar = crate::progress::bytes_bar(&format!("restore {}", obj.name));
+            let r = pipeline::decode(reader, &ids, &obj, &mut pw, false, &|n| bar.set_position(n));
+            bar.finish_and_clear();
+            drop(pw);
+            let u = untar
+                .join()
+                .map_err(|_| anyhow!("tar extraction panicked"))?;
+            r.map_err(|e| match e {
+                DecodeError::WrongKey => usage(format!("the identity does not match backup {id}")),
+                DecodeError::Corrupt(why) => anyhow!("backup {id} is corrupt: {why}"),
+                DecodeError::Sink(e) => anyhow!("extracting into {}: {e}", into.display()),
+                DecodeError::Io(e) => anyhow!("reading backup {id} from the repository: {e}"),
+            })?;
+            u.with_context(|| format!("extracting into {}", into.display()))?;
+            Ok(())
+        })
+        .await
+        .context("extraction panicked")??;
+    }
+    Ok(())
+}
+
+/// Unpack a tar stream; `pg_tblspc/<oid>` links point where `links` says.
+fn untar(
+    src: std::io::PipeReader,
+    into: &Path,
+    links: &BTreeMap<String, PathBuf>,
+) -> std::io::Result<()> {
+    let mut a = tar::Archive::new(src);
+    a.set_preserve_permissions(true);
+    a.set_overwrite(false);
+    for e in a.entries()? {
+        let mut e = e?;
+        let path = e.path()?.into_owned();
+        let mut parts = path.components().map(|c| c.as_os_str().to_string_lossy());
+        let is_link = e.header().entry_type().is_symlink();
+        if let (true, Some(first), Some(oid), None) =
+            (is_link, parts.next(), parts.next(), parts.next())
+        {
+            if first == "pg_tblspc" {
+                if let Some(to) = links.get(oid.as_ref()) {
+                    std::fs::create_dir_all(into.join("pg_tblspc"))?;
+                    std::os::unix::fs::symlink(to, into.join("pg_tblspc").join(oid.as_ref()))?;
+                    continue;
+                }
+            }
+        }
+        e.unpack_in(into)?;
+    }
+    Ok(())
 }
 
 fn write_recovery(
@@ -463,12 +614,18 @@ fn write_recovery(
     f.write_all(conf.as_bytes())?;
     std::fs::write(dir.join("recovery.signal"), b"")?;
     if is_root() {
-        let st = std::process::Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir)
-            .status()?;
-        if !st.success() {
-            bail!("cannot give {} to the postgres user", dir.display());
+        for d in std::iter::once(dir.to_path_buf()).chain(
+            plan.tablespaces
+                .iter()
+                .map(|t| PathBuf::from(&t.restore_to)),
+        ) {
+            let st = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&d)
+                .status()?;
+            if !st.success() {
+                bail!("cannot give {} to the postgres user", d.display());
+            }
         }
     }
     Ok(())
@@ -580,6 +737,50 @@ pub fn reached(log: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tablespaces_go_where_mapped_else_home() {
+        let ts = vec![
+            Tablespace {
+                oid: 16390,
+                location: "/srv/ts1".into(),
+            },
+            Tablespace {
+                oid: 16391,
+                location: "/srv/ts2/".into(),
+            },
+        ];
+        let p = place_tablespaces(&ts, &["/srv/ts2=/restore/ts2".into()]).unwrap();
+        assert_eq!(p[0].restore_to, "/srv/ts1");
+        assert_eq!(p[1].restore_to, "/restore/ts2");
+        let p = place_tablespaces(&ts, &["16390=/r/a/".into(), "16391=/r/b".into()]).unwrap();
+        assert_eq!(
+            (p[0].restore_to.as_str(), p[1].restore_to.as_str()),
+            ("/r/a", "/r/b")
+        );
+        let e = place_tablespaces(&ts, &["16399=/r/a".into()]).unwrap_err();
+        assert!(
+            e.contains("no tablespace 16399") && e.contains("16390 at /srv/ts1"),
+            "{e}"
+        );
+        assert!(place_tablespaces(&ts, &["16390=relative".into()])
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(place_tablespaces(&ts, &["16390".into()])
+            .unwrap_err()
+            .contains("OLD=NEW"));
+        assert!(
+            place_tablespaces(&ts, &["16390=/r/a".into(), "/srv/ts1=/r/b".into()])
+                .unwrap_err()
+                .contains("mapped twice")
+        );
+        assert!(
+            place_tablespaces(&ts, &["16390=/srv/ts2".into(), "16391=/srv/ts2".into()])
+                .unwrap_err()
+                .contains("two tablespaces")
+        );
+        assert!(place_tablespaces(&[], &[]).unwrap().is_empty());
+    }
 
     #[test]
     fn reached_point_from_the_log() {

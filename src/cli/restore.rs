@@ -60,6 +60,10 @@ pub struct Args {
     /// Port for --start
     #[arg(long, requires = "start")]
     port: Option<u16>,
+    /// Restore a tablespace elsewhere: OLD is its OID or its directory on the
+    /// source (default: where it was). Repeatable.
+    #[arg(long, value_name = "OLD=NEW")]
+    tablespace_map: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
@@ -77,7 +81,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             policy.name
         )));
     }
-    if !physical && (a.target_dir.is_some() || a.start) {
+    if !physical && (a.target_dir.is_some() || a.start || !a.tablespace_map.is_empty()) {
         return Err(usage(format!(
             "policy {} takes dumps: restore them into a database with --target postgres://host/newdb",
             policy.name
@@ -158,6 +162,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
         start: a.start,
         port: a.port,
         policies_dir,
+        tablespace_map: a.tablespace_map.clone(),
     };
     let outcome = crate::restore_physical::run(&policy, &req).await?;
     if ctx.json() {

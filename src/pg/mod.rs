@@ -6,6 +6,7 @@
 
 pub mod dump;
 pub mod physical;
+pub mod replication;
 
 use std::collections::HashMap;
 use std::process::Stdio;

@@ -1,17 +1,20 @@
 //! Physical base backups: `pg_basebackup -D - -Ft -X fetch` streamed into
-//! the repository, WAL included so each backup is self-contained. A base
+//! the repository (for clusters with tablespaces, BASE_BACKUP spoken by
+//! drctl itself, see `replication`), WAL included so each backup is
+//! self-contained. A base
 //! backup is committed only once every segment from its start to its stop
 //! point is also in the WAL archive (`wal-push`), so point-in-time recovery
 //! from it has no hole at its start.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use jiff::Timestamp;
 
 use super::Conn;
-use crate::manifest::{self, Manifest, ObjectEntry, SourceInfo, WalInfo};
+use crate::manifest::{self, Manifest, ObjectEntry, SourceInfo, Tablespace, WalInfo};
 use crate::policy::{Method, Policy};
 use crate::repo::Repository;
 use crate::wal;
@@ -48,7 +51,9 @@ pub fn parse_points(stderr: &str) -> Option<Points> {
     })
 }
 
-async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64)> {
+/// What the server says about itself, and how many tablespaces it has
+/// besides pg_default and pg_global.
+async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64, u64)> {
     let rows = conn
         .query(
             "select current_setting('server_version'), current_setting('server_version_num'), \
@@ -64,9 +69,11 @@ async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64)> {
         .first()
         .ok_or_else(|| anyhow!("no answer from the server"))?;
     let tablespaces: u64 = r[3].parse().unwrap_or(0);
-    if tablespaces > 0 {
+    let version: u32 = r[1].parse().unwrap_or(0);
+    if tablespaces > 0 && version < 150000 {
         bail!(
-            "the cluster has {tablespaces} tablespaces besides pg_default; this drctl build backs up single-tablespace clusters only (pg_basebackup cannot stream several to stdout)"
+            "the cluster has {tablespaces} tablespaces and runs PostgreSQL {}; drctl backs up clusters with tablespaces from PostgreSQL 15 on",
+            r[0]
         );
     }
     if r[4] == "off" {
@@ -87,12 +94,13 @@ async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64)> {
             database: conn.url.database(),
             host: conn.url.host(),
             server_version: r[0].clone(),
-            server_version_num: r[1].parse().unwrap_or(0),
+            server_version_num: version,
             pg_dump_version: None,
             encoding: None,
             system_identifier: Some(r[2].clone()),
         },
         seg,
+        tablespaces,
     ))
 }
 
@@ -170,15 +178,54 @@ async fn backup_points(
     }
 }
 
+/// The archives of a base backup, stored, and the points the tool reported.
+struct Streamed {
+    objects: Vec<ObjectEntry>,
+    tablespaces: Vec<Tablespace>,
+    points: Option<Points>,
+    /// pg_basebackup's version, when it was used.
+    tool: Option<String>,
+}
+
 pub async fn backup(
+    policy: &Policy,
+    conn: &Conn,
+    repo: &Arc<dyn Repository>,
+    recipients: &[age::x25519::Recipient],
+    id: &str,
+    started: Timestamp,
+) -> Result<Manifest> {
+    let (source, seg_size, tablespaces) = server_facts(conn).await?;
+    let streamed = if tablespaces == 0 {
+        with_pg_basebackup(policy, conn, &**repo, recipients, id).await?
+    } else {
+        over_replication(policy, conn, repo, recipients, id).await?
+    };
+    let keys: Vec<String> = streamed.objects.iter().map(|o| o.key.clone()).collect();
+    match finish(
+        policy, conn, &**repo, recipients, id, started, source, seg_size, streamed,
+    )
+    .await
+    {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            for k in keys {
+                let _ = repo.delete(&k).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Single-tablespace clusters: pg_basebackup to stdout, so libpq's own
+/// connection handling (TLS, service files) applies.
+async fn with_pg_basebackup(
     policy: &Policy,
     conn: &Conn,
     repo: &dyn Repository,
     recipients: &[age::x25519::Recipient],
     id: &str,
-    started: Timestamp,
-) -> Result<Manifest> {
-    let (mut source, seg_size) = server_facts(conn).await?;
+) -> Result<Streamed> {
     let mut cmd = conn.std_command("pg_basebackup");
     // -X fetch puts the WAL from start to stop into the tar, so every base
     // backup restores on its own; the archive is still awaited below so
@@ -200,7 +247,7 @@ pub async fn backup(
         crate::backup::encode_child(policy, repo, &key, recipients, child, "pg_basebackup").await?;
     let (encoded, stderr) = enc.await.context("backup pipeline panicked")?;
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
-    let digests = match encoded {
+    let d = match encoded {
         Ok(d) => d,
         Err(e) if stderr.contains("error:") => {
             tracing::debug!("pipeline: {e:#}");
@@ -211,39 +258,158 @@ pub async fn backup(
         }
         Err(e) => return Err(e),
     };
-    let result = async {
-        let wait = std::env::var("DRCTL_WAL_WAIT_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(300);
-        let points = match parse_points(&stderr) {
-            Some(p) => p,
-            // With -X none pg_basebackup does not print them; the server's
-            // backup history file, archived by wal-push, has them.
-            None => backup_points(repo, &policy.name, id, Duration::from_secs(wait)).await?,
-        };
-        // Upper bound of the stop record's time: restoring to any time at or
-        // after it reaches consistency.
-        let consistent_at: Timestamp = conn
-            .query_one(
-                "select to_char(statement_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-                &[],
-            )
-            .await?
-            .parse()
-            .context("parsing the server's timestamp")?;
-        wait_for_wal(repo, &policy.name, &points, seg_size, Duration::from_secs(wait)).await?;
-        anyhow::Ok((points, consistent_at))
+    Ok(Streamed {
+        objects: vec![object_entry("base", key, d)],
+        tablespaces: Vec::new(),
+        points: parse_points(&stderr),
+        tool: Some(super::tool_version("pg_basebackup").await?),
+    })
+}
+
+fn object_entry(name: &str, key: String, d: crate::pipeline::Digests) -> ObjectEntry {
+    ObjectEntry {
+        name: name.into(),
+        key,
+        plain_bytes: d.plain_bytes,
+        plain_sha256: d.plain_sha256,
+        stored_bytes: d.stored_bytes,
+        stored_sha256: d.stored_sha256,
     }
-    .await;
-    let (points, consistent_at) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = repo.delete(&key).await;
-            return Err(e);
+}
+
+/// Clusters with tablespaces: BASE_BACKUP spoken by drctl, each archive
+/// (the data directory, then one per tablespace) into its own object.
+async fn over_replication(
+    policy: &Policy,
+    conn: &Conn,
+    repo: &Arc<dyn Repository>,
+    recipients: &[age::x25519::Recipient],
+    id: &str,
+) -> Result<Streamed> {
+    let params = super::replication::Params::from_conn(conn)?;
+    let handle = tokio::runtime::Handle::current();
+    let prefix = manifest::backup_prefix(&policy.name, id);
+    let label = format!("drctl {id}");
+    let (level, threads) = (policy.compression_level(), policy.compression_threads());
+    let recips = recipients.to_vec();
+    let written = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let repo2 = repo.clone();
+    let written2 = written.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<Streamed> {
+        let mut bb = super::replication::BaseBackup::start(&params, &label)
+            .with_context(|| format!("base backup over replication from {params:?}"))?;
+        let opts = crate::pipeline::EncodeOptions {
+            level,
+            threads,
+            recipients: &recips,
+        };
+        let mut objects = Vec::new();
+        let mut tablespaces = Vec::new();
+        while let Some(h) = bb.next_archive()? {
+            let name = if h.location.is_empty() {
+                "base".to_string()
+            } else {
+                let oid = h
+                    .name
+                    .strip_suffix(".tar")
+                    .and_then(|o| o.parse().ok())
+                    .with_context(|| {
+                        format!("unexpected archive name {} from the server", h.name)
+                    })?;
+                let t = Tablespace {
+                    oid,
+                    location: h.location.clone(),
+                };
+                let name = t.object_name();
+                tablespaces.push(t);
+                name
+            };
+            let key = format!("{prefix}{name}.tar.zst.age");
+            let writer = handle.block_on(repo2.writer(&key))?;
+            written2.lock().expect("not poisoned").push(key.clone());
+            let bar = crate::progress::bytes_bar("base backup");
+            let d = crate::pipeline::encode(
+                &mut bb,
+                writer,
+                &opts,
+                &|n| {
+                    bar.set_position(n);
+                    !crate::cancel::requested()
+                },
+                &mut || Ok(()),
+            );
+            bar.finish_and_clear();
+            objects.push(object_entry(&name, key, d?));
         }
+        let start_lsn = bb.start_lsn.clone();
+        let timeline = bb.timeline;
+        let stop_lsn = bb.finish()?;
+        // The data directory first: that is the order a reader expects.
+        objects.sort_by_key(|o| o.name != "base");
+        Ok(Streamed {
+            objects,
+            tablespaces,
+            points: Some(Points {
+                start_lsn,
+                timeline,
+                stop_lsn,
+            }),
+            tool: None,
+        })
+    })
+    .await
+    .context("base backup thread panicked")?;
+    if result.is_err() {
+        let keys = std::mem::take(&mut *written.lock().expect("not poisoned"));
+        for k in keys {
+            let _ = repo.delete(&k).await;
+        }
+    }
+    result
+}
+
+/// Wait for the WAL the backup needs, then write its manifest.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    policy: &Policy,
+    conn: &Conn,
+    repo: &dyn Repository,
+    recipients: &[age::x25519::Recipient],
+    id: &str,
+    started: Timestamp,
+    mut source: SourceInfo,
+    seg_size: u64,
+    streamed: Streamed,
+) -> Result<Manifest> {
+    let wait = std::env::var("DRCTL_WAL_WAIT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let points = match streamed.points {
+        Some(p) => p,
+        // With -X none pg_basebackup does not print them; the server's
+        // backup history file, archived by wal-push, has them.
+        None => backup_points(repo, &policy.name, id, Duration::from_secs(wait)).await?,
     };
-    source.pg_dump_version = Some(super::tool_version("pg_basebackup").await?);
+    // Upper bound of the stop record's time: restoring to any time at or
+    // after it reaches consistency.
+    let consistent_at: Timestamp = conn
+        .query_one(
+            "select to_char(statement_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await?
+        .parse()
+        .context("parsing the server's timestamp")?;
+    wait_for_wal(
+        repo,
+        &policy.name,
+        &points,
+        seg_size,
+        Duration::from_secs(wait),
+    )
+    .await?;
+    source.pg_dump_version = streamed.tool;
     let start_segno = wal::lsn_to_segno(&points.start_lsn, seg_size).unwrap_or(0);
     let stop_segno = wal::lsn_to_segno(&points.stop_lsn, seg_size).unwrap_or(0);
     let m = Manifest {
@@ -263,21 +429,15 @@ pub async fn backup(
             stop_segment: wal::segment_name(points.timeline, stop_segno, seg_size),
             segment_size: seg_size,
         }),
-        objects: vec![ObjectEntry {
-            name: "base".into(),
-            key: key.clone(),
-            plain_bytes: digests.plain_bytes,
-            plain_sha256: digests.plain_sha256,
-            stored_bytes: digests.stored_bytes,
-            stored_sha256: digests.stored_sha256,
-        }],
+        objects: streamed.objects,
+        tablespaces: streamed.tablespaces,
         compression: crate::backup::compression_info(policy),
         encryption: crate::backup::encryption_info(recipients),
         row_counts: "off".into(),
         tables: Vec::new(),
         drctl_version: env!("CARGO_PKG_VERSION").into(),
     };
-    crate::backup::commit(repo, &m, &key).await?;
+    crate::backup::commit(repo, &m).await?;
     Ok(m)
 }
 

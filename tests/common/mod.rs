@@ -109,7 +109,8 @@ impl PgCluster {
         Self::start_full(&[], conf)
     }
 
-    fn start_full(hba: &[&str], conf: &[String]) -> PgCluster {
+    /// Both: hba rules and postgresql.conf lines.
+    pub fn start_full(hba: &[&str], conf: &[String]) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("drctl-pg-")
             .tempdir()
@@ -206,22 +207,7 @@ impl PgCluster {
     }
 
     pub fn try_psql(&self, db: &str, sql: &str) -> Output {
-        let mut child = Command::new(pg_tool("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-w"])
-            .arg(format!("--dbname={}", self.url(db)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let sql = sql.to_string();
-        let w = std::thread::spawn(move || {
-            let _ = stdin.write_all(sql.as_bytes());
-        });
-        let out = child.wait_with_output().unwrap();
-        w.join().unwrap();
-        out
+        psql_url(&self.url(db), sql)
     }
 
     pub fn database_exists(&self, db: &str) -> bool {
@@ -241,7 +227,37 @@ impl PgCluster {
     /// view definitions, in a stable order: equal fingerprints mean equal
     /// logical content.
     pub fn fingerprint(&self, db: &str) -> Vec<String> {
-        let sql = r#"
+        fingerprint_url(&self.url(db))
+    }
+
+    pub fn createdb(&self, db: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+    }
+}
+
+/// psql on a script against any server.
+pub fn psql_url(url: &str, sql: &str) -> Output {
+    let mut child = Command::new(pg_tool("psql"))
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-w"])
+        .arg(format!("--dbname={url}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let sql = sql.to_string();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(sql.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    out
+}
+
+/// `PgCluster::fingerprint` of any server.
+pub fn fingerprint_url(url: &str) -> Vec<String> {
+    let sql = r#"
 SELECT format('SELECT %L || ''|'' || count(*) || ''|'' || coalesce(md5(string_agg(t::text, E''\n'' ORDER BY t::text)), ''-'') FROM %I.%I t',
               n.nspname || '.' || c.relname, n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -255,18 +271,13 @@ WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;
 SELECT 'index ' || schemaname || '.' || indexname || '=' || md5(indexdef) FROM pg_indexes
 WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;
 "#;
-        let out = check(self.try_psql(db, sql), "fingerprint");
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect()
-    }
-
-    pub fn createdb(&self, db: &str) {
-        self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
-    }
+    let out = check(psql_url(url, sql), "fingerprint");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl Drop for PgCluster {
