@@ -53,7 +53,7 @@ fn ts(s: Option<String>) -> Option<Timestamp> {
     s.and_then(|s| s.parse().ok())
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
@@ -225,6 +225,16 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .await?;
         Ok(r.map(|r| (Self::row(&r), r.get("manifest"))))
+    }
+
+    pub async fn set_pinned(&self, id: &str, pinned: bool) -> Result<()> {
+        sqlx::query("update backups set pinned = ? where id = ?")
+            .bind(pinned as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .context("recording the pin in the catalog")?;
+        Ok(())
     }
 
     /// Remove complete rows of a policy that the repository no longer has.

@@ -37,6 +37,13 @@ pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
             complete += 1;
         }
         incomplete += inv.incomplete.len();
+        let policies: std::collections::BTreeSet<&str> =
+            inv.complete.iter().map(|m| m.policy.as_str()).collect();
+        for policy in policies {
+            for id in crate::prune::pinned_ids(&*repo, policy).await? {
+                catalog.set_pinned(&id, true).await?;
+            }
+        }
     }
     for (policy, ids) in &by_policy {
         forgotten += catalog.forget_missing(policy, ids).await?;

@@ -5,7 +5,9 @@ mod backup;
 mod catalog_cmd;
 mod init;
 mod list;
+mod pin;
 mod policy_cmd;
+mod prune;
 mod restore;
 mod show;
 mod verify;
@@ -77,6 +79,12 @@ enum Command {
     Policy(policy_cmd::PolicyCmd),
     /// Run one backup of a policy now (what cron calls)
     Backup(backup::Args),
+    /// Apply retention: delete what no rule keeps (--dry-run shows it)
+    Prune(prune::Args),
+    /// Keep a backup whatever the retention rules say
+    Pin(pin::Args),
+    /// Let the retention rules decide about a pinned backup again
+    Unpin(pin::Args),
     /// List backups, newest first
     List(list::Args),
     /// Show a backup's manifest and verification state
@@ -298,6 +306,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy(c) => policy_cmd::run(&ctx, c),
         Command::Backup(a) => backup::run(&ctx, a).await,
         Command::List(a) => list::run(&ctx, a).await,
+        Command::Prune(a) => prune::run(&ctx, a).await,
+        Command::Pin(a) => pin::run(&ctx, a, true).await,
+        Command::Unpin(a) => pin::run(&ctx, a, false).await,
         Command::Show(a) => show::run(&ctx, a).await,
         Command::Verify(a) => verify::run(&ctx, a).await,
         Command::Restore(a) => restore::run(&ctx, a).await,

@@ -1,0 +1,102 @@
+//! `drctl prune [POLICY] [--dry-run]`: apply retention, print keep/delete
+//! and the rules that decided.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::prune::{Entry, Report};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Policy name (default: every policy with a repository)
+    policy: Option<String>,
+    /// Show what would be deleted and change nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    let policies = match &a.policy {
+        Some(p) => vec![ctx.load(p)?],
+        None => ctx
+            .load_all()?
+            .into_iter()
+            .filter(|p| p.repository.is_some())
+            .collect(),
+    };
+    let catalog = ctx.catalog().await?;
+    let mut reports = Vec::new();
+    for policy in &policies {
+        let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "prune")?;
+        let repo = crate::backup::open_repo(policy).await?;
+        reports.push(crate::prune::run(policy, &*repo, &catalog, a.dry_run).await?);
+    }
+    if ctx.json() {
+        let all: Vec<Entry> = reports.into_iter().flat_map(json_entries).collect();
+        ctx.print_json(&all)?;
+    } else {
+        for r in &reports {
+            print_report(r);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The contract's array: backups, and incomplete ones as deletions.
+fn json_entries(r: Report) -> Vec<Entry> {
+    let mut v = r.backups;
+    for id in r.incomplete {
+        v.push(Entry {
+            id,
+            policy: r.policy.clone(),
+            method: r.method,
+            consistent_at: None,
+            action: "delete",
+            reasons: vec!["incomplete".into()],
+            stored_bytes: 0,
+        });
+    }
+    v
+}
+
+pub fn print_report(r: &Report) {
+    let kept = r.backups.iter().filter(|e| e.action == "keep").count();
+    let deleted = r.backups.len() - kept;
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    let mut line = format!("prune {}: {kept} kept, {deleted} {verb}", r.policy);
+    if !r.incomplete.is_empty() {
+        line.push_str(&format!(", {} incomplete {verb}", r.incomplete.len()));
+    }
+    if let Some(from) = &r.wal_kept_from {
+        line.push_str(&format!(
+            ", {} WAL files {verb} (WAL kept from {from})",
+            r.wal_files
+        ));
+    }
+    if r.dry_run {
+        line.push_str(" — dry run, nothing changed");
+    }
+    println!("{line}");
+    if r.no_rules {
+        println!("  (the policy has no [retention] rules: everything is kept)");
+    }
+    for e in &r.backups {
+        let why = if e.reasons.is_empty() {
+            "no rule keeps it".to_string()
+        } else {
+            e.reasons.join(", ")
+        };
+        println!(
+            "  {:<6}  {}  {}  {}",
+            e.action,
+            e.id,
+            e.consistent_at.as_deref().unwrap_or(""),
+            why
+        );
+    }
+    for id in &r.incomplete {
+        println!("  delete  {id}  incomplete (no manifest)");
+    }
+}

@@ -1,0 +1,353 @@
+//! Which backups a retention policy keeps: restic's semantics, as a pure
+//! function of the backups, the rules, the policy's time zone and nothing
+//! else.
+//!
+//! Newest first: `keep_last` keeps the N newest; each bucket rule (hourly,
+//! daily, weekly, monthly, yearly) keeps the newest backup of each of the N
+//! most recent buckets that have one; `keep_within` keeps everything within
+//! that duration of the newest backup (of the newest backup, not of now, as
+//! restic does: a policy whose backups stopped does not eat its last ones).
+//! A backup kept by any rule stays. On top, and whatever the rules say, the
+//! newest backup and pinned ones are always kept.
+
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub last: u32,
+    pub hourly: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub yearly: u32,
+    pub within: Option<SignedDuration>,
+}
+
+impl Rules {
+    pub fn from_policy(r: &crate::policy::Retention) -> Rules {
+        Rules {
+            last: r.keep_last.unwrap_or(0),
+            hourly: r.keep_hourly.unwrap_or(0),
+            daily: r.keep_daily.unwrap_or(0),
+            weekly: r.keep_weekly.unwrap_or(0),
+            monthly: r.keep_monthly.unwrap_or(0),
+            yearly: r.keep_yearly.unwrap_or(0),
+            within: r
+                .keep_within
+                .as_deref()
+                .and_then(|w| crate::timeparse::parse_duration(w).ok()),
+        }
+    }
+
+    /// No rule at all: prune keeps everything rather than guess.
+    pub fn is_empty(&self) -> bool {
+        *self
+            == Rules {
+                within: None,
+                ..Rules::default()
+            }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub id: String,
+    pub at: Timestamp,
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub keep: bool,
+    /// The rules that keep it; empty for a backup no rule keeps.
+    pub reasons: Vec<String>,
+}
+
+type BucketKey = (i32, i32, i32, i32);
+
+#[derive(Clone, Copy)]
+enum Bucket {
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+}
+
+impl Bucket {
+    fn key(self, at: Timestamp, tz: &TimeZone) -> BucketKey {
+        let z = at.to_zoned(tz.clone());
+        let (y, mo, d, h) = (
+            z.year() as i32,
+            z.month() as i32,
+            z.day() as i32,
+            z.hour() as i32,
+        );
+        match self {
+            Bucket::Hourly => (y, mo, d, h),
+            Bucket::Daily => (y, mo, d, 0),
+            Bucket::Weekly => {
+                let w = z.date().iso_week_date();
+                (w.year() as i32, w.week() as i32, 0, 0)
+            }
+            Bucket::Monthly => (y, mo, 0, 0),
+            Bucket::Yearly => (y, 0, 0, 0),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Bucket::Hourly => "hourly",
+            Bucket::Daily => "daily",
+            Bucket::Weekly => "weekly",
+            Bucket::Monthly => "monthly",
+            Bucket::Yearly => "yearly",
+        }
+    }
+}
+
+/// Decide keep or delete for each item. The result is newest first; ties in
+/// time are broken by id so the answer does not depend on input order.
+pub fn decide(items: &[Item], rules: &Rules, tz: &TimeZone) -> Vec<Decision> {
+    let mut sorted: Vec<&Item> = items.iter().collect();
+    sorted.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
+    let newest = sorted.first().map(|i| i.at);
+    // (rule, buckets still to keep, bucket of the last backup it kept)
+    let mut buckets: Vec<(Bucket, u32, Option<BucketKey>)> = [
+        (Bucket::Hourly, rules.hourly),
+        (Bucket::Daily, rules.daily),
+        (Bucket::Weekly, rules.weekly),
+        (Bucket::Monthly, rules.monthly),
+        (Bucket::Yearly, rules.yearly),
+    ]
+    .into_iter()
+    .map(|(b, n)| (b, n, None))
+    .collect();
+    let mut out = Vec::with_capacity(sorted.len());
+    for (nr, item) in sorted.iter().enumerate() {
+        let mut reasons = Vec::new();
+        if nr == 0 {
+            reasons.push("newest".to_string());
+        }
+        if item.pinned {
+            reasons.push("pinned".to_string());
+        }
+        if (nr as u64) < rules.last as u64 {
+            reasons.push("last".to_string());
+        }
+        for (bucket, left, last) in buckets.iter_mut() {
+            if *left == 0 {
+                continue;
+            }
+            let key = bucket.key(item.at, tz);
+            if *last != Some(key) {
+                *last = Some(key);
+                *left -= 1;
+                reasons.push(bucket.name().to_string());
+            }
+        }
+        if let (Some(w), Some(newest)) = (rules.within, newest) {
+            if item.at >= newest - w {
+                reasons.push("within".to_string());
+            }
+        }
+        out.push(Decision {
+            id: item.id.clone(),
+            keep: !reasons.is_empty(),
+            reasons,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn item(id: &str, t: &str) -> Item {
+        Item {
+            id: id.into(),
+            at: at(t),
+            pinned: false,
+        }
+    }
+
+    fn kept(d: &[Decision]) -> Vec<&str> {
+        d.iter().filter(|d| d.keep).map(|d| d.id.as_str()).collect()
+    }
+
+    #[test]
+    fn daily_keeps_the_newest_of_each_day() {
+        let items = vec![
+            item("a", "2026-11-20T01:00:00Z"),
+            item("b", "2026-11-20T23:00:00Z"),
+            item("c", "2026-11-21T05:00:00Z"),
+            item("d", "2026-11-22T05:00:00Z"),
+            item("e", "2026-11-22T06:00:00Z"),
+        ];
+        let rules = Rules {
+            daily: 2,
+            ..Rules::default()
+        };
+        let d = decide(&items, &rules, &TimeZone::UTC);
+        assert_eq!(kept(&d), ["e", "c"]);
+        assert_eq!(d[0].reasons, ["newest", "daily"]);
+        assert!(d.iter().find(|d| d.id == "d").unwrap().reasons.is_empty());
+    }
+
+    #[test]
+    fn buckets_follow_the_policy_time_zone() {
+        // 23:30 UTC on the 20th is already the 21st in Berlin.
+        let items = vec![
+            item("a", "2026-11-20T22:30:00Z"),
+            item("b", "2026-11-20T23:30:00Z"),
+        ];
+        let rules = Rules {
+            daily: 5,
+            ..Rules::default()
+        };
+        assert_eq!(kept(&decide(&items, &rules, &TimeZone::UTC)), ["b"]);
+        let berlin = TimeZone::get("Europe/Berlin").unwrap();
+        assert_eq!(kept(&decide(&items, &rules, &berlin)), ["b", "a"]);
+    }
+
+    #[test]
+    fn within_counts_from_the_newest_backup_and_pins_always_stay() {
+        let mut items = vec![
+            item("old", "2026-01-01T00:00:00Z"),
+            item("mid", "2026-11-20T12:00:00Z"),
+            item("new", "2026-11-22T00:00:00Z"),
+        ];
+        let rules = Rules {
+            within: Some(SignedDuration::from_hours(48)),
+            ..Rules::default()
+        };
+        assert_eq!(
+            kept(&decide(&items, &rules, &TimeZone::UTC)),
+            ["new", "mid"]
+        );
+        items[0].pinned = true;
+        let d = decide(&items, &rules, &TimeZone::UTC);
+        assert_eq!(d[2].reasons, ["pinned"]);
+    }
+
+    #[test]
+    fn weekly_uses_iso_weeks() {
+        // Sunday 2026-11-22 and Monday 2026-11-23 are in different ISO weeks.
+        let items = vec![
+            item("sun", "2026-11-22T10:00:00Z"),
+            item("sat", "2026-11-21T10:00:00Z"),
+            item("mon", "2026-11-23T10:00:00Z"),
+        ];
+        let rules = Rules {
+            weekly: 2,
+            ..Rules::default()
+        };
+        assert_eq!(
+            kept(&decide(&items, &rules, &TimeZone::UTC)),
+            ["mon", "sun"]
+        );
+    }
+
+    fn arb_items() -> impl Strategy<Value = Vec<Item>> {
+        prop::collection::vec((0i64..90 * 86400, any::<bool>()), 0..40).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (secs, pinned))| Item {
+                    id: format!("b{i:03}"),
+                    at: at("2026-01-01T00:00:00Z")
+                        + SignedDuration::from_secs(secs * 37 % (90 * 86400)),
+                    pinned: pinned && i % 5 == 0,
+                })
+                .collect()
+        })
+    }
+
+    fn arb_rules() -> impl Strategy<Value = Rules> {
+        (
+            0u32..5,
+            0u32..5,
+            0u32..5,
+            0u32..3,
+            0u32..3,
+            0u32..2,
+            prop::option::of(0i64..200),
+        )
+            .prop_map(
+                |(last, hourly, daily, weekly, monthly, yearly, within)| Rules {
+                    last,
+                    hourly,
+                    daily,
+                    weekly,
+                    monthly,
+                    yearly,
+                    within: within.map(SignedDuration::from_hours),
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn invariants(items in arb_items(), rules in arb_rules()) {
+            let d = decide(&items, &rules, &TimeZone::UTC);
+            prop_assert_eq!(d.len(), items.len());
+            for x in &d {
+                // Kept exactly when some rule says why.
+                prop_assert_eq!(x.keep, !x.reasons.is_empty());
+            }
+            if let Some(first) = d.first() {
+                prop_assert!(first.keep, "the newest is always kept");
+            }
+            for i in items.iter().filter(|i| i.pinned) {
+                prop_assert!(d.iter().any(|x| x.id == i.id && x.keep));
+            }
+            // keep_last keeps the N newest.
+            for x in d.iter().take(rules.last as usize) {
+                prop_assert!(x.keep);
+            }
+            // A bucket rule never keeps more than its count, one per bucket.
+            let daily: Vec<&Decision> = d.iter().filter(|x| x.reasons.iter().any(|r| r == "daily")).collect();
+            prop_assert!(daily.len() <= rules.daily as usize);
+            let mut days: Vec<_> = daily.iter().map(|x| {
+                let i = items.iter().find(|i| i.id == x.id).unwrap();
+                i.at.to_zoned(TimeZone::UTC).date()
+            }).collect();
+            let n = days.len();
+            days.dedup();
+            prop_assert_eq!(days.len(), n);
+        }
+
+        #[test]
+        fn input_order_does_not_matter(items in arb_items(), rules in arb_rules()) {
+            let mut rev = items.clone();
+            rev.reverse();
+            prop_assert_eq!(decide(&items, &rules, &TimeZone::UTC), decide(&rev, &rules, &TimeZone::UTC));
+        }
+
+        #[test]
+        fn more_generous_rules_never_delete_more(items in arb_items(), rules in arb_rules(), bump in 0usize..6) {
+            let mut more = rules.clone();
+            match bump {
+                0 => more.last += 2,
+                1 => more.hourly += 2,
+                2 => more.daily += 2,
+                3 => more.weekly += 1,
+                4 => more.monthly += 1,
+                _ => more.within = Some(rules.within.unwrap_or_default() + SignedDuration::from_hours(24)),
+            }
+            let a = decide(&items, &rules, &TimeZone::UTC);
+            let b = decide(&items, &more, &TimeZone::UTC);
+            for (x, y) in a.iter().zip(&b) {
+                prop_assert!(!x.keep || y.keep, "{} kept by {:?} but not by {:?}", x.id, rules, more);
+            }
+        }
+    }
+}

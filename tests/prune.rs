@@ -1,0 +1,247 @@
+//! Retention against a real repository: prune --dry-run changes nothing,
+//! prune deletes exactly what no rule keeps, pins and the newest survive,
+//! `backup` prunes after itself, WAL older than the oldest kept base backup
+//! goes with it, and one policy never runs two jobs at once.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Drctl, PgCluster};
+
+fn setup(keep: &str) -> (PgCluster, Drctl) {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g;",
+    );
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let p = d.path().join("policies/shop.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("keep_last = 3\n", keep);
+    d.write_policy_text("shop", &text);
+    (pg, d)
+}
+
+fn ids(d: &Drctl) -> Vec<String> {
+    d.list("shop")
+        .iter()
+        .filter(|b| b["status"] == "complete")
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn prune_keeps_what_the_rules_and_pins_say_and_deletes_the_rest() {
+    let (_pg, d) = setup("");
+    // No rules: backup prunes nothing and prune keeps everything.
+    let mut made: Vec<String> = (0..4).map(|_| d.backup("shop")).collect();
+    made.reverse(); // newest first, like prune's answer
+    assert_eq!(ids(&d), made);
+    let r = d.run(&["prune", "shop", "--output", "json"]).ok().json();
+    assert!(r
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["action"] == "keep" && e["reasons"][0] == "no retention rules"));
+
+    let text = std::fs::read_to_string(d.path().join("policies/shop.toml"))
+        .unwrap()
+        .replace("[retention]\n", "[retention]\nkeep_last = 2\n");
+    d.write_policy_text("shop", &text);
+    let oldest = made[3].clone();
+    d.run(&["pin", &oldest]).ok();
+
+    let before = d.repo_files("");
+    let r = d
+        .run(&["prune", "shop", "--dry-run", "--output", "json"])
+        .ok()
+        .json();
+    let plan: Vec<(String, String, Vec<String>)> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                e["reasons"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        plan,
+        vec![
+            (made[0].clone(), "keep".into(), s(&["newest", "last"])),
+            (made[1].clone(), "keep".into(), s(&["last"])),
+            (made[2].clone(), "delete".into(), vec![]),
+            (made[3].clone(), "keep".into(), s(&["pinned"])),
+        ]
+    );
+    assert_eq!(d.repo_files(""), before, "dry run changed the repository");
+    assert_eq!(ids(&d).len(), 4);
+
+    let out = d.run(&["prune", "shop"]).ok();
+    assert!(out.stdout.contains("3 kept, 1 deleted"), "{}", out.stdout);
+    assert_eq!(
+        ids(&d),
+        vec![made[0].clone(), made[1].clone(), oldest.clone()]
+    );
+    assert!(!d.repo_dir().join("shop/backups").join(&made[2]).exists());
+    let r = d.run(&[
+        "restore",
+        "shop",
+        "--backup",
+        &made[2],
+        "--target",
+        "postgres://x@127.0.0.1/y",
+    ]);
+    assert_ne!(r.code, 0);
+
+    // `backup` prunes after itself; unpinned, the oldest goes too.
+    d.run(&["unpin", &oldest]).ok();
+    let newest = d.backup("shop");
+    assert_eq!(ids(&d), vec![newest, made[0].clone()]);
+    d.run(&["verify", "shop"]).ok();
+}
+
+#[test]
+fn a_second_job_on_a_busy_policy_is_refused_naming_the_holder() {
+    let (_pg, d) = setup("keep_last = 3\n");
+    let lock = d.path().join("locks").join("shop.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(
+        &lock,
+        "backup by pid 4242 on testhost since 2026-11-22T02:00:00Z",
+    )
+    .unwrap();
+    // -o: the lock stays with flock itself, not with its `sleep` child.
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until flock holds it: a non-blocking probe fails from then on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["-n"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "flock never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = d.run(&["backup", "shop"]);
+    let p = d.run(&["prune", "shop"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("policy shop is busy: backup by pid 4242 on testhost"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(p.code, 1, "{}", p.stderr);
+    assert!(ids(&d).is_empty(), "a refused backup must not run");
+    // Released with its holder (the kernel drops flocks of dead processes).
+    d.backup("shop");
+    assert_eq!(ids(&d).len(), 1);
+}
+
+fn wal_sidecars(d: &Drctl, policy: &str) -> Vec<String> {
+    let mut v: Vec<String> = d
+        .repo_files(".json")
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(&format!("{policy}/wal/")))
+        .map(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches(".json")
+                .to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn pruning_a_physical_policy_takes_the_wal_only_the_deleted_backups_needed() {
+    let d = Drctl::for_owner();
+    let pg = PgCluster::start_conf(&["archive_mode = on".into(), d.archive_command("phys")]);
+    d.write_physical_policy("phys", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g;",
+    );
+    let first = d.backup("phys");
+    for _ in 0..3 {
+        pg.psql(
+            "postgres",
+            "INSERT INTO t SELECT g FROM generate_series(1, 1000) g; SELECT pg_switch_wal();",
+        );
+    }
+    let second = d.backup("phys");
+    let show = d.run(&["show", &second, "--output", "json"]).ok().json();
+    let start = show["manifest"]["wal"]["start_segment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = wal_sidecars(&d, "phys");
+    assert!(
+        before.iter().any(|n| n.len() == 24 && *n < start),
+        "{before:?}"
+    );
+
+    let text = std::fs::read_to_string(d.path().join("policies/phys.toml"))
+        .unwrap()
+        .replace("keep_last = 3", "keep_last = 1");
+    d.write_policy_text("phys", &text);
+    let out = d.run(&["prune", "phys"]).ok();
+    assert!(
+        out.stdout.contains(&format!("WAL kept from {start}")),
+        "{}",
+        out.stdout
+    );
+    let after = wal_sidecars(&d, "phys");
+    let expect: Vec<String> = before
+        .iter()
+        .filter(|n| n.ends_with(".history") || n[..24] >= start[..24])
+        .cloned()
+        .collect();
+    assert_eq!(after, expect);
+    // No orphan objects: every remaining WAL object has its sidecar.
+    let objects = d
+        .repo_files(".zst.age")
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("phys/wal/"))
+        .count();
+    assert_eq!(objects, after.len());
+    assert_eq!(
+        d.list("phys")
+            .iter()
+            .filter(|b| b["status"] == "complete")
+            .map(|b| b["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec![second.as_str()]
+    );
+    assert!(!d.repo_dir().join("phys/backups").join(&first).exists());
+    // What is left still verifies, the WAL chain from the kept backup on.
+    d.run(&["verify", "phys"]).ok();
+}
