@@ -25,6 +25,7 @@ pub mod restore;
 pub mod restore_physical;
 pub mod retention;
 pub mod schedule;
+pub mod status;
 pub mod timeparse;
 pub mod toc;
 pub mod verify;

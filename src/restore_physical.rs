@@ -239,6 +239,38 @@ pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
     })
 }
 
+/// A physical policy's recoverable window as the repository holds it.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// The oldest base backup's consistent point.
+    pub start: Option<Timestamp>,
+    /// The last commit reachable from some base backup without a gap.
+    pub end: Option<Timestamp>,
+    /// How far each base backup rolls forward.
+    pub per_backup: Vec<(String, Option<Timestamp>)>,
+}
+
+pub async fn window(repo: &dyn Repository, policy: &str) -> Result<Window> {
+    let inv = inventory::scan(repo, Some(policy)).await?;
+    let physical: Vec<&Manifest> = inv
+        .complete
+        .iter()
+        .filter(|m| m.method == Method::Physical)
+        .collect();
+    let seg_size = segment_size(physical.iter().copied());
+    let archive = read_archive(repo, policy, seg_size).await?;
+    let mut w = Window {
+        start: physical.iter().map(|m| m.consistent_at).min(),
+        ..Window::default()
+    };
+    for m in physical {
+        let r = reach(m, &archive)?;
+        w.end = w.end.max(r.end);
+        w.per_backup.push((m.id.clone(), r.end));
+    }
+    Ok(w)
+}
+
 fn describe_window(start: Timestamp, r: &Reach) -> String {
     let end = r.end.map(rfc3339).unwrap_or_else(|| "?".into());
     let gap = r

@@ -140,24 +140,13 @@ async fn windows(ctx: &Ctx, entries: &mut [Entry]) -> Vec<(String, String)> {
         };
         let result = async {
             let repo = crate::backup::open_repo(&policy).await?;
-            let inv = crate::inventory::scan(&*repo, Some(&name)).await?;
-            let physical: Vec<&crate::manifest::Manifest> = inv
-                .complete
-                .iter()
-                .filter(|m| m.method == crate::policy::Method::Physical)
-                .collect();
-            let seg_size = crate::restore_physical::segment_size(physical.iter().copied());
-            let archive = crate::restore_physical::read_archive(&*repo, &name, seg_size).await?;
-            let start = physical.iter().map(|m| m.consistent_at).min();
-            let mut end = None;
-            for m in physical {
-                let r = crate::restore_physical::reach(m, &archive)?;
-                if let Some(e) = entries.iter_mut().find(|e| e.id == m.id) {
-                    e.recoverable_until = r.end.map(rfc3339);
+            let w = crate::restore_physical::window(&*repo, &name).await?;
+            for (id, until) in &w.per_backup {
+                if let Some(e) = entries.iter_mut().find(|e| &e.id == id) {
+                    e.recoverable_until = until.map(rfc3339);
                 }
-                end = end.max(r.end);
             }
-            anyhow::Ok((start, end))
+            anyhow::Ok((w.start, w.end))
         }
         .await;
         match result {

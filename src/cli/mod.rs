@@ -10,6 +10,7 @@ mod policy_cmd;
 mod prune;
 mod restore;
 mod show;
+mod status;
 mod verify;
 mod wal_fetch;
 mod wal_prefetch;
@@ -85,6 +86,8 @@ enum Command {
     Pin(pin::Args),
     /// Let the retention rules decide about a pinned backup again
     Unpin(pin::Args),
+    /// Per policy: last backup, RPO now, recoverable window, failures, next run
+    Status(status::Args),
     /// List backups, newest first
     List(list::Args),
     /// Show a backup's manifest and verification state
@@ -307,6 +310,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup::run(&ctx, a).await,
         Command::List(a) => list::run(&ctx, a).await,
         Command::Prune(a) => prune::run(&ctx, a).await,
+        Command::Status(a) => status::run(&ctx, a).await,
         Command::Pin(a) => pin::run(&ctx, a, true).await,
         Command::Unpin(a) => pin::run(&ctx, a, false).await,
         Command::Show(a) => show::run(&ctx, a).await,
@@ -348,4 +352,13 @@ pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::manifest
         anyhow::bail!("backup {id} is {} in the catalog and has no manifest in the repository: it is not a restorable backup", row.status);
     }
     Err(usage(format!("no backup {id}; see `drctl list`")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

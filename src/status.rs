@@ -1,0 +1,188 @@
+//! `status`: per policy, what an on-call engineer (or a scraper) needs to
+//! know before a restore is needed: the last good backup, the data that
+//! would be lost right now (RPO), the recoverable window, failures since the
+//! last success, and the next scheduled run.
+//!
+//! The catalog supplies history (it is the only place failures live); for
+//! physical policies the repository supplies the window, since the WAL
+//! archive moves on without drctl's catalog hearing of it.
+
+use anyhow::Result;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::catalog::{BackupRow, Catalog};
+use crate::policy::{Method, Policy};
+use crate::timeparse::rfc3339;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PolicyStatus {
+    pub policy: String,
+    pub method: Method,
+    /// Consistent point of the newest complete backup.
+    pub last_backup_at: Option<String>,
+    pub last_backup_id: Option<String>,
+    /// Now minus the newest recoverable point: what a disaster now would lose.
+    pub rpo_seconds: Option<i64>,
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    pub failures_since_success: u32,
+    pub last_error: Option<String>,
+    pub last_drill_at: Option<String>,
+    pub last_drill_passed: Option<bool>,
+    pub next_backup_at: Option<String>,
+    /// Why part of this could not be determined (the repository was not
+    /// readable, say): an unknown state is a failure, not a success.
+    pub error: Option<String>,
+}
+
+/// Status from the catalog rows of one policy (newest first, as
+/// `Catalog::list` returns them) and, for physical policies, the archive's
+/// window.
+pub fn summarize(
+    policy: &Policy,
+    rows: &[BackupRow],
+    physical_window: Option<(Option<Timestamp>, Option<Timestamp>)>,
+    now: Timestamp,
+) -> PolicyStatus {
+    let complete: Vec<&BackupRow> = rows.iter().filter(|r| r.status == "complete").collect();
+    let newest = complete.iter().filter_map(|r| r.consistent_at).max();
+    let oldest = complete.iter().filter_map(|r| r.consistent_at).min();
+    let last = complete.iter().max_by_key(|r| r.consistent_at);
+    let last_success_started = last.and_then(|r| r.started_at);
+    let failures: Vec<&BackupRow> = rows
+        .iter()
+        .filter(|r| r.status == "failed")
+        .filter(|r| match (r.started_at, last_success_started) {
+            (Some(f), Some(s)) => f > s,
+            _ => true,
+        })
+        .collect();
+    let (start, end) = match physical_window {
+        Some((s, e)) => (s.or(oldest), e.or(newest)),
+        None => (oldest, newest),
+    };
+    let next = policy.backup.schedule.as_deref().and_then(|s| {
+        crate::schedule::Schedule::parse(s)
+            .ok()?
+            .next_after(now, &policy.timezone())
+    });
+    PolicyStatus {
+        policy: policy.name.clone(),
+        method: policy.backup.method,
+        last_backup_at: newest.map(rfc3339),
+        last_backup_id: last.map(|r| r.id.clone()),
+        rpo_seconds: end.map(|e| now.duration_since(e).as_secs().max(0)),
+        window_start: start.map(rfc3339),
+        window_end: end.map(rfc3339),
+        failures_since_success: failures.len() as u32,
+        last_error: failures
+            .iter()
+            .max_by_key(|r| r.started_at)
+            .and_then(|r| r.error.clone())
+            .map(|e| e.lines().next().unwrap_or("").to_string()),
+        last_drill_at: None,
+        last_drill_passed: None,
+        next_backup_at: next.map(rfc3339),
+        error: None,
+    }
+}
+
+pub async fn collect(
+    policies: &[Policy],
+    catalog: &Catalog,
+    now: Timestamp,
+) -> Result<Vec<PolicyStatus>> {
+    let mut out = Vec::new();
+    for p in policies {
+        let rows = catalog.list(Some(&p.name)).await?;
+        let mut window = None;
+        let mut error = None;
+        if p.backup.method == Method::Physical {
+            let w = async {
+                let repo = crate::backup::open_repo(p).await?;
+                crate::restore_physical::window(&*repo, &p.name).await
+            }
+            .await;
+            match w {
+                Ok(w) => window = Some((w.start, w.end)),
+                Err(e) => error = Some(format!("cannot read the WAL archive: {e:#}")),
+            }
+        }
+        let mut s = summarize(p, &rows, window, now);
+        if error.is_some() {
+            s.rpo_seconds = None;
+            s.error = error;
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, status: &str, started: &str, consistent: Option<&str>) -> BackupRow {
+        BackupRow {
+            id: id.into(),
+            policy: "orders".into(),
+            method: "dump".into(),
+            status: status.into(),
+            started_at: Some(started.parse().unwrap()),
+            finished_at: None,
+            consistent_at: consistent.map(|c| c.parse().unwrap()),
+            stored_bytes: None,
+            source_bytes: None,
+            repository: None,
+            error: (status == "failed").then(|| format!("{id} broke\ndetail")),
+            pinned: false,
+        }
+    }
+
+    fn policy() -> Policy {
+        crate::policy::parse(
+            std::path::Path::new("orders.toml"),
+            "[source]\nkind = \"postgres\"\nurl = \"postgres://u@h/db\"\n[backup]\nmethod = \"dump\"\nschedule = \"0 2 * * *\"\n[repository]\nurl = \"file:///tmp/r\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rpo_window_and_failures_since_the_last_success() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let rows = vec![
+            row("f2", "failed", "2026-11-22T11:00:00Z", None),
+            row("f1", "failed", "2026-11-22T10:00:00Z", None),
+            row(
+                "b2",
+                "complete",
+                "2026-11-22T02:00:00Z",
+                Some("2026-11-22T02:00:05Z"),
+            ),
+            row("f0", "failed", "2026-11-21T10:00:00Z", None),
+            row(
+                "b1",
+                "complete",
+                "2026-11-21T02:00:00Z",
+                Some("2026-11-21T02:00:05Z"),
+            ),
+        ];
+        let s = summarize(&policy(), &rows, None, now);
+        assert_eq!(s.last_backup_id.as_deref(), Some("b2"));
+        assert_eq!(s.rpo_seconds, Some(10 * 3600 - 5));
+        assert_eq!(s.window_start.as_deref(), Some("2026-11-21T02:00:05Z"));
+        assert_eq!(s.failures_since_success, 2);
+        assert_eq!(s.last_error.as_deref(), Some("f2 broke"));
+        assert_eq!(s.next_backup_at.as_deref(), Some("2026-11-23T02:00:00Z"));
+
+        // Physical: the archive's end, not the last base backup, bounds RPO.
+        let end: Timestamp = "2026-11-22T11:59:00Z".parse().unwrap();
+        let s = summarize(&policy(), &rows, Some((None, Some(end))), now);
+        assert_eq!(s.rpo_seconds, Some(60));
+
+        // Never a success: every failure counts and there is no RPO.
+        let s = summarize(&policy(), &rows[..2], None, now);
+        assert_eq!((s.failures_since_success, s.rpo_seconds), (2, None));
+    }
+}
