@@ -39,5 +39,17 @@ if ((want_test_deps)); then
         python3 -m venv .venv
         .venv/bin/pip install -q --disable-pip-version-check 'moto[server]==5.2.5'
     fi
+    # promtool (checks /metrics in tests), taken out of Debian's prometheus
+    # package without installing it: the package would also start a server.
+    if ! command -v promtool >/dev/null && [[ ! -x .venv/bin/promtool ]]; then
+        echo "install-deps: promtool (from Debian's prometheus package) into .venv/bin/" >&2
+        tmp=$(mktemp -d)
+        chmod 777 "$tmp"   # apt downloads as _apt
+        (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1) &&
+            dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool &&
+            mv "$tmp/usr/bin/promtool" .venv/bin/promtool ||
+            echo "install-deps: could not fetch promtool; /metrics is checked without it" >&2
+        rm -rf "$tmp"
+    fi
 fi
 echo "install-deps: ok" >&2

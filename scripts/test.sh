@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export PATH="/usr/lib/postgresql/15/bin:$PATH"
 export DRCTL_TEST_MOTO="$PWD/.venv/bin/moto_server"
+export DRCTL_TEST_PROMTOOL="$PWD/.venv/bin/promtool"
 cargo test --all-targets "$@"

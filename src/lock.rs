@@ -4,6 +4,13 @@
 //! the lock when the process ends however it ends, kill -9 included, so a
 //! crash never leaves a stale lock behind. The file names the holder, for
 //! the message a second run prints.
+//!
+//! Leases protect a backup a restore (or drill) is reading from prune: the
+//! reader holds a shared `flock` on `locks/<policy>.<backup id>.lease`, and
+//! prune keeps any backup whose lease it cannot lock exclusively. Like the
+//! policy lock it dies with its process, and it covers the drctl processes
+//! sharing this catalog directory (one host); a repository shared between
+//! hosts needs pins for long reads elsewhere.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -19,33 +26,95 @@ pub struct PolicyLock {
     pub path: PathBuf,
 }
 
-pub fn lock_path(catalog: &Path, policy: &str) -> PathBuf {
+fn locks_dir(catalog: &Path) -> PathBuf {
     catalog
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .join("locks")
-        .join(format!("{policy}.lock"))
+}
+
+pub fn lock_path(catalog: &Path, policy: &str) -> PathBuf {
+    locks_dir(catalog).join(format!("{policy}.lock"))
+}
+
+fn lease_path(catalog: &Path, policy: &str, backup: &str) -> PathBuf {
+    locks_dir(catalog).join(format!("{policy}.{backup}.lease"))
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))
+}
+
+fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A reader's hold on one backup; prune keeps it until this is dropped.
+#[derive(Debug)]
+pub struct Lease {
+    _file: File,
+}
+
+/// Lease `backup` of `policy` for as long as the returned value lives.
+pub fn lease(catalog: &Path, policy: &str, backup: &str) -> Result<Lease> {
+    let path = lease_path(catalog, policy, backup);
+    let file = open_rw(&path)?;
+    flock(&file, libc::LOCK_SH).with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(Lease { _file: file })
+}
+
+/// Prune's side of a lease: held while a backup is deleted, so no reader
+/// can lease it in the meantime.
+#[derive(Debug)]
+pub struct Claim {
+    _file: Option<File>,
+    path: PathBuf,
+}
+
+impl Claim {
+    /// The backup is gone: so is its lease file.
+    pub fn release_and_remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Claim `backup` for deletion, or None while a restore or drill holds a
+/// lease on it. A lease file that cannot be opened counts as held: prune
+/// must not guess. `look_only` (a dry run) creates no lease file.
+pub fn claim(catalog: &Path, policy: &str, backup: &str, look_only: bool) -> Option<Claim> {
+    let path = lease_path(catalog, policy, backup);
+    if look_only && !path.exists() {
+        return Some(Claim { _file: None, path });
+    }
+    let file = open_rw(&path).ok()?;
+    flock(&file, libc::LOCK_EX | libc::LOCK_NB).ok()?;
+    Some(Claim {
+        _file: Some(file),
+        path,
+    })
 }
 
 /// Take the policy's lock for `what` ("backup", "prune"), or fail at once
 /// naming who holds it.
 pub fn acquire(catalog: &Path, policy: &str, what: &str) -> Result<PolicyLock> {
     let path = lock_path(catalog, policy);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    let mut file = open_rw(&path)?;
+    if let Err(err) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
         if err.kind() != std::io::ErrorKind::WouldBlock {
             return Err(anyhow!("cannot lock {}: {err}", path.display()));
         }
@@ -90,5 +159,32 @@ mod tests {
         assert!(acquire(&cat, "billing", "backup").is_ok());
         drop(first);
         assert!(acquire(&cat, "orders", "prune").is_ok());
+    }
+
+    #[test]
+    fn a_leased_backup_cannot_be_claimed_until_every_reader_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = dir.path().join("catalog.db");
+        let id = "20261122T101500Z-3f9a";
+        let free = |id| claim(&cat, "orders", id, false).is_some();
+        assert!(claim(&cat, "orders", id, true).is_some());
+        assert!(
+            !lease_path(&cat, "orders", id).exists(),
+            "a look created a file"
+        );
+        assert!(free(id));
+        let a = lease(&cat, "orders", id).unwrap();
+        // Two readers of one backup share it.
+        let b = lease(&cat, "orders", id).unwrap();
+        assert!(!free(id));
+        assert!(free("20261122T101500Z-0000"));
+        drop(a);
+        assert!(!free(id));
+        drop(b);
+        let c = claim(&cat, "orders", id, false).unwrap();
+        // While prune holds its claim, a second claim fails.
+        assert!(!free(id));
+        c.release_and_remove();
+        assert!(free(id));
     }
 }

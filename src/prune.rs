@@ -125,7 +125,7 @@ pub async fn run(
             pinned: pins.contains(&m.id),
         })
         .collect();
-    let decisions = if no_rules {
+    let mut decisions = if no_rules {
         items
             .iter()
             .rev()
@@ -138,6 +138,20 @@ pub async fn run(
     } else {
         retention::decide(&items, &rules, &policy.timezone())
     };
+    // Claims are held until the deletions are done, so no restore can
+    // lease a backup between this check and its deletion.
+    let mut claims = std::collections::BTreeMap::new();
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        match crate::lock::claim(catalog.path(), &policy.name, &d.id, dry_run) {
+            Some(c) => {
+                claims.insert(d.id.clone(), c);
+            }
+            None => {
+                d.keep = true;
+                d.reasons = vec!["in use by a running restore or drill".into()];
+            }
+        }
+    }
     let backups: Vec<Entry> = decisions
         .into_iter()
         .map(|d| {
@@ -207,6 +221,9 @@ pub async fn run(
         for e in backups.iter().filter(|e| e.action == "delete") {
             delete_backup(repo, &policy.name, &e.id).await?;
             tracing::info!(policy = %policy.name, backup = %e.id, "pruned");
+            if let Some(c) = claims.remove(&e.id) {
+                c.release_and_remove();
+            }
         }
         for id in &incomplete {
             delete_backup(repo, &policy.name, id).await?;

@@ -32,6 +32,9 @@ pub struct Request {
     pub identity: Option<PathBuf>,
     pub jobs: u32,
     pub dry_run: bool,
+    /// Lease the backup (beside this catalog) while restoring, so prune
+    /// leaves it alone.
+    pub lease_catalog: Option<PathBuf>,
     pub force: bool,
     pub no_owner: bool,
     pub no_acl: bool,
@@ -212,6 +215,11 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     }
     let ids = ids.expect("loaded unless dry-run");
     let target_url = target_url.expect("required unless dry-run");
+    // Prune keeps the backup while this restore reads it.
+    let _lease = match &req.lease_catalog {
+        Some(c) => Some(crate::lock::lease(c, &policy.name, &m.id)?),
+        None => None,
+    };
 
     // Target checks: nothing is created or changed before they pass.
     let target = Conn::new(target_url.clone(), None)?;

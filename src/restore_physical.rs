@@ -32,6 +32,9 @@ pub struct Request {
     pub target_dir: Option<PathBuf>,
     pub identity: Option<PathBuf>,
     pub dry_run: bool,
+    /// Lease the backup (beside this catalog) while restoring, so prune
+    /// leaves it alone.
+    pub lease_catalog: Option<PathBuf>,
     pub start: bool,
     pub port: Option<u16>,
     /// Absolute policies directory, for restore_command.
@@ -428,6 +431,11 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     }
     let dir = std::path::absolute(dir.expect("required unless dry-run"))?;
     let ids = ids.expect("loaded unless dry-run");
+    // Prune keeps the backup while this restore reads it.
+    let _lease = match &req.lease_catalog {
+        Some(c) => Some(crate::lock::lease(c, &policy.name, &m.id)?),
+        None => None,
+    };
     let identity = std::path::absolute(req.identity.clone().expect("checked"))?;
     if is_root() {
         // The server runs restore_command as postgres: it must read these.

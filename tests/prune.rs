@@ -245,3 +245,89 @@ fn pruning_a_physical_policy_takes_the_wal_only_the_deleted_backups_needed() {
     // What is left still verifies, the WAL chain from the kept backup on.
     d.run(&["verify", "phys"]).ok();
 }
+
+/// A restore in progress leases its backup: prune (here the one `backup`
+/// runs after itself) keeps it, saying why, and deletes it once the
+/// restore has ended.
+#[test]
+fn a_backup_being_restored_is_not_pruned_until_the_restore_ends() {
+    let (_pg, d) = setup("keep_last = 1\n");
+    let first = d.backup("shop");
+    // A target server that accepts and never answers keeps the restore
+    // busy (connecting) for PGCONNECT_TIMEOUT seconds, lease held.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!(
+        "postgres://postgres@127.0.0.1:{}/copy",
+        silent.local_addr().unwrap().port()
+    );
+    let restore = d
+        .command(&[
+            "restore",
+            "shop",
+            "--backup",
+            &first,
+            "--target",
+            &target,
+            "--identity",
+            &d.identity_arg(),
+        ])
+        .env("PGCONNECT_TIMEOUT", "8")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lease = d.path().join("locks").join(format!("shop.{first}.lease"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = lease.exists()
+            && !Command::new("flock")
+                .arg("-n")
+                .arg(&lease)
+                .arg("true")
+                .status()
+                .unwrap()
+                .success();
+        if held {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restore never leased its backup"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let second = d.backup("shop");
+    assert_eq!(ids(&d), [second.clone(), first.clone()]);
+    let r = d
+        .run(&["prune", "shop", "--dry-run", "--output", "json"])
+        .ok()
+        .json();
+    let e = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == first.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(e["action"], "keep", "{e}");
+    assert_eq!(
+        e["reasons"][0], "in use by a running restore or drill",
+        "{e}"
+    );
+
+    let out = restore.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(silent);
+    d.run(&["prune", "shop"]).ok();
+    assert_eq!(ids(&d), [second]);
+    assert!(
+        !lease.exists(),
+        "the pruned backup's lease file stays behind"
+    );
+}

@@ -23,6 +23,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Catalog {
     pool: SqlitePool,
+    path: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +73,11 @@ fn pid_alive(pid: i64) -> bool {
 }
 
 impl Catalog {
+    /// The database file; policy locks and leases live beside it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub async fn open(path: &Path) -> Result<Catalog> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
@@ -94,7 +100,10 @@ impl Catalog {
             .run(&pool)
             .await
             .with_context(|| format!("cannot migrate catalog {}", path.display()))?;
-        let cat = Catalog { pool };
+        let cat = Catalog {
+            pool,
+            path: path.to_path_buf(),
+        };
         cat.repair_orphans().await?;
         Ok(cat)
     }

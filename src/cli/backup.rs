@@ -16,31 +16,15 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = ctx.load(&a.policy)?;
-    // Cron and the daemon share this lock: one job per policy at a time.
-    let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "backup")?;
     let catalog = ctx.catalog().await?;
-    let m = crate::backup::run(&policy, &catalog).await?;
-    // Retention runs after each successful backup. The backup is durable
-    // whatever happens here, so a failed prune is reported, not fatal.
-    let pruned = if crate::retention::Rules::from_policy(&policy.retention).is_empty() {
-        None
-    } else {
-        let r = async {
-            let repo = crate::backup::open_repo(&policy).await?;
-            crate::prune::run(&policy, &*repo, &catalog, false).await
-        }
-        .await;
-        match r {
-            Ok(r) => Some(r),
-            Err(e) => {
-                eprintln!(
-                    "drctl: warning: backup {} is complete, but pruning failed: {e:#}",
-                    m.id
-                );
-                None
-            }
-        }
-    };
+    let out = crate::jobs::backup(&policy, &catalog, &ctx.catalog_path).await?;
+    let m = out.manifest;
+    if let Some(e) = &out.prune_error {
+        eprintln!(
+            "drctl: warning: backup {} is complete, but pruning failed: {e}",
+            m.id
+        );
+    }
     if ctx.json() {
         ctx.print_json(&Entry::from_manifest(&m))?;
     } else {
@@ -56,7 +40,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             human_bytes(m.stored_bytes()),
             secs
         );
-        if let Some(r) = &pruned {
+        if let Some(r) = &out.pruned {
             super::prune::print_report(r);
         }
     }

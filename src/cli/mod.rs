@@ -3,6 +3,7 @@
 
 mod backup;
 mod catalog_cmd;
+mod daemon;
 mod init;
 mod list;
 mod pin;
@@ -80,6 +81,8 @@ enum Command {
     Policy(policy_cmd::PolicyCmd),
     /// Run one backup of a policy now (what cron calls)
     Backup(backup::Args),
+    /// Run every policy's schedule; serve /metrics and /healthz
+    Daemon(daemon::Args),
     /// Apply retention: delete what no rule keeps (--dry-run shows it)
     Prune(prune::Args),
     /// Keep a backup whatever the retention rules say
@@ -216,7 +219,10 @@ fn default_catalog() -> PathBuf {
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
+    // A daemon's log is its record of what ran when: info by default.
+    let daemon = matches!(cli.command, Command::Daemon(_));
     let level = match cli.verbose {
+        0 if daemon => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -250,8 +256,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The daemon handles its own signals: a graceful stop lets jobs finish.
+    let own_signals = matches!(cli.command, Command::Daemon(_));
     let result = rt.block_on(async {
-        tokio::spawn(watch_signals());
+        if !own_signals {
+            tokio::spawn(watch_signals());
+        }
         run(cli).await
     });
     match result {
@@ -310,6 +320,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup::run(&ctx, a).await,
         Command::List(a) => list::run(&ctx, a).await,
         Command::Prune(a) => prune::run(&ctx, a).await,
+        Command::Daemon(a) => daemon::run(&ctx, a).await,
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Pin(a) => pin::run(&ctx, a, true).await,
         Command::Unpin(a) => pin::run(&ctx, a, false).await,

@@ -1,0 +1,423 @@
+//! `drctl daemon`: every policy's backup schedule, in one process.
+//!
+//! - Each policy's next run is computed from its cron schedule in its time
+//!   zone and logged. Jobs run under a global concurrency limit; one policy
+//!   never runs two jobs at once (in-process, and the policy lock that
+//!   `drctl backup` from cron also takes).
+//! - A run missed while the daemon was down (the catalog's newest attempt is
+//!   older than the schedule's last due time) runs once at start-up, unless
+//!   `--no-catch-up`. A run due while the previous one still runs is skipped.
+//! - SIGHUP reloads policies; an invalid file is reported and the last good
+//!   version of that policy keeps running.
+//! - SIGTERM/SIGINT stop scheduling, give running jobs `--grace` to finish,
+//!   then cancel them (children killed, uploads aborted, catalog marks them
+//!   failed) and exit 0.
+//! - The scheduler loop also watches each policy's RPO against
+//!   `[notify] max_rpo`, notifying once when it goes over.
+//! - `--listen` serves `/metrics` (Prometheus) and `/healthz` (200 while the
+//!   loop is alive).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use jiff::Timestamp;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::catalog::Catalog;
+use crate::policy::Policy;
+use crate::schedule::Schedule;
+use crate::timeparse::rfc3339;
+
+pub struct Options {
+    pub policies_dir: PathBuf,
+    pub catalog_path: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub max_concurrent: usize,
+    pub catch_up: bool,
+    pub grace: Duration,
+}
+
+/// Longest the loop sleeps: bounds how stale /healthz and the RPO watch get.
+const TICK: Duration = Duration::from_secs(15);
+
+struct Shared {
+    catalog: Catalog,
+    policies_dir: PathBuf,
+    /// Unix seconds of the scheduler loop's last turn.
+    heartbeat: AtomicI64,
+    /// Metrics are computed at most this often (reading the WAL archive is
+    /// not free).
+    cache: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    policy: Policy,
+    schedule: Option<Schedule>,
+    next: Option<Timestamp>,
+}
+
+fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
+    let (policies, problems) = match crate::policy::load_dir(dir) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(
+                "cannot read policies from {}: {e}; keeping the loaded ones",
+                dir.display()
+            );
+            return old.clone();
+        }
+    };
+    let mut out = BTreeMap::new();
+    let now = Timestamp::now();
+    for p in policies {
+        let schedule = p
+            .backup
+            .schedule
+            .as_deref()
+            .and_then(|s| Schedule::parse(s).ok());
+        let next = match old.get(&p.name) {
+            // Unchanged schedule: keep the run already planned.
+            Some(o)
+                if o.policy.backup.schedule == p.backup.schedule
+                    && o.policy.backup.timezone == p.backup.timezone =>
+            {
+                o.next
+            }
+            _ => schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now, &p.timezone())),
+        };
+        out.insert(
+            p.name.clone(),
+            Entry {
+                policy: p,
+                schedule,
+                next,
+            },
+        );
+    }
+    for problem in problems {
+        let name = problem
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::error!("invalid policy: {problem}");
+        if let Some(o) = old.get(&name) {
+            out.entry(name).or_insert_with_key(|name| {
+                tracing::warn!(policy = %name, "keeping the previous valid version of the policy");
+                o.clone()
+            });
+        }
+    }
+    out
+}
+
+fn run_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+async fn job(
+    shared: Arc<Shared>,
+    catalog_path: PathBuf,
+    sem: Arc<Semaphore>,
+    policy: Policy,
+) -> Result<()> {
+    let _permit = sem.acquire_owned().await.context("scheduler closed")?;
+    let started = std::time::Instant::now();
+    match crate::jobs::backup(&policy, &shared.catalog, &catalog_path).await {
+        Ok(out) => {
+            tracing::info!(
+                backup = %out.manifest.id,
+                seconds = started.elapsed().as_secs_f64(),
+                "scheduled backup complete"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("scheduled backup failed: {e:#}");
+            Err(e)
+        }
+    }
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let catalog = Catalog::open(&opts.catalog_path).await?;
+    let shared = Arc::new(Shared {
+        catalog,
+        policies_dir: opts.policies_dir.clone(),
+        heartbeat: AtomicI64::new(Timestamp::now().as_second()),
+        cache: tokio::sync::Mutex::new(None),
+    });
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    let mut entries = load(&opts.policies_dir, &BTreeMap::new());
+    if entries.is_empty() {
+        tracing::warn!(
+            "no valid policies in {}; waiting for SIGHUP",
+            opts.policies_dir.display()
+        );
+    }
+    if opts.catch_up {
+        let now = Timestamp::now();
+        for e in entries.values_mut() {
+            let Some(s) = &e.schedule else { continue };
+            let rows = shared.catalog.list(Some(&e.policy.name)).await?;
+            let last = rows.iter().filter_map(|r| r.started_at).max();
+            if let Some(due) = last.and_then(|l| s.next_after(l, &e.policy.timezone())) {
+                if due <= now {
+                    tracing::info!(policy = %e.policy.name, missed = %rfc3339(due), "a run was missed while drctl was down; running it now");
+                    e.next = Some(now);
+                }
+            }
+        }
+    }
+    for e in entries.values() {
+        match (&e.schedule, e.next) {
+            (Some(s), Some(n)) => {
+                tracing::info!(policy = %e.policy.name, schedule = %s.expr(), next = %rfc3339(n), "scheduled")
+            }
+            _ => tracing::info!(policy = %e.policy.name, "no backup.schedule: not scheduled"),
+        }
+    }
+
+    if let Some(addr) = opts.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(
+            "serving /metrics and /healthz on http://{}",
+            listener.local_addr()?
+        );
+        tokio::spawn(serve(listener, shared.clone()));
+    }
+
+    let sem = Arc::new(Semaphore::new(opts.max_concurrent.max(1)));
+    let mut jobs: JoinSet<(String, Result<()>)> = JoinSet::new();
+    let mut running: BTreeSet<String> = BTreeSet::new();
+    let mut over_rpo: BTreeSet<String> = BTreeSet::new();
+    let mut last_rpo_check = std::time::Instant::now() - TICK;
+    loop {
+        let now = Timestamp::now();
+        shared.heartbeat.store(now.as_second(), Ordering::Relaxed);
+        for e in entries.values_mut() {
+            let Some(next) = e.next.filter(|n| *n <= now) else {
+                continue;
+            };
+            e.next = e
+                .schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now, &e.policy.timezone()));
+            let name = e.policy.name.clone();
+            if running.contains(&name) {
+                tracing::warn!(policy = %name, due = %rfc3339(next), "previous run still going; skipping this one");
+                continue;
+            }
+            let id = run_id();
+            tracing::info!(policy = %name, run_id = %id, "starting scheduled backup");
+            running.insert(name.clone());
+            let span = tracing::info_span!("job", policy = %name, run_id = %id);
+            let fut = job(
+                shared.clone(),
+                opts.catalog_path.clone(),
+                sem.clone(),
+                e.policy.clone(),
+            );
+            jobs.spawn(async move { (name, fut.await) }.instrument(span));
+        }
+        if last_rpo_check.elapsed() >= TICK {
+            last_rpo_check = std::time::Instant::now();
+            watch_rpo(&shared, &entries, &mut over_rpo).await;
+        }
+        let until_next = entries
+            .values()
+            .filter_map(|e| e.next)
+            .min()
+            .map(|n| n.duration_since(Timestamp::now()).unsigned_abs())
+            .unwrap_or(TICK)
+            .min(TICK);
+        tokio::select! {
+            _ = tokio::time::sleep(until_next) => {}
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                if let Ok((name, _)) = done {
+                    running.remove(&name);
+                }
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading policies");
+                entries = load(&opts.policies_dir, &entries);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    if !jobs.is_empty() {
+        tracing::info!(
+            jobs = jobs.len(),
+            "stopping: waiting up to {}s for running jobs",
+            opts.grace.as_secs()
+        );
+        let drained = tokio::time::timeout(opts.grace, async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("grace period over: cancelling the running jobs");
+            crate::cancel::request();
+            while jobs.join_next().await.is_some() {}
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Notify once when a policy's RPO goes over `[notify] max_rpo`, again only
+/// after it has come back under.
+async fn watch_rpo(
+    shared: &Shared,
+    entries: &BTreeMap<String, Entry>,
+    over: &mut BTreeSet<String>,
+) {
+    let watched: Vec<Policy> = entries
+        .values()
+        .filter(|e| e.policy.notify.max_rpo.is_some())
+        .map(|e| e.policy.clone())
+        .collect();
+    if watched.is_empty() {
+        return;
+    }
+    let Ok(statuses) = crate::status::collect(&watched, &shared.catalog, Timestamp::now()).await
+    else {
+        return;
+    };
+    for (p, s) in watched.iter().zip(statuses) {
+        let Some(max) = p
+            .notify
+            .max_rpo
+            .as_deref()
+            .and_then(|m| crate::timeparse::parse_duration(m).ok())
+        else {
+            continue;
+        };
+        // No recoverable point at all is over any budget.
+        let rpo = s.rpo_seconds.unwrap_or(i64::MAX);
+        if rpo > max.as_secs() {
+            if over.insert(p.name.clone()) {
+                let msg = match s.rpo_seconds {
+                    Some(r) => format!(
+                        "RPO is {} (budget {}); newest recoverable point {}",
+                        crate::timeparse::human_duration(jiff::SignedDuration::from_secs(r)),
+                        p.notify.max_rpo.as_deref().unwrap_or(""),
+                        s.window_end.as_deref().unwrap_or("?")
+                    ),
+                    None => "no recoverable backup".into(),
+                };
+                tracing::warn!(policy = %p.name, "{msg}");
+                crate::notify::send(p, crate::notify::Event::RpoExceeded, &msg).await;
+            }
+        } else {
+            over.remove(&p.name);
+        }
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != hyper::Method::GET {
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET only\n".into(),
+            PLAIN,
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/healthz" => {
+            let age = Timestamp::now().as_second() - shared.heartbeat.load(Ordering::Relaxed);
+            if age <= 3 * TICK.as_secs() as i64 {
+                text(StatusCode::OK, "ok\n".into(), PLAIN)
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("scheduler loop stalled for {age}s\n"),
+                    PLAIN,
+                )
+            }
+        }
+        "/metrics" => match metrics_text(&shared).await {
+            Ok(body) => text(
+                StatusCode::OK,
+                body,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"), PLAIN),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /metrics or /healthz\n".into(),
+            PLAIN,
+        ),
+    })
+}
+
+async fn metrics_text(shared: &Shared) -> Result<String> {
+    let mut cache = shared.cache.lock().await;
+    if let Some((at, body)) = cache.as_ref() {
+        if at.elapsed() < Duration::from_secs(10) {
+            return Ok(body.clone());
+        }
+    }
+    let (policies, _) = crate::policy::load_dir(&shared.policies_dir)?;
+    let all = crate::metrics::collect(&policies, &shared.catalog).await?;
+    let mut body = crate::metrics::render(&all);
+    body.push_str(&format!(
+        "# HELP drctl_scheduler_heartbeat_timestamp_seconds Last turn of the scheduler loop (Unix time).\n# TYPE drctl_scheduler_heartbeat_timestamp_seconds gauge\ndrctl_scheduler_heartbeat_timestamp_seconds {}\n",
+        shared.heartbeat.load(Ordering::Relaxed)
+    ));
+    *cache = Some((std::time::Instant::now(), body.clone()));
+    Ok(body)
+}

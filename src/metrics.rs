@@ -1,0 +1,215 @@
+//! Prometheus text exposition of what `status` knows plus the catalog's
+//! history, one series per policy. Rendering is pure; `collect` gathers.
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use jiff::Timestamp;
+
+use crate::catalog::{BackupRow, Catalog};
+use crate::policy::Policy;
+use crate::status::PolicyStatus;
+
+/// Per policy: the status plus figures from the run history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyMetrics {
+    pub status: PolicyStatus,
+    pub last_success_finished: Option<Timestamp>,
+    pub last_success_duration: Option<f64>,
+    pub stored_bytes: u64,
+    pub failures_total: u64,
+    pub last_segment_at: Option<Timestamp>,
+}
+
+pub fn from_rows(
+    status: PolicyStatus,
+    rows: &[BackupRow],
+    last_segment_at: Option<Timestamp>,
+) -> PolicyMetrics {
+    let complete: Vec<&BackupRow> = rows.iter().filter(|r| r.status == "complete").collect();
+    let last = complete
+        .iter()
+        .filter(|r| r.finished_at.is_some())
+        .max_by_key(|r| r.finished_at);
+    PolicyMetrics {
+        status,
+        last_success_finished: last.and_then(|r| r.finished_at),
+        last_success_duration: last
+            .and_then(|r| Some(r.finished_at?.duration_since(r.started_at?).as_secs_f64())),
+        stored_bytes: complete
+            .iter()
+            .map(|r| r.stored_bytes.unwrap_or(0).max(0) as u64)
+            .sum(),
+        failures_total: rows.iter().filter(|r| r.status == "failed").count() as u64,
+        last_segment_at,
+    }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus spells infinities +Inf/-Inf; Rust's Display says inf.
+fn value(v: f64) -> String {
+    match v {
+        f64::INFINITY => "+Inf".into(),
+        f64::NEG_INFINITY => "-Inf".into(),
+        v if v.is_nan() => "NaN".into(),
+        v => v.to_string(),
+    }
+}
+
+fn secs(t: Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
+
+/// The exposition text: HELP and TYPE once per family, one sample per
+/// policy that has a value.
+pub fn render(all: &[PolicyMetrics]) -> String {
+    type Get = fn(&PolicyMetrics) -> Option<f64>;
+    let families: [(&str, &str, &str, Get); 8] = [
+        (
+            "drctl_backup_last_success_timestamp_seconds",
+            "gauge",
+            "When the last successful backup finished (Unix time).",
+            |m| m.last_success_finished.map(secs),
+        ),
+        (
+            "drctl_backup_duration_seconds",
+            "gauge",
+            "How long the last successful backup took.",
+            |m| m.last_success_duration,
+        ),
+        (
+            "drctl_backup_stored_bytes",
+            "gauge",
+            "Bytes stored in the repository by the policy's complete backups.",
+            |m| Some(m.stored_bytes as f64),
+        ),
+        (
+            "drctl_backup_failures_total",
+            "counter",
+            "Backups that failed, since the catalog began.",
+            |m| Some(m.failures_total as f64),
+        ),
+        (
+            "drctl_backup_failures_since_success",
+            "gauge",
+            "Failed backups since the last successful one.",
+            |m| Some(m.status.failures_since_success as f64),
+        ),
+        (
+            "drctl_rpo_seconds",
+            "gauge",
+            "Seconds of data a disaster now would lose: now minus the newest recoverable point (+Inf: none).",
+            // No recoverable point is an infinite RPO, so `> budget` alerts
+            // fire; an unknown state (status error) has no sample.
+            |m| match (m.status.rpo_seconds, &m.status.error) {
+                (Some(r), _) => Some(r as f64),
+                (None, None) => Some(f64::INFINITY),
+                (None, Some(_)) => None,
+            },
+        ),
+        (
+            "drctl_wal_archive_last_segment_timestamp_seconds",
+            "gauge",
+            "Last write time of the newest archived WAL segment reachable without a gap (physical policies).",
+            |m| m.last_segment_at.map(secs),
+        ),
+        (
+            "drctl_backup_next_run_timestamp_seconds",
+            "gauge",
+            "When the next scheduled backup is due (Unix time).",
+            |m| {
+                m.status
+                    .next_backup_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .map(secs)
+            },
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, get) in families {
+        let samples: Vec<(String, f64)> = all
+            .iter()
+            .filter_map(|m| get(m).map(|v| (m.status.policy.clone(), v)))
+            .collect();
+        if samples.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (policy, v) in samples {
+            let _ = writeln!(out, "{name}{{policy=\"{}\"}} {}", label(&policy), value(v));
+        }
+    }
+    out
+}
+
+pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<PolicyMetrics>> {
+    let now = Timestamp::now();
+    let statuses = crate::status::collect(policies, catalog, now).await?;
+    let mut out = Vec::new();
+    for (p, s) in policies.iter().zip(statuses) {
+        let rows = catalog.list(Some(&p.name)).await?;
+        let last_segment_at = if p.backup.method == crate::policy::Method::Physical {
+            s.window_end.as_deref().and_then(|t| t.parse().ok())
+        } else {
+            None
+        };
+        out.push(from_rows(s, &rows, last_segment_at));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_once_samples_per_policy_labels_escaped() {
+        let st = |name: &str, rpo: Option<i64>| PolicyStatus {
+            policy: name.into(),
+            method: crate::policy::Method::Dump,
+            last_backup_at: None,
+            last_backup_id: None,
+            rpo_seconds: rpo,
+            window_start: None,
+            window_end: None,
+            failures_since_success: 1,
+            last_error: None,
+            last_drill_at: None,
+            last_drill_passed: None,
+            next_backup_at: Some("2026-11-23T02:00:00Z".into()),
+            error: None,
+        };
+        let m = |s| PolicyMetrics {
+            status: s,
+            last_success_finished: Some("2026-11-22T02:00:10Z".parse().unwrap()),
+            last_success_duration: Some(9.5),
+            stored_bytes: 1024,
+            failures_total: 3,
+            last_segment_at: None,
+        };
+        let mut unknown = st("unknown", None);
+        unknown.error = Some("repository unreachable".into());
+        let text = render(&[
+            m(st("orders", Some(60))),
+            m(st("we\"ird", None)),
+            m(unknown),
+        ]);
+        assert!(!text.contains("drctl_rpo_seconds{policy=\"unknown\"}"));
+        assert_eq!(text.matches("# TYPE drctl_rpo_seconds gauge").count(), 1);
+        assert!(text.contains("drctl_rpo_seconds{policy=\"orders\"} 60\n"));
+        assert!(text.contains("drctl_rpo_seconds{policy=\"we\\\"ird\"} +Inf\n"));
+        assert!(text.contains("drctl_backup_failures_total{policy=\"we\\\"ird\"} 3\n"));
+        assert!(text.contains(
+            "drctl_backup_last_success_timestamp_seconds{policy=\"orders\"} 1795312810\n"
+        ));
+        assert!(text.contains("# TYPE drctl_backup_failures_total counter"));
+        assert!(!text.contains("drctl_wal_archive_last_segment_timestamp_seconds"));
+    }
+}

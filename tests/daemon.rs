@@ -1,0 +1,487 @@
+//! `drctl daemon` against real servers: seconds-level schedules produce
+//! backups and prune to keep_last, a failing policy reaches the webhook,
+//! /metrics parses and /healthz answers, SIGHUP reloads (an invalid policy
+//! keeps its last good version), SIGTERM mid-backup cancels cleanly, and a
+//! kill -9 leaves nothing `running` once drctl starts again.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Drctl, PgCluster};
+
+/// The daemon process, killed on drop so a failing test leaves nothing.
+struct Daemon {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(d: &Drctl, args: &[&str]) -> Daemon {
+        let log = d.path().join(format!("daemon-{}.log", rand_suffix()));
+        let mut all = vec!["--log-format", "json", "daemon"];
+        all.extend_from_slice(args);
+        let child = d
+            .command(&all)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for the process to end; its exit code.
+    #[track_caller]
+    fn wait_exit(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon still running after {within:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Poll `f` until it returns Some, or fail with `what` and the daemon log.
+#[track_caller]
+fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    daemon: &Daemon,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; daemon log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A webhook endpoint on loopback: records every JSON body it is sent.
+fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut r = BufReader::new(stream);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let l = line.trim_end().to_ascii_lowercase();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some(v) = l.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            if r.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (url, got)
+}
+
+/// GET over plain HTTP/1.1: (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+fn policy_text(d: &Drctl, name: &str, schedule: &str, keep: &str, notify: &str) -> String {
+    let p = d.path().join("policies").join(format!("{name}.toml"));
+    std::fs::read_to_string(p)
+        .unwrap()
+        .replace(
+            "schedule = \"0 2 * * *\"",
+            &format!("schedule = \"{schedule}\""),
+        )
+        .replace("keep_last = 3\n", keep)
+        + notify
+}
+
+/// The catalog's rows of `policy` (via an unfiltered list, which works
+/// while the policy's file is broken on disk).
+fn rows(d: &Drctl, policy: &str) -> Vec<serde_json::Value> {
+    let all = d.run(&["list", "--output", "json"]).ok().json();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["policy"] == policy)
+        .cloned()
+        .collect()
+}
+
+fn with_status(rows: &[serde_json::Value], status: &str) -> usize {
+    rows.iter().filter(|r| r["status"] == status).count()
+}
+
+/// `promtool check metrics` when promtool is there (scripts/install-deps.sh
+/// fetches it, scripts/test.sh names it in DRCTL_TEST_PROMTOOL); otherwise a line-level check of
+/// the exposition format, so the test never passes without checking.
+fn check_exposition(body: &str) {
+    let promtool = std::env::var("DRCTL_TEST_PROMTOOL")
+        .ok()
+        .filter(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| "promtool".into());
+    if Command::new(&promtool).arg("--version").output().is_ok() {
+        let mut c = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{body}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut typed = std::collections::BTreeSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let name = it.next().unwrap();
+            assert!(
+                matches!(it.next(), Some("gauge" | "counter")),
+                "bad TYPE line: {line}"
+            );
+            typed.insert(name.to_string());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(typed.contains(name), "sample before its TYPE: {line}");
+            assert!(value.parse::<f64>().is_ok(), "bad value: {line}");
+        }
+    }
+}
+
+#[test]
+fn daemon_runs_schedules_prunes_notifies_reloads_and_serves_metrics() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 500) g;",
+    );
+    let (hook, got) = webhook();
+    let d = Drctl::new();
+    let notify = format!("\n[notify]\nwebhook_url = \"{hook}\"\n");
+    d.write_policy("shop", &pg.url("shop"), "");
+    let shop = policy_text(&d, "shop", "*/2 * * * * *", "keep_last = 2\n", &notify);
+    d.write_policy_text("shop", &shop);
+    // A policy whose server is down: every run fails and must notify.
+    d.write_policy("gone", "postgres://postgres@127.0.0.1:1/gone", "");
+    let gone = policy_text(&d, "gone", "*/3 * * * * *", "", &notify);
+    d.write_policy_text("gone", &gone);
+
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start(&d, &["--listen", &addr, "--no-catch-up", "--grace", "60s"]);
+
+    let (code, body) = wait_for("/healthz", Duration::from_secs(30), &daemon, || {
+        http_get(&addr, "/healthz")
+    });
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    assert!(
+        daemon.log().contains("\"next\""),
+        "next run not logged:\n{}",
+        daemon.log()
+    );
+
+    // Backups keep coming, and prune keeps at most two (a third may exist
+    // only between a backup's commit and its prune).
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for(
+        "four scheduled backups",
+        Duration::from_secs(90),
+        &daemon,
+        || {
+            let r = rows(&d, "shop");
+            for b in r.iter().filter(|b| b["status"] == "complete") {
+                seen.insert(b["id"].as_str().unwrap().to_string());
+            }
+            assert!(with_status(&r, "complete") <= 3, "{r:?}");
+            (seen.len() >= 4).then_some(())
+        },
+    );
+
+    let failure = wait_for(
+        "a backup_failed webhook",
+        Duration::from_secs(60),
+        &daemon,
+        || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .find(|b| b["policy"] == "gone" && b["event"] == "backup_failed")
+                .cloned()
+        },
+    );
+    assert!(
+        failure["text"].as_str().unwrap().contains("gone"),
+        "{failure}"
+    );
+    assert!(
+        failure["message"].as_str().unwrap().contains("127.0.0.1"),
+        "{failure}"
+    );
+    assert_eq!(failure["time"].as_str().unwrap().len(), 20, "{failure}");
+    // Successes are not sent unless asked for.
+    assert!(got.lock().unwrap().iter().all(|b| b["policy"] != "shop"));
+
+    let (code, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(code, 200, "{metrics}");
+    check_exposition(&metrics);
+    for family in [
+        "drctl_backup_last_success_timestamp_seconds{policy=\"shop\"}",
+        "drctl_backup_duration_seconds{policy=\"shop\"}",
+        "drctl_backup_stored_bytes{policy=\"shop\"}",
+        "drctl_backup_failures_total{policy=\"gone\"}",
+        "drctl_rpo_seconds{policy=\"shop\"}",
+        "drctl_scheduler_heartbeat_timestamp_seconds",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("drctl_backup_failures_total{policy=\"gone\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(failures >= 1.0, "{metrics}");
+
+    // SIGHUP: a new policy is picked up, and a policy broken on disk keeps
+    // running in its last good version.
+    d.write_policy("late", &pg.url("shop"), "");
+    let late = policy_text(&d, "late", "*/2 * * * * *", "keep_last = 1\n", "");
+    d.write_policy_text("late", &late);
+    d.write_policy_text("shop", "[backup\nthis is not TOML");
+    let before = seen.len();
+    daemon.signal("-HUP");
+    wait_for(
+        "a backup of the policy added on SIGHUP",
+        Duration::from_secs(60),
+        &daemon,
+        || (with_status(&rows(&d, "late"), "complete") >= 1).then_some(()),
+    );
+    wait_for(
+        "shop to keep running after it was broken on disk",
+        Duration::from_secs(60),
+        &daemon,
+        || {
+            for b in rows(&d, "shop")
+                .iter()
+                .filter(|b| b["status"] == "complete")
+            {
+                seen.insert(b["id"].as_str().unwrap().to_string());
+            }
+            (seen.len() >= before + 2).then_some(())
+        },
+    );
+    let log = daemon.log();
+    assert!(log.contains("invalid policy"), "{log}");
+    assert!(log.contains("keeping the previous valid version"), "{log}");
+
+    daemon.signal("-TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(90)),
+        0,
+        "{}",
+        daemon.log()
+    );
+    d.write_policy_text("shop", &shop);
+    let r = rows(&d, "shop");
+    assert_eq!(with_status(&r, "running"), 0, "{r:?}");
+    // The last job finished (grace was long enough) and pruned after itself.
+    assert_eq!(with_status(&r, "complete"), 2, "{r:?}");
+    assert_eq!(
+        d.repo_files("manifest.json")
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("/shop/"))
+            .count(),
+        2
+    );
+    assert_eq!(with_status(&rows(&d, "gone"), "running"), 0);
+    drop(pg);
+}
+
+/// A psql session holding an exclusive lock on `table`, so pg_dump blocks
+/// (without output) until it is killed. Released on drop.
+struct Locker(Child);
+
+impl Locker {
+    fn hold(pg: &PgCluster, db: &str, table: &str) -> Locker {
+        let mut c = Command::new(common::pg_tool("psql"))
+            .args(["-X", "-q", "-d", &pg.url(db)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        writeln!(
+            c.stdin.as_mut().unwrap(),
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);"
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pg
+            .query(
+                db,
+                &format!("SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted"),
+            )
+            .trim()
+            != "1"
+        {
+            assert!(Instant::now() < deadline, "lock not taken");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Locker(c)
+    }
+}
+
+impl Drop for Locker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigterm_mid_backup_cancels_cleanly_and_kill_9_is_repaired() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g;",
+    );
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let text = policy_text(&d, "shop", "* * * * * *", "", "");
+    d.write_policy_text("shop", &text);
+    let lock = Locker::hold(&pg, "shop", "t");
+
+    let mut daemon = Daemon::start(&d, &["--no-catch-up", "--grace", "1s"]);
+    wait_for("a running backup", Duration::from_secs(60), &daemon, || {
+        (with_status(&rows(&d, "shop"), "running") == 1).then_some(())
+    });
+    // Give pg_dump time to be blocked on the lock, not merely starting.
+    std::thread::sleep(Duration::from_secs(2));
+    // A concurrent run from cron is refused while the daemon holds the policy.
+    let r = d.run(&["backup", "shop"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("is busy"), "{}", r.stderr);
+
+    daemon.signal("-TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(60)),
+        0,
+        "{}",
+        daemon.log()
+    );
+    let r = rows(&d, "shop");
+    assert_eq!(with_status(&r, "running"), 0, "{r:?}");
+    assert!(with_status(&r, "failed") >= 1, "{r:?}");
+    assert_eq!(with_status(&r, "complete"), 0, "{r:?}");
+    // Nothing in the repository passes for a backup: no manifest, no data
+    // object left behind, and a catalog rebuild finds none.
+    assert!(
+        d.repo_files("manifest.json").is_empty(),
+        "{:?}",
+        d.repo_files("")
+    );
+    assert!(d.repo_files(".age").is_empty(), "{:?}", d.repo_files(""));
+    let leftovers: Vec<_> = d
+        .repo_files("")
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/shop/backups/"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let rebuilt = d
+        .run(&["catalog", "rebuild", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(rebuilt["backups"], 0, "{rebuilt}");
+
+    // kill -9 mid-backup: the row stays `running` until the next drctl start
+    // notices its process is gone.
+    let mut daemon = Daemon::start(&d, &["--no-catch-up"]);
+    wait_for("a running backup", Duration::from_secs(60), &daemon, || {
+        (with_status(&rows(&d, "shop"), "running") == 1).then_some(())
+    });
+    daemon.signal("-KILL");
+    daemon.wait_exit(Duration::from_secs(10));
+    let r = rows(&d, "shop");
+    assert_eq!(with_status(&r, "running"), 0, "{r:?}");
+    drop(lock);
+}
