@@ -219,6 +219,88 @@ mod tests {
         assert_eq!(kept(&decide(&items, &rules, &berlin)), ["b", "a"]);
     }
 
+    /// Hand-checked against restic's rule (buckets are local wall-clock
+    /// hours/days, newest first) across Berlin's 2026 DST changes: the
+    /// repeated hour at fall-back is one bucket, the skipped hour at
+    /// spring-forward is none, and days break at local midnight.
+    #[test]
+    fn dst_changes_table() {
+        let berlin = TimeZone::get("Europe/Berlin").unwrap();
+        let r = |hourly, daily| Rules {
+            hourly,
+            daily,
+            ..Rules::default()
+        };
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, Rules, &[(&str, &str)], &[&str], &[&str])] = &[
+            (
+                // 25 Oct: 02:00-02:59 happens twice (CEST, then CET).
+                "fall back, hourly",
+                r(3, 0),
+                &[
+                    ("a", "2026-10-25T00:10:00Z"), // 02:10 CEST
+                    ("b", "2026-10-25T00:40:00Z"), // 02:40 CEST
+                    ("c", "2026-10-25T01:10:00Z"), // 02:10 CET
+                    ("d", "2026-10-25T01:40:00Z"), // 02:40 CET
+                    ("e", "2026-10-25T02:10:00Z"), // 03:10 CET
+                ],
+                &["e", "d"],
+                &["e", "d", "b"],
+            ),
+            (
+                // 29 Mar: 02:00-02:59 does not exist.
+                "spring forward, hourly",
+                r(3, 0),
+                &[
+                    ("a", "2026-03-29T00:20:00Z"), // 01:20 CET
+                    ("b", "2026-03-29T00:50:00Z"), // 01:50 CET
+                    ("c", "2026-03-29T01:10:00Z"), // 03:10 CEST
+                    ("d", "2026-03-29T01:40:00Z"), // 03:40 CEST
+                    ("e", "2026-03-29T02:05:00Z"), // 04:05 CEST
+                ],
+                &["e", "d", "b"],
+                &["e", "d", "b"],
+            ),
+            (
+                // Local midnight moves from 22:00Z to 23:00Z across the change.
+                "fall back, daily",
+                r(0, 2),
+                &[
+                    ("a", "2026-10-24T22:30:00Z"), // 25 Oct 00:30 CEST
+                    ("b", "2026-10-25T22:30:00Z"), // 25 Oct 23:30 CET
+                    ("c", "2026-10-25T23:30:00Z"), // 26 Oct 00:30 CET
+                ],
+                &["c", "b"],
+                &["c", "a"],
+            ),
+            (
+                "spring forward, daily",
+                r(0, 3),
+                &[
+                    ("a", "2026-03-28T22:30:00Z"), // 28 Mar 23:30 CET
+                    ("b", "2026-03-28T23:30:00Z"), // 29 Mar 00:30 CET
+                    ("c", "2026-03-29T21:30:00Z"), // 29 Mar 23:30 CEST
+                    ("d", "2026-03-29T22:30:00Z"), // 30 Mar 00:30 CEST
+                ],
+                &["d", "c", "a"],
+                &["d", "b"],
+            ),
+        ];
+        for (name, rules, backups, in_berlin, in_utc) in cases {
+            let items: Vec<Item> = backups.iter().map(|(id, t)| item(id, t)).collect();
+            assert_eq!(
+                kept(&decide(&items, rules, &berlin)),
+                *in_berlin,
+                "{name} (Berlin)"
+            );
+            assert_eq!(
+                kept(&decide(&items, rules, &TimeZone::UTC)),
+                *in_utc,
+                "{name} (UTC)"
+            );
+        }
+    }
+
     #[test]
     fn within_counts_from_the_newest_backup_and_pins_always_stay() {
         let mut items = vec![
@@ -323,6 +405,20 @@ mod tests {
             let n = days.len();
             days.dedup();
             prop_assert_eq!(days.len(), n);
+        }
+
+        #[test]
+        fn idempotent(items in arb_items(), rules in arb_rules()) {
+            // Pruning what a prune kept deletes nothing more.
+            let d = decide(&items, &rules, &TimeZone::UTC);
+            let kept: Vec<Item> = items
+                .iter()
+                .filter(|i| d.iter().any(|x| x.id == i.id && x.keep))
+                .cloned()
+                .collect();
+            let again = decide(&kept, &rules, &TimeZone::UTC);
+            prop_assert!(again.iter().all(|x| x.keep), "{:?}", again);
+            prop_assert!(items.is_empty() || !kept.is_empty(), "kept set never empty");
         }
 
         #[test]

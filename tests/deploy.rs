@@ -1,0 +1,328 @@
+//! The deploy examples under deploy/ are checked by the tools that exist
+//! for them (systemd-analyze for the unit; PyYAML for the CronJob) and
+//! their command lines are run for real: the crontab line and the CronJob's
+//! container back up a real database, the unit's ExecStart serves /healthz
+//! and stops cleanly on SIGTERM.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Drctl, PgCluster};
+
+fn deploy(path: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Run a drctl command line taken from a deploy file, with the installed
+/// binary's path swapped for the one under test and the file's DRCTL_*
+/// paths moved into the test's work dir.
+fn run_as_deployed(d: &Drctl, env: &BTreeMap<String, String>, args: &[String]) -> common::Run {
+    let mut c = d.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (k, v) in env {
+        c.env(k, relocate(d, k, v));
+    }
+    let out = c.output().unwrap();
+    common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn relocate(d: &Drctl, key: &str, value: &str) -> String {
+    match key {
+        "DRCTL_POLICIES" => d.path().join("policies").display().to_string(),
+        "DRCTL_CATALOG" => d.catalog().display().to_string(),
+        _ => value.to_string(),
+    }
+}
+
+fn backed_up(d: &Drctl, policy: &str) -> usize {
+    d.list(policy)
+        .iter()
+        .filter(|b| b["status"] == "complete")
+        .count()
+}
+
+#[test]
+fn crontab_line_is_valid_cron_and_backs_up() {
+    let text = deploy("cron/drctl");
+    let mut env = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=').filter(|(k, _)| !k.contains(' ')) {
+            env.insert(k.to_string(), v.to_string());
+            continue;
+        }
+        // /etc/cron.d format: five schedule fields, the user, the command.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert!(f.len() > 6, "not a cron.d job line: {line}");
+        let schedule = f[..5].join(" ");
+        drctl::schedule::Schedule::parse(&schedule).unwrap_or_else(|e| panic!("{schedule}: {e}"));
+        assert_eq!(f[5], "drctl", "jobs run as the drctl user: {line}");
+        assert_eq!(
+            f[6], "drctl",
+            "the command is drctl (found via PATH): {line}"
+        );
+        jobs.push(f[7..].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    }
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0], ["backup", "orders"]);
+    for key in ["DRCTL_POLICIES", "DRCTL_CATALOG", "PATH"] {
+        assert!(env.contains_key(key), "{key} not set in the crontab");
+    }
+    env.remove("PATH");
+    env.remove("SHELL");
+
+    let pg = PgCluster::start();
+    pg.createdb("orders");
+    pg.psql("orders", "CREATE TABLE t AS SELECT 1 AS id;");
+    let d = Drctl::new();
+    d.write_policy("orders", &pg.url("orders"), "");
+    run_as_deployed(&d, &env, &jobs[0]).ok();
+    assert_eq!(backed_up(&d, "orders"), 1);
+}
+
+/// `Key=Value` lines of a systemd unit, repeated keys in order.
+fn unit_entries(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn systemd_unit_verifies_and_its_command_serves_and_stops() {
+    let text = deploy("systemd/drctl.service");
+    let entries = unit_entries(&text);
+    let get = |k: &str| {
+        entries
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k}= missing"))
+    };
+    assert_eq!(
+        get("KillMode"),
+        "mixed",
+        "children must outlive SIGTERM for --grace"
+    );
+    assert_eq!(get("ExecReload"), "/bin/kill -HUP $MAINPID");
+    let exec = get("ExecStart");
+    let args: Vec<String> = exec.split_whitespace().map(String::from).collect();
+    assert_eq!(args[0], "/usr/local/bin/drctl");
+    assert_eq!(args[1], "daemon");
+
+    let local = exec.replacen("/usr/local/bin/drctl", Drctl::bin(), 1);
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let unit = dir.path().join("drctl.service");
+        std::fs::write(&unit, text.replace(&exec, &local)).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Parse problems are warnings with exit 0: any output is a failure.
+        assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    } else {
+        eprintln!("systemd-analyze not installed: unit syntax not verified");
+    }
+
+    let mut env = BTreeMap::new();
+    for (_, v) in entries.iter().filter(|(k, _)| k == "Environment") {
+        let (name, value) = v.split_once('=').unwrap();
+        env.insert(name.to_string(), value.to_string());
+    }
+    assert!(env.contains_key("DRCTL_POLICIES") && env.contains_key("DRCTL_CATALOG"));
+
+    let pg = PgCluster::start();
+    pg.createdb("orders");
+    let d = Drctl::new();
+    d.write_policy("orders", &pg.url("orders"), "");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let daemon_args: Vec<&str> = args[1..]
+        .iter()
+        .map(|a| {
+            if a == "127.0.0.1:9187" {
+                addr.as_str()
+            } else {
+                a.as_str()
+            }
+        })
+        .collect();
+    assert!(
+        daemon_args.contains(&addr.as_str()),
+        "--listen not found in {exec}"
+    );
+    let mut c = d.command(&daemon_args);
+    for (k, v) in &env {
+        c.env(k, relocate(&d, k, v));
+    }
+    let log = d.path().join("daemon.log");
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(&addr, "/healthz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "no /healthz: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.starts_with('{'),
+        "DRCTL_LOG_FORMAT=json ignored: {logged}"
+    );
+    let pid = guard.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(s) = guard.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(0));
+}
+
+/// The CronJob manifest as JSON, via PyYAML (the venv scripts/install-deps.sh
+/// makes has it; so do most Pythons).
+fn load_yaml(path: &str) -> Option<serde_json::Value> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    let python: PathBuf = if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy")
+                .join(path),
+        )
+        .output()
+        .ok()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No module named 'yaml'") {
+        return None;
+    }
+    assert!(out.status.success(), "{path} is not valid YAML: {stderr}");
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn kubernetes_cronjob_is_well_formed_and_its_container_backs_up() {
+    let text = deploy("kubernetes/cronjob.yaml");
+    assert!(!text.contains('\t'), "tabs in YAML");
+    let Some(v) = load_yaml("kubernetes/cronjob.yaml") else {
+        eprintln!("PyYAML not available: CronJob manifest not parsed");
+        return;
+    };
+    assert_eq!(v["apiVersion"], "batch/v1");
+    assert_eq!(v["kind"], "CronJob");
+    let spec = &v["spec"];
+    let schedule = spec["schedule"].as_str().unwrap();
+    drctl::schedule::Schedule::parse(schedule).unwrap_or_else(|e| panic!("{schedule}: {e}"));
+    assert_eq!(spec["concurrencyPolicy"], "Forbid");
+    let pod = &spec["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let c = &pod["containers"][0];
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(args, ["backup", "orders"]);
+    // Secrets come from a Secret, never inline values.
+    let mut env = BTreeMap::new();
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        assert!(
+            !name.contains("PASSWORD") && !name.contains("SECRET"),
+            "secret {name} inline"
+        );
+        env.insert(name.to_string(), e["value"].as_str().unwrap().to_string());
+    }
+    assert!(c["envFrom"][0]["secretRef"]["name"].is_string());
+    // Every mount names a volume the pod defines.
+    let volumes: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for m in c["volumeMounts"].as_array().unwrap() {
+        assert!(volumes.contains(&m["name"].as_str().unwrap()), "{m}");
+    }
+    let catalog_dir = Path::new(&env["DRCTL_CATALOG"]).parent().unwrap();
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| Path::new(m["mountPath"].as_str().unwrap()) == catalog_dir),
+        "the catalog is not on a volume"
+    );
+
+    let pg = PgCluster::start();
+    pg.createdb("orders");
+    pg.psql("orders", "CREATE TABLE t AS SELECT 1 AS id;");
+    let d = Drctl::new();
+    d.write_policy("orders", &pg.url("orders"), "");
+    run_as_deployed(&d, &env, &args).ok();
+    assert_eq!(backed_up(&d, "orders"), 1);
+}
