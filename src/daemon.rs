@@ -47,6 +47,9 @@ pub struct Options {
     pub max_concurrent: usize,
     pub catch_up: bool,
     pub grace: Duration,
+    /// Schedule and log, run nothing (scripts/bench-daemon.sh measures
+    /// scheduling drift with it).
+    pub dry_run: bool,
 }
 
 /// Longest the loop sleeps: bounds how stale /healthz and the RPO watch get.
@@ -229,7 +232,10 @@ pub async fn run(opts: Options) -> Result<()> {
                 continue;
             }
             let id = run_id();
-            tracing::info!(policy = %name, run_id = %id, "starting scheduled backup");
+            tracing::info!(policy = %name, run_id = %id, due = %rfc3339(next), "starting scheduled backup");
+            if opts.dry_run {
+                continue;
+            }
             running.insert(name.clone());
             let span = tracing::info_span!("job", policy = %name, run_id = %id);
             let fut = job(

@@ -21,26 +21,25 @@ pub struct PolicyMetrics {
     pub last_segment_at: Option<Timestamp>,
 }
 
+/// `rows` as `Catalog::status_rows` gives them (the newest complete backup
+/// among them); `totals` = (stored bytes of complete backups, failures).
 pub fn from_rows(
     status: PolicyStatus,
     rows: &[BackupRow],
+    totals: (u64, u64),
     last_segment_at: Option<Timestamp>,
 ) -> PolicyMetrics {
-    let complete: Vec<&BackupRow> = rows.iter().filter(|r| r.status == "complete").collect();
-    let last = complete
+    let last = rows
         .iter()
-        .filter(|r| r.finished_at.is_some())
+        .filter(|r| r.status == "complete" && r.finished_at.is_some())
         .max_by_key(|r| r.finished_at);
     PolicyMetrics {
         status,
         last_success_finished: last.and_then(|r| r.finished_at),
         last_success_duration: last
             .and_then(|r| Some(r.finished_at?.duration_since(r.started_at?).as_secs_f64())),
-        stored_bytes: complete
-            .iter()
-            .map(|r| r.stored_bytes.unwrap_or(0).max(0) as u64)
-            .sum(),
-        failures_total: rows.iter().filter(|r| r.status == "failed").count() as u64,
+        stored_bytes: totals.0,
+        failures_total: totals.1,
         last_segment_at,
     }
 }
@@ -153,14 +152,17 @@ pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<Polic
     let now = Timestamp::now();
     let statuses = crate::status::collect(policies, catalog, now).await?;
     let mut out = Vec::new();
+    let mut all = catalog.status_rows().await?;
+    let totals = catalog.totals().await?;
     for (p, s) in policies.iter().zip(statuses) {
-        let rows = catalog.list(Some(&p.name)).await?;
+        let rows = all.remove(&p.name).unwrap_or_default();
+        let totals = totals.get(&p.name).copied().unwrap_or_default();
         let last_segment_at = if p.backup.method == crate::policy::Method::Physical {
             s.window_end.as_deref().and_then(|t| t.parse().ok())
         } else {
             None
         };
-        out.push(from_rows(s, &rows, last_segment_at));
+        out.push(from_rows(s, &rows, totals, last_segment_at));
     }
     Ok(out)
 }

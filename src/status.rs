@@ -94,8 +94,9 @@ pub async fn collect(
     now: Timestamp,
 ) -> Result<Vec<PolicyStatus>> {
     let mut out = Vec::new();
+    let mut all = catalog.status_rows().await?;
     for p in policies {
-        let rows = catalog.list(Some(&p.name)).await?;
+        let rows = all.remove(&p.name).unwrap_or_default();
         let mut window = None;
         let mut error = None;
         if p.backup.method == Method::Physical {

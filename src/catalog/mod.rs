@@ -8,6 +8,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -70,6 +72,15 @@ fn pid_alive(pid: i64) -> bool {
     // Signal 0 checks existence without touching the process.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// What `row` reads: everything but the manifest JSON, which lists never
+/// need (a macro so queries stay static strings).
+macro_rules! row_columns {
+    () => {
+        "id, policy, method, status, started_at, finished_at, consistent_at, \
+         stored_bytes, source_bytes, repository, error, pinned"
+    };
 }
 
 impl Catalog {
@@ -191,6 +202,63 @@ impl Catalog {
         Ok(())
     }
 
+    /// Per policy, newest first, only the rows `status::summarize` looks
+    /// at: the newest and oldest complete backups (by consistent point) and
+    /// every other attempt since the newest complete one started. One query
+    /// whose size follows the policies, not the history: sqlx hands SQLite
+    /// rows over one by one, which over 30,000 rows costs 0.4 s.
+    pub async fn status_rows(&self) -> Result<HashMap<String, Vec<BackupRow>>> {
+        let rows = sqlx::query(
+            "with ok as (
+                 select policy, max(consistent_at) as newest, min(consistent_at) as oldest
+                 from backups where status = 'complete' group by policy
+             ), last as (
+                 select b.policy, max(b.started_at) as started
+                 from backups b join ok on ok.policy = b.policy and b.consistent_at = ok.newest
+                 where b.status = 'complete' group by b.policy
+             )
+             select b.id, b.policy, b.method, b.status, b.started_at, b.finished_at, b.consistent_at,
+                    b.stored_bytes, b.source_bytes, b.repository, b.error, b.pinned
+             from backups b
+             left join ok on ok.policy = b.policy
+             left join last on last.policy = b.policy
+             where (b.status = 'complete' and (b.consistent_at = ok.newest or b.consistent_at = ok.oldest))
+                or (b.status <> 'complete' and (last.started is null or b.started_at > last.started))
+             order by b.started_at desc, b.id desc",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<String, Vec<BackupRow>> = HashMap::new();
+        for r in rows.iter().map(Self::row) {
+            out.entry(r.policy.clone()).or_default().push(r);
+        }
+        Ok(out)
+    }
+
+    /// Per policy: bytes stored by complete backups, and failed attempts.
+    pub async fn totals(&self) -> Result<HashMap<String, (u64, u64)>> {
+        let rows = sqlx::query(
+            "select policy,
+                    coalesce(sum(case when status = 'complete' then stored_bytes end), 0),
+                    sum(status = 'failed')
+             from backups group by policy",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    (
+                        r.get::<i64, _>(1).max(0) as u64,
+                        r.get::<i64, _>(2).max(0) as u64,
+                    ),
+                )
+            })
+            .collect())
+    }
+
     fn row(r: &sqlx::sqlite::SqliteRow) -> BackupRow {
         BackupRow {
             id: r.get("id"),
@@ -212,17 +280,23 @@ impl Catalog {
     pub async fn list(&self, policy: Option<&str>) -> Result<Vec<BackupRow>> {
         let rows = match policy {
             Some(p) => {
-                sqlx::query(
-                    "select * from backups where policy = ? order by started_at desc, id desc",
-                )
+                sqlx::query(concat!(
+                    "select ",
+                    row_columns!(),
+                    " from backups where policy = ? order by started_at desc, id desc"
+                ))
                 .bind(p)
                 .fetch_all(&self.pool)
                 .await?
             }
             None => {
-                sqlx::query("select * from backups order by started_at desc, id desc")
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(concat!(
+                    "select ",
+                    row_columns!(),
+                    " from backups order by started_at desc, id desc"
+                ))
+                .fetch_all(&self.pool)
+                .await?
             }
         };
         Ok(rows.iter().map(Self::row).collect())
@@ -297,6 +371,75 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `status_rows` must summarize exactly like the full history does.
+    #[tokio::test]
+    async fn status_rows_summarize_like_the_full_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).await.unwrap();
+        let add = |id: &str, policy: &str, status: &str, minute: i64, consistent: Option<i64>| {
+            let at = |m: i64| {
+                rfc3339_micros(
+                    "2026-11-01T00:00:00Z".parse::<Timestamp>().unwrap()
+                        + jiff::SignedDuration::from_mins(m),
+                )
+            };
+            sqlx::query("insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, error) values (?, ?, 'dump', ?, ?, ?, ?, 10, ?)")
+                .bind(id.to_string())
+                .bind(policy.to_string())
+                .bind(status.to_string())
+                .bind(at(minute))
+                .bind(at(minute + 1))
+                .bind(consistent.map(at))
+                .bind((status == "failed").then(|| format!("error {id}")))
+                .execute(&cat.pool)
+        };
+        // a: failures before and after successes; b: never succeeded;
+        // c: a newer-started backup with an older consistent point.
+        for (id, p, st, m, c) in [
+            ("a1", "a", "failed", 0, None),
+            ("a2", "a", "complete", 10, Some(11)),
+            ("a3", "a", "failed", 20, None),
+            ("a4", "a", "complete", 30, Some(31)),
+            ("a5", "a", "complete", 40, Some(41)),
+            ("a6", "a", "failed", 50, None),
+            ("a7", "a", "failed", 60, None),
+            ("a8", "a", "running", 70, None),
+            ("b1", "b", "failed", 5, None),
+            ("b2", "b", "failed", 6, None),
+            ("c1", "c", "complete", 10, Some(50)),
+            ("c2", "c", "complete", 20, Some(30)),
+            ("c3", "c", "failed", 15, None),
+            ("c4", "c", "failed", 25, None),
+        ] {
+            add(id, p, st, m, c).await.unwrap();
+        }
+        let now: Timestamp = "2026-11-02T00:00:00Z".parse().unwrap();
+        let mut few = cat.status_rows().await.unwrap();
+        for name in ["a", "b", "c"] {
+            let policy = crate::policy::parse(
+                std::path::Path::new(&format!("{name}.toml")),
+                "[source]\nkind = \"postgres\"\nurl = \"postgres://u@h/db\"\n[backup]\nmethod = \"dump\"\nschedule = \"0 2 * * *\"\n[repository]\nurl = \"file:///tmp/r\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n",
+            )
+            .unwrap();
+            let full = cat.list(Some(name)).await.unwrap();
+            let part = few.remove(name).unwrap();
+            if name == "a" {
+                // a1, a3 (failures before a success) and a4 (neither
+                // newest nor oldest) are not needed.
+                let ids: Vec<&str> = part.iter().map(|r| r.id.as_str()).collect();
+                assert_eq!(ids, ["a8", "a7", "a6", "a5", "a2"]);
+            }
+            assert_eq!(
+                crate::status::summarize(&policy, &part, None, now),
+                crate::status::summarize(&policy, &full, None, now),
+                "{name}"
+            );
+        }
+        let t = cat.totals().await.unwrap();
+        assert_eq!(t["a"], (30, 4));
+        assert_eq!(t["b"], (0, 2));
+    }
 
     /// A fresh catalog holding one `running` row owned by this process.
     async fn with_running_row(dir: &tempfile::TempDir, id: &str) -> (Catalog, std::path::PathBuf) {

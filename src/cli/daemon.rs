@@ -22,6 +22,9 @@ pub struct Args {
     /// they are cancelled (e.g. 60s, 10m)
     #[arg(long, default_value = "5m", value_name = "DURATION")]
     grace: String,
+    /// Log every run when it is due, run nothing (for measuring the scheduler)
+    #[arg(long)]
+    dry_run: bool,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
@@ -40,6 +43,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         max_concurrent: a.max_concurrent,
         catch_up: !a.no_catch_up,
         grace: grace.unsigned_abs(),
+        dry_run: a.dry_run,
     })
     .await?;
     Ok(ExitCode::SUCCESS)
