@@ -242,7 +242,14 @@ fn daemon_runs_schedules_prunes_notifies_reloads_and_serves_metrics() {
     d.write_policy_text("shop", &shop);
     // A policy whose server is down: every run fails and must notify.
     d.write_policy("gone", "postgres://postgres@127.0.0.1:1/gone", "");
-    let gone = policy_text(&d, "gone", "*/3 * * * * *", "", &notify);
+    // With nothing recoverable its RPO is over any budget: notified once.
+    let gone = policy_text(
+        &d,
+        "gone",
+        "*/3 * * * * *",
+        "",
+        &format!("{notify}max_rpo = \"1h\"\n"),
+    );
     d.write_policy_text("gone", &gone);
 
     let port = common::free_port();
@@ -299,6 +306,20 @@ fn daemon_runs_schedules_prunes_notifies_reloads_and_serves_metrics() {
     assert_eq!(failure["time"].as_str().unwrap().len(), 20, "{failure}");
     // Successes are not sent unless asked for.
     assert!(got.lock().unwrap().iter().all(|b| b["policy"] != "shop"));
+    let rpo = wait_for(
+        "an rpo_exceeded webhook",
+        Duration::from_secs(30),
+        &daemon,
+        || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .find(|b| b["event"] == "rpo_exceeded")
+                .cloned()
+        },
+    );
+    assert_eq!(rpo["policy"], "gone", "{rpo}");
+    assert_eq!(rpo["message"], "no recoverable backup", "{rpo}");
 
     let (code, metrics) = http_get(&addr, "/metrics").unwrap();
     assert_eq!(code, 200, "{metrics}");
@@ -324,7 +345,13 @@ fn daemon_runs_schedules_prunes_notifies_reloads_and_serves_metrics() {
     // SIGHUP: a new policy is picked up, and a policy broken on disk keeps
     // running in its last good version.
     d.write_policy("late", &pg.url("shop"), "");
-    let late = policy_text(&d, "late", "*/2 * * * * *", "keep_last = 1\n", "");
+    let late = policy_text(
+        &d,
+        "late",
+        "*/2 * * * * *",
+        "keep_last = 1\n",
+        &format!("{notify}on_success = true\n"),
+    );
     d.write_policy_text("late", &late);
     d.write_policy_text("shop", "[backup\nthis is not TOML");
     let before = seen.len();
@@ -349,9 +376,31 @@ fn daemon_runs_schedules_prunes_notifies_reloads_and_serves_metrics() {
             (seen.len() >= before + 2).then_some(())
         },
     );
+    let ok = wait_for(
+        "a backup_succeeded webhook",
+        Duration::from_secs(30),
+        &daemon,
+        || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .find(|b| b["policy"] == "late" && b["event"] == "backup_succeeded")
+                .cloned()
+        },
+    );
+    assert!(ok["message"].as_str().unwrap().contains("complete"), "{ok}");
     let log = daemon.log();
     assert!(log.contains("invalid policy"), "{log}");
     assert!(log.contains("keeping the previous valid version"), "{log}");
+
+    // The RPO notification is sent once, not on every turn of the loop.
+    let rpo_sent = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b["event"] == "rpo_exceeded")
+        .count();
+    assert_eq!(rpo_sent, 1);
 
     daemon.signal("-TERM");
     assert_eq!(
