@@ -50,6 +50,8 @@ pub struct Options {
     /// Schedule and log, run nothing (scripts/bench-daemon.sh measures
     /// scheduling drift with it).
     pub dry_run: bool,
+    /// For scheduled drills (`[drill] schedule`): the age identity.
+    pub identity: Option<PathBuf>,
 }
 
 /// Longest the loop sleeps: bounds how stale /healthz and the RPO watch get.
@@ -70,6 +72,14 @@ struct Entry {
     policy: Policy,
     schedule: Option<Schedule>,
     next: Option<Timestamp>,
+    drill_schedule: Option<Schedule>,
+    drill_next: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Backup,
+    Drill,
 }
 
 fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
@@ -103,12 +113,27 @@ fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> BTreeMap<String
                 .as_ref()
                 .and_then(|s| s.next_after(now, &p.timezone())),
         };
+        let drill_expr = p.drill.as_ref().and_then(|d| d.schedule.clone());
+        let drill_schedule = drill_expr.as_deref().and_then(|s| Schedule::parse(s).ok());
+        let drill_next = match old.get(&p.name) {
+            Some(o)
+                if o.policy.drill.as_ref().and_then(|d| d.schedule.clone()) == drill_expr
+                    && o.policy.backup.timezone == p.backup.timezone =>
+            {
+                o.drill_next
+            }
+            _ => drill_schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now, &p.timezone())),
+        };
         out.insert(
             p.name.clone(),
             Entry {
                 policy: p,
                 schedule,
                 next,
+                drill_schedule,
+                drill_next,
             },
         );
     }
@@ -131,6 +156,54 @@ fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> BTreeMap<String
 
 fn run_id() -> String {
     format!("{:08x}", rand::random::<u32>())
+}
+
+async fn drill_job(
+    shared: Arc<Shared>,
+    catalog_path: PathBuf,
+    sem: Arc<Semaphore>,
+    policy: Policy,
+    identity: Option<PathBuf>,
+) -> Result<()> {
+    let _permit = sem.acquire_owned().await.context("scheduler closed")?;
+    let opts = crate::drill::Options {
+        point: crate::drill::Point::Latest,
+        scratch_url: None,
+        keep: false,
+        identity,
+        catalog_path,
+    };
+    let r = match crate::drill::run(&policy, &opts, &shared.catalog).await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!("scheduled drill could not run: {msg}");
+            crate::notify::send(&policy, crate::notify::Event::DrillFailed, &msg).await;
+            return Err(e);
+        }
+    };
+    if r.passed {
+        tracing::info!(
+            rto_seconds = r.rto_seconds,
+            rpo_seconds = r.rpo_seconds,
+            "scheduled drill passed"
+        );
+        return Ok(());
+    }
+    let failed: Vec<String> = r
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    let msg = format!(
+        "drill of backup {} failed: {}",
+        r.backup_id.as_deref().unwrap_or("-"),
+        failed.join("; ")
+    );
+    tracing::error!("{msg}");
+    crate::notify::send(&policy, crate::notify::Event::DrillFailed, &msg).await;
+    Err(anyhow::anyhow!(msg))
 }
 
 async fn job(
@@ -191,6 +264,12 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
     for e in entries.values() {
+        if let (Some(s), Some(n)) = (&e.drill_schedule, e.drill_next) {
+            tracing::info!(policy = %e.policy.name, schedule = %s.expr(), next = %rfc3339(n), "drill scheduled");
+            if opts.identity.is_none() {
+                tracing::error!(policy = %e.policy.name, "[drill] schedule set but the daemon has no --identity (DRCTL_IDENTITY): its drills will fail");
+            }
+        }
         match (&e.schedule, e.next) {
             (Some(s), Some(n)) => {
                 tracing::info!(policy = %e.policy.name, schedule = %s.expr(), next = %rfc3339(n), "scheduled")
@@ -211,14 +290,39 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let sem = Arc::new(Semaphore::new(opts.max_concurrent.max(1)));
-    let mut jobs: JoinSet<(String, Result<()>)> = JoinSet::new();
-    let mut running: BTreeSet<String> = BTreeSet::new();
+    let mut jobs: JoinSet<((String, Kind), Result<()>)> = JoinSet::new();
+    let mut running: BTreeSet<(String, Kind)> = BTreeSet::new();
     let mut over_rpo: BTreeSet<String> = BTreeSet::new();
     let mut last_rpo_check = std::time::Instant::now() - TICK;
     loop {
         let now = Timestamp::now();
         shared.heartbeat.store(now.as_second(), Ordering::Relaxed);
         for e in entries.values_mut() {
+            if let Some(due) = e.drill_next.filter(|n| *n <= now) {
+                e.drill_next = e
+                    .drill_schedule
+                    .as_ref()
+                    .and_then(|s| s.next_after(now, &e.policy.timezone()));
+                let key = (e.policy.name.clone(), Kind::Drill);
+                let id = run_id();
+                if running.contains(&key) {
+                    tracing::warn!(policy = %key.0, due = %rfc3339(due), "previous drill still going; skipping this one");
+                } else {
+                    tracing::info!(policy = %key.0, run_id = %id, due = %rfc3339(due), "starting scheduled drill");
+                    if !opts.dry_run {
+                        running.insert(key.clone());
+                        let span = tracing::info_span!("drill", policy = %key.0, run_id = %id);
+                        let fut = drill_job(
+                            shared.clone(),
+                            opts.catalog_path.clone(),
+                            sem.clone(),
+                            e.policy.clone(),
+                            opts.identity.clone(),
+                        );
+                        jobs.spawn(async move { (key, fut.await) }.instrument(span));
+                    }
+                }
+            }
             let Some(next) = e.next.filter(|n| *n <= now) else {
                 continue;
             };
@@ -227,7 +331,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 .as_ref()
                 .and_then(|s| s.next_after(now, &e.policy.timezone()));
             let name = e.policy.name.clone();
-            if running.contains(&name) {
+            if running.contains(&(name.clone(), Kind::Backup)) {
                 tracing::warn!(policy = %name, due = %rfc3339(next), "previous run still going; skipping this one");
                 continue;
             }
@@ -236,7 +340,7 @@ pub async fn run(opts: Options) -> Result<()> {
             if opts.dry_run {
                 continue;
             }
-            running.insert(name.clone());
+            running.insert((name.clone(), Kind::Backup));
             let span = tracing::info_span!("job", policy = %name, run_id = %id);
             let fut = job(
                 shared.clone(),
@@ -244,7 +348,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 sem.clone(),
                 e.policy.clone(),
             );
-            jobs.spawn(async move { (name, fut.await) }.instrument(span));
+            jobs.spawn(async move { ((name, Kind::Backup), fut.await) }.instrument(span));
         }
         if last_rpo_check.elapsed() >= TICK {
             last_rpo_check = std::time::Instant::now();
@@ -252,7 +356,8 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         let until_next = entries
             .values()
-            .filter_map(|e| e.next)
+            .flat_map(|e| [e.next, e.drill_next])
+            .flatten()
             .min()
             .map(|n| n.duration_since(Timestamp::now()).unsigned_abs())
             .unwrap_or(TICK)

@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod cli;
 pub mod daemon;
+pub mod drill;
 pub mod error;
 pub mod inventory;
 pub mod jobs;

@@ -19,6 +19,8 @@ pub struct PolicyMetrics {
     pub stored_bytes: u64,
     pub failures_total: u64,
     pub last_segment_at: Option<Timestamp>,
+    /// Finish time of the newest drill that passed.
+    pub last_drill_success: Option<Timestamp>,
 }
 
 /// `rows` as `Catalog::status_rows` gives them (the newest complete backup
@@ -41,6 +43,7 @@ pub fn from_rows(
         stored_bytes: totals.0,
         failures_total: totals.1,
         last_segment_at,
+        last_drill_success: None,
     }
 }
 
@@ -68,7 +71,7 @@ fn secs(t: Timestamp) -> f64 {
 /// policy that has a value.
 pub fn render(all: &[PolicyMetrics]) -> String {
     type Get = fn(&PolicyMetrics) -> Option<f64>;
-    let families: [(&str, &str, &str, Get); 8] = [
+    let families: [(&str, &str, &str, Get); 11] = [
         (
             "drctl_backup_last_success_timestamp_seconds",
             "gauge",
@@ -118,6 +121,24 @@ pub fn render(all: &[PolicyMetrics]) -> String {
             |m| m.last_segment_at.map(secs),
         ),
         (
+            "drctl_drill_last_success_timestamp_seconds",
+            "gauge",
+            "When the newest passing restore drill finished (Unix time).",
+            |m| m.last_drill_success.map(secs),
+        ),
+        (
+            "drctl_drill_rto_seconds",
+            "gauge",
+            "Recovery time measured by the newest drill: start until the restored database answered.",
+            |m| m.status.last_drill_rto_seconds,
+        ),
+        (
+            "drctl_drill_rpo_seconds",
+            "gauge",
+            "Recovery point measured by the newest drill: target time minus the newest data present.",
+            |m| m.status.last_drill_rpo_seconds,
+        ),
+        (
             "drctl_backup_next_run_timestamp_seconds",
             "gauge",
             "When the next scheduled backup is due (Unix time).",
@@ -154,6 +175,7 @@ pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<Polic
     let mut out = Vec::new();
     let mut all = catalog.status_rows().await?;
     let totals = catalog.totals().await?;
+    let drills = catalog.last_drills().await?;
     for (p, s) in policies.iter().zip(statuses) {
         let rows = all.remove(&p.name).unwrap_or_default();
         let totals = totals.get(&p.name).copied().unwrap_or_default();
@@ -162,7 +184,12 @@ pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<Polic
         } else {
             None
         };
-        out.push(from_rows(s, &rows, totals, last_segment_at));
+        let mut pm = from_rows(s, &rows, totals, last_segment_at);
+        pm.last_drill_success = drills
+            .get(&p.name)
+            .and_then(|(_, ok)| ok.as_ref())
+            .map(|d| d.finished_at);
+        out.push(pm);
     }
     Ok(out)
 }
@@ -185,6 +212,8 @@ mod tests {
             last_error: None,
             last_drill_at: None,
             last_drill_passed: None,
+            last_drill_rto_seconds: None,
+            last_drill_rpo_seconds: None,
             next_backup_at: Some("2026-11-23T02:00:00Z".into()),
             error: None,
         };
@@ -195,6 +224,7 @@ mod tests {
             stored_bytes: 1024,
             failures_total: 3,
             last_segment_at: None,
+            last_drill_success: None,
         };
         let mut unknown = st("unknown", None);
         unknown.error = Some("repository unreachable".into());

@@ -19,6 +19,7 @@ pub enum Event {
     BackupSucceeded,
     PruneFailed,
     RpoExceeded,
+    DrillFailed,
 }
 
 impl Event {
@@ -28,6 +29,7 @@ impl Event {
             Event::BackupSucceeded => "backup succeeded",
             Event::PruneFailed => "prune failed",
             Event::RpoExceeded => "RPO over budget",
+            Event::DrillFailed => "restore drill failed",
         }
     }
 }

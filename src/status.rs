@@ -30,6 +30,9 @@ pub struct PolicyStatus {
     pub last_error: Option<String>,
     pub last_drill_at: Option<String>,
     pub last_drill_passed: Option<bool>,
+    /// RTO and RPO measured by the newest drill.
+    pub last_drill_rto_seconds: Option<f64>,
+    pub last_drill_rpo_seconds: Option<f64>,
     pub next_backup_at: Option<String>,
     /// Why part of this could not be determined (the repository was not
     /// readable, say): an unknown state is a failure, not a success.
@@ -83,6 +86,8 @@ pub fn summarize(
             .map(|e| e.lines().next().unwrap_or("").to_string()),
         last_drill_at: None,
         last_drill_passed: None,
+        last_drill_rto_seconds: None,
+        last_drill_rpo_seconds: None,
         next_backup_at: next.map(rfc3339),
         error: None,
     }
@@ -95,6 +100,7 @@ pub async fn collect(
 ) -> Result<Vec<PolicyStatus>> {
     let mut out = Vec::new();
     let mut all = catalog.status_rows().await?;
+    let drills = catalog.last_drills().await?;
     for p in policies {
         let rows = all.remove(&p.name).unwrap_or_default();
         let mut window = None;
@@ -111,6 +117,12 @@ pub async fn collect(
             }
         }
         let mut s = summarize(p, &rows, window, now);
+        if let Some((last, _)) = drills.get(&p.name) {
+            s.last_drill_at = Some(rfc3339(last.finished_at));
+            s.last_drill_passed = Some(last.passed);
+            s.last_drill_rto_seconds = last.rto_seconds;
+            s.last_drill_rpo_seconds = last.rpo_seconds;
+        }
         if error.is_some() {
             s.rpo_seconds = None;
             s.error = error;

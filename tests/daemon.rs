@@ -534,3 +534,59 @@ fn sigterm_mid_backup_cancels_cleanly_and_kill_9_is_repaired() {
     assert_eq!(with_status(&r, "running"), 0, "{r:?}");
     drop(lock);
 }
+
+#[test]
+fn daemon_runs_scheduled_drills_and_notifies_a_failing_one() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g;",
+    );
+    let (hook, got) = webhook();
+    let d = Drctl::new();
+    d.write_policy(
+        "shop",
+        &pg.url("shop"),
+        &format!(
+            "\n[notify]\nwebhook_url = \"{hook}\"\n\n[drill]\nschedule = \"*/2 * * * * *\"\n[[drill.checks]]\nname = \"ten rows\"\nsql = \"select count(*) from t\"\nexpect = \"11\"\n"
+        ),
+    );
+    d.backup("shop");
+    let id = d.identity_arg();
+    let mut daemon = Daemon::start(&d, &["--no-catch-up", "--identity", &id]);
+    let n = wait_for(
+        "a drill_failed webhook",
+        Duration::from_secs(60),
+        &daemon,
+        || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .find(|b| b["event"] == "drill_failed")
+                .cloned()
+        },
+    );
+    let msg = n["message"].as_str().unwrap();
+    assert!(msg.contains("ten rows: expected = 11, got '10'"), "{n}");
+    daemon.signal("-TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(60)),
+        0,
+        "{}",
+        daemon.log()
+    );
+    let s = d.run(&["status", "shop", "--output", "json"]).ok().json();
+    assert_eq!(s[0]["last_drill_passed"], false, "{s}");
+    assert!(
+        s[0]["last_drill_rto_seconds"].as_f64().unwrap() > 0.0,
+        "{s}"
+    );
+    let prefix = format!("drctl-scratch-{}-", daemon.child.id());
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "scratch dirs left by the daemon: {left:?}");
+}

@@ -28,6 +28,19 @@ pub struct Catalog {
     path: std::path::PathBuf,
 }
 
+/// One drill as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillRow {
+    pub id: String,
+    pub policy: String,
+    pub backup_id: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub passed: bool,
+    pub rto_seconds: Option<f64>,
+    pub rpo_seconds: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupRow {
     pub id: String,
@@ -352,6 +365,59 @@ impl Catalog {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Record a finished drill (`report` is its JSON report).
+    pub async fn insert_drill(&self, d: &DrillRow, report: &str) -> Result<()> {
+        sqlx::query("insert into drills (id, policy, backup_id, started_at, finished_at, passed, rto_seconds, rpo_seconds, report) values (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&d.id)
+            .bind(&d.policy)
+            .bind(&d.backup_id)
+            .bind(rfc3339_micros(d.started_at))
+            .bind(rfc3339_micros(d.finished_at))
+            .bind(d.passed as i64)
+            .bind(d.rto_seconds)
+            .bind(d.rpo_seconds)
+            .bind(report)
+            .execute(&self.pool)
+            .await
+            .context("recording the drill in the catalog")?;
+        Ok(())
+    }
+
+    /// Per policy: its newest drill, and its newest passed drill.
+    pub async fn last_drills(&self) -> Result<HashMap<String, (DrillRow, Option<DrillRow>)>> {
+        let rows = sqlx::query(
+            "select id, policy, backup_id, started_at, finished_at, passed, rto_seconds, rpo_seconds
+             from drills d
+             where started_at = (select max(started_at) from drills where policy = d.policy)
+                or started_at = (select max(started_at) from drills where policy = d.policy and passed = 1)
+             order by started_at desc",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<String, (DrillRow, Option<DrillRow>)> = HashMap::new();
+        for r in &rows {
+            let d = DrillRow {
+                id: r.get(0),
+                policy: r.get(1),
+                backup_id: r.get(2),
+                started_at: ts(r.get(3)).unwrap_or_default(),
+                finished_at: ts(r.get(4)).unwrap_or_default(),
+                passed: r.get::<i64, _>(5) != 0,
+                rto_seconds: r.get(6),
+                rpo_seconds: r.get(7),
+            };
+            match out.get_mut(&d.policy) {
+                None => {
+                    let passed = d.passed.then(|| d.clone());
+                    out.insert(d.policy.clone(), (d, passed));
+                }
+                Some((_, ok @ None)) if d.passed => *ok = Some(d),
+                Some(_) => {}
+            }
+        }
+        Ok(out)
     }
 
     pub async fn last_verify(&self, id: &str) -> Result<Option<VerifyRow>> {

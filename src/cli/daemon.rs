@@ -25,6 +25,9 @@ pub struct Args {
     /// Log every run when it is due, run nothing (for measuring the scheduler)
     #[arg(long)]
     dry_run: bool,
+    /// age identity for scheduled drills ([drill] schedule)
+    #[arg(long, env = "DRCTL_IDENTITY", value_name = "FILE")]
+    identity: Option<std::path::PathBuf>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
@@ -44,6 +47,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         catch_up: !a.no_catch_up,
         grace: grace.unsigned_abs(),
         dry_run: a.dry_run,
+        identity: a.identity.map(|p| std::path::absolute(&p).unwrap_or(p)),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

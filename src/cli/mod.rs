@@ -4,6 +4,7 @@
 mod backup;
 mod catalog_cmd;
 mod daemon;
+mod drill;
 mod init;
 mod list;
 mod pin;
@@ -91,6 +92,8 @@ enum Command {
     Unpin(pin::Args),
     /// Per policy: last backup, RPO now, recoverable window, failures, next run
     Status(status::Args),
+    /// Prove a backup restores: scratch server, checks, measured RTO/RPO, JUnit
+    Drill(drill::Args),
     /// List backups, newest first
     List(list::Args),
     /// Show a backup's manifest and verification state
@@ -322,6 +325,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => prune::run(&ctx, a).await,
         Command::Daemon(a) => daemon::run(&ctx, a).await,
         Command::Status(a) => status::run(&ctx, a).await,
+        Command::Drill(a) => drill::run(&ctx, a).await,
         Command::Pin(a) => pin::run(&ctx, a, true).await,
         Command::Unpin(a) => pin::run(&ctx, a, false).await,
         Command::Show(a) => show::run(&ctx, a).await,

@@ -31,8 +31,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         ctx.print_json(&all)?;
     } else {
         println!(
-            "{:<16} {:<9} {:<21} {:>10} {:<44} {:>8}  NEXT RUN",
-            "POLICY", "METHOD", "LAST BACKUP", "RPO", "WINDOW", "FAILURES"
+            "{:<16} {:<9} {:<21} {:>10} {:<44} {:>8}  {:<28} NEXT RUN",
+            "POLICY", "METHOD", "LAST BACKUP", "RPO", "WINDOW", "FAILURES", "LAST DRILL"
         );
         for s in &all {
             let window = match (&s.window_start, &s.window_end) {
@@ -40,15 +40,20 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 _ => "-".into(),
             };
             println!(
-                "{:<16} {:<9} {:<21} {:>10} {:<44} {:>8}  {}",
+                "{:<16} {:<9} {:<21} {:>10} {:<44} {:>8}  {:<28} {}",
                 s.policy,
-                s.method,
+                s.method.to_string(),
                 s.last_backup_at.as_deref().unwrap_or("never"),
                 s.rpo_seconds
                     .map(|r| human_duration(jiff::SignedDuration::from_secs(r)))
                     .unwrap_or_else(|| "-".into()),
                 window,
                 s.failures_since_success,
+                match (&s.last_drill_at, s.last_drill_passed) {
+                    (Some(at), Some(true)) => format!("passed {at}"),
+                    (Some(at), _) => format!("FAILED {at}"),
+                    _ => "never".into(),
+                },
                 s.next_backup_at.as_deref().unwrap_or("-"),
             );
             if let Some(e) = &s.error {

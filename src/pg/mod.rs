@@ -7,6 +7,7 @@
 pub mod dump;
 pub mod physical;
 pub mod replication;
+pub mod scratch;
 
 use std::collections::HashMap;
 use std::process::Stdio;

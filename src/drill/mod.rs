@@ -1,0 +1,437 @@
+//! `drctl drill`: prove a backup restores, into a real server, and that the
+//! data in it is right.
+//!
+//! A drill picks its restore point, restores it into a scratch server
+//! (`pg::scratch`, or a database on `--scratch URL`), measures RTO (drill
+//! start until the restored database answers) and RPO (target time minus
+//! the newest data present), runs the built-in checks (every table of the
+//! manifest with its row count; amcheck on btree indexes when available)
+//! and the policy's `[[drill.checks]]`, holds the results against
+//! `max_rto`/`max_rpo`, and records the report in the catalog. Anything that
+//! goes wrong after the plan is fixed is a failed check in the report, not
+//! an early exit: CI gets a JUnit file saying what broke.
+
+pub mod check;
+pub mod junit;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::catalog::{Catalog, DrillRow};
+use crate::manifest::Manifest;
+use crate::pg::{Conn, ConnUrl};
+use crate::policy::{Method, Policy};
+use crate::timeparse::rfc3339;
+use check::CheckResult;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Point {
+    /// The newest backup; RPO is measured against the drill's start.
+    Latest,
+    Time(Timestamp),
+    /// A random backup, as AWS Backup's restore testing picks one.
+    Random,
+}
+
+pub struct Options {
+    pub point: Point,
+    pub scratch_url: Option<String>,
+    pub keep: bool,
+    pub identity: Option<PathBuf>,
+    pub catalog_path: PathBuf,
+}
+
+/// The drill report (`--output json`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub policy: String,
+    pub passed: bool,
+    pub backup_id: Option<String>,
+    pub target_time: Option<String>,
+    pub started_at: String,
+    pub rto_seconds: Option<f64>,
+    pub rpo_seconds: Option<f64>,
+    pub duration_seconds: f64,
+    pub checks: Vec<CheckResult>,
+    /// Why the drill could not run at all (no backup to drill, say).
+    pub error: Option<String>,
+    /// With --keep: how to reach the restored server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<String>,
+}
+
+/// Pick the backup a drill restores: (manifest, target time).
+pub fn choose(
+    complete: &[Manifest],
+    point: Point,
+    now: Timestamp,
+    pick: impl FnOnce(usize) -> usize,
+) -> Result<(Manifest, Timestamp), String> {
+    let mut sorted: Vec<&Manifest> = complete.iter().collect();
+    sorted.sort_by_key(|m| m.consistent_at);
+    let Some(newest) = sorted.last() else {
+        return Err("no complete backup to drill; run `drctl backup` first".into());
+    };
+    match point {
+        Point::Latest => Ok(((*newest).clone(), now)),
+        Point::Random => {
+            let m = sorted[pick(sorted.len()) % sorted.len()];
+            Ok((m.clone(), m.consistent_at))
+        }
+        Point::Time(t) => sorted
+            .iter()
+            .rev()
+            .find(|m| m.consistent_at <= t)
+            .map(|m| ((*m).clone(), t))
+            .ok_or_else(|| {
+                format!(
+                    "no backup at or before {}; the oldest is consistent at {}",
+                    rfc3339(t),
+                    rfc3339(sorted[0].consistent_at)
+                )
+            }),
+    }
+}
+
+fn seconds(d: &Option<String>) -> Option<f64> {
+    d.as_deref()
+        .and_then(|v| crate::timeparse::parse_duration(v).ok())
+        .map(|d| d.as_secs_f64())
+}
+
+/// Run one drill and record it. Errors only for what stops a drill before
+/// it starts (no repository, unreadable policy); everything after is in the
+/// report.
+pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<Report> {
+    let started = Timestamp::now();
+    let t0 = Instant::now();
+    let mut report = Report {
+        policy: policy.name.clone(),
+        passed: false,
+        backup_id: None,
+        target_time: None,
+        started_at: rfc3339(started),
+        rto_seconds: None,
+        rpo_seconds: None,
+        duration_seconds: 0.0,
+        checks: Vec::new(),
+        error: None,
+        scratch: None,
+    };
+    if policy.backup.method != Method::Dump {
+        return Err(crate::error::usage(format!(
+            "policy {}: drills of {} backups are not supported by this drctl build yet; dump policies drill today",
+            policy.name, policy.backup.method
+        )));
+    }
+    let repo = crate::backup::open_repo(policy).await?;
+    let inv = crate::inventory::scan(&*repo, Some(&policy.name)).await?;
+    match choose(&inv.complete, opts.point, started, |n| {
+        rand::random::<u64>() as usize % n
+    }) {
+        Ok((m, target)) => {
+            report.backup_id = Some(m.id.clone());
+            report.target_time = Some(rfc3339(target));
+            drill_dump(policy, opts, &m, target, t0, &mut report).await;
+        }
+        Err(e) => {
+            report.error = Some(e.clone());
+            report.checks.push(CheckResult::fail("restore", e));
+        }
+    }
+    report.passed = report.error.is_none() && report.checks.iter().all(|c| c.passed);
+    report.duration_seconds = t0.elapsed().as_secs_f64();
+    let json = serde_json::to_string(&report)?;
+    catalog
+        .insert_drill(
+            &DrillRow {
+                id: format!(
+                    "{}-{:04x}",
+                    started.strftime("%Y%m%dT%H%M%SZ"),
+                    rand::random::<u16>()
+                ),
+                policy: policy.name.clone(),
+                backup_id: report.backup_id.clone(),
+                started_at: started,
+                finished_at: Timestamp::now(),
+                passed: report.passed,
+                rto_seconds: report.rto_seconds,
+                rpo_seconds: report.rpo_seconds,
+            },
+            &json,
+        )
+        .await?;
+    Ok(report)
+}
+
+/// Where the restored database lives for the drill's duration.
+enum Place {
+    Scratch(crate::pg::scratch::Scratch),
+    /// A database created on a given server, dropped afterwards.
+    Given {
+        server: Conn,
+        db: String,
+    },
+}
+
+async fn drill_dump(
+    policy: &Policy,
+    opts: &Options,
+    m: &Manifest,
+    target: Timestamp,
+    t0: Instant,
+    report: &mut Report,
+) {
+    let major = m.source.server_version_num / 10000;
+    let (place, url) = match &opts.scratch_url {
+        Some(u) => {
+            let server = match ConnUrl::parse(u) {
+                Ok(url) => Conn::new(url, None),
+                Err(e) => Err(anyhow!("--scratch: {e}")),
+            };
+            match server {
+                Ok(server) => {
+                    let db = format!(
+                        "drctl_drill_{}_{:08x}",
+                        policy.name.replace('-', "_"),
+                        rand::random::<u32>()
+                    );
+                    let url = server.url.with_database(&db).as_str().to_string();
+                    (Place::Given { server, db }, url)
+                }
+                Err(e) => {
+                    report
+                        .checks
+                        .push(CheckResult::fail("restore", format!("{e:#}")));
+                    return;
+                }
+            }
+        }
+        None => match crate::pg::scratch::start(major, opts.keep).await {
+            Ok(s) => {
+                let db = if m.source.database.is_empty() {
+                    policy.name.clone()
+                } else {
+                    m.source.database.clone()
+                };
+                let url = s.url(&db);
+                (Place::Scratch(s), url)
+            }
+            Err(e) => {
+                report.checks.push(CheckResult::fail(
+                    "restore",
+                    format!("cannot start a scratch server: {e:#}"),
+                ));
+                return;
+            }
+        },
+    };
+
+    let req = crate::restore::Request {
+        target: crate::plan::Target::Backup(m.id.clone()),
+        database: Some(url.clone()),
+        identity: opts.identity.clone(),
+        jobs: 1,
+        dry_run: false,
+        force: false,
+        // The scratch server has none of the source's roles.
+        no_owner: true,
+        no_acl: true,
+        lease_catalog: Some(opts.catalog_path.clone()),
+    };
+    let restored = crate::restore::run(policy, &req).await;
+    let target_conn =
+        ConnUrl::parse(&url).and_then(|u| Conn::new(u, None).map_err(|e| e.to_string()));
+    match (&restored, &target_conn) {
+        (Ok(o), Ok(conn)) => {
+            // RTO ends when the restored database answers a query.
+            match conn.query_one("select 1", &[]).await {
+                Ok(_) => {
+                    report.rto_seconds = Some(t0.elapsed().as_secs_f64());
+                    report.checks.push(CheckResult::pass(
+                        "restore",
+                        format!("backup {} restored in {:.1}s", m.id, o.duration_seconds),
+                    ));
+                }
+                Err(e) => report.checks.push(CheckResult::fail(
+                    "restore",
+                    format!("restored, but the database does not answer: {e:#}"),
+                )),
+            }
+        }
+        (Err(e), _) => report
+            .checks
+            .push(CheckResult::fail("restore", format!("{e:#}"))),
+        (_, Err(e)) => report
+            .checks
+            .push(CheckResult::fail("restore", e.to_string())),
+    }
+    // For a dump the newest data present is its consistent point.
+    report.rpo_seconds = Some(
+        target
+            .duration_since(m.consistent_at)
+            .as_secs_f64()
+            .max(0.0),
+    );
+
+    if let (Some(_), Ok(conn)) = (report.rto_seconds, &target_conn) {
+        report.checks.push(row_count_check(conn, m).await);
+        if let Some(c) = amcheck(conn).await {
+            report.checks.push(c);
+        }
+        for c in policy
+            .drill
+            .as_ref()
+            .map(|d| d.checks.as_slice())
+            .unwrap_or(&[])
+        {
+            let answer = conn.query(&c.sql, &[]).await.map_err(|e| format!("{e:#}"));
+            report.checks.push(check::judge(c, answer));
+        }
+    }
+    let budgets = policy.drill.clone().unwrap_or_default();
+    report.checks.push(check::budget(
+        "RTO",
+        report.rto_seconds,
+        seconds(&budgets.max_rto),
+    ));
+    report.checks.push(check::budget(
+        "RPO",
+        report.rpo_seconds,
+        seconds(&budgets.max_rpo),
+    ));
+
+    match place {
+        Place::Scratch(s) if s.kept() => {
+            // SAFETY: geteuid has no preconditions.
+            let as_owner = if unsafe { libc::geteuid() } == 0 {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            };
+            report.scratch = Some(format!(
+                "psql {url}   (when done: {as_owner}{} -D {}/data stop -m fast && rm -rf {})",
+                s.bindir.join("pg_ctl").display(),
+                s.dir().display(),
+                s.dir().display()
+            ));
+        }
+        Place::Scratch(s) => drop(s),
+        Place::Given { server, db } if !opts.keep => {
+            let admin = server.with_database("postgres");
+            if let Err(e) = admin
+                .query(
+                    &format!("drop database if exists \"{db}\" with (force)"),
+                    &[],
+                )
+                .await
+            {
+                tracing::warn!("could not drop the drill database {db}: {e:#}");
+            }
+        }
+        Place::Given { .. } => report.scratch = Some(format!("psql {url}")),
+    }
+}
+
+async fn row_count_check(conn: &Conn, m: &Manifest) -> CheckResult {
+    let exact = m.row_counts == "exact";
+    let counted = async {
+        let mut s = crate::pg::Session::open(conn).await?;
+        let t = crate::pg::dump::row_counts(&mut s, crate::policy::RowCounts::Exact).await;
+        s.close().await.ok();
+        t
+    }
+    .await;
+    match counted {
+        Ok(actual) => check::row_counts(&m.tables, &actual, exact),
+        Err(e) => CheckResult::fail("tables and row counts", format!("error: {e:#}")),
+    }
+}
+
+/// amcheck's bt_index_check on every btree index of user schemas, when the
+/// server has the extension (postgresql-contrib).
+async fn amcheck(conn: &Conn) -> Option<CheckResult> {
+    const NAME: &str = "amcheck (btree indexes)";
+    let available = conn
+        .query_one(
+            "select count(*) from pg_available_extensions where name = 'amcheck'",
+            &[],
+        )
+        .await
+        .ok()?;
+    if available.trim() != "1" {
+        return None;
+    }
+    let sql = "create extension if not exists amcheck;
+        select count(bt_index_check(c.oid)) || '' from pg_index i
+        join pg_class c on c.oid = i.indexrelid
+        join pg_am a on a.oid = c.relam
+        join pg_namespace n on n.oid = c.relnamespace
+        where a.amname = 'btree' and i.indisvalid and i.indisready
+          and c.relpersistence <> 't'
+          and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_toast';";
+    Some(match conn.query(sql, &[]).await {
+        Ok(rows) => {
+            let n = rows
+                .last()
+                .and_then(|r| r.first())
+                .cloned()
+                .unwrap_or_default();
+            CheckResult::pass(NAME, format!("{n} indexes checked"))
+        }
+        Err(e) => CheckResult::fail(NAME, format!("error: {e:#}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, at: &str) -> Manifest {
+        let mut m: Manifest = serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "policy": "p", "method": "dump",
+            "started_at": at, "finished_at": at, "consistent_at": at,
+            "source": {"database": "d", "host": "h", "server_version": "15", "server_version_num": 150000},
+            "objects": [], "compression": {"algorithm": "zstd", "level": 3},
+            "encryption": {"algorithm": "age-x25519", "recipients": []},
+            "row_counts": "exact", "tables": [], "drctl_version": "0"
+        }))
+        .unwrap();
+        m.id = id.into();
+        m
+    }
+
+    #[test]
+    fn choose_latest_time_and_random() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let all = vec![
+            m("b2", "2026-11-22T10:00:00Z"),
+            m("b1", "2026-11-22T08:00:00Z"),
+            m("b3", "2026-11-22T11:00:00Z"),
+        ];
+        let (b, t) = choose(&all, Point::Latest, now, |_| 0).unwrap();
+        assert_eq!((b.id.as_str(), t), ("b3", now));
+        let t9: Timestamp = "2026-11-22T09:00:00Z".parse().unwrap();
+        let (b, t) = choose(&all, Point::Time(t9), now, |_| 0).unwrap();
+        assert_eq!((b.id.as_str(), t), ("b1", t9));
+        let e = choose(
+            &all,
+            Point::Time("2026-11-22T07:00:00Z".parse().unwrap()),
+            now,
+            |_| 0,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("oldest is consistent at 2026-11-22T08:00:00Z"),
+            "{e}"
+        );
+        let (b, t) = choose(&all, Point::Random, now, |n| n - 2).unwrap();
+        assert_eq!(b.id, "b2");
+        assert_eq!(t, b.consistent_at);
+        assert!(choose(&[], Point::Latest, now, |_| 0).is_err());
+    }
+}

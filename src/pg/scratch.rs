@@ -1,0 +1,330 @@
+//! A throwaway PostgreSQL server for drills: initdb + postgres of the
+//! backup's major version, on a free loopback port, in a temp dir, as the
+//! `postgres` OS user when drctl runs as root, with archiving off so a drill
+//! can never write into the production archive.
+//!
+//! It never outlives drctl:
+//! - dropped (success, failure, or a cancelled drill unwinding): the server
+//!   is stopped and the directory removed, unless kept on purpose;
+//! - drctl killed outright: the postmaster is drctl's own child with a
+//!   parent-death signal (SIGQUIT: immediate shutdown), and the next drill
+//!   removes directories whose drctl process is gone.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+const PREFIX: &str = "drctl-scratch-";
+
+pub struct Scratch {
+    dir: PathBuf,
+    pub port: u16,
+    pub bindir: PathBuf,
+    child: Option<Child>,
+    keep: bool,
+}
+
+impl Scratch {
+    /// Connection URL for `db` as the scratch superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the server stays after drctl (`--keep`).
+    pub fn kept(&self) -> bool {
+        self.keep
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGQUIT);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid and gid of the `postgres` user.
+fn postgres_ids() -> Result<(u32, u32)> {
+    let name = std::ffi::CString::new("postgres").expect("no NUL");
+    // SAFETY: getpwnam returns NULL or a pointer to static storage, read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        bail!("drctl runs as root and there is no `postgres` user to run the scratch server as");
+    }
+    // SAFETY: non-null result of getpwnam.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+/// The directory holding initdb and postgres of `major`.
+pub fn server_bindir(major: u32) -> Result<PathBuf> {
+    let mut candidates = vec![PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))];
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            candidates.push(PathBuf::from(
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            ));
+        }
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        candidates.push(dir);
+    }
+    for dir in candidates {
+        let postgres = dir.join("postgres");
+        if !dir.join("initdb").is_file() || !postgres.is_file() {
+            continue;
+        }
+        let Ok(out) = Command::new(&postgres).arg("--version").output() else {
+            continue;
+        };
+        // "postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)"
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let found = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|v| v.parse::<u32>().ok());
+        if found == Some(major) {
+            return Ok(dir);
+        }
+    }
+    Err(anyhow!(
+        "no PostgreSQL {major} server binaries (initdb, postgres) found for the scratch server; install postgresql-{major} or pass --scratch postgres://..."
+    ))
+}
+
+/// Remove scratch directories left by drctl processes that no longer exist
+/// (killed with SIGKILL: their servers died with them).
+pub fn sweep_stale() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive && !e.path().join("keep").exists() {
+            tracing::info!("removing a stale scratch directory {}", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A server tool run as the cluster owner.
+fn owner(program: &Path, ids: Option<(u32, u32)>) -> Command {
+    let mut c = Command::new(program);
+    if let Some((uid, gid)) = ids {
+        c.uid(uid).gid(gid);
+        c.env("HOME", "/tmp");
+    }
+    c
+}
+
+/// initdb and start a scratch server of `major`. `keep`: it stays running
+/// after drctl exits (no parent-death signal; the sweep leaves it alone).
+pub async fn start(major: u32, keep: bool) -> Result<Scratch> {
+    sweep_stale();
+    let bindir = server_bindir(major)?;
+    let ids = if is_root() {
+        Some(postgres_ids()?)
+    } else {
+        None
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "{PREFIX}{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut s = Scratch {
+        dir: dir.clone(),
+        port: 0,
+        bindir: bindir.clone(),
+        child: None,
+        keep: false,
+    };
+    if keep {
+        std::fs::write(dir.join("keep"), b"")?;
+    }
+    if let Some((uid, gid)) = ids {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .with_context(|| format!("cannot give {} to postgres", dir.display()))?;
+    }
+    let data = dir.join("data");
+    let log = dir.join("initdb.log");
+    let out = owner(&bindir.join("initdb"), ids)
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run initdb")?;
+    if !out.status.success() {
+        let _ = std::fs::write(&log, &out.stderr);
+        bail!(
+            "initdb of the scratch server failed: {}",
+            super::stderr_summary(&out.stderr)
+        );
+    }
+
+    // A port can be taken between choosing and binding: retry a few times.
+    let mut last_err = String::new();
+    for _ in 0..5 {
+        let port = free_port()?;
+        let logfile = std::fs::File::create(dir.join("server.log"))?;
+        if let Some((uid, gid)) = ids {
+            let _ = std::os::unix::fs::chown(dir.join("server.log"), Some(uid), Some(gid));
+        }
+        let mut cmd = owner(&bindir.join("postgres"), ids);
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.display()))
+            // Never archive into anyone's repository; speed over durability.
+            .args(["-c", "archive_mode=off"])
+            .args(["-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off"])
+            .args(["-c", "logging_collector=off"])
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone()?)
+            .stderr(logfile);
+        if !keep {
+            // SAFETY: prctl in the child between fork and exec only.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+                    Ok(())
+                });
+            }
+        } else {
+            // Its own session: a Ctrl-C at drctl's terminal must not stop it.
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().context("cannot start the scratch postgres")?;
+        s.child = Some(child);
+        s.port = port;
+        match wait_ready(&mut s).await {
+            Ok(()) => {
+                tracing::info!(port, dir = %dir.display(), "scratch server ready");
+                if keep {
+                    // Ours no more: the server outlives this process.
+                    s.child = None;
+                    s.keep = true;
+                }
+                return Ok(s);
+            }
+            Err(e) => {
+                last_err = format!("{e:#}");
+                if let Some(mut c) = s.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                if !log.contains("could not bind") && !log.contains("Address already in use") {
+                    break;
+                }
+            }
+        }
+    }
+    bail!("the scratch server did not start: {last_err}")
+}
+
+async fn wait_ready(s: &mut Scratch) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(c) = s.child.as_mut() {
+            if let Some(st) = c.try_wait()? {
+                let log = std::fs::read_to_string(s.dir.join("server.log")).unwrap_or_default();
+                bail!(
+                    "exited with {st}: {}",
+                    log.lines().rev().take(3).collect::<Vec<_>>().join(" / ")
+                );
+            }
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .is_ok()
+        {
+            let psql = if s.bindir.join("psql").is_file() {
+                s.bindir.join("psql")
+            } else {
+                PathBuf::from("psql")
+            };
+            let ok = tokio::process::Command::new(psql)
+                .args(["-X", "-q", "-w", "-At", "-c", "select 1"])
+                .arg(format!("--dbname={}", s.url("postgres")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .map(|st| st.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("not ready within 60s");
+        }
+        if crate::cancel::requested() {
+            bail!("cancelled");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

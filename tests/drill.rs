@@ -1,0 +1,336 @@
+//! `drctl drill` against real servers: a healthy dump drill passes and its
+//! JUnit parses; a failing check, a corrupted artifact and blown budgets
+//! fail with what was expected and found; no scratch server or directory
+//! outlives a drill, however it ends.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Drctl, PgCluster};
+
+const CHECKS: &str = r#"
+[drill]
+max_rto = "10m"
+[[drill.checks]]
+name = "orders not empty"
+sql = "select count(*) > 0 from sales.orders"
+expect = "t"
+[[drill.checks]]
+name = "customers in range"
+sql = "select count(*) from sales.customers"
+expect_min = 300
+expect_max = 300
+"#;
+
+fn setup(extra: &str) -> (PgCluster, Drctl) {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", common::SAMPLE_SQL);
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), extra);
+    (pg, d)
+}
+
+/// Scratch directories a drctl process with this pid made.
+fn scratch_dirs(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("drctl-scratch-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Processes whose command line mentions `needle` (a scratch data dir).
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+/// Run a drill, returning (exit code, stdout JSON) and asserting that it
+/// left no scratch directory or server behind.
+fn drill(d: &Drctl, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = vec!["drill", "shop", "--output", "json", "--identity"];
+    let id = d.identity_arg();
+    all.push(&id);
+    all.extend_from_slice(args);
+    let child = d
+        .command(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(scratch_dirs(pid).is_empty(), "scratch dir left behind");
+    assert!(
+        processes_with(&format!("drctl-scratch-{pid}-")).is_empty(),
+        "scratch server left running"
+    );
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {v}"))
+}
+
+/// JUnit XML as JSON via Python's ElementTree (a real XML parser).
+fn parse_junit(path: &std::path::Path) -> serde_json::Value {
+    let script = r#"
+import json, sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+print(json.dumps({
+  "tag": root.tag, "tests": root.get("tests"), "failures": root.get("failures"),
+  "suites": [{"name": s.get("name"), "tests": s.get("tests"), "failures": s.get("failures"),
+              "cases": [{"name": c.get("name"),
+                         "failure": (c.find("failure").text if c.find("failure") is not None else None)}
+                        for c in s.findall("testcase")]}
+             for s in root.findall("testsuite")]}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "JUnit does not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn healthy_dump_drill_passes_with_junit_and_status() {
+    let (_pg, d) = setup(CHECKS);
+    let id = d.backup("shop");
+    let junit = d.path().join("drill.xml");
+    let (code, v) = drill(&d, &["--junit", junit.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["backup_id"], id.as_str());
+    let rto = v["rto_seconds"].as_f64().unwrap();
+    assert!(rto > 0.0 && rto < 600.0, "{v}");
+    assert!(v["rpo_seconds"].as_f64().unwrap() >= 0.0, "{v}");
+    assert!(check(&v, "tables and row counts")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("row counts equal"));
+    assert_eq!(check(&v, "orders not empty")["actual"], "t");
+    assert_eq!(check(&v, "customers in range")["actual"], "300");
+    // postgresql-contrib ships amcheck: the indexes were checked.
+    assert!(
+        check(&v, "amcheck (btree indexes)")["passed"] == true,
+        "{v}"
+    );
+    for name in ["restore", "RTO", "RPO"] {
+        assert_eq!(check(&v, name)["passed"], true, "{v}");
+    }
+
+    let j = parse_junit(&junit);
+    assert_eq!(j["tag"], "testsuites");
+    assert_eq!(j["failures"], "0");
+    let suite = &j["suites"][0];
+    assert_eq!(suite["name"], "drill shop");
+    let cases: Vec<&str> = suite["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cases,
+        [
+            "restore",
+            "tables and row counts",
+            "amcheck (btree indexes)",
+            "orders not empty",
+            "customers in range",
+            "RTO",
+            "RPO"
+        ]
+    );
+
+    let s = d.run(&["status", "shop", "--output", "json"]).ok().json();
+    assert_eq!(s[0]["last_drill_passed"], true, "{s}");
+    assert!(s[0]["last_drill_at"].is_string(), "{s}");
+    assert!((s[0]["last_drill_rto_seconds"].as_f64().unwrap() - rto).abs() < 1e-6);
+}
+
+#[test]
+fn failing_check_and_blown_budgets_fail_with_expected_and_actual() {
+    let extra = r#"
+[drill]
+max_rpo = "1s"
+[[drill.checks]]
+name = "wrong on purpose"
+sql = "select count(*) from sales.customers"
+expect = "42"
+[[drill.checks]]
+name = "errors"
+sql = "select * from no_such_table"
+expect = "1"
+"#;
+    let (_pg, d) = setup(extra);
+    d.backup("shop");
+    // The newest data is now more than a second older than the drill.
+    std::thread::sleep(Duration::from_millis(2100));
+    let junit = d.path().join("drill.xml");
+    let (code, v) = drill(&d, &["--junit", junit.to_str().unwrap()]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["passed"], false);
+    let wrong = check(&v, "wrong on purpose");
+    assert_eq!(wrong["passed"], false);
+    assert_eq!(wrong["expected"], "= 42");
+    assert_eq!(wrong["actual"], "300");
+    let errors = check(&v, "errors");
+    assert_eq!(errors["passed"], false);
+    assert!(
+        errors["detail"].as_str().unwrap().contains("no_such_table"),
+        "{errors}"
+    );
+    let rpo = check(&v, "RPO");
+    assert_eq!(rpo["passed"], false, "{v}");
+    assert!(rpo["detail"]
+        .as_str()
+        .unwrap()
+        .contains("exceeds the budget of 1s"));
+    // The restore itself was fine.
+    assert_eq!(check(&v, "restore")["passed"], true);
+
+    let j = parse_junit(&junit);
+    assert_eq!(j["failures"], "3", "{j}");
+    let failure = j["suites"][0]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "wrong on purpose")
+        .unwrap()["failure"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(failure.contains("expected: = 42"), "{failure}");
+    assert!(failure.contains("actual: 300"), "{failure}");
+
+    let s = d.run(&["status", "shop", "--output", "json"]).ok().json();
+    assert_eq!(s[0]["last_drill_passed"], false, "{s}");
+}
+
+#[test]
+fn corrupted_artifact_fails_the_drill() {
+    let (_pg, d) = setup("");
+    d.backup("shop");
+    let data = d.repo_files("data.zst.age").pop().unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    std::fs::write(&data, bytes).unwrap();
+    let (code, v) = drill(&d, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    let restore = check(&v, "restore");
+    assert_eq!(restore["passed"], false, "{v}");
+    assert!(v["rto_seconds"].is_null(), "{v}");
+    assert_eq!(check(&v, "RTO")["passed"], false);
+}
+
+#[test]
+fn a_killed_drill_leaves_no_scratch_server_behind() {
+    let (_pg, d) = setup("");
+    d.backup("shop");
+    for signal in ["-TERM", "-KILL"] {
+        let id = d.identity_arg();
+        let mut child = d
+            .command(&["drill", "shop", "--identity", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Wait for the scratch server to be up (its directory exists and a
+        // postgres runs in it), then kill the drill.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let dir = loop {
+            if let Some(dir) = scratch_dirs(pid).pop() {
+                if !processes_with(&dir.join("data").display().to_string()).is_empty() {
+                    break dir;
+                }
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "drill ended before its scratch server was seen"
+            );
+            assert!(Instant::now() < deadline, "no scratch server appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "{signal}: a killed drill must not succeed"
+        );
+        let needle = dir.join("data").display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !processes_with(&needle).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{signal}: scratch server still running: {:?}",
+                processes_with(&needle)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if signal == "-TERM" {
+            assert!(!dir.exists(), "SIGTERM: {} left behind", dir.display());
+        }
+    }
+    // After kill -9 the directory may stay until the next drill sweeps it.
+    let (code, v) = drill(&d, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("drctl-scratch-")
+        })
+        .filter(|e| {
+            let pid = e
+                .file_name()
+                .to_string_lossy()
+                .split('-')
+                .nth(2)
+                .and_then(|p| p.parse::<i32>().ok())
+                .unwrap_or(0);
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+        .map(|e| e.path())
+        .collect();
+    assert!(leftovers.is_empty(), "stale scratch dirs: {leftovers:?}");
+}
