@@ -172,6 +172,7 @@ async fn drill_job(
         keep: false,
         identity,
         catalog_path,
+        policies_dir: std::path::absolute(&shared.policies_dir)?,
     };
     let r = match crate::drill::run(&policy, &opts, &shared.catalog).await {
         Ok(r) => r,

@@ -715,37 +715,53 @@ async fn start_and_wait(dir: &Path, port: Option<u16>, plan: &Plan) -> Result<St
     let url = crate::pg::ConnUrl::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
         .map_err(|e| anyhow!(e))?;
     let conn = crate::pg::Conn::new(url, None)?;
+    let alive = || {
+        owner_command("pg_ctl")
+            .arg("-D")
+            .arg(dir)
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let r = wait_promoted(&conn, log_text, alive, &plan.target_time).await;
+    // Segments prefetched past the target are of no further use.
+    let _ = std::fs::remove_dir_all(dir.join("drctl-prefetch"));
+    r.map_err(|e| anyhow!("{e:#} (server log: {})", log.display()))
+}
+
+/// Wait until a server recovering a restored backup has promoted; the point
+/// it reached, from its log. Recovery that ends before the target, or a
+/// server that stops, is an error.
+pub async fn wait_promoted(
+    conn: &crate::pg::Conn,
+    log_text: impl Fn() -> String,
+    mut alive: impl FnMut() -> bool,
+    target_time: &str,
+) -> Result<String> {
     loop {
         let text = log_text();
         if text.contains("recovery ended before configured recovery target was reached") {
             bail!(
-                "recovery ended before the target {} was reached: the archive does not hold WAL up to it (server log: {})",
-                plan.target_time,
-                log.display()
+                "recovery ended before the target {target_time} was reached: the archive does not hold WAL up to it"
             );
         }
         match conn.query_one("select pg_is_in_recovery()", &[]).await {
             Ok(v) if v == "f" => break,
             Ok(_) => {}
             Err(e) => {
-                let st = owner_command("pg_ctl")
-                    .arg("-D")
-                    .arg(dir)
-                    .arg("status")
-                    .output()?;
-                if !st.status.success() {
+                if !alive() {
                     bail!(
-                        "the restored server stopped during recovery: {} (server log: {})",
-                        last_error(&log_text()).unwrap_or_else(|| format!("{e:#}")),
-                        log.display()
+                        "the restored server stopped during recovery: {}",
+                        last_error(&log_text()).unwrap_or_else(|| format!("{e:#}"))
                     );
                 }
             }
         }
+        if crate::cancel::requested() {
+            bail!("cancelled");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Segments prefetched past the target are of no further use.
-    let _ = std::fs::remove_dir_all(dir.join("drctl-prefetch"));
     Ok(reached(&log_text()).unwrap_or_else(|| "end of the archive".into()))
 }
 

@@ -29,18 +29,37 @@ fn setup(extra: &str) -> (PgCluster, Drctl) {
     let pg = PgCluster::start();
     pg.createdb("shop");
     pg.psql("shop", common::SAMPLE_SQL);
-    let d = Drctl::new();
+    let mut d = Drctl::new();
+    isolate_tmp(&mut d);
     d.write_policy("shop", &pg.url("shop"), extra);
     (pg, d)
 }
 
-/// Scratch directories a drctl process with this pid made.
-fn scratch_dirs(pid: u32) -> Vec<PathBuf> {
-    let prefix = format!("drctl-scratch-{pid}-");
-    std::fs::read_dir(std::env::temp_dir())
+/// Give this work dir its own TMPDIR, so the scratch directories its drills
+/// make are seen by this test alone (tests run in parallel).
+fn isolate_tmp(d: &mut Drctl) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = d.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // The scratch server runs as postgres: it must reach its directory.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mode = std::fs::metadata(d.path()).unwrap().permissions().mode();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+    d.extra_env
+        .push(("TMPDIR".into(), tmp.display().to_string()));
+    tmp
+}
+
+/// Scratch directories in this work dir's TMPDIR.
+fn scratch_dirs(d: &Drctl) -> Vec<PathBuf> {
+    std::fs::read_dir(d.path().join("tmp"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("drctl-scratch-")
+        })
         .map(|e| e.path())
         .collect()
 }
@@ -62,7 +81,11 @@ fn processes_with(needle: &str) -> Vec<String> {
 /// Run a drill, returning (exit code, stdout JSON) and asserting that it
 /// left no scratch directory or server behind.
 fn drill(d: &Drctl, args: &[&str]) -> (i32, serde_json::Value) {
-    let mut all = vec!["drill", "shop", "--output", "json", "--identity"];
+    drill_policy(d, "shop", args)
+}
+
+fn drill_policy(d: &Drctl, policy: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = vec!["drill", policy, "--output", "json", "--identity"];
     let id = d.identity_arg();
     all.push(&id);
     all.extend_from_slice(args);
@@ -72,7 +95,6 @@ fn drill(d: &Drctl, args: &[&str]) -> (i32, serde_json::Value) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
@@ -81,9 +103,10 @@ fn drill(d: &Drctl, args: &[&str]) -> (i32, serde_json::Value) {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    assert!(scratch_dirs(pid).is_empty(), "scratch dir left behind");
+    assert!(scratch_dirs(d).is_empty(), "scratch dir left behind");
+    let tmp = d.path().join("tmp").display().to_string();
     assert!(
-        processes_with(&format!("drctl-scratch-{pid}-")).is_empty(),
+        processes_with(&tmp).is_empty(),
         "scratch server left running"
     );
     (out.status.code().unwrap_or(-1), v)
@@ -274,7 +297,7 @@ fn a_killed_drill_leaves_no_scratch_server_behind() {
         // postgres runs in it), then kill the drill.
         let deadline = Instant::now() + Duration::from_secs(60);
         let dir = loop {
-            if let Some(dir) = scratch_dirs(pid).pop() {
+            if let Some(dir) = scratch_dirs(&d).pop() {
                 if !processes_with(&dir.join("data").display().to_string()).is_empty() {
                     break dir;
                 }
@@ -312,25 +335,92 @@ fn a_killed_drill_leaves_no_scratch_server_behind() {
     // After kill -9 the directory may stay until the next drill sweeps it.
     let (code, v) = drill(&d, &[]);
     assert_eq!(code, 0, "{v:#}");
-    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("drctl-scratch-")
-        })
-        .filter(|e| {
-            let pid = e
-                .file_name()
-                .to_string_lossy()
-                .split('-')
-                .nth(2)
-                .and_then(|p| p.parse::<i32>().ok())
-                .unwrap_or(0);
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        })
-        .map(|e| e.path())
-        .collect();
+    // The sweep at its start removed what the killed drill left.
+    let leftovers = scratch_dirs(&d);
     assert!(leftovers.is_empty(), "stale scratch dirs: {leftovers:?}");
+}
+
+fn wait_archived(pg: &PgCluster, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg
+        .query(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        )
+        .as_str()
+        < name
+    {
+        assert!(Instant::now() < deadline, "{name} never archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A PITR drill to a time between two batches passes a count check that
+/// holds only at that time, measures RPO from the last replayed commit, and
+/// leaves no scratch server; the production archive gets nothing from it.
+#[test]
+fn pitr_drill_to_a_time_between_batches_passes_a_count_check() {
+    let mut d = Drctl::for_owner();
+    isolate_tmp(&mut d);
+    let pg = PgCluster::start_conf(&["archive_mode = on".into(), d.archive_command("pitr")]);
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    let p = d.path().join("policies/pitr.toml");
+    let text = std::fs::read_to_string(&p).unwrap()
+        + "\n[drill]\nmax_rpo = \"10m\"\n[[drill.checks]]\nname = \"batch 1 only\"\nsql = \"select count(*) from batches\"\nexpect = \"1100\"\n";
+    d.write_policy_text("pitr", &text);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE batches (batch int, id int); INSERT INTO batches SELECT 0, g FROM generate_series(1, 100) g;",
+    );
+    d.backup("pitr");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 1, g FROM generate_series(1, 1000) g;",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let between = pg.query(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 2, g FROM generate_series(1, 1000) g;",
+    );
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+    let archived_before = d.repo_files(".zst.age").len();
+
+    let (code, v) = drill_policy(&d, "pitr", &["--to", &between]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(check(&v, "batch 1 only")["actual"], "1100", "{v}");
+    // The last commit replayed is batch 1's, about 1.1 s before the target.
+    let rpo = v["rpo_seconds"].as_f64().unwrap();
+    assert!((0.5..30.0).contains(&rpo), "{v}");
+    assert!(v["rto_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        d.repo_files(".zst.age").len(),
+        archived_before,
+        "the drill's server archived into the repository"
+    );
+}
+
+/// `--scratch URL`: the drill restores into a new database on a given
+/// server and drops it afterwards.
+#[test]
+fn drill_into_a_given_server_drops_its_database() {
+    let (pg, d) = setup(CHECKS);
+    d.backup("shop");
+    let other = PgCluster::start();
+    let url = other.url("postgres");
+    let (code, v) = drill(&d, &["--scratch", &url]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(check(&v, "customers in range")["actual"], "300");
+    let left = other.query(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'drctl_drill_%'",
+    );
+    assert_eq!(left, "0");
+    drop(pg);
 }

@@ -82,6 +82,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         keep: a.keep,
         identity: a.identity.clone(),
         catalog_path: ctx.catalog_path.clone(),
+        policies_dir: std::path::absolute(&ctx.policies_dir)?,
     };
     let mut reports = Vec::new();
     for p in &policies {

@@ -43,6 +43,8 @@ pub struct Options {
     pub keep: bool,
     pub identity: Option<PathBuf>,
     pub catalog_path: PathBuf,
+    /// Absolute policies directory: a PITR drill's restore_command names it.
+    pub policies_dir: PathBuf,
 }
 
 /// The drill report (`--output json`).
@@ -122,17 +124,21 @@ pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<R
         error: None,
         scratch: None,
     };
-    if policy.backup.method != Method::Dump {
+    if policy.backup.method == Method::RdsSnapshot {
         return Err(crate::error::usage(format!(
-            "policy {}: drills of {} backups are not supported by this drctl build yet; dump policies drill today",
-            policy.name, policy.backup.method
+            "policy {}: drills of RDS snapshots are not supported by this drctl build yet",
+            policy.name
         )));
     }
     let repo = crate::backup::open_repo(policy).await?;
     let inv = crate::inventory::scan(&*repo, Some(&policy.name)).await?;
+    let physical = policy.backup.method == Method::Physical;
     match choose(&inv.complete, opts.point, started, |n| {
         rand::random::<u64>() as usize % n
     }) {
+        Ok((m, _)) if physical => {
+            drill_physical(policy, opts, &*repo, &m, started, t0, &mut report).await;
+        }
         Ok((m, target)) => {
             report.backup_id = Some(m.id.clone());
             report.target_time = Some(rfc3339(target));
@@ -280,45 +286,13 @@ async fn drill_dump(
 
     if let (Some(_), Ok(conn)) = (report.rto_seconds, &target_conn) {
         report.checks.push(row_count_check(conn, m).await);
-        if let Some(c) = amcheck(conn).await {
-            report.checks.push(c);
-        }
-        for c in policy
-            .drill
-            .as_ref()
-            .map(|d| d.checks.as_slice())
-            .unwrap_or(&[])
-        {
-            let answer = conn.query(&c.sql, &[]).await.map_err(|e| format!("{e:#}"));
-            report.checks.push(check::judge(c, answer));
-        }
+        run_checks(policy, conn, report).await;
     }
-    let budgets = policy.drill.clone().unwrap_or_default();
-    report.checks.push(check::budget(
-        "RTO",
-        report.rto_seconds,
-        seconds(&budgets.max_rto),
-    ));
-    report.checks.push(check::budget(
-        "RPO",
-        report.rpo_seconds,
-        seconds(&budgets.max_rpo),
-    ));
+    budgets(policy, report);
 
     match place {
         Place::Scratch(s) if s.kept() => {
-            // SAFETY: geteuid has no preconditions.
-            let as_owner = if unsafe { libc::geteuid() } == 0 {
-                "runuser -u postgres -- "
-            } else {
-                ""
-            };
-            report.scratch = Some(format!(
-                "psql {url}   (when done: {as_owner}{} -D {}/data stop -m fast && rm -rf {})",
-                s.bindir.join("pg_ctl").display(),
-                s.dir().display(),
-                s.dir().display()
-            ));
+            report.scratch = Some(keep_note(&s, &url));
         }
         Place::Scratch(s) => drop(s),
         Place::Given { server, db } if !opts.keep => {
@@ -334,6 +308,210 @@ async fn drill_dump(
             }
         }
         Place::Given { .. } => report.scratch = Some(format!("psql {url}")),
+    }
+}
+
+/// amcheck and the policy's own checks, against the restored database.
+async fn run_checks(policy: &Policy, conn: &Conn, report: &mut Report) {
+    if let Some(c) = amcheck(conn).await {
+        report.checks.push(c);
+    }
+    for c in policy
+        .drill
+        .as_ref()
+        .map(|d| d.checks.as_slice())
+        .unwrap_or(&[])
+    {
+        let answer = conn.query(&c.sql, &[]).await.map_err(|e| format!("{e:#}"));
+        report.checks.push(check::judge(c, answer));
+    }
+}
+
+fn budgets(policy: &Policy, report: &mut Report) {
+    let budgets = policy.drill.clone().unwrap_or_default();
+    report.checks.push(check::budget(
+        "RTO",
+        report.rto_seconds,
+        seconds(&budgets.max_rto),
+    ));
+    report.checks.push(check::budget(
+        "RPO",
+        report.rpo_seconds,
+        seconds(&budgets.max_rpo),
+    ));
+}
+
+fn keep_note(s: &crate::pg::scratch::Scratch, url: &str) -> String {
+    // SAFETY: geteuid has no preconditions.
+    let as_owner = if unsafe { libc::geteuid() } == 0 {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
+    format!(
+        "psql {url}   (when done: {as_owner}{} -D {} stop -m fast && rm -rf {})",
+        s.bindir.join("pg_ctl").display(),
+        s.data_dir().display(),
+        s.dir().display()
+    )
+}
+
+/// A PITR drill: restore the cluster into a scratch directory (tablespaces
+/// beside it), start it there as drctl's child with archiving off, wait for
+/// recovery to reach the target and promote, then check.
+async fn drill_physical(
+    policy: &Policy,
+    opts: &Options,
+    repo: &dyn crate::repo::Repository,
+    newest: &Manifest,
+    started: Timestamp,
+    t0: Instant,
+    report: &mut Report,
+) {
+    use crate::plan::Target;
+    let target = match opts.point {
+        Point::Latest => Target::Latest,
+        Point::Time(t) => Target::Time(t),
+        Point::Random => match crate::restore_physical::window(repo, &policy.name).await {
+            Ok(crate::restore_physical::Window {
+                start: Some(a),
+                end: Some(b),
+                ..
+            }) if a < b => {
+                let span = b.duration_since(a).as_millis() as u64;
+                let off = rand::random::<u64>() % span.max(1);
+                Target::Time(a + jiff::SignedDuration::from_millis(off as i64))
+            }
+            Ok(w) => match w.start {
+                Some(a) => Target::Time(a),
+                None => Target::Latest,
+            },
+            Err(e) => {
+                report.checks.push(CheckResult::fail(
+                    "restore",
+                    format!("cannot read the recoverable window: {e:#}"),
+                ));
+                budgets(policy, report);
+                return;
+            }
+        },
+    };
+    let aim = match target {
+        Target::Time(t) => t,
+        _ => started,
+    };
+    report.target_time = Some(rfc3339(aim));
+    let major = newest.source.server_version_num / 10000;
+    let scratch = match crate::pg::scratch::create(major, opts.keep) {
+        Ok(s) => s,
+        Err(e) => {
+            report.checks.push(CheckResult::fail(
+                "restore",
+                format!("cannot prepare a scratch directory: {e:#}"),
+            ));
+            budgets(policy, report);
+            return;
+        }
+    };
+    let map: Vec<String> = newest
+        .tablespaces
+        .iter()
+        .map(|t| format!("{}={}/ts-{}", t.oid, scratch.dir().display(), t.oid))
+        .collect();
+    let req = crate::restore_physical::Request {
+        target,
+        target_dir: Some(scratch.data_dir()),
+        identity: opts.identity.clone(),
+        dry_run: false,
+        lease_catalog: Some(opts.catalog_path.clone()),
+        start: false,
+        port: None,
+        policies_dir: opts.policies_dir.clone(),
+        tablespace_map: map,
+    };
+    let outcome = match crate::restore_physical::run(policy, &req).await {
+        Ok(o) => o,
+        Err(e) => {
+            report
+                .checks
+                .push(CheckResult::fail("restore", format!("{e:#}")));
+            budgets(policy, report);
+            return;
+        }
+    };
+    report.backup_id = Some(outcome.plan.backup_id.clone());
+    let mut scratch = scratch;
+    let launched = scratch.launch(false).await;
+    // Shared by the two closures wait_promoted calls in turn.
+    let cell = std::sync::Mutex::new(scratch);
+    let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
+    let db = policy
+        .source
+        .url
+        .as_deref()
+        .and_then(|u| ConnUrl::parse(u).ok())
+        .map(|u| u.database())
+        .unwrap_or_else(|| "postgres".into());
+    let url = lock().url(&db);
+    let admin = ConnUrl::parse(&lock().url("postgres"))
+        .map_err(|e| anyhow!(e))
+        .and_then(|u| Conn::new(u, None));
+    let promoted = match (launched, &admin) {
+        (Ok(()), Ok(admin)) => {
+            crate::restore_physical::wait_promoted(
+                admin,
+                || lock().log(),
+                || lock().alive(),
+                &outcome.plan.target_time,
+            )
+            .await
+        }
+        (Err(e), _) => Err(e),
+        (_, Err(e)) => Err(anyhow!("{e:#}")),
+    };
+    let conn = ConnUrl::parse(&url)
+        .map_err(|e| anyhow!(e))
+        .and_then(|u| Conn::new(u, None));
+    match (promoted, &conn) {
+        (Ok(reached), Ok(conn)) => match conn.query_one("select 1", &[]).await {
+            Ok(_) => {
+                report.rto_seconds = Some(t0.elapsed().as_secs_f64());
+                report.checks.push(CheckResult::pass(
+                    "restore",
+                    format!(
+                        "backup {} restored and recovered to {reached}",
+                        outcome.plan.backup_id
+                    ),
+                ));
+                // The newest data present: the last transaction replayed.
+                let last = conn
+                    .query_one(
+                        "select coalesce(to_char(pg_last_xact_replay_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '')",
+                        &[],
+                    )
+                    .await
+                    .ok()
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .or_else(|| outcome.plan.consistent_at.parse().ok());
+                report.rpo_seconds = last.map(|l| aim.duration_since(l).as_secs_f64().max(0.0));
+                run_checks(policy, conn, report).await;
+            }
+            Err(e) => report.checks.push(CheckResult::fail(
+                "restore",
+                format!("recovered, but database {db} does not answer: {e:#}"),
+            )),
+        },
+        (Err(e), _) => report
+            .checks
+            .push(CheckResult::fail("restore", format!("{e:#}"))),
+        (_, Err(e)) => report
+            .checks
+            .push(CheckResult::fail("restore", format!("{e:#}"))),
+    }
+    budgets(policy, report);
+    let scratch = cell.into_inner().unwrap_or_else(|e| e.into_inner());
+    if scratch.kept() {
+        report.scratch = Some(keep_note(&scratch, &url));
     }
 }
 

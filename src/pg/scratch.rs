@@ -24,7 +24,11 @@ pub struct Scratch {
     pub port: u16,
     pub bindir: PathBuf,
     child: Option<Child>,
+    /// The server has been handed over (`--keep`): Drop leaves it.
     keep: bool,
+    want_keep: bool,
+    /// uid/gid of `postgres` when drctl runs as root.
+    ids: Option<(u32, u32)>,
 }
 
 impl Scratch {
@@ -164,39 +168,46 @@ fn owner(program: &Path, ids: Option<(u32, u32)>) -> Command {
     c
 }
 
-/// initdb and start a scratch server of `major`. `keep`: it stays running
-/// after drctl exits (no parent-death signal; the sweep leaves it alone).
-pub async fn start(major: u32, keep: bool) -> Result<Scratch> {
+/// A new, empty scratch directory (owned by `postgres` when we are root).
+/// `keep`: the server started in it stays after drctl exits (no
+/// parent-death signal; the sweep leaves it alone).
+pub fn create(major: u32, keep: bool) -> Result<Scratch> {
     sweep_stale();
     let bindir = server_bindir(major)?;
-    let ids = if is_root() {
-        Some(postgres_ids()?)
-    } else {
-        None
-    };
     let dir = std::env::temp_dir().join(format!(
         "{PREFIX}{}-{:08x}",
         std::process::id(),
         rand::random::<u32>()
     ));
     std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut s = Scratch {
+    let s = Scratch {
         dir: dir.clone(),
         port: 0,
-        bindir: bindir.clone(),
+        bindir,
         child: None,
         keep: false,
+        want_keep: keep,
+        ids: if is_root() {
+            Some(postgres_ids()?)
+        } else {
+            None
+        },
     };
     if keep {
         std::fs::write(dir.join("keep"), b"")?;
     }
-    if let Some((uid, gid)) = ids {
+    if let Some((uid, gid)) = s.ids {
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
             .with_context(|| format!("cannot give {} to postgres", dir.display()))?;
     }
-    let data = dir.join("data");
-    let log = dir.join("initdb.log");
-    let out = owner(&bindir.join("initdb"), ids)
+    Ok(s)
+}
+
+/// initdb and start a fresh scratch server of `major`.
+pub async fn start(major: u32, keep: bool) -> Result<Scratch> {
+    let mut s = create(major, keep)?;
+    let data = s.data_dir();
+    let out = owner(&s.bindir.join("initdb"), s.ids)
         .arg("-D")
         .arg(&data)
         .args([
@@ -212,89 +223,145 @@ pub async fn start(major: u32, keep: bool) -> Result<Scratch> {
         .output()
         .context("cannot run initdb")?;
     if !out.status.success() {
-        let _ = std::fs::write(&log, &out.stderr);
         bail!(
             "initdb of the scratch server failed: {}",
             super::stderr_summary(&out.stderr)
         );
     }
+    s.launch(true).await?;
+    Ok(s)
+}
 
-    // A port can be taken between choosing and binding: retry a few times.
-    let mut last_err = String::new();
-    for _ in 0..5 {
-        let port = free_port()?;
-        let logfile = std::fs::File::create(dir.join("server.log"))?;
-        if let Some((uid, gid)) = ids {
-            let _ = std::os::unix::fs::chown(dir.join("server.log"), Some(uid), Some(gid));
+impl Scratch {
+    /// Where the cluster lives: `<dir>/data`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Start postgres on `data_dir()` as drctl's child (archiving off, on a
+    /// free loopback port). `wait`: until it accepts queries; a cluster in
+    /// recovery is left to the caller to wait for.
+    pub async fn launch(&mut self, wait: bool) -> Result<()> {
+        let data = self.data_dir();
+        let ids = self.ids;
+        let keep = self.want_keep;
+        // A port can be taken between choosing and binding: retry a few times.
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let logpath = self.dir.join("server.log");
+            let logfile = std::fs::File::create(&logpath)?;
+            if let Some((uid, gid)) = ids {
+                let _ = std::os::unix::fs::chown(&logpath, Some(uid), Some(gid));
+            }
+            let mut cmd = owner(&self.bindir.join("postgres"), ids);
+            cmd.arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string()])
+                .args(["-c", "listen_addresses=127.0.0.1"])
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", self.dir.display()))
+                // Never archive into anyone's repository; speed over durability.
+                .args(["-c", "archive_mode=off"])
+                .args(["-c", "fsync=off"])
+                .args(["-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"])
+                .args(["-c", "logging_collector=off"])
+                .stdin(Stdio::null())
+                .stdout(logfile.try_clone()?)
+                .stderr(logfile);
+            if !keep {
+                // SAFETY: prctl in the child between fork and exec only.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+                        Ok(())
+                    });
+                }
+            } else {
+                // Its own process group: a Ctrl-C at drctl's terminal must
+                // not stop it.
+                cmd.process_group(0);
+            }
+            let child = cmd.spawn().context("cannot start the scratch postgres")?;
+            self.child = Some(child);
+            self.port = port;
+            let r = if wait {
+                wait_ready(self).await
+            } else {
+                wait_listening(self).await
+            };
+            match r {
+                Ok(()) => {
+                    tracing::info!(port, dir = %self.dir.display(), "scratch server started");
+                    if keep {
+                        // Ours no more: the server outlives this process.
+                        self.child = None;
+                        self.keep = true;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    last_err = format!("{e:#}");
+                    if let Some(mut c) = self.child.take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    let log = self.log();
+                    if !log.contains("could not bind") && !log.contains("Address already in use") {
+                        break;
+                    }
+                }
+            }
         }
-        let mut cmd = owner(&bindir.join("postgres"), ids);
-        cmd.arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.display()))
-            // Never archive into anyone's repository; speed over durability.
-            .args(["-c", "archive_mode=off"])
-            .args(["-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off"])
-            .args(["-c", "logging_collector=off"])
-            .stdin(Stdio::null())
-            .stdout(logfile.try_clone()?)
-            .stderr(logfile);
-        if !keep {
-            // SAFETY: prctl in the child between fork and exec only.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
-                    Ok(())
-                });
-            }
-        } else {
-            // Its own session: a Ctrl-C at drctl's terminal must not stop it.
-            cmd.process_group(0);
-        }
-        let child = cmd.spawn().context("cannot start the scratch postgres")?;
-        s.child = Some(child);
-        s.port = port;
-        match wait_ready(&mut s).await {
-            Ok(()) => {
-                tracing::info!(port, dir = %dir.display(), "scratch server ready");
-                if keep {
-                    // Ours no more: the server outlives this process.
-                    s.child = None;
-                    s.keep = true;
-                }
-                return Ok(s);
-            }
-            Err(e) => {
-                last_err = format!("{e:#}");
-                if let Some(mut c) = s.child.take() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                if !log.contains("could not bind") && !log.contains("Address already in use") {
-                    break;
-                }
-            }
+        bail!("the scratch server did not start: {last_err}")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Whether the server process is still running (always true once kept).
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => self.keep,
         }
     }
-    bail!("the scratch server did not start: {last_err}")
+}
+
+/// Until the postmaster accepts TCP connections (or dies).
+async fn wait_listening(s: &mut Scratch) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if !s.alive() {
+            bail!("exited: {}", last_lines(&s.log()));
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not listening within 60s");
+        }
+        if crate::cancel::requested() {
+            bail!("cancelled");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn last_lines(log: &str) -> String {
+    log.lines().rev().take(3).collect::<Vec<_>>().join(" / ")
 }
 
 async fn wait_ready(s: &mut Scratch) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(c) = s.child.as_mut() {
-            if let Some(st) = c.try_wait()? {
-                let log = std::fs::read_to_string(s.dir.join("server.log")).unwrap_or_default();
-                bail!(
-                    "exited with {st}: {}",
-                    log.lines().rev().take(3).collect::<Vec<_>>().join(" / ")
-                );
-            }
+        if !s.alive() {
+            bail!("exited: {}", last_lines(&s.log()));
         }
         if tokio::net::TcpStream::connect(("127.0.0.1", s.port))
             .await
