@@ -554,7 +554,8 @@ fn daemon_runs_scheduled_drills_and_notifies_a_failing_one() {
     );
     d.backup("shop");
     let id = d.identity_arg();
-    let mut daemon = Daemon::start(&d, &["--no-catch-up", "--identity", &id]);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut daemon = Daemon::start(&d, &["--no-catch-up", "--identity", &id, "--listen", &addr]);
     let n = wait_for(
         "a drill_failed webhook",
         Duration::from_secs(60),
@@ -569,6 +570,15 @@ fn daemon_runs_scheduled_drills_and_notifies_a_failing_one() {
     );
     let msg = n["message"].as_str().unwrap();
     assert!(msg.contains("ten rows: expected = 11, got '10'"), "{n}");
+    // The failed drill's measurements are exported; no passing drill yet.
+    let metrics = wait_for("drill metrics", Duration::from_secs(30), &daemon, || {
+        http_get(&addr, "/metrics")
+            .map(|(_, m)| m)
+            .filter(|m| m.contains("drctl_drill_rto_seconds{policy=\"shop\"}"))
+    });
+    check_exposition(&metrics);
+    assert!(metrics.contains("drctl_drill_rpo_seconds{policy=\"shop\"}"));
+    assert!(!metrics.contains("drctl_drill_last_success_timestamp_seconds{policy=\"shop\"}"));
     daemon.signal("-TERM");
     assert_eq!(
         daemon.wait_exit(Duration::from_secs(60)),

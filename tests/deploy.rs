@@ -326,3 +326,41 @@ fn kubernetes_cronjob_is_well_formed_and_its_container_backs_up() {
     run_as_deployed(&d, &env, &args).ok();
     assert_eq!(backed_up(&d, "orders"), 1);
 }
+
+#[test]
+fn github_actions_drill_workflow_is_well_formed() {
+    let Some(v) = load_yaml("../docs/examples/github-actions-drill.yml") else {
+        eprintln!("PyYAML not available: workflow not parsed");
+        return;
+    };
+    // YAML 1.1 reads the key `on` as true.
+    let on = if v["on"].is_null() {
+        &v["true"]
+    } else {
+        &v["on"]
+    };
+    let cron = on["schedule"][0]["cron"].as_str().unwrap();
+    drctl::schedule::Schedule::parse(cron).unwrap_or_else(|e| panic!("{cron}: {e}"));
+    let steps = v["jobs"]["drill"]["steps"].as_array().unwrap();
+    let drill = steps
+        .iter()
+        .find(|s| s["run"].as_str() == Some("scripts/ci-restore-test.sh"))
+        .expect("a step runs scripts/ci-restore-test.sh");
+    assert!(
+        drill["env"]["DRCTL_AGE_IDENTITY"]
+            .as_str()
+            .unwrap()
+            .contains("secrets."),
+        "the key must come from a secret"
+    );
+    let junit = drill["env"]["JUNIT"].as_str().unwrap();
+    let publish = steps
+        .iter()
+        .find(|s| s["with"]["report_paths"].is_string())
+        .expect("a step publishes the JUnit report");
+    assert_eq!(publish["with"]["report_paths"], junit);
+    assert_eq!(publish["if"], "always()");
+    assert!(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/ci-restore-test.sh")
+        .exists());
+}

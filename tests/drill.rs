@@ -424,3 +424,63 @@ fn drill_into_a_given_server_drops_its_database() {
     assert_eq!(left, "0");
     drop(pg);
 }
+
+/// scripts/ci-restore-test.sh as CI runs it: the key from a secret
+/// variable, every policy with a [drill] section, a JUnit report, exit 1
+/// when a check fails, and no key file left behind.
+#[test]
+fn ci_script_drills_every_drill_policy_and_fails_the_job_on_a_bad_check() {
+    let (pg, d) = setup(CHECKS);
+    // A policy without [drill] is not drilled by --all.
+    d.write_policy("nodrill", &pg.url("shop"), "");
+    d.backup("shop");
+    let key = std::fs::read_to_string(&d.identity).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ci-restore-test.sh");
+    let junit = d.path().join("report.xml");
+    let run = || {
+        Command::new("bash")
+            .arg(&script)
+            .current_dir(d.path())
+            .env("DRCTL_BIN", Drctl::bin())
+            .env("DRCTL_AGE_IDENTITY", &key)
+            .env_remove("DRCTL_IDENTITY")
+            .env("DRCTL_POLICIES", d.path().join("policies"))
+            .env("DRCTL_CATALOG", d.catalog())
+            .env("JUNIT", &junit)
+            .env("TMPDIR", d.path().join("tmp"))
+            .env("PATH", common::test_path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = parse_junit(&junit);
+    let suites: Vec<&str> = j["suites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(suites, ["drill shop"]);
+    assert_eq!(j["failures"], "0");
+    let tmp_files: Vec<_> = std::fs::read_dir(d.path().join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(tmp_files.is_empty(), "left in TMPDIR: {tmp_files:?}");
+
+    let text = std::fs::read_to_string(d.path().join("policies/shop.toml"))
+        .unwrap()
+        .replace("expect = \"t\"", "expect = \"f\"");
+    d.write_policy_text("shop", &text);
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(parse_junit(&junit)["failures"], "1");
+}
