@@ -218,7 +218,7 @@ async fn job(
     match crate::jobs::backup(&policy, &shared.catalog, &catalog_path).await {
         Ok(out) => {
             tracing::info!(
-                backup = %out.manifest.id,
+                backup = %out.made.id(),
                 seconds = started.elapsed().as_secs_f64(),
                 "scheduled backup complete"
             );

@@ -10,11 +10,26 @@ use anyhow::Result;
 use crate::catalog::Catalog;
 use crate::manifest::Manifest;
 use crate::notify::{self, Event};
-use crate::policy::Policy;
+use crate::policy::{Method, Policy};
 use crate::progress::human_bytes;
 
+/// What a job made: a committed manifest, or an RDS snapshot.
+pub enum Made {
+    Repository(Box<Manifest>),
+    Rds(Box<crate::rds::Backup>),
+}
+
+impl Made {
+    pub fn id(&self) -> &str {
+        match self {
+            Made::Repository(m) => &m.id,
+            Made::Rds(b) => &b.id,
+        }
+    }
+}
+
 pub struct BackupOutcome {
-    pub manifest: Manifest,
+    pub made: Made,
     pub pruned: Option<crate::prune::Report>,
     pub prune_error: Option<String>,
 }
@@ -25,31 +40,52 @@ pub async fn backup(
     catalog_path: &Path,
 ) -> Result<BackupOutcome> {
     let _lock = crate::lock::acquire(catalog_path, &policy.name, "backup")?;
-    let m = match crate::backup::run(policy, catalog).await {
+    let rds = policy.backup.method == Method::RdsSnapshot;
+    let made = if rds {
+        crate::rds::backup(policy, catalog)
+            .await
+            .map(|b| Made::Rds(Box::new(b)))
+    } else {
+        crate::backup::run(policy, catalog)
+            .await
+            .map(|m| Made::Repository(Box::new(m)))
+    };
+    let made = match made {
         Ok(m) => m,
         Err(e) => {
             notify::send(policy, Event::BackupFailed, &format!("{e:#}")).await;
             return Err(e);
         }
     };
-    notify::send(
-        policy,
-        Event::BackupSucceeded,
-        &format!(
+    let summary = match &made {
+        Made::Repository(m) => format!(
             "backup {} complete: {} stored, consistent at {}",
             m.id,
             human_bytes(m.stored_bytes()),
             crate::timeparse::rfc3339(m.consistent_at)
         ),
-    )
-    .await;
+        Made::Rds(b) => format!(
+            "snapshot {} complete in {}{}, consistent at {}",
+            b.snapshot,
+            b.region,
+            b.copy_region
+                .as_deref()
+                .map(|r| format!(" (copied to {r})"))
+                .unwrap_or_default(),
+            b.consistent_at
+        ),
+    };
+    notify::send(policy, Event::BackupSucceeded, &summary).await;
     let mut out = BackupOutcome {
-        manifest: m,
+        made,
         pruned: None,
         prune_error: None,
     };
     if !crate::retention::Rules::from_policy(&policy.retention).is_empty() {
         let r = async {
+            if rds {
+                return crate::rds::prune(policy, catalog, false).await;
+            }
             let repo = crate::backup::open_repo(policy).await?;
             crate::prune::run(policy, &*repo, catalog, false).await
         }

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod policy;
 pub mod progress;
 pub mod prune;
+pub mod rds;
 pub mod repo;
 pub mod restore;
 pub mod restore_physical;

@@ -215,6 +215,25 @@ impl Catalog {
         Ok(())
     }
 
+    /// Mark a backup stored outside a drctl repository (an RDS snapshot)
+    /// complete: there is no manifest, the catalog row is the record.
+    pub async fn complete_external(
+        &self,
+        id: &str,
+        finished: Timestamp,
+        consistent: Timestamp,
+        stored_bytes: i64,
+    ) -> Result<()> {
+        sqlx::query("update backups set status = 'complete', finished_at = ?, consistent_at = ?, stored_bytes = ?, pid = null where id = ?")
+            .bind(rfc3339_micros(finished))
+            .bind(rfc3339_micros(consistent))
+            .bind(stored_bytes)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Per policy, newest first, only the rows `status::summarize` looks
     /// at: the newest and oldest complete backups (by consistent point) and
     /// every other attempt since the newest complete one started. One query

@@ -18,28 +18,50 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = ctx.load(&a.policy)?;
     let catalog = ctx.catalog().await?;
     let out = crate::jobs::backup(&policy, &catalog, &ctx.catalog_path).await?;
-    let m = out.manifest;
     if let Some(e) = &out.prune_error {
         eprintln!(
             "drctl: warning: backup {} is complete, but pruning failed: {e}",
-            m.id
+            out.made.id()
         );
     }
-    if ctx.json() {
-        ctx.print_json(&Entry::from_manifest(&m))?;
-    } else {
-        let secs = m.finished_at.duration_since(m.started_at).as_secs_f64();
-        println!(
-            "backup {} complete: policy {}, consistent at {}, {} tables ({} counts), {} -> {} stored in {:.1}s",
-            m.id,
-            m.policy,
-            rfc3339(m.consistent_at),
-            m.tables.len(),
-            m.row_counts,
-            human_bytes(m.source_bytes()),
-            human_bytes(m.stored_bytes()),
-            secs
-        );
+    match &out.made {
+        crate::jobs::Made::Rds(b) => {
+            if ctx.json() {
+                ctx.print_json(b)?;
+            } else {
+                println!(
+                    "backup {} complete: policy {}, snapshot {} in {}{}, consistent at {}",
+                    b.id,
+                    b.policy,
+                    b.snapshot,
+                    b.region,
+                    b.copy_region
+                        .as_deref()
+                        .map(|r| format!(", copied to {r}"))
+                        .unwrap_or_default(),
+                    b.consistent_at
+                );
+            }
+        }
+        crate::jobs::Made::Repository(m) if ctx.json() => {
+            ctx.print_json(&Entry::from_manifest(m))?;
+        }
+        crate::jobs::Made::Repository(m) => {
+            let secs = m.finished_at.duration_since(m.started_at).as_secs_f64();
+            println!(
+                "backup {} complete: policy {}, consistent at {}, {} tables ({} counts), {} -> {} stored in {:.1}s",
+                m.id,
+                m.policy,
+                rfc3339(m.consistent_at),
+                m.tables.len(),
+                m.row_counts,
+                human_bytes(m.source_bytes()),
+                human_bytes(m.stored_bytes()),
+                secs
+            );
+        }
+    }
+    if !ctx.json() {
         if let Some(r) = &out.pruned {
             super::prune::print_report(r);
         }

@@ -23,13 +23,19 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         None => ctx
             .load_all()?
             .into_iter()
-            .filter(|p| p.repository.is_some())
+            .filter(|p| {
+                p.repository.is_some() || p.backup.method == crate::policy::Method::RdsSnapshot
+            })
             .collect(),
     };
     let catalog = ctx.catalog().await?;
     let mut reports = Vec::new();
     for policy in &policies {
         let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "prune")?;
+        if policy.backup.method == crate::policy::Method::RdsSnapshot {
+            reports.push(crate::rds::prune(policy, &catalog, a.dry_run).await?);
+            continue;
+        }
         let repo = crate::backup::open_repo(policy).await?;
         reports.push(crate::prune::run(policy, &*repo, &catalog, a.dry_run).await?);
     }

@@ -54,6 +54,10 @@ pub struct Args {
     /// Do not restore privileges (GRANT/REVOKE)
     #[arg(long)]
     no_acl: bool,
+    /// RDS: return once the restore has started, without waiting for the
+    /// new instance to become available
+    #[arg(long)]
+    no_wait: bool,
     /// Start the restored server (physical restores)
     #[arg(long)]
     start: bool,
@@ -69,9 +73,13 @@ pub struct Args {
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = ctx.load(&a.policy)?;
     let physical = policy.backup.method == crate::policy::Method::Physical;
-    if a.target_instance.is_some() || policy.backup.method == crate::policy::Method::RdsSnapshot {
+    let rds = policy.backup.method == crate::policy::Method::RdsSnapshot;
+    if rds {
+        return run_rds(ctx, &a, policy).await;
+    }
+    if a.target_instance.is_some() {
         return Err(usage(format!(
-            "policy {}: RDS restores are not supported by this drctl build yet",
+            "policy {} is not an RDS policy: --target-instance is for rds-snapshot policies",
             policy.name
         )));
     }
@@ -200,6 +208,55 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
                 policy.name
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_rds(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<ExitCode> {
+    if a.target.is_some() || a.target_dir.is_some() || a.start {
+        return Err(usage(format!(
+            "policy {} backs up RDS: restore into a new instance with --target-instance NAME",
+            policy.name
+        )));
+    }
+    let Some(target) = a.target_instance.as_deref() else {
+        return Err(usage(
+            "where to? pass --target-instance NEW_INSTANCE_NAME (never the source)",
+        ));
+    };
+    let point = match resolve_target(ctx, a)? {
+        Target::Time(t) => crate::rds::RestorePoint::Time(t),
+        Target::Backup(id) => crate::rds::RestorePoint::Backup(id),
+        Target::Latest => crate::rds::RestorePoint::Latest,
+    };
+    let r = crate::rds::restore(&policy, point, target, a.dry_run, !a.no_wait).await?;
+    if ctx.json() {
+        ctx.print_json(&r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let from = match (&r.snapshot, &r.target_time) {
+        (Some(s), _) => format!("snapshot {s}"),
+        (None, Some(t)) => format!("{} as of {t}", r.source_instance),
+        (None, None) => r.source_instance.clone(),
+    };
+    if r.dry_run {
+        println!(
+            "would restore {from} into new instance {}",
+            r.target_instance
+        );
+        if let (Some(a), Some(b)) = (&r.window_start, &r.window_end) {
+            println!("restorable window: {a} .. {b}");
+        }
+    } else {
+        println!(
+            "restored {from} into {} ({}){}",
+            r.target_instance,
+            r.status,
+            r.endpoint
+                .as_deref()
+                .map(|e| format!("; endpoint {e}"))
+                .unwrap_or_default()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
