@@ -192,7 +192,9 @@ fn restores_into_new_instances_and_refuses_what_it_must() {
     assert_eq!(e.code, 2, "{}", e.stderr);
     assert!(e.stderr.contains("never restores in place"), "{}", e.stderr);
 
-    // Point in time: the window is drctl's own check.
+    // Point in time: the window is drctl's own check. (The mock's window
+    // runs from the instance's creation to now: give it a whole second.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let plan = d
         .run(&[
             "restore",

@@ -64,6 +64,10 @@ pub fn window(f: &WindowFacts, now: Timestamp) -> Result<Window, String> {
         Some(c) if c > by_retention => c,
         _ => by_retention,
     });
+    // Whole seconds, rounded inwards: any time printed from the window is
+    // really inside it.
+    let earliest = ceil_second(earliest);
+    let latest = floor_second(latest);
     if earliest > latest {
         return Err(format!(
             "the instance's window is empty (earliest {} is after latest {})",
@@ -72,6 +76,19 @@ pub fn window(f: &WindowFacts, now: Timestamp) -> Result<Window, String> {
         ));
     }
     Ok(Window { earliest, latest })
+}
+
+fn floor_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second() - i64::from(t.subsec_nanosecond() < 0)).unwrap_or(t)
+}
+
+fn ceil_second(t: Timestamp) -> Timestamp {
+    let f = floor_second(t);
+    if f == t {
+        t
+    } else {
+        f + SignedDuration::from_secs(1)
+    }
 }
 
 /// Refuse a target outside the window, naming it.
@@ -118,6 +135,17 @@ mod tests {
         };
         let w = window(&f, now).unwrap();
         assert_eq!(w.earliest, at("2026-11-15T12:00:00Z"));
+        // Sub-second ends are rounded inwards.
+        let frac = WindowFacts {
+            latest_restorable: Some(at("2026-11-22T11:55:00.7Z")),
+            created: Some(at("2026-11-20T08:00:00.2Z")),
+            ..f.clone()
+        };
+        let wf = window(&frac, now).unwrap();
+        assert_eq!(
+            (wf.earliest, wf.latest),
+            (at("2026-11-20T08:00:01Z"), at("2026-11-22T11:55:00Z"))
+        );
         assert_eq!(w.latest, at("2026-11-22T11:55:00Z"));
         // A young instance: its creation bounds the window.
         let young = WindowFacts {
