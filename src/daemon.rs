@@ -267,7 +267,9 @@ pub async fn run(opts: Options) -> Result<()> {
     for e in entries.values() {
         if let (Some(s), Some(n)) = (&e.drill_schedule, e.drill_next) {
             tracing::info!(policy = %e.policy.name, schedule = %s.expr(), next = %rfc3339(n), "drill scheduled");
-            if opts.identity.is_none() {
+            if opts.identity.is_none()
+                && e.policy.backup.method != crate::policy::Method::RdsSnapshot
+            {
                 tracing::error!(policy = %e.policy.name, "[drill] schedule set but the daemon has no --identity (DRCTL_IDENTITY): its drills will fail");
             }
         }

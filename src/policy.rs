@@ -67,6 +67,12 @@ pub struct Source {
     pub region: Option<String>,
     pub copy_to_region: Option<String>,
     pub copy_kms_key_id: Option<String>,
+    /// RDS restores and drill scratch instances: where the new instance
+    /// goes. Without them AWS uses the default VPC's subnet group and
+    /// security group, which a production VPC's clients cannot reach.
+    pub db_subnet_group: Option<String>,
+    #[serde(default)]
+    pub vpc_security_group_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +153,8 @@ pub struct Drill {
     pub schedule: Option<String>,
     pub max_rto: Option<String>,
     pub max_rpo: Option<String>,
+    /// RDS: the scratch instance's class (default: the source's).
+    pub instance_class: Option<String>,
     #[serde(default)]
     pub checks: Vec<Check>,
 }
@@ -419,6 +427,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
     }
     if let Some(d) = &drill {
         validate_drill(&mut ctx, d);
+        if d.instance_class.is_some() && source.as_ref().is_some_and(|s| s.kind != SourceKind::Rds)
+        {
+            ctx.add(
+                "drill.instance_class",
+                "only valid with [source] kind = \"rds\" (the class of the scratch instance)",
+            );
+        }
     }
 
     if !ctx.problems.is_empty() {
@@ -470,10 +485,18 @@ fn validate_source(ctx: &mut Ctx<'_>, s: &Source) {
                 ("source.instance", &s.instance),
                 ("source.cluster", &s.cluster),
                 ("source.copy_to_region", &s.copy_to_region),
+                ("source.copy_kms_key_id", &s.copy_kms_key_id),
+                ("source.db_subnet_group", &s.db_subnet_group),
             ] {
                 if v.is_some() {
                     ctx.add(key, "only valid with kind = \"rds\"");
                 }
+            }
+            if !s.vpc_security_group_ids.is_empty() {
+                ctx.add(
+                    "source.vpc_security_group_ids",
+                    "only valid with kind = \"rds\"",
+                );
             }
         }
         SourceKind::Rds => {
@@ -483,8 +506,12 @@ fn validate_source(ctx: &mut Ctx<'_>, s: &Source) {
                     "an rds source needs exactly one of instance = \"...\" or cluster = \"...\"",
                 );
             }
-            if s.url.is_some() && s.password_env.is_none() {
-                // url is allowed for drills against the restored endpoint.
+            // For drills: the user, database and options the checks use on
+            // the scratch instance (its host and port replace the URL's).
+            if let Some(u) = &s.url {
+                if let Err(e) = crate::pg::ConnUrl::parse(u) {
+                    ctx.add("source.url", e);
+                }
             }
         }
     }
@@ -749,6 +776,31 @@ expect = "t"
     fn method_must_fit_source_kind() {
         let errs = p(&GOOD.replace("method = \"dump\"", "method = \"rds-snapshot\"")).unwrap_err();
         assert_eq!(errs[0].key, "backup.method");
+    }
+
+    #[test]
+    fn rds_only_keys_are_refused_on_a_postgres_source() {
+        let text = GOOD
+            .replace(
+                "password_env = \"ORDERS_PGPASSWORD\"",
+                "password_env = \"ORDERS_PGPASSWORD\"\nvpc_security_group_ids = [\"sg-1\"]\ndb_subnet_group = \"private\"",
+            )
+            .replace("max_rto = \"30m\"", "max_rto = \"30m\"\ninstance_class = \"db.t3.micro\"");
+        let errs = p(&text).unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "source.db_subnet_group",
+                "source.vpc_security_group_ids",
+                "drill.instance_class"
+            ]
+        );
+        let rds = "[source]\nkind = \"rds\"\ninstance = \"db\"\nurl = \"postgres://checker@x/orders\"\nvpc_security_group_ids = [\"sg-1\"]\n[backup]\nmethod = \"rds-snapshot\"\n[drill]\ninstance_class = \"db.t3.micro\"\n";
+        let pol = p(rds).unwrap();
+        assert_eq!(pol.source.vpc_security_group_ids, ["sg-1"]);
+        let errs = p(&rds.replace("checker@x", "checker:pw@x")).unwrap_err();
+        assert_eq!(errs[0].key, "source.url");
     }
 
     #[test]

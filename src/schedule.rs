@@ -1,6 +1,8 @@
 //! Cron schedules: 5-field (minute first) or 6-field (seconds first), in a
 //! policy's time zone. The `cron` crate wants seconds, so 5-field input gets
-//! a leading `0`.
+//! a leading `0`; it also numbers weekdays 1-7 from Sunday, where crontab
+//! (and every DBA) uses 0-7 with 0 and 7 both Sunday, so numeric weekdays
+//! are translated: `0 5 * * 0` means Sunday as it does in crontab.
 
 use std::str::FromStr;
 
@@ -27,6 +29,10 @@ impl Schedule {
                 ))
             }
         };
+        let mut parts: Vec<String> = full.split_whitespace().map(str::to_string).collect();
+        parts[5] =
+            crontab_weekdays(&parts[5]).map_err(|e| format!("'{expr}': day of week: {e}"))?;
+        let full = parts.join(" ");
         let inner = cron::Schedule::from_str(&full)
             .map_err(|e| format!("'{expr}' is not a valid cron expression: {e}"))?;
         Ok(Schedule {
@@ -70,6 +76,49 @@ impl Schedule {
     }
 }
 
+/// Crontab weekdays (0-7, 0 and 7 = Sunday) as the cron crate's (1-7,
+/// 1 = Sunday). `*`, `*/N` and names mean the same in both and pass as
+/// they are; numbers, ranges and stepped ranges become explicit lists.
+fn crontab_weekdays(field: &str) -> Result<String, String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in field.split(',') {
+        if item.starts_with('*') || item.chars().any(|c| c.is_ascii_alphabetic()) {
+            out.push(item.to_string());
+            continue;
+        }
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (
+                r,
+                s.parse::<u8>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| format!("bad step in '{item}'"))?,
+            ),
+            None => (item, 1),
+        };
+        let num = |v: &str| {
+            v.parse::<u8>().ok().filter(|n| *n <= 7).ok_or_else(|| {
+                format!("'{v}' is not a weekday (0-7, 0 and 7 are Sunday, or SUN-SAT)")
+            })
+        };
+        let (lo, hi) = match range.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None if step > 1 => (num(range)?, 7),
+            None => (num(range)?, num(range)?),
+        };
+        if lo > hi {
+            return Err(format!("range '{range}' runs backwards"));
+        }
+        for d in (lo..=hi).step_by(step as usize) {
+            let v = (d % 7 + 1).to_string();
+            if !out.contains(&v) {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out.join(","))
+}
+
 fn chrono_naive(dt: jiff::civil::DateTime) -> Option<chrono::NaiveDateTime> {
     chrono::NaiveDate::from_ymd_opt(dt.year().into(), dt.month() as u32, dt.day() as u32)?
         .and_hms_opt(dt.hour() as u32, dt.minute() as u32, dt.second() as u32)
@@ -95,6 +144,36 @@ mod tests {
         );
         assert!(Schedule::parse("bogus").is_err());
         assert!(Schedule::parse("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn weekdays_mean_what_they_mean_in_crontab() {
+        let utc = TimeZone::UTC;
+        let next = |expr: &str, from: &str| {
+            Schedule::parse(expr)
+                .unwrap()
+                .next_after(from.parse().unwrap(), &utc)
+                .unwrap()
+                .to_zoned(utc.clone())
+        };
+        // 2026-11-25 is a Wednesday; the 29th a Sunday, the 30th a Monday.
+        for sunday in ["0 6 * * 0", "0 6 * * 7", "0 6 * * SUN", "0 0 6 * * 0"] {
+            let z = next(sunday, "2026-11-25T12:00:00Z");
+            assert_eq!(z.weekday(), jiff::civil::Weekday::Sunday, "{sunday}");
+            assert_eq!(z.day(), 29, "{sunday}");
+        }
+        let z = next("0 6 * * 1-5", "2026-11-27T07:00:00Z");
+        assert_eq!((z.weekday(), z.day()), (jiff::civil::Weekday::Monday, 30));
+        let z = next("0 6 * * 5-7", "2026-11-25T12:00:00Z");
+        assert_eq!(z.weekday(), jiff::civil::Weekday::Friday);
+        let z = next("0 6 * * 6,0", "2026-11-28T07:00:00Z");
+        assert_eq!(z.weekday(), jiff::civil::Weekday::Sunday);
+        assert_eq!(crontab_weekdays("0-6/2").unwrap(), "1,3,5,7");
+        assert_eq!(crontab_weekdays("*/2").unwrap(), "*/2");
+        // As cronie reads it: 1-7/2, Sunday (7) included.
+        assert_eq!(crontab_weekdays("1/2").unwrap(), "2,4,6,1");
+        assert!(Schedule::parse("0 6 * * 8").is_err());
+        assert!(Schedule::parse("0 6 * * 5-1").is_err());
     }
 
     #[test]

@@ -234,6 +234,36 @@ impl Catalog {
         Ok(())
     }
 
+    /// Insert or refresh a complete backup stored outside a drctl
+    /// repository (catalog rebuild of RDS snapshots from their tags).
+    pub async fn upsert_external(
+        &self,
+        id: &str,
+        policy: &str,
+        method: &str,
+        at: Timestamp,
+        stored_bytes: i64,
+        location: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, repository)
+             values (?, ?, ?, 'complete', ?, ?, ?, ?, ?)
+             on conflict(id) do update set status = 'complete', consistent_at = excluded.consistent_at,
+               stored_bytes = excluded.stored_bytes, repository = excluded.repository, error = null, pid = null",
+        )
+        .bind(id)
+        .bind(policy)
+        .bind(method)
+        .bind(rfc3339_micros(at))
+        .bind(rfc3339_micros(at))
+        .bind(rfc3339_micros(at))
+        .bind(stored_bytes)
+        .bind(location)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Per policy, newest first, only the rows `status::summarize` looks
     /// at: the newest and oldest complete backups (by consistent point) and
     /// every other attempt since the newest complete one started. One query

@@ -19,7 +19,15 @@ pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
     let mut seen_repos: Vec<String> = Vec::new();
     let (mut complete, mut incomplete, mut forgotten) = (0usize, 0usize, 0u64);
     let mut by_policy: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut rds = 0usize;
     for p in &policies {
+        if p.backup.method == crate::policy::Method::RdsSnapshot {
+            let ids = crate::rds::rebuild(p, &catalog).await?;
+            rds += ids.len();
+            complete += ids.len();
+            by_policy.insert(p.name.clone(), ids);
+            continue;
+        }
         let Some(cfg) = &p.repository else { continue };
         by_policy.entry(p.name.clone()).or_default();
         if seen_repos.contains(&cfg.url) {
@@ -51,10 +59,11 @@ pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
     if ctx.json() {
         ctx.print_json(&serde_json::json!({
             "repositories": seen_repos, "backups": complete, "incomplete": incomplete, "removed": forgotten,
+            "rds_snapshots": rds,
         }))?;
     } else {
         println!(
-            "catalog rebuilt from {} repositories: {complete} backups, {incomplete} incomplete (no manifest) ignored, {forgotten} stale rows removed",
+            "catalog rebuilt from {} repositories and RDS tags: {complete} backups ({rds} RDS snapshots), {incomplete} incomplete (no manifest) ignored, {forgotten} stale rows removed",
             seen_repos.len()
         );
     }

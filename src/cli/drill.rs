@@ -70,7 +70,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         (None, true) => Point::Random,
         (None, false) => Point::Latest,
     };
-    if a.identity.is_none() {
+    let decrypts = policies
+        .iter()
+        .any(|p| p.backup.method != crate::policy::Method::RdsSnapshot);
+    if decrypts && a.identity.is_none() {
         return Err(usage(
             "a drill decrypts the backup: pass --identity FILE (or set DRCTL_IDENTITY)",
         ));

@@ -13,6 +13,7 @@
 
 pub mod check;
 pub mod junit;
+mod rds;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -125,10 +126,29 @@ pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<R
         scratch: None,
     };
     if policy.backup.method == Method::RdsSnapshot {
-        return Err(crate::error::usage(format!(
-            "policy {}: drills of RDS snapshots are not supported by this drctl build yet",
-            policy.name
-        )));
+        if policy.source.cluster.is_some() {
+            return Err(crate::error::usage(format!(
+                "policy {}: drills of Aurora clusters are not supported by this drctl build yet",
+                policy.name
+            )));
+        }
+        if opts.scratch_url.is_some() {
+            return Err(crate::error::usage(format!(
+                "policy {}: --scratch is for PostgreSQL backups; an RDS drill restores into a scratch instance",
+                policy.name
+            )));
+        }
+        // Before an instance exists: a missing secret is the policy's fault.
+        if let Some(var) = &policy.source.password_env {
+            if std::env::var_os(var).is_none() {
+                return Err(crate::error::usage(format!(
+                    "policy {}: password_env names {var}, but {var} is not set in drctl's environment; the drill's checks log in with it",
+                    policy.name
+                )));
+            }
+        }
+        rds::drill(policy, opts, started, t0, &mut report).await;
+        return finish(policy, catalog, report, started, t0).await;
     }
     let repo = crate::backup::open_repo(policy).await?;
     let inv = crate::inventory::scan(&*repo, Some(&policy.name)).await?;
@@ -149,6 +169,17 @@ pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<R
             report.checks.push(CheckResult::fail("restore", e));
         }
     }
+    finish(policy, catalog, report, started, t0).await
+}
+
+/// Decide, record in the catalog, hand back.
+async fn finish(
+    policy: &Policy,
+    catalog: &Catalog,
+    mut report: Report,
+    started: Timestamp,
+    t0: Instant,
+) -> Result<Report> {
     report.passed = report.error.is_none() && report.checks.iter().all(|c| c.passed);
     report.duration_seconds = t0.elapsed().as_secs_f64();
     let json = serde_json::to_string(&report)?;

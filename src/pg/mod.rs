@@ -77,6 +77,25 @@ impl ConnUrl {
         ConnUrl { url }
     }
 
+    /// A URL from its parts (names as they are, encoded here).
+    pub fn from_parts(host: &str, port: u16, user: &str, db: &str) -> Result<ConnUrl, String> {
+        let mut url = url::Url::parse("postgres://localhost/").expect("a valid URL");
+        url.set_username(user)
+            .map_err(|()| format!("user '{user}' cannot be put in a URL"))?;
+        let c = ConnUrl { url }.with_host(host, port)?;
+        Ok(c.with_database(db))
+    }
+
+    /// The same user, database and parameters (sslmode...) on another server.
+    pub fn with_host(&self, host: &str, port: u16) -> Result<ConnUrl, String> {
+        let mut url = self.url.clone();
+        url.set_host(Some(host))
+            .map_err(|e| format!("host '{host}': {e}"))?;
+        url.set_port(Some(port))
+            .map_err(|()| format!("cannot set port {port}"))?;
+        Ok(ConnUrl { url })
+    }
+
     pub fn as_str(&self) -> &str {
         self.url.as_str()
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_rds::error::ProvideErrorMetadata;
-use aws_sdk_rds::types::{DbSnapshot, Tag};
+use aws_sdk_rds::types::{DbClusterSnapshot, DbSnapshot, Tag};
 use aws_sdk_rds::Client;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -24,6 +24,9 @@ use crate::timeparse::rfc3339;
 
 pub const TAG_POLICY: &str = "drctl:policy";
 pub const TAG_BACKUP: &str = "drctl:backup-id";
+/// On a drill's scratch instance: the policy drilled, and when.
+pub const TAG_DRILL_OF: &str = "drctl:drill-of";
+pub const TAG_DRILL_STARTED: &str = "drctl:drill-started";
 
 /// How long to wait for a snapshot, copy or instance to become available.
 fn wait_limit() -> Duration {
@@ -119,60 +122,165 @@ pub struct Snapshot {
     pub allocated_gib: i32,
 }
 
-fn ours(s: &DbSnapshot, policy: &str, region: &str) -> Option<Snapshot> {
-    if tag(s.tag_list(), TAG_POLICY) != Some(policy) {
+/// Instance and cluster snapshots, seen alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Instance,
+    Cluster,
+}
+
+impl Source {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Source::Instance(_) => Kind::Instance,
+            Source::Cluster(_) => Kind::Cluster,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Raw {
+    identifier: String,
+    arn: String,
+    status: String,
+    created: Option<Timestamp>,
+    tags: Vec<Tag>,
+    gib: i32,
+}
+
+impl From<&DbSnapshot> for Raw {
+    fn from(s: &DbSnapshot) -> Raw {
+        Raw {
+            identifier: s.db_snapshot_identifier().unwrap_or_default().into(),
+            arn: s.db_snapshot_arn().unwrap_or_default().into(),
+            status: s.status().unwrap_or_default().into(),
+            created: ts(s.snapshot_create_time()),
+            tags: s.tag_list().to_vec(),
+            gib: s.allocated_storage().unwrap_or(0),
+        }
+    }
+}
+
+impl From<&DbClusterSnapshot> for Raw {
+    fn from(s: &DbClusterSnapshot) -> Raw {
+        Raw {
+            identifier: s
+                .db_cluster_snapshot_identifier()
+                .unwrap_or_default()
+                .into(),
+            arn: s.db_cluster_snapshot_arn().unwrap_or_default().into(),
+            status: s.status().unwrap_or_default().into(),
+            created: ts(s.snapshot_create_time()),
+            tags: s.tag_list().to_vec(),
+            gib: s.allocated_storage().unwrap_or(0),
+        }
+    }
+}
+
+fn ours(s: &Raw, policy: &str, region: &str) -> Option<Snapshot> {
+    if tag(&s.tags, TAG_POLICY) != Some(policy) {
         return None;
     }
     Some(Snapshot {
-        backup_id: tag(s.tag_list(), TAG_BACKUP)?.to_string(),
-        identifier: s.db_snapshot_identifier()?.to_string(),
-        arn: s.db_snapshot_arn().unwrap_or_default().to_string(),
+        backup_id: tag(&s.tags, TAG_BACKUP)?.to_string(),
+        identifier: s.identifier.clone(),
+        arn: s.arn.clone(),
         region: region.to_string(),
-        created: ts(s.snapshot_create_time()),
-        status: s.status().unwrap_or_default().to_string(),
-        allocated_gib: s.allocated_storage().unwrap_or(0),
+        created: s.created,
+        status: s.status.clone(),
+        allocated_gib: s.gib,
     })
 }
 
 /// drctl's manual snapshots of `policy` in one region, by tag.
-pub async fn list_snapshots(c: &Client, policy: &str, region: &str) -> Result<Vec<Snapshot>> {
-    let mut out = Vec::new();
-    let mut pages = c
-        .describe_db_snapshots()
-        .snapshot_type("manual")
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| aws(&format!("listing snapshots in {region}"), e))?;
-        out.extend(
-            page.db_snapshots()
-                .iter()
-                .filter_map(|s| ours(s, policy, region)),
-        );
+pub async fn list_snapshots(
+    c: &Client,
+    kind: Kind,
+    policy: &str,
+    region: &str,
+) -> Result<Vec<Snapshot>> {
+    let what = || format!("listing snapshots in {region}");
+    let mut raw: Vec<Raw> = Vec::new();
+    match kind {
+        Kind::Instance => {
+            let mut pages = c
+                .describe_db_snapshots()
+                .snapshot_type("manual")
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| aws(&what(), e))?;
+                raw.extend(page.db_snapshots().iter().map(Raw::from));
+            }
+        }
+        Kind::Cluster => {
+            let mut pages = c
+                .describe_db_cluster_snapshots()
+                .snapshot_type("manual")
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| aws(&what(), e))?;
+                raw.extend(page.db_cluster_snapshots().iter().map(Raw::from));
+            }
+        }
     }
-    Ok(out)
+    Ok(raw.iter().filter_map(|s| ours(s, policy, region)).collect())
 }
 
-async fn describe_snapshot(c: &Client, id: &str) -> Result<DbSnapshot> {
-    let r = c
-        .describe_db_snapshots()
-        .db_snapshot_identifier(id)
-        .send()
-        .await
-        .map_err(|e| aws(&format!("describing snapshot {id}"), e))?;
-    r.db_snapshots()
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow!("snapshot {id} not found"))
+async fn describe_snapshot(c: &Client, kind: Kind, id: &str) -> Result<Raw> {
+    let what = || format!("describing snapshot {id}");
+    let found = match kind {
+        Kind::Instance => c
+            .describe_db_snapshots()
+            .db_snapshot_identifier(id)
+            .send()
+            .await
+            .map_err(|e| aws(&what(), e))?
+            .db_snapshots()
+            .first()
+            .map(Raw::from),
+        Kind::Cluster => c
+            .describe_db_cluster_snapshots()
+            .db_cluster_snapshot_identifier(id)
+            .send()
+            .await
+            .map_err(|e| aws(&what(), e))?
+            .db_cluster_snapshots()
+            .first()
+            .map(Raw::from),
+    };
+    found.ok_or_else(|| anyhow!("snapshot {id} not found"))
 }
 
-async fn wait_snapshot(c: &Client, id: &str) -> Result<DbSnapshot> {
+async fn delete_snapshot(c: &Client, kind: Kind, id: &str, region: &str) -> Result<()> {
+    let what = || format!("deleting snapshot {id} in {region}");
+    match kind {
+        Kind::Instance => {
+            c.delete_db_snapshot()
+                .db_snapshot_identifier(id)
+                .send()
+                .await
+                .map_err(|e| aws(&what(), e))?;
+        }
+        Kind::Cluster => {
+            c.delete_db_cluster_snapshot()
+                .db_cluster_snapshot_identifier(id)
+                .send()
+                .await
+                .map_err(|e| aws(&what(), e))?;
+        }
+    }
+    Ok(())
+}
+
+async fn wait_snapshot(c: &Client, kind: Kind, id: &str) -> Result<Raw> {
     let deadline = Instant::now() + wait_limit();
     loop {
-        let s = describe_snapshot(c, id).await?;
-        match s.status() {
-            Some("available") => return Ok(s),
-            Some(st @ ("failed" | "error" | "deleted" | "incompatible-restore")) => {
+        let s = describe_snapshot(c, kind, id).await?;
+        match s.status.as_str() {
+            "available" => return Ok(s),
+            st @ ("failed" | "error" | "deleted" | "incompatible-restore") => {
                 bail!("snapshot {id} is {st}")
             }
             _ => {}
@@ -181,7 +289,7 @@ async fn wait_snapshot(c: &Client, id: &str) -> Result<DbSnapshot> {
             bail!(
                 "snapshot {id} not available after {}s (status {}); it may still complete: check the console",
                 wait_limit().as_secs(),
-                s.status().unwrap_or("?")
+                s.status
             );
         }
         if crate::cancel::requested() {
@@ -242,7 +350,8 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
         )
         .await?;
     let r = async {
-        let created = match &src {
+        let kind = src.kind();
+        match &src {
             Source::Instance(i) => {
                 c.create_db_snapshot()
                     .db_snapshot_identifier(&snap)
@@ -251,7 +360,6 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
                     .send()
                     .await
                     .map_err(|e| aws(&format!("CreateDBSnapshot of {i}"), e))?;
-                wait_snapshot(&c, &snap).await?
             }
             Source::Cluster(cl) => {
                 c.create_db_cluster_snapshot()
@@ -261,31 +369,44 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
                     .send()
                     .await
                     .map_err(|e| aws(&format!("CreateDBClusterSnapshot of {cl}"), e))?;
-                bail!("cluster snapshots are created but not yet awaited by this drctl build; use instance = \"...\"")
             }
-        };
-        let consistent = ts(created.snapshot_create_time()).unwrap_or(started);
+        }
+        let created = wait_snapshot(&c, kind, &snap).await?;
+        let consistent = created.created.unwrap_or(started);
         let mut copy = None;
         if let Some(to) = &policy.source.copy_to_region {
             let dc = client(Some(to)).await;
-            let arn = created
-                .db_snapshot_arn()
-                .ok_or_else(|| anyhow!("snapshot {snap} has no ARN"))?;
-            dc.copy_db_snapshot()
-                .source_db_snapshot_identifier(arn)
-                .target_db_snapshot_identifier(&snap)
-                .copy_tags(true)
-                .set_tags(Some(tags(&policy.name, &id)))
-                .set_kms_key_id(policy.source.copy_kms_key_id.clone())
-                .send()
-                .await
-                .map_err(|e| aws(&format!("CopyDBSnapshot {snap} to {to}"), e))?;
-            wait_snapshot(&dc, &snap)
+            let what = format!("copying snapshot {snap} to {to}");
+            match kind {
+                Kind::Instance => {
+                    dc.copy_db_snapshot()
+                        .source_db_snapshot_identifier(&created.arn)
+                        .target_db_snapshot_identifier(&snap)
+                        .copy_tags(true)
+                        .set_tags(Some(tags(&policy.name, &id)))
+                        .set_kms_key_id(policy.source.copy_kms_key_id.clone())
+                        .send()
+                        .await
+                        .map_err(|e| aws(&what, e))?;
+                }
+                Kind::Cluster => {
+                    dc.copy_db_cluster_snapshot()
+                        .source_db_cluster_snapshot_identifier(&created.arn)
+                        .target_db_cluster_snapshot_identifier(&snap)
+                        .copy_tags(true)
+                        .set_tags(Some(tags(&policy.name, &id)))
+                        .set_kms_key_id(policy.source.copy_kms_key_id.clone())
+                        .send()
+                        .await
+                        .map_err(|e| aws(&what, e))?;
+                }
+            }
+            wait_snapshot(&dc, kind, &snap)
                 .await
                 .with_context(|| format!("copy to {to}"))?;
             copy = Some((to.clone(), snap.clone()));
         }
-        Ok((consistent, copy, created.allocated_storage().unwrap_or(0)))
+        anyhow::Ok((consistent, copy, created.gib))
     }
     .await;
     match r {
@@ -314,6 +435,32 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
     }
 }
 
+/// Catalog rows for drctl's available snapshots of the policy, from their
+/// tags alone; the backup ids found.
+pub async fn rebuild(policy: &Policy, catalog: &Catalog) -> Result<Vec<String>> {
+    let region = region_of(policy);
+    let c = client(Some(&region)).await;
+    let kind = source(policy)?.kind();
+    let mut ids = Vec::new();
+    for s in list_snapshots(&c, kind, &policy.name, &region).await? {
+        if s.status != "available" {
+            continue;
+        }
+        catalog
+            .upsert_external(
+                &s.backup_id,
+                &policy.name,
+                "rds-snapshot",
+                s.created.unwrap_or_default(),
+                (s.allocated_gib as i64) << 30,
+                &location(&region, &s.identifier),
+            )
+            .await?;
+        ids.push(s.backup_id);
+    }
+    Ok(ids)
+}
+
 /// Retention over drctl's snapshots of the policy (by tag), in the source
 /// region and the copy region. Snapshots without drctl's tags (made by hand,
 /// or AWS's automated ones) are never looked at.
@@ -324,12 +471,13 @@ pub async fn prune(
 ) -> Result<crate::prune::Report> {
     use crate::retention::{self, Item, Rules};
     let region = region_of(policy);
+    let kind = source(policy)?.kind();
     let c = client(Some(&region)).await;
-    let mut all = list_snapshots(&c, &policy.name, &region).await?;
+    let mut all = list_snapshots(&c, kind, &policy.name, &region).await?;
     let copies = match &policy.source.copy_to_region {
         Some(to) => {
             let dc = client(Some(to)).await;
-            list_snapshots(&dc, &policy.name, to)
+            list_snapshots(&dc, kind, &policy.name, to)
                 .await?
                 .into_iter()
                 .map(|s| (s, dc.clone()))
@@ -363,27 +511,30 @@ pub async fn prune(
         retention::decide(&items, &rules, &policy.timezone())
     };
     let mut backups = Vec::new();
-    for d in decisions {
+    for mut d in decisions {
         let s = all.iter().find(|s| s.backup_id == d.id).expect("decided");
+        // A drill restoring from the snapshot holds a lease on it.
+        let claim = if d.keep {
+            None
+        } else {
+            match crate::lock::claim(catalog.path(), &policy.name, &d.id, dry_run) {
+                Some(c) => Some(c),
+                None => {
+                    d.keep = true;
+                    d.reasons = vec!["in use by a running restore or drill".into()];
+                    None
+                }
+            }
+        };
         if !d.keep && !dry_run {
-            c.delete_db_snapshot()
-                .db_snapshot_identifier(&s.identifier)
-                .send()
-                .await
-                .map_err(|e| aws(&format!("deleting snapshot {}", s.identifier), e))?;
+            delete_snapshot(&c, kind, &s.identifier, &region).await?;
             for (copy, dc) in copies.iter().filter(|(x, _)| x.backup_id == d.id) {
-                dc.delete_db_snapshot()
-                    .db_snapshot_identifier(&copy.identifier)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        aws(
-                            &format!("deleting snapshot {} in {}", copy.identifier, copy.region),
-                            e,
-                        )
-                    })?;
+                delete_snapshot(dc, kind, &copy.identifier, &copy.region).await?;
             }
             tracing::info!(policy = %policy.name, snapshot = %s.identifier, "pruned");
+            if let Some(c) = claim {
+                c.release_and_remove();
+            }
         }
         backups.push(crate::prune::Entry {
             id: d.id,
@@ -438,6 +589,8 @@ pub struct Restore {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    #[serde(skip)]
+    pub ready: Option<Endpoint>,
 }
 
 pub enum RestorePoint {
@@ -500,7 +653,22 @@ pub async fn window(c: &Client, instance: &str) -> Result<plan::Window> {
     plan::window(&facts, Timestamp::now()).map_err(|e| anyhow!("instance {instance}: {e}"))
 }
 
-async fn wait_instance(c: &Client, id: &str) -> Result<Option<String>> {
+/// Where a restored instance answers, and who it was created for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+    pub master_username: Option<String>,
+    pub db_name: Option<String>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.address, self.port)
+    }
+}
+
+async fn wait_instance(c: &Client, id: &str) -> Result<Option<Endpoint>> {
     let deadline = Instant::now() + wait_limit();
     loop {
         let r = c
@@ -512,9 +680,14 @@ async fn wait_instance(c: &Client, id: &str) -> Result<Option<String>> {
         if let Some(i) = r.db_instances().first() {
             match i.db_instance_status() {
                 Some("available") => {
-                    return Ok(i
-                        .endpoint()
-                        .and_then(|e| Some(format!("{}:{}", e.address()?, e.port()?))))
+                    return Ok(i.endpoint().and_then(|e| {
+                        Some(Endpoint {
+                            address: e.address()?.to_string(),
+                            port: u16::try_from(e.port()?).ok()?,
+                            master_username: i.master_username().map(str::to_string),
+                            db_name: i.db_name().map(str::to_string),
+                        })
+                    }))
                 }
                 Some(st @ ("failed" | "incompatible-restore" | "incompatible-parameters")) => {
                     bail!("instance {id} is {st}")
@@ -529,10 +702,103 @@ async fn wait_instance(c: &Client, id: &str) -> Result<Option<String>> {
             );
         }
         if crate::cancel::requested() {
-            bail!("cancelled while waiting for instance {id} (it continues in AWS)");
+            bail!("cancelled while waiting for instance {id}");
         }
         tokio::time::sleep(poll_every()).await;
     }
+}
+
+/// Delete a scratch instance: no final snapshot, no retained automated
+/// backups. An instance still being created cannot be deleted yet, so
+/// that is retried until the wait limit; one already gone is success.
+/// Runs to the end even after a cancel request: it is the cleanup.
+pub async fn delete_instance(region: &str, id: &str) -> Result<()> {
+    let c = client(Some(region)).await;
+    let deadline = Instant::now() + wait_limit();
+    loop {
+        let r = c
+            .delete_db_instance()
+            .db_instance_identifier(id)
+            .skip_final_snapshot(true)
+            .delete_automated_backups(true)
+            .send()
+            .await;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_db_instance_not_found_fault()) =>
+            {
+                return Ok(())
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_invalid_db_instance_state_fault())
+                    && Instant::now() < deadline =>
+            {
+                tracing::info!(instance = %id, "not deletable yet; retrying");
+                tokio::time::sleep(poll_every()).await;
+            }
+            Err(e) => return Err(aws(&format!("deleting instance {id} in {region}"), e)),
+        }
+    }
+}
+
+/// Delete scratch instances of `policy` that earlier drills left behind
+/// (killed before their cleanup): found by drctl's drill tags, and only
+/// when their start tag is older than `max_age`. Returns what was deleted.
+pub async fn sweep_scratch(
+    policy: &Policy,
+    now: Timestamp,
+    max_age: jiff::SignedDuration,
+) -> Result<Vec<String>> {
+    let region = region_of(policy);
+    let c = client(Some(&region)).await;
+    let mut stale = Vec::new();
+    let mut pages = c.describe_db_instances().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws(&format!("listing instances in {region}"), e))?;
+        for i in page.db_instances() {
+            let tags = i.tag_list();
+            if tag(tags, TAG_DRILL_OF) != Some(policy.name.as_str()) {
+                continue;
+            }
+            let started = tag(tags, TAG_DRILL_STARTED).unwrap_or("");
+            if plan::scratch_is_stale(started, now, max_age)
+                && i.db_instance_status() != Some("deleting")
+            {
+                if let Some(id) = i.db_instance_identifier() {
+                    stale.push(id.to_string());
+                }
+            }
+        }
+    }
+    for id in &stale {
+        delete_instance(&region, id).await?;
+        tracing::warn!(policy = %policy.name, instance = %id, "deleted a scratch instance an earlier drill left behind");
+    }
+    Ok(stale)
+}
+
+/// How long a scratch instance may live before a later drill sweeps it:
+/// longer than any drill can run (restore wait, checks, deletion).
+pub fn scratch_max_age() -> jiff::SignedDuration {
+    jiff::SignedDuration::from_secs(3 * wait_limit().as_secs() as i64 + 3600)
+}
+
+/// Tags for a drill's scratch instance.
+pub fn scratch_tags(policy: &str, started: Timestamp) -> Vec<Tag> {
+    vec![
+        Tag::builder().key(TAG_DRILL_OF).value(policy).build(),
+        Tag::builder()
+            .key(TAG_DRILL_STARTED)
+            .value(rfc3339(started))
+            .build(),
+    ]
+}
+
+pub fn region(policy: &Policy) -> String {
+    region_of(policy)
 }
 
 /// Restore into a new instance: never in place, never over an existing one.
@@ -543,6 +809,34 @@ pub async fn restore(
     dry_run: bool,
     wait: bool,
 ) -> Result<Restore> {
+    restore_tagged(policy, point, target, dry_run, wait, None).await
+}
+
+/// `restore`, with tags on the new instance (a drill's scratch tags).
+pub async fn restore_tagged(
+    policy: &Policy,
+    point: RestorePoint,
+    target: &str,
+    dry_run: bool,
+    wait: bool,
+    tags: Option<Vec<Tag>>,
+) -> Result<Restore> {
+    restore_with(policy, point, target, dry_run, wait, tags, None).await
+}
+
+/// `restore_tagged`, optionally with another instance class (drills).
+pub async fn restore_with(
+    policy: &Policy,
+    point: RestorePoint,
+    target: &str,
+    dry_run: bool,
+    wait: bool,
+    tags: Option<Vec<Tag>>,
+    class: Option<&str>,
+) -> Result<Restore> {
+    let subnet_group = policy.source.db_subnet_group.clone();
+    let security_groups =
+        Some(policy.source.vpc_security_group_ids.clone()).filter(|v| !v.is_empty());
     let Source::Instance(src) = source(policy)? else {
         return Err(crate::error::usage(
             "restoring Aurora clusters is not supported by this drctl build yet",
@@ -573,6 +867,7 @@ pub async fn restore(
         dry_run,
         status: if dry_run { "planned" } else { "creating" }.into(),
         endpoint: None,
+        ready: None,
     };
     match point {
         RestorePoint::Time(_) | RestorePoint::Latest => {
@@ -592,7 +887,11 @@ pub async fn restore(
                     .restore_db_instance_to_point_in_time()
                     .source_db_instance_identifier(&src)
                     .target_db_instance_identifier(target)
-                    .copy_tags_to_snapshot(true);
+                    .copy_tags_to_snapshot(true)
+                    .set_tags(tags.clone())
+                    .set_db_subnet_group_name(subnet_group.clone())
+                    .set_vpc_security_group_ids(security_groups.clone())
+                    .set_db_instance_class(class.map(str::to_string));
                 req = match t {
                     Some(t) => req.restore_time(dt(t)),
                     None => req.use_latest_restorable_time(true),
@@ -603,7 +902,7 @@ pub async fn restore(
             }
         }
         RestorePoint::Backup(id) => {
-            let snaps = list_snapshots(&c, &policy.name, &region).await?;
+            let snaps = list_snapshots(&c, Kind::Instance, &policy.name, &region).await?;
             let s = snaps
                 .iter()
                 .find(|s| s.backup_id == id || s.identifier == id)
@@ -620,6 +919,10 @@ pub async fn restore(
                 c.restore_db_instance_from_db_snapshot()
                     .db_instance_identifier(target)
                     .db_snapshot_identifier(&s.identifier)
+                    .set_tags(tags.clone())
+                    .set_db_subnet_group_name(subnet_group.clone())
+                    .set_vpc_security_group_ids(security_groups.clone())
+                    .set_db_instance_class(class.map(str::to_string))
                     .send()
                     .await
                     .map_err(|e| {
@@ -629,7 +932,16 @@ pub async fn restore(
         }
     }
     if !dry_run && wait {
-        out.endpoint = wait_instance(&c, target).await?;
+        out.ready = wait_instance(&c, target).await.map_err(|e| {
+            if tags.is_none() && crate::cancel::requested() {
+                e.context(format!(
+                    "{target} is still being created in AWS; delete it if you no longer want it"
+                ))
+            } else {
+                e
+            }
+        })?;
+        out.endpoint = out.ready.as_ref().map(Endpoint::to_string);
         out.status = "available".into();
     }
     Ok(out)

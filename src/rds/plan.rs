@@ -8,21 +8,49 @@ use serde::Serialize;
 
 use crate::timeparse::rfc3339;
 
-/// The snapshot identifier drctl gives a backup: RDS wants letters, digits
-/// and single hyphens, starting with a letter, at most 255 characters.
-pub fn snapshot_identifier(policy: &str, backup_id: &str) -> String {
-    let raw = format!("drctl-{policy}-{backup_id}").to_ascii_lowercase();
+/// Letters, digits and single hyphens, lowercase: what RDS identifiers allow.
+fn sanitize(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
+    for c in raw.to_ascii_lowercase().chars() {
         let c = if c.is_ascii_alphanumeric() { c } else { '-' };
         if c == '-' && out.ends_with('-') {
             continue;
         }
         out.push(c);
     }
-    let mut out = out.trim_end_matches('-').to_string();
-    out.truncate(255);
     out
+}
+
+/// The snapshot identifier drctl gives a backup: RDS wants letters, digits
+/// and single hyphens, starting with a letter, at most 255 characters.
+pub fn snapshot_identifier(policy: &str, backup_id: &str) -> String {
+    let mut out = sanitize(&format!("drctl-{policy}-{backup_id}"))
+        .trim_end_matches('-')
+        .to_string();
+    out.truncate(255);
+    out.trim_end_matches('-').to_string()
+}
+
+/// A drill's scratch instance: instance identifiers are at most 63
+/// characters, so the policy part is cut to leave room for the suffix that
+/// makes it unique.
+pub fn scratch_identifier(policy: &str, suffix: &str) -> String {
+    let suffix = sanitize(suffix);
+    let suffix = suffix.trim_matches('-');
+    let mut base = sanitize(&format!("drctl-drill-{policy}"));
+    base.truncate(63usize.saturating_sub(suffix.len() + 1).max(12));
+    format!("{}-{suffix}", base.trim_end_matches('-'))
+}
+
+/// Whether a scratch instance tagged as started at `started` is a leftover
+/// of a drill that could not clean up (killed, or its host lost): older
+/// than `max_age`. An unreadable tag is never swept: drctl deletes only
+/// what it can prove is its own and stale.
+pub fn scratch_is_stale(started: &str, now: Timestamp, max_age: SignedDuration) -> bool {
+    match started.parse::<Timestamp>() {
+        Ok(t) => now.duration_since(t) > max_age,
+        Err(_) => false,
+    }
 }
 
 /// The times an instance can be restored to.
@@ -108,6 +136,51 @@ mod tests {
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn scratch_names_are_valid_instance_identifiers() {
+        let long = "x".repeat(80);
+        for (policy, want) in [
+            ("billing", Some("drctl-drill-billing-0a1b2c3d")),
+            (
+                "Billing_EU.prod",
+                Some("drctl-drill-billing-eu-prod-0a1b2c3d"),
+            ),
+            (long.as_str(), None),
+        ] {
+            let id = scratch_identifier(policy, "0a1b2c3d");
+            assert!(id.len() <= 63, "{id}");
+            assert!(id.ends_with("-0a1b2c3d"), "{id}");
+            assert!(!id.contains("--"), "{id}");
+            if let Some(w) = want {
+                assert_eq!(id, w);
+            }
+        }
+    }
+
+    #[test]
+    fn only_stale_scratch_instances_with_a_readable_tag_are_swept() {
+        let now = at("2026-11-23T12:00:00Z");
+        let day = SignedDuration::from_hours(24);
+        assert!(scratch_is_stale("2026-11-21T12:00:00Z", now, day));
+        assert!(!scratch_is_stale("2026-11-23T11:00:00Z", now, day));
+        assert!(!scratch_is_stale("yesterday", now, day));
+        assert!(!scratch_is_stale("", now, day));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_policy_name_gives_a_valid_identifier(policy in "\\PC{0,100}", suffix in "[0-9a-f]{8}") {
+            for id in [scratch_identifier(&policy, &suffix), snapshot_identifier(&policy, &suffix)] {
+                proptest::prop_assert!(id.len() <= 255);
+                proptest::prop_assert!(id.starts_with("drctl-"));
+                proptest::prop_assert!(!id.contains("--"), "{}", id);
+                proptest::prop_assert!(!id.ends_with('-'));
+                proptest::prop_assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            }
+            proptest::prop_assert!(scratch_identifier(&policy, &suffix).len() <= 63);
+        }
     }
 
     #[test]
