@@ -109,6 +109,21 @@ pub fn claim(catalog: &Path, policy: &str, backup: &str, look_only: bool) -> Opt
     })
 }
 
+/// Serialise catalog migrations between processes: SQLite has no advisory
+/// lock of its own, and two drctl processes opening a new catalog at once
+/// (the daemon starting while cron runs `drctl backup`) would both apply
+/// migration 1. Blocks until the holder is done; held until dropped.
+pub fn migration_lock(catalog: &Path) -> Result<File> {
+    let name = catalog
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "catalog".into());
+    let path = locks_dir(catalog).join(format!("{name}.migrate.lock"));
+    let file = open_rw(&path)?;
+    flock(&file, libc::LOCK_EX).with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(file)
+}
+
 /// Take the policy's lock for `what` ("backup", "prune"), or fail at once
 /// naming who holds it.
 pub fn acquire(catalog: &Path, policy: &str, what: &str) -> Result<PolicyLock> {

@@ -262,3 +262,30 @@ fn passwords_stay_out_of_argv_logs_catalog_and_manifests() {
         }
     }
 }
+
+/// Many drctl processes opening a catalog that does not exist yet (cron and
+/// the daemon starting together) all succeed: migrations are serialised.
+#[test]
+fn concurrent_first_opens_of_a_new_catalog_all_succeed() {
+    for round in 0..3 {
+        let d = Drctl::new();
+        let _ = std::fs::remove_file(d.catalog());
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                d.command(&["list", "--output", "json"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

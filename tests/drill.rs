@@ -376,13 +376,13 @@ fn pitr_drill_to_a_time_between_batches_passes_a_count_check() {
     d.write_policy_text("pitr", &text);
     pg.psql(
         "postgres",
-        "CREATE TABLE batches (batch int, id int); INSERT INTO batches SELECT 0, g FROM generate_series(1, 100) g;",
+        "CREATE TABLE batches (batch int, id int); INSERT INTO batches SELECT 0, g FROM generate_series(1, 100) g; CREATE TABLE scratchpad (x int);",
     );
     d.backup("pitr");
     std::thread::sleep(Duration::from_millis(1100));
     pg.psql(
         "postgres",
-        "INSERT INTO batches SELECT 1, g FROM generate_series(1, 1000) g;",
+        "INSERT INTO batches SELECT 1, g FROM generate_series(1, 1000) g; DROP TABLE scratchpad;",
     );
     std::thread::sleep(Duration::from_millis(1100));
     let between = pg.query(
@@ -401,6 +401,20 @@ fn pitr_drill_to_a_time_between_batches_passes_a_count_check() {
     let (code, v) = drill_policy(&d, "pitr", &["--to", &between]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(check(&v, "batch 1 only")["actual"], "1100", "{v}");
+    // Built in: the base backup's tables at the target, each counted in
+    // full; the one dropped before the target is named, not failed.
+    let t = check(&v, "tables and row counts");
+    assert_eq!(t["passed"], true, "{t}");
+    let detail = t["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1 tables counted in full (1100 rows)"),
+        "{detail}"
+    );
+    assert!(detail.contains("1 of the 2 in base backup"), "{detail}");
+    assert!(
+        detail.contains("dropped after the base backup: public.scratchpad"),
+        "{detail}"
+    );
     // The last commit replayed is batch 1's, about 1.1 s before the target.
     let rpo = v["rpo_seconds"].as_f64().unwrap();
     assert!((0.5..30.0).contains(&rpo), "{v}");

@@ -282,8 +282,21 @@ fn aws_errors_fail_the_backup_with_their_message() {
         "gone",
         "[source]\nkind = \"rds\"\ninstance = \"no-such-instance\"\nregion = \"us-east-1\"\n\n[backup]\nmethod = \"rds-snapshot\"\n",
     );
+    let (hook, got) = common::webhook();
+    d.write_policy_text(
+        "gone",
+        &format!("[source]\nkind = \"rds\"\ninstance = \"no-such-instance\"\nregion = \"us-east-1\"\n\n[backup]\nmethod = \"rds-snapshot\"\n\n[notify]\nwebhook_url = \"{hook}\"\n"),
+    );
     let r = d.run(&["backup", "gone"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
+    // The failure reaches the webhook, with AWS's error in it.
+    let sent = got.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].to_string().contains("DBInstanceNotFound"),
+        "{sent:?}"
+    );
+    assert!(sent[0].to_string().contains("backup_failed"), "{sent:?}");
     assert!(r.stderr.contains("DBInstanceNotFound"), "{}", r.stderr);
     assert!(r.stderr.contains("no-such-instance"), "{}", r.stderr);
     let rows = d.list("gone");

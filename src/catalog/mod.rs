@@ -120,10 +120,15 @@ impl Catalog {
             .connect_with(opts)
             .await
             .with_context(|| format!("cannot open catalog {}", path.display()))?;
+        let owned = path.to_path_buf();
+        let guard = tokio::task::spawn_blocking(move || crate::lock::migration_lock(&owned))
+            .await
+            .context("migration lock thread")??;
         MIGRATOR
             .run(&pool)
             .await
             .with_context(|| format!("cannot migrate catalog {}", path.display()))?;
+        drop(guard);
         let cat = Catalog {
             pool,
             path: path.to_path_buf(),

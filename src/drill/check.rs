@@ -115,6 +115,42 @@ pub fn budget(name: &str, measured: Option<f64>, max: Option<f64>) -> CheckResul
     }
 }
 
+/// PITR: the tables of the base backup at the target. Rows move on after a
+/// base backup, so counts are not compared; each table was counted in full
+/// (an unreadable heap fails before this). A table missing at the target
+/// may have been dropped after the base backup, which the target time
+/// allows: it is named, not failed.
+pub fn tables_at_target(
+    base_id: &str,
+    expected: &[crate::manifest::TableCount],
+    actual: &[crate::manifest::TableCount],
+) -> CheckResult {
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|t| {
+            !actual
+                .iter()
+                .any(|a| a.schema == t.schema && a.name == t.name)
+        })
+        .map(|t| format!("{}.{}", t.schema, t.name))
+        .collect();
+    let rows: i64 = actual.iter().map(|a| a.rows.max(0)).sum();
+    let mut detail = format!(
+        "{} tables counted in full ({rows} rows); {} of the {} in base backup {base_id} present",
+        actual.len(),
+        expected.len() - missing.len(),
+        expected.len()
+    );
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+        detail.push_str(&format!(
+            "; not at the target, dropped after the base backup: {}",
+            shown.join(", ")
+        ));
+    }
+    CheckResult::pass("tables and row counts", detail)
+}
+
 /// Manifest row counts against the restored database's.
 pub fn row_counts(
     expected: &[crate::manifest::TableCount],
@@ -218,6 +254,39 @@ mod tests {
         assert_eq!(r.detail, "61.0s exceeds the budget of 60s");
         assert!(budget("RPO", Some(1.0), None).passed);
         assert!(!budget("RPO", None, Some(1.0)).passed);
+    }
+
+    #[test]
+    fn pitr_tables_dropped_after_the_base_backup_are_named_not_failed() {
+        let t = |n: &str, rows| crate::manifest::TableCount {
+            schema: "public".into(),
+            name: n.into(),
+            rows,
+        };
+        let c = tables_at_target(
+            "B1",
+            &[t("a", 10), t("gone", 5)],
+            &[t("a", 12), t("new", 3)],
+        );
+        assert!(c.passed);
+        assert!(
+            c.detail.contains("2 tables counted in full (15 rows)"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail.contains("1 of the 2 in base backup B1"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail
+                .contains("dropped after the base backup: public.gone"),
+            "{}",
+            c.detail
+        );
+        let c = tables_at_target("B1", &[t("a", 10)], &[t("a", 0)]);
+        assert!(!c.detail.contains("dropped"), "{}", c.detail);
     }
 
     #[test]

@@ -157,7 +157,16 @@ pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<R
         rand::random::<u64>() as usize % n
     }) {
         Ok((m, _)) if physical => {
-            drill_physical(policy, opts, &*repo, &m, started, t0, &mut report).await;
+            drill_physical(
+                policy,
+                opts,
+                &*repo,
+                (&m, &inv.complete),
+                started,
+                t0,
+                &mut report,
+            )
+            .await;
         }
         Ok((m, target)) => {
             report.backup_id = Some(m.id.clone());
@@ -394,7 +403,7 @@ async fn drill_physical(
     policy: &Policy,
     opts: &Options,
     repo: &dyn crate::repo::Repository,
-    newest: &Manifest,
+    (newest, complete): (&Manifest, &[Manifest]),
     started: Timestamp,
     t0: Instant,
     report: &mut Report,
@@ -525,6 +534,12 @@ async fn drill_physical(
                     .and_then(|t| t.parse::<Timestamp>().ok())
                     .or_else(|| outcome.plan.consistent_at.parse().ok());
                 report.rpo_seconds = last.map(|l| aim.duration_since(l).as_secs_f64().max(0.0));
+                if let Some(base) = complete
+                    .iter()
+                    .find(|m| m.id == outcome.plan.backup_id && m.row_counts != "off")
+                {
+                    report.checks.push(pitr_table_check(conn, base).await);
+                }
                 run_checks(policy, conn, report).await;
             }
             Err(e) => report.checks.push(CheckResult::fail(
@@ -557,6 +572,22 @@ async fn row_count_check(conn: &Conn, m: &Manifest) -> CheckResult {
     .await;
     match counted {
         Ok(actual) => check::row_counts(&m.tables, &actual, exact),
+        Err(e) => CheckResult::fail("tables and row counts", format!("error: {e:#}")),
+    }
+}
+
+/// Count every table of the restored cluster's database in full, then
+/// hold them against the base backup's list.
+async fn pitr_table_check(conn: &Conn, base: &Manifest) -> CheckResult {
+    let counted = async {
+        let mut s = crate::pg::Session::open(conn).await?;
+        let t = crate::pg::dump::row_counts(&mut s, crate::policy::RowCounts::Exact).await;
+        s.close().await.ok();
+        t
+    }
+    .await;
+    match counted {
+        Ok(actual) => check::tables_at_target(&base.id, &base.tables, &actual),
         Err(e) => CheckResult::fail("tables and row counts", format!("error: {e:#}")),
     }
 }

@@ -368,6 +368,15 @@ async fn over_replication(
     result
 }
 
+/// The policy database's tables with the planner's row estimates: a cheap
+/// catalog read (rows move on during and after a base backup anyway).
+async fn list_tables(conn: &Conn) -> Result<Vec<crate::manifest::TableCount>> {
+    let mut s = crate::pg::Session::open(conn).await?;
+    let t = crate::pg::dump::row_counts(&mut s, crate::policy::RowCounts::Estimate).await;
+    s.close().await.ok();
+    t
+}
+
 /// Wait for the WAL the backup needs, then write its manifest.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
@@ -390,6 +399,18 @@ async fn finish(
         // With -X none pg_basebackup does not print them; the server's
         // backup history file, archived by wal-push, has them.
         None => backup_points(repo, &policy.name, id, Duration::from_secs(wait)).await?,
+    };
+    // The tables a PITR drill expects to find (unless dropped later): read
+    // before consistent_at is taken, so each existed by then.
+    let (row_counts, tables) = match policy.backup.row_counts {
+        crate::policy::RowCounts::Off => ("off", Vec::new()),
+        _ => match list_tables(conn).await {
+            Ok(t) => ("estimate", t),
+            Err(e) => {
+                tracing::warn!(policy = %policy.name, "cannot list tables for the manifest: {e:#}");
+                ("off", Vec::new())
+            }
+        },
     };
     // Upper bound of the stop record's time: restoring to any time at or
     // after it reaches consistency.
@@ -433,8 +454,8 @@ async fn finish(
         tablespaces: streamed.tablespaces,
         compression: crate::backup::compression_info(policy),
         encryption: crate::backup::encryption_info(recipients),
-        row_counts: "off".into(),
-        tables: Vec::new(),
+        row_counts: row_counts.into(),
+        tables,
         drctl_version: env!("CARGO_PKG_VERSION").into(),
     };
     crate::backup::commit(repo, &m).await?;
