@@ -524,21 +524,15 @@ async fn drill_physical(
                     ),
                 ));
                 // The newest data present: the last transaction replayed.
-                let last = conn
-                    .query_one(
-                        "select coalesce(to_char(pg_last_xact_replay_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '')",
-                        &[],
-                    )
+                let last = replayed_until(conn)
                     .await
-                    .ok()
-                    .and_then(|t| t.parse::<Timestamp>().ok())
                     .or_else(|| outcome.plan.consistent_at.parse().ok());
                 report.rpo_seconds = last.map(|l| aim.duration_since(l).as_secs_f64().max(0.0));
                 if let Some(base) = complete
                     .iter()
                     .find(|m| m.id == outcome.plan.backup_id && m.row_counts != "off")
                 {
-                    report.checks.push(pitr_table_check(conn, base).await);
+                    report.checks.push(row_count_check(conn, base).await);
                 }
                 run_checks(policy, conn, report).await;
             }
@@ -561,35 +555,28 @@ async fn drill_physical(
     }
 }
 
+/// Count every table of the restored database in full and hold them
+/// against the manifest: a dump's list (with its counts when exact), or a
+/// base backup's tables at a PITR target.
 async fn row_count_check(conn: &Conn, m: &Manifest) -> CheckResult {
-    let exact = m.row_counts == "exact";
-    let counted = async {
-        let mut s = crate::pg::Session::open(conn).await?;
-        let t = crate::pg::dump::row_counts(&mut s, crate::policy::RowCounts::Exact).await;
-        s.close().await.ok();
-        t
-    }
-    .await;
-    match counted {
-        Ok(actual) => check::row_counts(&m.tables, &actual, exact),
+    match crate::pg::dump::count_tables(conn, crate::policy::RowCounts::Exact).await {
+        Ok(actual) if m.method == Method::Physical => {
+            check::tables_at_target(&m.id, &m.tables, &actual)
+        }
+        Ok(actual) => check::row_counts(&m.tables, &actual, m.row_counts == "exact"),
         Err(e) => CheckResult::fail("tables and row counts", format!("error: {e:#}")),
     }
 }
 
-/// Count every table of the restored cluster's database in full, then
-/// hold them against the base backup's list.
-async fn pitr_table_check(conn: &Conn, base: &Manifest) -> CheckResult {
-    let counted = async {
-        let mut s = crate::pg::Session::open(conn).await?;
-        let t = crate::pg::dump::row_counts(&mut s, crate::policy::RowCounts::Exact).await;
-        s.close().await.ok();
-        t
-    }
-    .await;
-    match counted {
-        Ok(actual) => check::tables_at_target(&base.id, &base.tables, &actual),
-        Err(e) => CheckResult::fail("tables and row counts", format!("error: {e:#}")),
-    }
+/// The newest transaction a recovery replayed, when the server says.
+pub(crate) async fn replayed_until(conn: &Conn) -> Option<Timestamp> {
+    conn.query_one(
+        "select coalesce(to_char(pg_last_xact_replay_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '')",
+        &[],
+    )
+    .await
+    .ok()
+    .and_then(|t| t.trim().parse().ok())
 }
 
 /// amcheck's bt_index_check on every btree index of user schemas, when the

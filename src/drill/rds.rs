@@ -122,7 +122,7 @@ pub async fn drill(
                 report.rpo_seconds = match snapshot_time {
                     // A snapshot holds the data up to its creation.
                     Some(at) => Some(target.duration_since(at).as_secs_f64().max(0.0)),
-                    None => replayed_until(conn)
+                    None => super::replayed_until(conn)
                         .await
                         .map(|at| target.duration_since(at).as_secs_f64().max(0.0)),
                 };
@@ -231,19 +231,6 @@ fn not_up_yet(msg: &str) -> bool {
     ]
     .iter()
     .any(|m| msg.contains(m))
-}
-
-/// The newest transaction a point-in-time restore replayed, when the
-/// server says.
-async fn replayed_until(conn: &Conn) -> Option<Timestamp> {
-    let v = conn
-        .query_one(
-            "select coalesce(to_char(pg_last_xact_replay_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '')",
-            &[],
-        )
-        .await
-        .ok()?;
-    v.trim().parse().ok()
 }
 
 /// RTO and RPO against the policy's budgets. A point-in-time restore whose

@@ -96,6 +96,14 @@ pub async fn row_counts(session: &mut Session, mode: RowCounts) -> Result<Vec<Ta
     Ok(out)
 }
 
+/// Row counts in a session of their own (not tied to a dump's snapshot).
+pub async fn count_tables(conn: &Conn, mode: RowCounts) -> Result<Vec<TableCount>> {
+    let mut s = Session::open(conn).await?;
+    let t = row_counts(&mut s, mode).await;
+    s.close().await.ok();
+    t
+}
+
 /// Start `pg_dump -Fc -Z0` (zstd compresses later) on the exported snapshot.
 pub fn spawn_pg_dump(conn: &Conn, snapshot: &str) -> Result<Child> {
     let mut cmd = conn.std_command("pg_dump");

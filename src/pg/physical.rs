@@ -368,15 +368,6 @@ async fn over_replication(
     result
 }
 
-/// The policy database's tables with the planner's row estimates: a cheap
-/// catalog read (rows move on during and after a base backup anyway).
-async fn list_tables(conn: &Conn) -> Result<Vec<crate::manifest::TableCount>> {
-    let mut s = crate::pg::Session::open(conn).await?;
-    let t = crate::pg::dump::row_counts(&mut s, crate::policy::RowCounts::Estimate).await;
-    s.close().await.ok();
-    t
-}
-
 /// Wait for the WAL the backup needs, then write its manifest.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
@@ -404,7 +395,9 @@ async fn finish(
     // before consistent_at is taken, so each existed by then.
     let (row_counts, tables) = match policy.backup.row_counts {
         crate::policy::RowCounts::Off => ("off", Vec::new()),
-        _ => match list_tables(conn).await {
+        // The planner's estimates: a cheap catalog read (rows move on
+        // during and after a base backup anyway).
+        _ => match crate::pg::dump::count_tables(conn, crate::policy::RowCounts::Estimate).await {
             Ok(t) => ("estimate", t),
             Err(e) => {
                 tracing::warn!(policy = %policy.name, "cannot list tables for the manifest: {e:#}");
