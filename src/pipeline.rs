@@ -1,6 +1,6 @@
 //! Streaming stages between a source and a repository object.
 //!
-//! encode: plain -> sha256(plain) -> zstd (multithreaded) -> age -> sha256(stored) -> object
+//! encode: plain -> sha256(plain) -> zstd (4 MiB frames, in parallel) -> age -> sha256(stored) -> object
 //! decode: object -> sha256(stored) -> age -> zstd -> sha256(plain) -> sink
 //!
 //! Blocking code, run on a blocking thread. Memory is bounded by the zstd
@@ -95,10 +95,32 @@ pub struct EncodeOptions<'a> {
     pub recipients: &'a [age::x25519::Recipient],
 }
 
+/// Plaintext per zstd frame. Each chunk is compressed on its own, so
+/// `threads` workers compress side by side straight from the buffer the
+/// source was read into (zstd's own multithreading would copy every byte
+/// into its job buffers first); concatenated frames are one valid zstd
+/// stream. Big enough that the ratio is what one frame would give.
+const CHUNK: usize = 4 << 20;
+
+fn frame_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    Ok(c)
+}
+
+type Chunk = std::sync::Arc<Vec<u8>>;
+type Done = (usize, io::Result<Vec<u8>>);
+
 /// Stream `src` into `dst`. `progress` is told the plain bytes read so far
 /// and returns false to cancel. `before_commit` runs after the last byte is
 /// written and before the object is made visible; its error aborts the
 /// object. On any error the writer is dropped unfinished, which aborts it.
+///
+/// This thread only reads, so a producer on the other end of a pipe or
+/// socket never waits on us for long; one thread hashes the chunks in
+/// order, `opts.threads` workers compress them, and this thread encrypts
+/// and writes the frames in order. At most two chunks per worker are in
+/// flight, which bounds memory.
 pub fn encode(
     src: &mut dyn Read,
     dst: Box<dyn ObjectWriter>,
@@ -114,31 +136,94 @@ pub fn encode(
     let encryptor =
         age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
             .context("no age recipients")?;
-    let age_w = encryptor
+    let mut age_w = encryptor
         .wrap_output(stored)
         .context("cannot start age encryption")?;
-    let mut z = zstd::stream::write::Encoder::new(age_w, opts.level).context("zstd init")?;
-    if opts.threads > 1 {
-        z.multithread(opts.threads).context("zstd workers")?;
-    }
-    z.include_checksum(true)?;
-
-    let mut plain = HashReader::new(src);
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = match plain.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("reading the source stream"),
-        };
-        z.write_all(&buf[..n])
-            .context("writing to the repository")?;
-        if !progress(plain.n) {
-            bail!("interrupted");
+    let workers = opts.threads.max(1) as usize;
+    let in_flight = 2 * workers;
+    let level = opts.level;
+    let mut plain_bytes = 0u64;
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(usize, Chunk)>(in_flight);
+    let job_rx = std::sync::Mutex::new(job_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
+    let (sha_tx, sha_rx) = std::sync::mpsc::sync_channel::<Chunk>(in_flight);
+    let plain_sha256 = std::thread::scope(|s| -> Result<String> {
+        let hasher = s.spawn(move || {
+            let mut h = Sha256::new();
+            for c in sha_rx {
+                h.update(&c[..]);
+            }
+            hex::encode(h.finalize())
+        });
+        for _ in 0..workers {
+            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+            s.spawn(move || {
+                let mut c = frame_compressor(level);
+                loop {
+                    let job = job_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((i, input))) = job else { break };
+                    let out = match &mut c {
+                        Ok(c) => c.compress(&input),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    };
+                    drop(input);
+                    if done_tx.send((i, out)).is_err() {
+                        break;
+                    }
+                }
+            });
         }
-    }
-    let age_w = z.finish().context("finishing zstd")?;
+        drop(done_tx);
+        let r = (|| -> Result<()> {
+            let mut pending = std::collections::BTreeMap::new();
+            let (mut sent, mut written, mut eof) = (0usize, 0usize, false);
+            while !eof || written < sent {
+                if !eof && sent - written < in_flight {
+                    let mut buf = Vec::with_capacity(CHUNK);
+                    loop {
+                        match (&mut *src).take(CHUNK as u64).read_to_end(&mut buf) {
+                            Ok(_) => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e).context("reading the source stream"),
+                        }
+                    }
+                    plain_bytes += buf.len() as u64;
+                    eof = buf.len() < CHUNK;
+                    // An empty source still gets its (empty) frame.
+                    if buf.is_empty() && sent > 0 {
+                        continue;
+                    }
+                    if !progress(plain_bytes) {
+                        bail!("interrupted");
+                    }
+                    let buf = std::sync::Arc::new(buf);
+                    let stopped = || anyhow::anyhow!("a pipeline thread stopped");
+                    sha_tx.send(buf.clone()).map_err(|_| stopped())?;
+                    job_tx.send((sent, buf)).map_err(|_| stopped())?;
+                    sent += 1;
+                    continue;
+                }
+                let (i, out) = done_rx
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("a compression worker stopped"))?;
+                pending.insert(i, out.context("zstd")?);
+                while let Some(frame) = pending.remove(&written) {
+                    age_w
+                        .write_all(&frame)
+                        .context("writing to the repository")?;
+                    written += 1;
+                }
+            }
+            Ok(())
+        })();
+        // The other threads end once their queues close, also after an error.
+        drop(job_tx);
+        drop(sha_tx);
+        let sha = hasher
+            .join()
+            .map_err(|_| anyhow::anyhow!("hashing panicked"))?;
+        r.map(|()| sha)
+    })?;
     let stored = age_w.finish().context("finishing age")?;
     let HashWriter {
         inner: dst,
@@ -146,7 +231,6 @@ pub fn encode(
         n: stored_bytes,
     } = stored;
     let stored_sha256 = hex::encode(hasher.finalize());
-    let (plain_bytes, plain_sha256) = plain.finish();
     before_commit()?;
     let size = dst.finish().context("committing the object")?;
     if size != stored_bytes {
@@ -157,6 +241,209 @@ pub fn encode(
         plain_sha256,
         stored_bytes,
         stored_sha256,
+    })
+}
+
+/// Reads a queue of chunks as one stream.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    cur: Option<Chunk>,
+    at: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(c) = &self.cur {
+                if self.at < c.len() {
+                    let n = buf.len().min(c.len() - self.at);
+                    buf[..n].copy_from_slice(&c[self.at..self.at + n]);
+                    self.at += n;
+                    return Ok(n);
+                }
+            }
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.cur = Some(c);
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+    }
+}
+
+/// Like `encode`, for a source that is already a zstd stream (a base
+/// backup the server compressed): it is encrypted as it arrives, and a
+/// second thread decompresses it to hash the plain bytes, which also
+/// proves the stream whole before the object is committed.
+pub fn encode_compressed(
+    src: &mut dyn Read,
+    dst: Box<dyn ObjectWriter>,
+    recipients: &[age::x25519::Recipient],
+    progress: &dyn Fn(u64) -> bool,
+) -> Result<Digests> {
+    let stored = HashWriter {
+        inner: dst,
+        hasher: Sha256::new(),
+        n: 0,
+    };
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .context("no age recipients")?;
+    let mut age_w = encryptor
+        .wrap_output(stored)
+        .context("cannot start age encryption")?;
+    let plain_n = std::sync::atomic::AtomicU64::new(0);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(16);
+    let (plain_bytes, plain_sha256) = std::thread::scope(|s| -> Result<(u64, String)> {
+        let plain_n = &plain_n;
+        let plain = s.spawn(move || -> io::Result<(u64, String)> {
+            let z = zstd::stream::read::Decoder::new(ChunkReader {
+                rx,
+                cur: None,
+                at: 0,
+            })?;
+            let mut r = HashReader::new(z);
+            let mut buf = vec![0u8; BUF];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => plain_n.store(r.n, std::sync::atomic::Ordering::Relaxed),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(r.finish())
+        });
+        let r = (|| -> Result<()> {
+            loop {
+                let mut buf = Vec::with_capacity(BUF);
+                match (&mut *src).take(BUF as u64).read_to_end(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).context("reading the source stream"),
+                }
+                age_w.write_all(&buf).context("writing to the repository")?;
+                if tx.send(std::sync::Arc::new(buf)).is_err() {
+                    // The decompressor stopped: its error says why.
+                    return Ok(());
+                }
+                if !progress(plain_n.load(std::sync::atomic::Ordering::Relaxed)) {
+                    bail!("interrupted");
+                }
+            }
+        })();
+        drop(tx);
+        let p = plain
+            .join()
+            .map_err(|_| anyhow::anyhow!("decompression panicked"))?;
+        r?;
+        p.context("the server's zstd stream does not decompress")
+    })?;
+    let stored = age_w.finish().context("finishing age")?;
+    let HashWriter {
+        inner: dst,
+        hasher,
+        n: stored_bytes,
+    } = stored;
+    let size = dst.finish().context("committing the object")?;
+    if size != stored_bytes {
+        bail!("repository stored {size} bytes but {stored_bytes} were written");
+    }
+    Ok(Digests {
+        plain_bytes,
+        plain_sha256,
+        stored_bytes,
+        stored_sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Encode a file that is complete on disk (a WAL segment) as fast as the
+/// cores allow: the file is mapped rather than read (no copy through a
+/// buffer), its sha256 runs on its own thread, and `opts.threads` threads
+/// each compress a 4 MiB chunk into its own zstd frame (concatenated frames
+/// are one valid zstd stream). Memory stays bounded: one compressed chunk
+/// per thread at a time; the mapping is the page cache's, not ours.
+pub fn encode_file(
+    path: &Path,
+    dst: Box<dyn ObjectWriter>,
+    opts: &EncodeOptions<'_>,
+) -> Result<Digests> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    // SAFETY: the file is not changed while it is archived (PostgreSQL runs
+    // archive_command on a finished segment and waits for it); a file
+    // truncated under us ends the process with SIGBUS, which PostgreSQL
+    // counts as a failed archive, never as success.
+    let map = if len == 0 {
+        None
+    } else {
+        Some(
+            unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+                .with_context(|| format!("cannot map {}", path.display()))?,
+        )
+    };
+    let data: &[u8] = map.as_deref().unwrap_or(&[]);
+    let stored = HashWriter {
+        inner: dst,
+        hasher: Sha256::new(),
+        n: 0,
+    };
+    let encryptor =
+        age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
+            .context("no age recipients")?;
+    let mut age_w = encryptor
+        .wrap_output(stored)
+        .context("cannot start age encryption")?;
+    let threads = (opts.threads.max(1) as usize).min(data.len().div_ceil(CHUNK).max(1));
+    let compress = |chunk: &[u8]| frame_compressor(opts.level)?.compress(chunk);
+    let chunks: Vec<&[u8]> = if data.is_empty() {
+        vec![&[][..]]
+    } else {
+        data.chunks(CHUNK).collect()
+    };
+    let plain_sha256 = std::thread::scope(|s| -> Result<String> {
+        let sha = s.spawn(|| hex::encode(Sha256::digest(data)));
+        for round in chunks.chunks(threads) {
+            let helpers: Vec<_> = round[1..]
+                .iter()
+                .map(|c| s.spawn(move || compress(c)))
+                .collect();
+            let first = compress(round[0]).context("zstd")?;
+            age_w
+                .write_all(&first)
+                .context("writing to the repository")?;
+            for h in helpers {
+                let out = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("compression panicked"))?
+                    .context("zstd")?;
+                age_w.write_all(&out).context("writing to the repository")?;
+            }
+        }
+        sha.join().map_err(|_| anyhow::anyhow!("hashing panicked"))
+    })?;
+    let stored = age_w.finish().context("finishing age")?;
+    let HashWriter {
+        inner: dst,
+        hasher,
+        n: stored_bytes,
+    } = stored;
+    let size = dst.finish().context("committing the object")?;
+    if size != stored_bytes {
+        bail!("repository stored {size} bytes but {stored_bytes} were written");
+    }
+    Ok(Digests {
+        plain_bytes: data.len() as u64,
+        plain_sha256,
+        stored_bytes,
+        stored_sha256: hex::encode(hasher.finalize()),
     })
 }
 
@@ -430,6 +717,138 @@ mod tests {
         .unwrap();
         assert_eq!(got, d);
         assert_eq!(out, data);
+    }
+
+    fn decode_all(stored: Vec<u8>, id: age::x25519::Identity, d: &Digests) -> Vec<u8> {
+        let mut out = Vec::new();
+        let got = decode(
+            Box::new(io::Cursor::new(stored)),
+            &[id],
+            &entry(d),
+            &mut out,
+            false,
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(&got, d);
+        out
+    }
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    #[test]
+    fn many_chunks_round_trip_in_order_for_any_worker_count() {
+        // Not a multiple of the chunk size, so the last frame is short.
+        let data = sample(3 * CHUNK + 12_345);
+        for threads in [1, 2, 3] {
+            let id = age::x25519::Identity::generate();
+            let store = Arc::new(Mutex::new(Vec::new()));
+            let d = encode(
+                &mut &data[..],
+                Box::new(Mem(store.clone())),
+                &EncodeOptions {
+                    level: 1,
+                    threads,
+                    recipients: &[id.to_public()],
+                },
+                &|_| true,
+                &mut || Ok(()),
+            )
+            .unwrap();
+            assert_eq!(d.plain_bytes, data.len() as u64);
+            assert_eq!(d.plain_sha256, sha(&data));
+            let stored = store.lock().unwrap().clone();
+            assert_eq!(decode_all(stored, id, &d), data, "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn empty_source_round_trips() {
+        let (stored, d, id) = roundtrip_setup(&[]);
+        assert_eq!(d.plain_bytes, 0);
+        assert!(decode_all(stored, id, &d).is_empty());
+    }
+
+    #[test]
+    fn cancel_stops_the_encoder() {
+        let data = sample(3 * CHUNK);
+        let id = age::x25519::Identity::generate();
+        let store = Arc::new(Mutex::new(Vec::new()));
+        let r = encode(
+            &mut &data[..],
+            Box::new(Mem(store)),
+            &EncodeOptions {
+                level: 1,
+                threads: 2,
+                recipients: &[id.to_public()],
+            },
+            &|n| n < CHUNK as u64 * 2,
+            &mut || Ok(()),
+        );
+        assert!(format!("{:#}", r.unwrap_err()).contains("interrupted"));
+    }
+
+    #[test]
+    fn precompressed_source_is_hashed_as_plain() {
+        let data = sample(2 * CHUNK + 999);
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        let id = age::x25519::Identity::generate();
+        let store = Arc::new(Mutex::new(Vec::new()));
+        let d = encode_compressed(
+            &mut &z[..],
+            Box::new(Mem(store.clone())),
+            &[id.to_public()],
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(d.plain_bytes, data.len() as u64);
+        assert_eq!(d.plain_sha256, sha(&data));
+        let stored = store.lock().unwrap().clone();
+        assert_eq!(decode_all(stored, id, &d), data);
+    }
+
+    #[test]
+    fn precompressed_source_that_does_not_decompress_is_refused() {
+        let data = sample(CHUNK);
+        let mut z = zstd::encode_all(&data[..], 3).unwrap();
+        z.truncate(z.len() / 2);
+        let id = age::x25519::Identity::generate();
+        let store = Arc::new(Mutex::new(Vec::new()));
+        let r = encode_compressed(
+            &mut &z[..],
+            Box::new(Mem(store)),
+            &[id.to_public()],
+            &|_| true,
+        );
+        assert!(
+            format!("{:#}", r.unwrap_err()).contains("does not decompress"),
+            "a truncated stream must not commit"
+        );
+    }
+
+    #[test]
+    fn whole_file_encoding_matches_the_stream_encoding() {
+        let data = sample(4 * CHUNK + 77);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        std::fs::write(&path, &data).unwrap();
+        let id = age::x25519::Identity::generate();
+        let store = Arc::new(Mutex::new(Vec::new()));
+        let d = encode_file(
+            &path,
+            Box::new(Mem(store.clone())),
+            &EncodeOptions {
+                level: 1,
+                threads: 2,
+                recipients: &[id.to_public()],
+            },
+        )
+        .unwrap();
+        assert_eq!(d.plain_sha256, sha(&data));
+        let stored = store.lock().unwrap().clone();
+        assert_eq!(decode_all(stored, id, &d), data);
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct Backup {
     pub jobs: Option<u32>,
     #[serde(default)]
     pub row_counts: RowCounts,
+    /// Physical backups: stream with pg_basebackup (libpq: TLS, GSSAPI,
+    /// service files) even where drctl's own replication client would do.
+    #[serde(default)]
+    pub use_pg_basebackup: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -126,6 +130,9 @@ pub struct Compression {
     pub threads: Option<u32>,
     /// zstd level for WAL (wal-push must keep up with the server); default 1.
     pub wal_level: Option<i32>,
+    /// Physical backups: let the server compress (PostgreSQL 15+ built with
+    /// zstd) so only compressed bytes cross the wire; default true.
+    pub on_server: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -82,14 +82,12 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     let threads = policy.compression_threads();
     let p = path.to_path_buf();
     let digests = tokio::task::spawn_blocking(move || -> Result<pipeline::Digests> {
-        let mut f =
-            std::fs::File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
         let opts = EncodeOptions {
             level,
             threads,
             recipients: &recipients,
         };
-        pipeline::encode(&mut f, writer, &opts, &|_| true, &mut || Ok(()))
+        pipeline::encode_file(&p, writer, &opts)
     })
     .await
     .context("wal-push pipeline panicked")??;

@@ -218,8 +218,29 @@ fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
     assert_eq!(s2.batches(), "0,1,2 2100");
     drop(s2);
 
+    // A second base backup through pg_basebackup (the first came over
+    // drctl's own replication client, compressed by the server): --latest
+    // restores from it, the newest.
+    let text = std::fs::read_to_string(d.path().join("policies/pitr.toml"))
+        .unwrap()
+        .replace(
+            "method = \"physical\"\n",
+            "method = \"physical\"\nuse_pg_basebackup = true\n",
+        );
+    d.write_policy_text("pitr", &text);
+    let id2 = d.backup("pitr");
+    let show2 = d.run(&["show", &id2, "--output", "json"]).ok().json();
+    // The manifest names pg_basebackup's version only when it was used.
+    assert!(show["manifest"]["source"]["pg_dump_version"].is_null());
+    assert!(
+        show2["manifest"]["source"]["pg_dump_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("15")),
+        "{show2}"
+    );
     let (s3, r) = restore(&d, &["--latest"]);
-    r.ok();
+    let r = r.ok();
+    assert!(r.stdout.contains(&id2), "{}", r.stdout);
     assert_eq!(s3.batches(), "0,1,2,3 3100");
 
     // A non-empty target directory is refused before anything is written.

@@ -249,10 +249,23 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     let verbose = cli.verbose;
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // archive_command and restore_command run once per WAL file: a runtime
+    // without worker threads starts faster, and their work is one blocking
+    // pipeline anyway.
+    let per_file = matches!(
+        cli.command,
+        Command::WalPush(_) | Command::WalFetch(_) | Command::WalPrefetch(_)
+    );
+    let built = if per_file {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drctl: error: cannot start the runtime: {e}");

@@ -355,17 +355,32 @@ pub async fn tool_version(program: &str) -> Result<String> {
         .output()
         .await
         .with_context(|| format!("cannot run {program} (install the PostgreSQL client tools)"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split_whitespace()
-        .last()
+    Ok(version_word(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> "15.18".
+fn version_word(text: &str) -> String {
+    let mut words = text.split_whitespace();
+    let after = words.clone().skip_while(|w| *w != "(PostgreSQL)").nth(1);
+    after
+        .or_else(|| words.nth(2))
         .unwrap_or("unknown")
-        .to_string())
+        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_versions() {
+        assert_eq!(
+            version_word("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            "15.18"
+        );
+        assert_eq!(version_word("pg_basebackup (PostgreSQL) 16.4\n"), "16.4");
+        assert_eq!(version_word(""), "unknown");
+    }
 
     #[test]
     fn urls() {

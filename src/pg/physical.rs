@@ -196,10 +196,20 @@ pub async fn backup(
     started: Timestamp,
 ) -> Result<Manifest> {
     let (source, seg_size, tablespaces) = server_facts(conn).await?;
-    let streamed = if tablespaces == 0 {
-        with_pg_basebackup(policy, conn, &**repo, recipients, id).await?
-    } else {
+    // drctl's own replication client reads the archives straight off the
+    // socket; pg_basebackup would relay every byte through its own buffers
+    // and a pipe (a quarter of a backup's CPU, measured). It is used unless
+    // the connection might want TLS, which only libpq speaks.
+    // Its BASE_BACKUP syntax is PostgreSQL 15's.
+    let own_client = tablespaces > 0
+        || (!policy.backup.use_pg_basebackup
+            && source.server_version_num >= 150000
+            && super::replication::Params::from_conn(conn)
+                .is_ok_and(|p| p.plain_is_what_libpq_would_do()));
+    let streamed = if own_client {
         over_replication(policy, conn, repo, recipients, id).await?
+    } else {
+        with_pg_basebackup(policy, conn, &**repo, recipients, id).await?
     };
     let keys: Vec<String> = streamed.objects.iter().map(|o| o.key.clone()).collect();
     match finish(
@@ -295,9 +305,28 @@ async fn over_replication(
     let written = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let repo2 = repo.clone();
     let written2 = written.clone();
+    let on_server = policy.compression.on_server.unwrap_or(true);
     let result = tokio::task::spawn_blocking(move || -> Result<Streamed> {
-        let mut bb = super::replication::BaseBackup::start(&params, &label)
-            .with_context(|| format!("base backup over replication from {params:?}"))?;
+        let start = |zstd| {
+            super::replication::BaseBackup::start(&params, &label, zstd)
+                .with_context(|| format!("base backup over replication from {params:?}"))
+        };
+        // The server compresses when it can (only compressed bytes cross
+        // the wire, and nothing relays plain bytes); a server built without
+        // zstd refuses the option before its checkpoint, and drctl
+        // compresses instead.
+        let (mut bb, server_zstd) = if on_server {
+            match start(Some((level, threads))) {
+                Ok(bb) => (bb, true),
+                Err(e) if format!("{e:#}").contains("compression") => {
+                    tracing::info!("server-side zstd unavailable ({e:#}); compressing here");
+                    (start(None)?, false)
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            (start(None)?, false)
+        };
         let opts = crate::pipeline::EncodeOptions {
             level,
             threads,
@@ -311,7 +340,8 @@ async fn over_replication(
             } else {
                 let oid = h
                     .name
-                    .strip_suffix(".tar")
+                    .strip_suffix(".tar.zst")
+                    .or_else(|| h.name.strip_suffix(".tar"))
                     .and_then(|o| o.parse().ok())
                     .with_context(|| {
                         format!("unexpected archive name {} from the server", h.name)
@@ -328,16 +358,15 @@ async fn over_replication(
             let writer = handle.block_on(repo2.writer(&key))?;
             written2.lock().expect("not poisoned").push(key.clone());
             let bar = crate::progress::bytes_bar("base backup");
-            let d = crate::pipeline::encode(
-                &mut bb,
-                writer,
-                &opts,
-                &|n| {
-                    bar.set_position(n);
-                    !crate::cancel::requested()
-                },
-                &mut || Ok(()),
-            );
+            let progress = |n| {
+                bar.set_position(n);
+                !crate::cancel::requested()
+            };
+            let d = if server_zstd {
+                crate::pipeline::encode_compressed(&mut bb, writer, &recips, &progress)
+            } else {
+                crate::pipeline::encode(&mut bb, writer, &opts, &progress, &mut || Ok(()))
+            };
             bar.finish_and_clear();
             objects.push(object_entry(&name, key, d?));
         }

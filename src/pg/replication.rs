@@ -27,6 +27,7 @@ pub struct Params {
     pub port: u16,
     pub user: String,
     password: Option<String>,
+    sslmode: String,
 }
 
 impl std::fmt::Debug for Params {
@@ -102,7 +103,21 @@ impl Params {
             port,
             user,
             password: conn.password.clone(),
+            sslmode,
         })
+    }
+
+    /// Whether this connection is one libpq would not encrypt either: a
+    /// local socket or loopback, or TLS turned off in the URL. Only then
+    /// may drctl's own (TLS-less) client stand in for pg_basebackup.
+    pub fn plain_is_what_libpq_would_do(&self) -> bool {
+        let loopback = self.host.starts_with('/')
+            || self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback());
+        loopback || matches!(self.sslmode.as_str(), "disable" | "allow")
     }
 
     /// The password libpq would use: given, PGPASSWORD, or the password file.
@@ -426,10 +441,22 @@ fn quote(s: &str) -> String {
 
 impl BaseBackup {
     /// Connect and start `BASE_BACKUP` with WAL included and a fast checkpoint.
-    pub fn start(p: &Params, label: &str) -> Result<BaseBackup> {
+    /// With `zstd` = Some((level, workers)) the server compresses each
+    /// archive (PostgreSQL 15+ built with zstd): the archives are then zstd
+    /// streams.
+    pub fn start(p: &Params, label: &str, zstd: Option<(i32, u32)>) -> Result<BaseBackup> {
         let mut w = connect(p)?;
+        let compression = match zstd {
+            Some((level, workers)) if workers > 1 => {
+                format!(
+                    ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={level},workers={workers}'"
+                )
+            }
+            Some((level, _)) => format!(", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={level}'"),
+            None => String::new(),
+        };
         let cmd = format!(
-            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT true, MANIFEST 'no', TABLESPACE_MAP false)",
+            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT true, MANIFEST 'no', TABLESPACE_MAP false{compression})",
             quote(label)
         );
         let mut q = cmd.into_bytes();
@@ -480,9 +507,9 @@ impl BaseBackup {
                             if !self.in_archive {
                                 bail!("archive data before any archive header");
                             }
-                            self.pending.clear();
-                            self.pending.extend_from_slice(rest);
-                            self.at = 0;
+                            // Taken over, not copied: past the kind byte.
+                            std::mem::swap(&mut self.pending, &mut self.w.body);
+                            self.at = 1;
                             return Ok(());
                         }
                         b'p' => {}
