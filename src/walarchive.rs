@@ -181,7 +181,8 @@ async fn fetch_once(
                 DecodeError::Io(e) => anyhow!("reading {name} from the repository: {e}"),
             })
             .and_then(|d| {
-                f.sync_all()?;
+                // No fsync: restore_command's file is scratch for recovery,
+                // which fetches it again after a crash.
                 std::fs::rename(&tmp, &dest)
                     .with_context(|| format!("cannot rename into {}", dest.display()))?;
                 Ok(d)
