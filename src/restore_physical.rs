@@ -921,6 +921,25 @@ mod tests {
     }
 
     #[test]
+    fn restored_files_land_inside_the_target_with_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(9 << 20)).map(|i| (i % 251) as u8).collect();
+        write_file(&mut &data[..], 0o600, dir.path(), Path::new("base/1/1234")).unwrap();
+        let p = dir.path().join("base/1/1234");
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        for bad in ["../escape", "/etc/escape", "base/../../escape"] {
+            let e = write_file(&mut &b"x"[..], 0o600, dir.path(), Path::new(bad)).unwrap_err();
+            assert!(e.to_string().contains("outside the target"), "{bad}: {e}");
+        }
+        assert!(!dir.path().parent().unwrap().join("escape").exists());
+    }
+
+    #[test]
     fn reached_point_from_the_log() {
         let log = "LOG:  starting point-in-time recovery to 2026-11-22 10:00:00+00\n\
                    LOG:  recovery stopping before commit of transaction 745, time 2026-11-22 10:00:01.5+00\n\

@@ -1,10 +1,10 @@
-//! Physical base backups: `pg_basebackup -D - -Ft -X fetch` streamed into
-//! the repository (for clusters with tablespaces, BASE_BACKUP spoken by
-//! drctl itself, see `replication`), WAL included so each backup is
-//! self-contained. A base
-//! backup is committed only once every segment from its start to its stop
-//! point is also in the WAL archive (`wal-push`), so point-in-time recovery
-//! from it has no hole at its start.
+//! Physical base backups: `BASE_BACKUP` spoken by drctl itself (see
+//! `replication`; server-side zstd where the server can), or
+//! `pg_basebackup -D - -Ft -X fetch` where only libpq will do (TLS), streamed
+//! into the repository with WAL included so each backup is self-contained.
+//! A base backup is committed only once every segment from its start to its
+//! stop point is also in the WAL archive (`wal-push`), so point-in-time
+//! recovery from it has no hole at its start.
 
 use std::process::Stdio;
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! A small client of PostgreSQL's replication protocol: just enough for
-//! `BASE_BACKUP` of a cluster with tablespaces. pg_basebackup writes one
-//! archive per tablespace and can stream only one of them to stdout; writing
-//! the others to files would leave plaintext on disk. So for such clusters
-//! drctl reads the archives off the wire itself, each into its own object.
+//! `BASE_BACKUP`. drctl reads the archives off the wire itself, each into
+//! its own object: pg_basebackup can stream only one tablespace to stdout
+//! (writing the others to files would leave plaintext on disk), and relays
+//! every byte through its own buffers and a pipe. With `COMPRESSION 'zstd'`
+//! the server sends zstd streams.
 //!
 //! Speaks: startup, trust / password / md5 / SCRAM-SHA-256, simple queries,
 //! CopyOut. Connection defaults follow libpq (PGHOST, PGPORT, PGUSER,
