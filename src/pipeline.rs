@@ -162,10 +162,14 @@ pub fn encode(
                 loop {
                     let job = job_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok((i, input))) = job else { break };
-                    let out = match &mut c {
-                        Ok(c) => c.compress(&input),
-                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                    };
+                    // A result must come back for every job, even from a
+                    // panic, or the writer would wait for it forever.
+                    let out =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &mut c {
+                            Ok(c) => c.compress(&input),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        }))
+                        .unwrap_or_else(|_| Err(io::Error::other("compression panicked")));
                     drop(input);
                     if done_tx.send((i, out)).is_err() {
                         break;
