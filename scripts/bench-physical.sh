@@ -100,15 +100,21 @@ pgbench -i -q -s "$scale" "$url" 2>&1 | tail -1
 echo "database size: $(q "$url" "select pg_size_pretty(sum(pg_database_size(datname))) from pg_database")"
 pg "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" policy check >/dev/null
 
-echo "==> full backups"
-# Each starts from a clean checkpoint: otherwise the first one pays for
-# flushing what pgbench -i left dirty.
-q "$url" "checkpoint" >/dev/null
-t0=$(now); pg "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" backup bench; t1=$(now)
-t_drctl_backup=$(calc "$t1 - $t0")
-q "$url" "checkpoint" >/dev/null
-t0=$(now); pgbr backup --type=full; t1=$(now)
-t_pgbr_backup=$(calc "$t1 - $t0")
+echo "==> full backups (two rounds, alternating; the faster of each counts)"
+min() { awk "BEGIN { a = $1; b = $2; printf \"%.4f\", (a < b ? a : b) }"; }
+t_drctl_backup=999999; t_pgbr_backup=999999
+for round in 1 2; do
+    # Each starts from a clean checkpoint: otherwise the first one pays for
+    # flushing what pgbench -i left dirty.
+    q "$url" "checkpoint" >/dev/null
+    t0=$(now); pg "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" backup bench; t1=$(now)
+    echo "round $round: drctl $(calc "$t1 - $t0") s"
+    t_drctl_backup=$(min "$t_drctl_backup" "$(calc "$t1 - $t0")")
+    q "$url" "checkpoint" >/dev/null
+    t0=$(now); pgbr backup --type=full; t1=$(now)
+    echo "round $round: pgBackRest $(calc "$t1 - $t0") s"
+    t_pgbr_backup=$(min "$t_pgbr_backup" "$(calc "$t1 - $t0")")
+done
 
 echo "==> writes, a target time, more writes"
 q "$url" "create table marker(batch int, at timestamptz default clock_timestamp())"
@@ -129,31 +135,40 @@ echo "target time: $target"
 wait_promoted() { # port
     until [[ "$(q "postgres://postgres@127.0.0.1:$1/postgres" "select pg_is_in_recovery()" 2>/dev/null)" == "f" ]]; do sleep 0.1; done
 }
-echo "==> PITR restores to $target"
-t0=$(now)
-"$drctl" --policies "$work/policies" --catalog "$work/drctl.db" restore bench --to "$target" \
-    --target-dir "$work/r-drctl" --identity "$work/key.txt" --start --port "$port1"
-t1=$(now)
-t_drctl_restore=$(calc "$t1 - $t0")
-t0=$(now)
-pg mkdir -p "$work/r-pgbr"
-pg chmod 700 "$work/r-pgbr"
-pgbr restore --type=time --target="$pgbr_target" --target-action=promote --pg1-path="$work/r-pgbr" \
-    --recovery-option="restore_command=pgbackrest --config=$work/pgbackrest.conf --stanza=bench --pg1-path=$work/r-pgbr archive-get %f \"%p\""
-pg pg_ctl -D "$work/r-pgbr" -l "$work/r-pgbr.log" -w -t 3600 \
-    -o "-p $port2 -c archive_mode=off -c unix_socket_directories=$work" start >/dev/null \
-    || { tail -20 "$work/r-pgbr.log" >&2; exit 1; }
-wait_promoted "$port2"
-t1=$(now)
-t_pgbr_restore=$(calc "$t1 - $t0")
-m1=$(q "postgres://postgres@127.0.0.1:$port1/postgres" "select string_agg(batch::text, ',') from marker")
-m2=$(q "postgres://postgres@127.0.0.1:$port2/postgres" "select string_agg(batch::text, ',') from marker")
-a1=$(q "postgres://postgres@127.0.0.1:$port1/postgres" "select count(*) from pgbench_history")
-a2=$(q "postgres://postgres@127.0.0.1:$port2/postgres" "select count(*) from pgbench_history")
-echo "restored markers: drctl=[$m1] pgbackrest=[$m2]; pgbench_history rows: drctl=$a1 pgbackrest=$a2"
-if [[ "$m1" != "1" || "$m1" != "$m2" || "$a1" != "$a2" ]]; then
-    echo "FAIL: the two restores disagree or missed the target" >&2; exit 1
-fi
+echo "==> PITR restores to $target (two rounds, alternating; the faster of each counts)"
+t_drctl_restore=999999; t_pgbr_restore=999999
+for round in 1 2; do
+    for d in r-drctl r-pgbr; do
+        pg pg_ctl -D "$work/$d" -m immediate -w stop >/dev/null 2>&1 || true
+        rm -rf "${work:?}/$d"
+    done
+    t0=$(now)
+    "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" restore bench --to "$target" \
+        --target-dir "$work/r-drctl" --identity "$work/key.txt" --start --port "$port1"
+    t1=$(now)
+    echo "round $round: drctl $(calc "$t1 - $t0") s"
+    t_drctl_restore=$(min "$t_drctl_restore" "$(calc "$t1 - $t0")")
+    t0=$(now)
+    pg mkdir -p "$work/r-pgbr"
+    pg chmod 700 "$work/r-pgbr"
+    pgbr restore --type=time --target="$pgbr_target" --target-action=promote --pg1-path="$work/r-pgbr" \
+        --recovery-option="restore_command=pgbackrest --config=$work/pgbackrest.conf --stanza=bench --pg1-path=$work/r-pgbr archive-get %f \"%p\""
+    pg pg_ctl -D "$work/r-pgbr" -l "$work/r-pgbr.log" -w -t 3600 \
+        -o "-p $port2 -c archive_mode=off -c unix_socket_directories=$work" start >/dev/null \
+        || { tail -20 "$work/r-pgbr.log" >&2; exit 1; }
+    wait_promoted "$port2"
+    t1=$(now)
+    echo "round $round: pgBackRest $(calc "$t1 - $t0") s"
+    t_pgbr_restore=$(min "$t_pgbr_restore" "$(calc "$t1 - $t0")")
+    m1=$(q "postgres://postgres@127.0.0.1:$port1/postgres" "select string_agg(batch::text, ',') from marker")
+    m2=$(q "postgres://postgres@127.0.0.1:$port2/postgres" "select string_agg(batch::text, ',') from marker")
+    a1=$(q "postgres://postgres@127.0.0.1:$port1/postgres" "select count(*) from pgbench_history")
+    a2=$(q "postgres://postgres@127.0.0.1:$port2/postgres" "select count(*) from pgbench_history")
+    echo "restored markers: drctl=[$m1] pgbackrest=[$m2]; pgbench_history rows: drctl=$a1 pgbackrest=$a2"
+    if [[ "$m1" != "1" || "$m1" != "$m2" || "$a1" != "$a2" ]]; then
+        echo "FAIL: the two restores disagree or missed the target" >&2; exit 1
+    fi
+done
 
 echo "==> wal-push latency"
 segs=$(cd "$work/pgdata/pg_wal" && ls | grep -E '^[0-9A-F]{24}$' | head -40)

@@ -119,6 +119,9 @@ async fn wait_for_wal(
     let mut missing: Vec<String> = (first..=last)
         .map(|s| wal::segment_name(p.timeline, s, seg_size))
         .collect();
+    // The stop segment is usually archived within tens of milliseconds of
+    // the backup's end: ask often at first, then back off.
+    let mut pause = Duration::from_millis(20);
     loop {
         let mut still = Vec::new();
         for name in missing {
@@ -138,7 +141,8 @@ async fn wait_for_wal(
                 timeout.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 
