@@ -95,6 +95,50 @@ pub struct EncodeOptions<'a> {
     pub recipients: &'a [age::x25519::Recipient],
 }
 
+type AgeObject = age::stream::StreamWriter<HashWriter<Box<dyn ObjectWriter>>>;
+
+/// The stored half every encoder shares: age over a hashed object writer.
+fn start_object(
+    dst: Box<dyn ObjectWriter>,
+    recipients: &[age::x25519::Recipient],
+) -> Result<AgeObject> {
+    let stored = HashWriter {
+        inner: dst,
+        hasher: Sha256::new(),
+        n: 0,
+    };
+    age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .context("no age recipients")?
+        .wrap_output(stored)
+        .context("cannot start age encryption")
+}
+
+/// End the age stream, run `before_commit`, commit the object and check
+/// the repository stored every byte written.
+fn seal_object(
+    age_w: AgeObject,
+    plain_bytes: u64,
+    plain_sha256: String,
+    before_commit: &mut dyn FnMut() -> Result<()>,
+) -> Result<Digests> {
+    let HashWriter {
+        inner: dst,
+        hasher,
+        n: stored_bytes,
+    } = age_w.finish().context("finishing age")?;
+    before_commit()?;
+    let size = dst.finish().context("committing the object")?;
+    if size != stored_bytes {
+        bail!("repository stored {size} bytes but {stored_bytes} were written");
+    }
+    Ok(Digests {
+        plain_bytes,
+        plain_sha256,
+        stored_bytes,
+        stored_sha256: hex::encode(hasher.finalize()),
+    })
+}
+
 /// Plaintext per zstd frame. Each chunk is compressed on its own, so
 /// `threads` workers compress side by side straight from the buffer the
 /// source was read into (zstd's own multithreading would copy every byte
@@ -128,17 +172,7 @@ pub fn encode(
     progress: &dyn Fn(u64) -> bool,
     before_commit: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Digests> {
-    let stored = HashWriter {
-        inner: dst,
-        hasher: Sha256::new(),
-        n: 0,
-    };
-    let encryptor =
-        age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
-            .context("no age recipients")?;
-    let mut age_w = encryptor
-        .wrap_output(stored)
-        .context("cannot start age encryption")?;
+    let mut age_w = start_object(dst, opts.recipients)?;
     let workers = opts.threads.max(1) as usize;
     let in_flight = 2 * workers;
     let level = opts.level;
@@ -228,24 +262,7 @@ pub fn encode(
             .map_err(|_| anyhow::anyhow!("hashing panicked"))?;
         r.map(|()| sha)
     })?;
-    let stored = age_w.finish().context("finishing age")?;
-    let HashWriter {
-        inner: dst,
-        hasher,
-        n: stored_bytes,
-    } = stored;
-    let stored_sha256 = hex::encode(hasher.finalize());
-    before_commit()?;
-    let size = dst.finish().context("committing the object")?;
-    if size != stored_bytes {
-        bail!("repository stored {size} bytes but {stored_bytes} were written");
-    }
-    Ok(Digests {
-        plain_bytes,
-        plain_sha256,
-        stored_bytes,
-        stored_sha256,
-    })
+    seal_object(age_w, plain_bytes, plain_sha256, before_commit)
 }
 
 /// Reads a queue of chunks as one stream.
@@ -331,17 +348,7 @@ pub fn encode_compressed(
     recipients: &[age::x25519::Recipient],
     progress: &dyn Fn(u64) -> bool,
 ) -> Result<Digests> {
-    let stored = HashWriter {
-        inner: dst,
-        hasher: Sha256::new(),
-        n: 0,
-    };
-    let encryptor =
-        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-            .context("no age recipients")?;
-    let mut age_w = encryptor
-        .wrap_output(stored)
-        .context("cannot start age encryption")?;
+    let mut age_w = start_object(dst, recipients)?;
     let plain_n = std::sync::atomic::AtomicU64::new(0);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(16);
     let (plain_bytes, plain_sha256) = std::thread::scope(|s| -> Result<(u64, String)> {
@@ -390,22 +397,7 @@ pub fn encode_compressed(
         r?;
         p.context("the server's zstd stream does not decompress")
     })?;
-    let stored = age_w.finish().context("finishing age")?;
-    let HashWriter {
-        inner: dst,
-        hasher,
-        n: stored_bytes,
-    } = stored;
-    let size = dst.finish().context("committing the object")?;
-    if size != stored_bytes {
-        bail!("repository stored {size} bytes but {stored_bytes} were written");
-    }
-    Ok(Digests {
-        plain_bytes,
-        plain_sha256,
-        stored_bytes,
-        stored_sha256: hex::encode(hasher.finalize()),
-    })
+    seal_object(age_w, plain_bytes, plain_sha256, &mut || Ok(()))
 }
 
 /// Encode a file that is complete on disk (a WAL segment) as fast as the
@@ -438,17 +430,7 @@ pub fn encode_file(
         )
     };
     let data: &[u8] = map.as_deref().unwrap_or(&[]);
-    let stored = HashWriter {
-        inner: dst,
-        hasher: Sha256::new(),
-        n: 0,
-    };
-    let encryptor =
-        age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
-            .context("no age recipients")?;
-    let mut age_w = encryptor
-        .wrap_output(stored)
-        .context("cannot start age encryption")?;
+    let mut age_w = start_object(dst, opts.recipients)?;
     let threads = (opts.threads.max(1) as usize).min(data.len().div_ceil(CHUNK).max(1));
     let compress = |chunk: &[u8]| frame_compressor(opts.level)?.compress(chunk);
     let chunks: Vec<&[u8]> = if data.is_empty() {
@@ -477,22 +459,7 @@ pub fn encode_file(
         }
         sha.join().map_err(|_| anyhow::anyhow!("hashing panicked"))
     })?;
-    let stored = age_w.finish().context("finishing age")?;
-    let HashWriter {
-        inner: dst,
-        hasher,
-        n: stored_bytes,
-    } = stored;
-    let size = dst.finish().context("committing the object")?;
-    if size != stored_bytes {
-        bail!("repository stored {size} bytes but {stored_bytes} were written");
-    }
-    Ok(Digests {
-        plain_bytes: data.len() as u64,
-        plain_sha256,
-        stored_bytes,
-        stored_sha256: hex::encode(hasher.finalize()),
-    })
+    seal_object(age_w, data.len() as u64, plain_sha256, &mut || Ok(()))
 }
 
 /// Load X25519 identities from an age identity file (`age-keygen` format).

@@ -639,8 +639,8 @@ fn write_file(
     into: &Path,
     path: &Path,
 ) -> std::io::Result<()> {
+    use crate::repo::fs::start_writeback;
     use std::io::Write;
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     // What tar's unpack_in guards against: nothing may land outside `into`.
     if !path
@@ -674,28 +674,11 @@ fn write_file(
         f.write_all(&buf[..n])?;
         written += n as u64;
         if written - flushed >= WRITEBACK_EVERY {
-            // SAFETY: f is our open file; this only starts asynchronous
-            // writeback of a range we wrote.
-            unsafe {
-                libc::sync_file_range(
-                    f.as_raw_fd(),
-                    flushed as libc::off64_t,
-                    (written - flushed) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+            start_writeback(&f, flushed, written - flushed);
             flushed = written;
         }
     }
-    // SAFETY: as above, for the rest of the file.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            flushed as libc::off64_t,
-            0,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
+    start_writeback(&f, flushed, 0);
     Ok(())
 }
 

@@ -33,6 +33,22 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Ask the kernel to start writing `len` bytes from `from` out now (0: to
+/// the end), without waiting: a later fsync then has little left to do.
+pub fn start_writeback(file: &File, from: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is an open file for as long as `file` is borrowed;
+    // sync_file_range only starts asynchronous writeback of the range.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Start writeback every this many bytes, so the final fsync has little
 /// left to do (what PostgreSQL's *_flush_after settings do).
 const WRITEBACK_EVERY: u64 = 1 << 20;
@@ -82,19 +98,12 @@ impl Write for FsWriter {
             .write(buf)?;
         self.written += n as u64;
         if self.written - self.writeback_from >= WRITEBACK_EVERY {
-            use std::os::fd::AsRawFd;
-            let fd = self.file.as_ref().expect("open").as_raw_fd();
-            // SAFETY: fd is our open file; this only starts asynchronous
-            // writeback of a range we wrote, durability still comes from
-            // the fsync in finish().
-            unsafe {
-                libc::sync_file_range(
-                    fd,
-                    self.writeback_from as libc::off64_t,
-                    (self.written - self.writeback_from) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+            // Durability still comes from the fsync in finish().
+            start_writeback(
+                self.file.as_ref().expect("open"),
+                self.writeback_from,
+                self.written - self.writeback_from,
+            );
             self.writeback_from = self.written;
         }
         Ok(n)
