@@ -21,6 +21,14 @@ pub fn requested() -> bool {
     CANCELLED.load(Ordering::SeqCst)
 }
 
+/// Resolves once cancellation is requested: race it against work that
+/// cannot poll the flag itself (a request waiting on a silent server).
+pub async fn cancelled() {
+    while !requested() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// SIGTERM to every process whose parent is this one. Scanning /proc keeps
 /// this in one place instead of every spawn site registering its child.
 fn terminate_children() {

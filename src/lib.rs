@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod cancel;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod drill;

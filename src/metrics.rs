@@ -208,6 +208,8 @@ mod tests {
             rpo_seconds: rpo,
             window_start: None,
             window_end: None,
+            windows: None,
+            wal_gaps: None,
             failures_since_success: 1,
             last_error: None,
             last_drill_at: None,

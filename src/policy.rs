@@ -88,6 +88,9 @@ pub struct Backup {
     /// service files) even where drctl's own replication client would do.
     #[serde(default)]
     pub use_pg_basebackup: bool,
+    /// Physical backups: how long to wait for the WAL the backup needs to
+    /// reach the archive before failing (default 60s).
+    pub archive_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -114,6 +117,9 @@ pub struct Repository {
     pub object_lock_days: Option<u32>,
     /// Multipart part size in MiB (S3). Memory is about (parts in flight + 2) × this.
     pub part_size_mib: Option<u32>,
+    /// Bound on each repository request (connect, and each wait for an
+    /// answer) before it is retried; default 60s.
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,8 +212,9 @@ impl Policy {
             .unwrap_or(&[])
     }
 
-    pub fn repository_url(&self) -> Option<&str> {
-        self.repository.as_ref().map(|r| r.url.as_str())
+    /// `[backup] archive_timeout`, validated at load.
+    pub fn archive_timeout(&self) -> std::time::Duration {
+        duration_or(self.backup.archive_timeout.as_deref(), 60)
     }
 
     pub fn timezone(&self) -> jiff::tz::TimeZone {
@@ -216,6 +223,20 @@ impl Policy {
             .as_deref()
             .and_then(|tz| jiff::tz::TimeZone::get(tz).ok())
             .unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+}
+
+/// A validated duration key, or its default in seconds.
+fn duration_or(v: Option<&str>, default_secs: u64) -> std::time::Duration {
+    v.and_then(|v| parse_duration(v).ok())
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .unwrap_or(std::time::Duration::from_secs(default_secs))
+}
+
+impl Repository {
+    /// `request_timeout`, validated at load.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        duration_or(self.request_timeout.as_deref(), 60)
     }
 }
 
@@ -557,11 +578,24 @@ fn validate_backup(ctx: &mut Ctx<'_>, b: &Backup, kind: Option<SourceKind>) {
     if b.jobs == Some(0) {
         ctx.add("backup.jobs", "must be at least 1");
     }
+    if let Some(v) = &b.archive_timeout {
+        check_positive(ctx, "backup.archive_timeout", v);
+    }
+}
+
+/// A duration that bounds a wait: zero would fail every time.
+fn check_positive(ctx: &mut Ctx<'_>, key: &str, value: &str) {
+    if check_duration(ctx, key, value).is_some_and(|d| d.is_zero()) {
+        ctx.add(key, format!("'{value}' must be longer than zero"));
+    }
 }
 
 fn validate_repository(ctx: &mut Ctx<'_>, r: &Repository) {
     if let Err(e) = crate::repo::RepoUrl::parse(&r.url) {
         ctx.add("repository.url", e);
+    }
+    if let Some(v) = &r.request_timeout {
+        check_positive(ctx, "repository.request_timeout", v);
     }
     if let Some(p) = r.part_size_mib {
         if !(5..=512).contains(&p) {

@@ -59,6 +59,10 @@ pub struct Plan {
     pub window_start: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_end: Option<String>,
+    /// Physical: every continuous range, oldest first (gaps split them);
+    /// window_start/window_end are the newest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<crate::restore_physical::RangeJson>>,
     /// Physical: where each tablespace of the backup goes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tablespaces: Vec<TablespacePlacement>,
@@ -89,6 +93,7 @@ impl Plan {
             dry_run,
             window_start: None,
             window_end: None,
+            windows: None,
             tablespaces: Vec::new(),
         }
     }

@@ -42,6 +42,9 @@ pub struct Request {
     /// `OLD=NEW` relocations: OLD is a tablespace's OID or its directory on
     /// the source.
     pub tablespace_map: Vec<String>,
+    /// Leave the source's archiving settings in force (the restored server
+    /// replaces the primary). Default: `archive_mode = 'off'`.
+    pub keep_archiving: bool,
 }
 
 /// Where each tablespace of `ts` is restored: where `maps` says, else where
@@ -172,6 +175,8 @@ pub struct Reach {
     pub end: Option<Timestamp>,
     /// The first segment missing after the run, if the archive continues later.
     pub gap_at: Option<String>,
+    /// That hole, to its last missing segment.
+    pub gap: Option<Gap>,
     /// The run includes the backup's stop segment; without it the backup
     /// cannot reach consistency.
     pub reaches_stop: bool,
@@ -209,6 +214,15 @@ fn segno_of(name: &str, segment_size: u64) -> Option<u64> {
 }
 
 pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
+    reach_toward(m, a, None)
+}
+
+/// How far the archive reaches from base backup `m`, following timelines
+/// toward `target`: recovery stays on a timeline that has WAL written at
+/// or after the target (a restored copy that once archived its own
+/// timeline branches off, but production went on), and moves to a child
+/// timeline only where its parent ended before the target (a failover).
+pub fn reach_toward(m: &Manifest, a: &Archive, target: Option<Timestamp>) -> Result<Reach> {
     let w = m
         .wal
         .as_ref()
@@ -216,7 +230,17 @@ pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
     let ss = w.segment_size;
     let first = segno_of(&w.start_segment, ss).context("bad start segment in the manifest")?;
     let stop = segno_of(&w.stop_segment, ss).context("bad stop segment in the manifest")?;
-    let path = wal::timeline_path(w.timeline, &a.histories, ss);
+    let mut path = wal::timeline_path(w.timeline, &a.histories, ss);
+    if let Some(t) = target {
+        let holds = |&(tli, from): &(u32, u64)| {
+            a.segments
+                .range((tli, from)..=(tli, u64::MAX))
+                .any(|(_, at)| at.is_some_and(|at| at >= t))
+        };
+        if let Some(i) = path.iter().position(holds) {
+            path.truncate(i + 1);
+        }
+    }
     let mut run = Vec::new();
     let mut end = None;
     let mut s = first;
@@ -231,26 +255,211 @@ pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
             None => break,
         }
     }
-    let max_known = a.segments.keys().map(|(_, n)| *n).max().unwrap_or(0);
-    let gap_at = (max_known > s).then(|| wal::segment_name(wal::timeline_for(&path, s), s, ss));
+    // The archive goes on after a hole: name its first and last segment.
+    let next = a
+        .segments
+        .keys()
+        .filter(|&&(tli, n)| n > s && tli == wal::timeline_for(&path, n))
+        .map(|(_, n)| *n)
+        .min();
+    let gap = next.map(|n| {
+        (
+            wal::segment_name(wal::timeline_for(&path, s), s, ss),
+            wal::segment_name(wal::timeline_for(&path, n - 1), n - 1, ss),
+        )
+    });
     Ok(Reach {
         run,
         segment_size: ss,
         end,
-        gap_at,
+        gap_at: gap.as_ref().map(|g| g.0.clone()),
+        gap: gap.map(|(a, b)| Gap {
+            first_missing: a,
+            last_missing: b,
+        }),
         reaches_stop: s > stop,
     })
+}
+
+/// Missing WAL between two archived stretches.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gap {
+    pub first_missing: String,
+    pub last_missing: String,
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first_missing == self.last_missing {
+            write!(f, "WAL gap: {} missing", self.first_missing)
+        } else {
+            write!(
+                f,
+                "WAL gap: {} .. {} missing",
+                self.first_missing, self.last_missing
+            )
+        }
+    }
+}
+
+/// One continuous recoverable range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// The JSON form of a range (`windows` in status and restore plans).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RangeJson {
+    pub start: String,
+    pub end: String,
+}
+
+impl From<&Range> for RangeJson {
+    fn from(r: &Range) -> RangeJson {
+        let (start, end) = r.printed();
+        RangeJson { start, end }
+    }
+}
+
+impl Range {
+    /// Start and end as printed: whole seconds rounded inwards, so a time
+    /// copied from the output is inside the range; exact where the range
+    /// holds no whole second.
+    pub fn printed(&self) -> (String, String) {
+        let second = jiff::SignedDuration::from_secs(1);
+        let floor = |t: Timestamp| Timestamp::from_second(t.as_second()).unwrap_or(t);
+        let up = if floor(self.start) == self.start {
+            self.start
+        } else {
+            floor(self.start) + second
+        };
+        let down = floor(self.end);
+        if up <= down {
+            (rfc3339(up), rfc3339(down))
+        } else {
+            (
+                crate::timeparse::rfc3339_exact(self.start),
+                crate::timeparse::rfc3339_exact(self.end),
+            )
+        }
+    }
+}
+
+/// Merge each base backup's reach (consistent point to the last WAL it
+/// rolls forward to without a hole) into continuous ranges, oldest first.
+/// A backup whose stop segment is not archived yet reaches nothing; one
+/// whose WAL ends before its (upper-bound) consistent point reaches just
+/// that point, so a range never ends before it starts.
+pub fn ranges(reaches: &[(Timestamp, Option<Timestamp>, bool)]) -> Vec<Range> {
+    let mut rs: Vec<Range> = reaches
+        .iter()
+        .filter(|(_, _, stop)| *stop)
+        .map(|&(start, end, _)| Range {
+            start,
+            end: end.map_or(start, |e| e.max(start)),
+        })
+        .collect();
+    rs.sort_by_key(|r| r.start);
+    let mut out: Vec<Range> = Vec::new();
+    for r in rs {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// A physical policy's recoverable window as the repository holds it.
 #[derive(Debug, Default)]
 pub struct Window {
-    /// The oldest base backup's consistent point.
-    pub start: Option<Timestamp>,
-    /// The last commit reachable from some base backup without a gap.
-    pub end: Option<Timestamp>,
+    /// Every continuous range, oldest first.
+    pub ranges: Vec<Range>,
+    /// The holes that split them (and any after the last).
+    pub gaps: Vec<Gap>,
     /// How far each base backup rolls forward.
     pub per_backup: Vec<(String, Option<Timestamp>)>,
+}
+
+impl Window {
+    /// The newest continuous range: what `window_start`/`window_end` report.
+    pub fn newest(&self) -> Option<Range> {
+        self.ranges.last().copied()
+    }
+
+    /// Every range and gap in words, oldest first.
+    pub fn describe(&self) -> String {
+        if self.ranges.is_empty() {
+            return "none yet (no base backup's WAL is fully archived)".into();
+        }
+        let mut parts: Vec<String> = self
+            .ranges
+            .iter()
+            .map(|r| {
+                let (a, b) = r.printed();
+                format!("{a} .. {b}")
+            })
+            .collect();
+        for g in &self.gaps {
+            parts.push(format!("({g})"));
+        }
+        parts.join(", ")
+    }
+}
+
+fn window_of(physical: &[&Manifest], archive: &Archive) -> Result<Window> {
+    let mut w = Window::default();
+    let mut reaches = Vec::new();
+    for m in physical {
+        let r = reach(m, archive)?;
+        reaches.push((m.consistent_at, r.end, r.reaches_stop));
+        w.per_backup
+            .push((m.id.clone(), r.end.map(|e| e.max(m.consistent_at))));
+        if let Some(g) = r.gap {
+            if !w.gaps.contains(&g) {
+                w.gaps.push(g);
+            }
+        }
+    }
+    w.ranges = ranges(&reaches);
+    w.gaps.sort_by(|a, b| a.first_missing.cmp(&b.first_missing));
+    Ok(w)
+}
+
+/// Refuse a target no range holds, naming where it falls: before the
+/// first, inside a gap (with the recoverable points on either side), or
+/// after the last.
+fn check_in_window(t: Timestamp, w: &Window) -> Result<()> {
+    if w.ranges.iter().any(|r| r.start <= t && t <= r.end) {
+        return Ok(());
+    }
+    let before = w.ranges.iter().rev().find(|r| r.end < t);
+    let after = w.ranges.iter().find(|r| r.start > t);
+    let why = match (before, after) {
+        (None, None) => "there is no recoverable window yet".to_string(),
+        (None, Some(_)) => "it is before the oldest base backup".to_string(),
+        (Some(_), None) => "it is after the newest archived WAL".to_string(),
+        (Some(b), Some(a)) => {
+            let gap = w
+                .gaps
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "it falls in a WAL gap ({gap}); the nearest recoverable points are {} and {}",
+                b.printed().1,
+                a.printed().0
+            )
+        }
+    };
+    Err(usage(format!(
+        "cannot restore to {}: {why}; recoverable window: {}",
+        rfc3339(t),
+        w.describe()
+    )))
 }
 
 pub async fn window(repo: &dyn Repository, policy: &str) -> Result<Window> {
@@ -262,26 +471,7 @@ pub async fn window(repo: &dyn Repository, policy: &str) -> Result<Window> {
         .collect();
     let seg_size = segment_size(physical.iter().copied());
     let archive = read_archive(repo, policy, seg_size).await?;
-    let mut w = Window {
-        start: physical.iter().map(|m| m.consistent_at).min(),
-        ..Window::default()
-    };
-    for m in physical {
-        let r = reach(m, &archive)?;
-        w.end = w.end.max(r.end);
-        w.per_backup.push((m.id.clone(), r.end));
-    }
-    Ok(w)
-}
-
-fn describe_window(start: Timestamp, r: &Reach) -> String {
-    let end = r.end.map(rfc3339).unwrap_or_else(|| "?".into());
-    let gap = r
-        .gap_at
-        .as_ref()
-        .map(|g| format!(" (WAL gap at {g}: later WAL is unreachable)"))
-        .unwrap_or_default();
-    format!("{} .. {end}{gap}", rfc3339(start))
+    window_of(&physical, &archive)
 }
 
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Reach)> {
@@ -301,6 +491,10 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
         .collect();
     let seg_size = segment_size(physical.iter().copied());
     let archive = read_archive(&*repo, &policy.name, seg_size).await?;
+    let window = window_of(&physical, &archive)?;
+    if let Target::Time(t) = req.target {
+        check_in_window(t, &window)?;
+    }
     let choice = plan::choose(&cands, &req.target).map_err(|e| match req.target {
         Target::Latest => anyhow!(e),
         _ => usage(e),
@@ -310,7 +504,11 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
         .find(|m| m.id == choice.id)
         .expect("chosen from the inventory"))
     .clone();
-    let r = reach(&m, &archive)?;
+    let target = match req.target {
+        Target::Time(t) => Some(t),
+        _ => None,
+    };
+    let r = reach_toward(&m, &archive, target)?;
     if !r.reaches_stop {
         bail!(
             "backup {} cannot be restored: WAL from its start {} to its stop {} is not all in the archive (missing {})",
@@ -320,24 +518,23 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
             r.gap_at.as_deref().unwrap_or("?")
         );
     }
-    let oldest = cands
-        .iter()
-        .map(|c| c.consistent_at)
-        .min()
-        .unwrap_or(m.consistent_at);
+    let end = r.end.map_or(m.consistent_at, |e| e.max(m.consistent_at));
     let target_time = match req.target {
         Target::Time(t) => {
-            let end = r.end.unwrap_or(m.consistent_at);
             if t > end {
+                // The window said yes, this backup's WAL says no: the
+                // archive changed under us, or a timeline ends early.
                 return Err(usage(format!(
-                    "{} is after the newest archived WAL; recoverable window: {}",
+                    "{} is past the WAL reachable from backup {} (it ends at {}); recoverable window: {}",
                     rfc3339(t),
-                    describe_window(oldest, &r)
+                    m.id,
+                    rfc3339(end),
+                    window.describe()
                 )));
             }
             t
         }
-        _ => r.end.unwrap_or(m.consistent_at),
+        _ => end,
     };
     let segs = r.segments_until(match req.target {
         Target::Time(_) => Some(target_time),
@@ -350,8 +547,9 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
             gap_seconds: matches!(req.target, Target::Time(_)).then_some(0),
             wal_segments: segs,
             target: req.target_dir.as_ref().map(|d| d.display().to_string()),
-            window_start: Some(rfc3339(oldest)),
-            window_end: r.end.map(rfc3339),
+            window_start: window.newest().map(|w| w.printed().0),
+            window_end: window.newest().map(|w| w.printed().1),
+            windows: Some(window.ranges.iter().map(RangeJson::from).collect()),
             tablespaces,
             ..Plan::new(policy, &m, target_time, req.dry_run)
         },
@@ -360,7 +558,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
     ))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -470,7 +668,9 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         extract(policy, &m, &plan.tablespaces, &ids, &dir).await?;
         write_recovery(policy, req, &plan, &dir, &identity)?;
         if req.start {
-            start_and_wait(&dir, req.port, &plan).await.map(Some)
+            start_and_wait(&dir, req.port, &plan, req.keep_archiving)
+                .await
+                .map(Some)
         } else {
             Ok(None)
         }
@@ -698,10 +898,11 @@ fn write_recovery(
         shell_word(&identity.display().to_string())
     );
     let mut conf = format!(
-        "\n# drctl restore of backup {} ({})\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        "\n# drctl restore of backup {} ({})\nrestore_command = {}\nrecovery_target_timeline = '{}'\n",
         plan.backup_id,
         rfc3339(Timestamp::now()),
-        sql_quote(&restore_command)
+        sql_quote(&restore_command),
+        recovery_timeline(plan)
     );
     if let Target::Time(t) = req.target {
         // PostgreSQL rejects some ISO forms; this one it accepts.
@@ -710,6 +911,20 @@ fn write_recovery(
             "recovery_target_time = '{}+00'\nrecovery_target_action = 'promote'\n",
             utc.strftime("%Y-%m-%d %H:%M:%S%.6f")
         ));
+    }
+    if !req.keep_archiving {
+        // The source's ALTER SYSTEM settings came along in this file; the
+        // last line wins, so a restored copy cannot push its own timeline
+        // into the production archive, whoever starts it and how.
+        conf.push_str(ARCHIVING_OFF);
+    }
+    // pg_ctl restart reuses the options of the last start, which were the
+    // source's; a restored directory starts from its own configuration.
+    match std::fs::remove_file(dir.join("postmaster.opts")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).context("cannot remove the stale postmaster.opts");
+        }
+        _ => {}
     }
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
@@ -736,6 +951,21 @@ fn write_recovery(
     Ok(())
 }
 
+/// Written last into a restored cluster's postgresql.auto.conf unless
+/// `--keep-archiving`.
+const ARCHIVING_OFF: &str = "# a restored copy never archives into the source's repository;\n# remove this line (or restore with --keep-archiving) only when this server replaces the primary\narchive_mode = 'off'\n";
+
+/// The timeline recovery follows: the one the plan's last segment is on,
+/// which holds the target, rather than 'latest' (which would follow any
+/// timeline a restored copy once pushed into the archive).
+fn recovery_timeline(plan: &Plan) -> String {
+    plan.wal_segments
+        .last()
+        .and_then(|n| wal::parse(n).ok())
+        .map(|w| w.timeline.to_string())
+        .unwrap_or_else(|| "current".into())
+}
+
 fn shell_word(s: &str) -> String {
     if s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@".contains(&b))
@@ -755,11 +985,21 @@ fn shell_word(s: &str) -> String {
 /// Start the restored server (archiving off, so it can never write into
 /// the production archive), wait for recovery to finish and promote, and
 /// return the time it reached.
-async fn start_and_wait(dir: &Path, port: Option<u16>, plan: &Plan) -> Result<String> {
+async fn start_and_wait(
+    dir: &Path,
+    port: Option<u16>,
+    plan: &Plan,
+    keep_archiving: bool,
+) -> Result<String> {
     let port = port.unwrap_or(5432);
     let log = dir.join("drctl-recovery.log");
+    let archiving = if keep_archiving {
+        ""
+    } else {
+        " -c archive_mode=off"
+    };
     let opts = format!(
-        "-p {port} -c archive_mode=off -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c logging_collector=off"
+        "-p {port}{archiving} -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c logging_collector=off"
     );
     let out = owner_command("pg_ctl")
         .arg("-D")
@@ -858,6 +1098,127 @@ pub fn reached(log: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        format!("2026-11-22T{s}Z").parse().unwrap()
+    }
+
+    fn physical(start: &str, stop: &str, tli: u32, at: &str) -> Manifest {
+        let json = format!(
+            r#"{{"format":1,"id":"b","policy":"p","method":"physical","started_at":"{a}","finished_at":"{a}","consistent_at":"{a}",
+            "source":{{"database":"d","host":"h","server_version":"15","server_version_num":150000}},
+            "wal":{{"timeline":{tli},"start_lsn":"0/0","stop_lsn":"0/0","start_segment":"{start}","stop_segment":"{stop}","segment_size":16777216}},
+            "objects":[],"compression":{{"algorithm":"zstd","level":3}},"encryption":{{"algorithm":"age","recipients":[]}},
+            "row_counts":"off","tables":[],"drctl_version":"0"}}"#,
+            a = ts(at)
+        );
+        Manifest::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn ranges_merge_overlaps_split_at_gaps_and_never_end_before_they_start() {
+        let r = ranges(&[
+            (ts("10:00:00"), Some(ts("11:00:00")), true),
+            (ts("10:30:00"), Some(ts("12:00:00")), true),
+            (ts("13:00:00"), Some(ts("14:00:00")), true),
+            // Its WAL is not all archived yet: it reaches nothing.
+            (ts("15:00:00"), Some(ts("16:00:00")), false),
+            // Its last segment was written before its consistent point
+            // (an upper bound): just that point.
+            (ts("17:00:05"), Some(ts("17:00:04")), true),
+        ]);
+        assert_eq!(
+            r,
+            vec![
+                Range {
+                    start: ts("10:00:00"),
+                    end: ts("12:00:00")
+                },
+                Range {
+                    start: ts("13:00:00"),
+                    end: ts("14:00:00")
+                },
+                Range {
+                    start: ts("17:00:05"),
+                    end: ts("17:00:05")
+                },
+            ]
+        );
+        assert!(r.iter().all(|r| r.start <= r.end));
+        assert!(ranges(&[]).is_empty());
+    }
+
+    #[test]
+    fn targets_in_gaps_are_refused_naming_the_gap_and_both_sides() {
+        let w = Window {
+            ranges: vec![
+                Range {
+                    start: ts("10:00:00"),
+                    end: ts("11:00:00"),
+                },
+                Range {
+                    start: ts("12:00:00"),
+                    end: ts("13:00:00"),
+                },
+            ],
+            gaps: vec![Gap {
+                first_missing: "000000010000000000000005".into(),
+                last_missing: "000000010000000000000006".into(),
+            }],
+            per_backup: Vec::new(),
+        };
+        assert!(check_in_window(ts("10:30:00"), &w).is_ok());
+        assert!(check_in_window(ts("13:00:00"), &w).is_ok());
+        let e = format!("{:#}", check_in_window(ts("11:30:00"), &w).unwrap_err());
+        assert!(
+            e.contains("000000010000000000000005 .. 000000010000000000000006"),
+            "{e}"
+        );
+        assert!(
+            e.contains("2026-11-22T11:00:00Z and 2026-11-22T12:00:00Z"),
+            "{e}"
+        );
+        let e = format!("{:#}", check_in_window(ts("09:00:00"), &w).unwrap_err());
+        assert!(e.contains("before the oldest base backup"), "{e}");
+        let e = format!("{:#}", check_in_window(ts("14:00:00"), &w).unwrap_err());
+        assert!(e.contains("after the newest archived WAL"), "{e}");
+        let e = format!(
+            "{:#}",
+            check_in_window(ts("14:00:00"), &Window::default()).unwrap_err()
+        );
+        assert!(e.contains("no recoverable window yet"), "{e}");
+    }
+
+    #[test]
+    fn recovery_follows_the_timeline_that_holds_the_target() {
+        // Timeline 1 has segments 1..=6; a restored copy branched at
+        // segment 3 into timeline 2 and archived 3..=4 there.
+        let mut a = Archive::default();
+        for n in 1..=6 {
+            a.segments.insert((1, n), Some(ts(&format!("10:0{n}:00"))));
+        }
+        for n in 3..=4 {
+            a.segments.insert((2, n), Some(ts(&format!("11:0{n}:00"))));
+        }
+        a.histories.insert(2, vec![(1, "0/3000100".into())]);
+        let m = physical(
+            "000000010000000000000001",
+            "000000010000000000000001",
+            1,
+            "10:00:30",
+        );
+        let name = |r: &Reach| r.segments_until(None).last().cloned().unwrap();
+        // Production went on on timeline 1 past the target: stay there.
+        let r = reach_toward(&m, &a, Some(ts("10:05:30"))).unwrap();
+        assert_eq!(name(&r), "000000010000000000000006");
+        assert!(r.run.iter().all(|(tli, _, _)| *tli == 1));
+        // Past the end of timeline 1 only timeline 2 holds the target.
+        let r = reach_toward(&m, &a, Some(ts("11:03:30"))).unwrap();
+        assert_eq!(name(&r), "000000020000000000000004");
+        // Without a target: the newest timeline, as before.
+        let r = reach(&m, &a).unwrap();
+        assert_eq!(r.run.last().unwrap().0, 2);
+    }
 
     #[test]
     fn tablespaces_go_where_mapped_else_home() {

@@ -26,6 +26,13 @@ pub struct PolicyStatus {
     pub rpo_seconds: Option<i64>,
     pub window_start: Option<String>,
     pub window_end: Option<String>,
+    /// Physical: every continuous recoverable range, oldest first; WAL gaps
+    /// split it, and window_start/window_end are the newest range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<crate::restore_physical::RangeJson>>,
+    /// Physical: the holes in the WAL archive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_gaps: Option<Vec<crate::restore_physical::Gap>>,
     pub failures_since_success: u32,
     pub last_error: Option<String>,
     pub last_drill_at: Option<String>,
@@ -62,7 +69,7 @@ pub fn summarize(
         })
         .collect();
     let (start, end) = match physical_window {
-        Some((s, e)) => (s.or(oldest), e.or(newest)),
+        Some(w) => w,
         None => (oldest, newest),
     };
     let next = policy.backup.schedule.as_deref().and_then(|s| {
@@ -78,6 +85,8 @@ pub fn summarize(
         rpo_seconds: end.map(|e| now.duration_since(e).as_secs().max(0)),
         window_start: start.map(rfc3339),
         window_end: end.map(rfc3339),
+        windows: None,
+        wal_gaps: None,
         failures_since_success: failures.len() as u32,
         last_error: failures
             .iter()
@@ -112,11 +121,27 @@ pub async fn collect(
             }
             .await;
             match w {
-                Ok(w) => window = Some((w.start, w.end)),
+                Ok(w) => window = Some(w),
                 Err(e) => error = Some(format!("cannot read the WAL archive: {e:#}")),
             }
         }
-        let mut s = summarize(p, &rows, window, now);
+        let newest = window.as_ref().map(|w| {
+            // No range yet (the first base backup's WAL is not archived):
+            // no window, rather than the catalog's guess.
+            let r = w.newest();
+            (r.map(|r| r.start), r.map(|r| r.end))
+        });
+        let mut s = summarize(p, &rows, newest, now);
+        if let Some(w) = &window {
+            if let Some(r) = w.newest() {
+                (s.window_start, s.window_end) = {
+                    let (a, b) = r.printed();
+                    (Some(a), Some(b))
+                };
+            }
+            s.windows = Some(w.ranges.iter().map(Into::into).collect());
+            s.wal_gaps = Some(w.gaps.clone());
+        }
         if let Some((last, _)) = drills.get(&p.name) {
             s.last_drill_at = Some(rfc3339(last.finished_at));
             s.last_drill_passed = Some(last.passed);

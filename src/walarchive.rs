@@ -143,7 +143,18 @@ async fn fetch_once(
     ids: &[age::x25519::Identity],
 ) -> Result<Fetched> {
     let Some(bytes) = repo.get_bytes(&wal::sidecar_key(policy, w)).await? else {
-        return Ok(Fetched::Absent);
+        // "Absent" ends recovery, so say it only of a repository that
+        // provably answers: an unmounted disk or a wrong bucket also has
+        // no such file, and ending there would silently lose the rest.
+        return match repo.get_bytes(crate::repo::REPO_MARKER).await? {
+            Some(_) => Ok(Fetched::Absent),
+            None => Err(anyhow!(
+                "{} has no {}: the repository is missing or not mounted, so drctl cannot tell whether {} was archived",
+                repo.url(),
+                crate::repo::REPO_MARKER,
+                w.name
+            )),
+        };
     };
     let side: Sidecar = serde_json::from_slice(&bytes)
         .with_context(|| format!("the sidecar of {} is not valid JSON", w.name))?;

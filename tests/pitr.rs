@@ -328,9 +328,10 @@ fn segs_between(d: &Drctl) -> String {
     names[names.len() - 2].clone()
 }
 
-/// `restore --latest` without --start: the directory is only prepared.
+/// `restore --latest` without --start, keeping the source's archiving: a
+/// failover, where the restored server replaces the primary.
 fn restore_no_start(d: &Drctl) -> (Restored, common::Run) {
-    restore_with(d, &["--latest"], false)
+    restore_with(d, &["--latest", "--keep-archiving"], false)
 }
 
 fn start_by_hand(s: &Restored) {
@@ -351,4 +352,170 @@ fn start_by_hand(s: &Restored) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_restored_copy_never_archives_into_production_unless_asked() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    // The settings a DBA set with ALTER SYSTEM travel in postgresql.auto.conf.
+    let cmd = d.archive_command("pitr");
+    let value = cmd.split_once(" = ").unwrap().1;
+    pg.psql(
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET archive_mode = 'on'; ALTER SYSTEM SET archive_command = {value};"
+        ),
+    );
+    pg.psql(
+        "postgres",
+        "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
+    );
+    d.backup("pitr");
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+
+    // Restored and started by hand with plain pg_ctl, as a runbook would.
+    let (copy, r) = restore_with(&d, &["--latest"], false);
+    let r = r.ok();
+    assert!(r.stdout.contains("archiving off"), "{}", r.stdout);
+    assert!(!copy.dir.join("postmaster.opts").exists());
+    let auto = std::fs::read_to_string(copy.dir.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains("archive_command"),
+        "the source's setting came along: {auto}"
+    );
+    assert!(auto.trim_end().ends_with("archive_mode = 'off'"), "{auto}");
+    assert!(
+        !auto.contains("recovery_target_timeline = 'latest'"),
+        "{auto}"
+    );
+    start_by_hand(&copy);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while copy.sql("SELECT pg_is_in_recovery()") != "f" {
+        assert!(
+            Instant::now() < deadline,
+            "the restored server never promoted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(copy.sql("SHOW archive_mode"), "off");
+    copy.sql("INSERT INTO batches SELECT 9, g, 'copy' FROM generate_series(1, 100) g");
+    copy.sql("SELECT pg_switch_wal()");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(copy.sql("SELECT archived_count FROM pg_stat_archiver"), "0");
+    assert!(
+        d.repo_files(".json")
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("/wal/00000002")),
+        "the copy archived its timeline into production"
+    );
+    drop(copy);
+
+    // --start runs it with archiving off too, and says so.
+    let (s, r) = restore(&d, &["--latest"]);
+    let r = r.ok();
+    assert!(r.stdout.contains("archiving off"), "{}", r.stdout);
+    assert_eq!(s.sql("SHOW archive_mode"), "off");
+}
+
+/// The segment `n` after `name` on the same timeline (16 MiB segments,
+/// small numbers: no carry into the log part).
+fn seg_plus(name: &str, n: u32) -> String {
+    let low = u32::from_str_radix(&name[16..], 16).unwrap() + n;
+    format!("{}{low:08X}", &name[..16])
+}
+
+#[test]
+fn a_wal_gap_splits_the_window_and_a_target_inside_it_is_refused() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE batches (batch int, id int, v text)",
+    );
+    let first = d.backup("pitr");
+    let show = d.run(&["show", &first, "--output", "json"]).ok().json();
+    let stop = show["manifest"]["wal"]["stop_segment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut last = String::new();
+    for b in 1..=3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        pg.psql(
+            "postgres",
+            &format!("INSERT INTO batches SELECT {b}, g, 'x' FROM generate_series(1, 100) g"),
+        );
+        last = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    }
+    wait_archived(&pg, &last);
+    std::thread::sleep(Duration::from_millis(1100));
+    d.backup("pitr");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 4, g, 'x' FROM generate_series(1, 100) g",
+    );
+    let last = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &last);
+
+    // Lose a segment between the two base backups.
+    let victim = seg_plus(&stop, 2);
+    let gone = d.repo_files(&format!("{victim}.json"));
+    assert_eq!(gone.len(), 1, "{victim} is not archived");
+    std::fs::remove_file(&gone[0]).unwrap();
+
+    let st = d.run(&["status", "--output", "json"]).ok().json();
+    let p = &st[0];
+    let windows = p["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 2, "{p}");
+    assert_eq!(p["wal_gaps"][0]["first_missing"], victim.as_str(), "{p}");
+    assert_eq!(p["window_start"], windows[1]["start"], "{p}");
+    assert_eq!(p["window_end"], windows[1]["end"], "{p}");
+    for w in windows {
+        assert!(w["start"].as_str() <= w["end"].as_str(), "{p}");
+    }
+    let text = d.run(&["list", "pitr"]).ok().stdout;
+    assert!(text.contains(&victim), "{text}");
+
+    // Inside the gap: refused, naming it and the points on either side.
+    let end0: jiff::Timestamp = windows[0]["end"].as_str().unwrap().parse().unwrap();
+    let start1: jiff::Timestamp = windows[1]["start"].as_str().unwrap().parse().unwrap();
+    assert!(start1.duration_since(end0).as_secs() >= 2, "{p}");
+    let inside = (end0 + jiff::SignedDuration::from_secs(1)).to_string();
+    let r = d.run(&["restore", "pitr", "--to", &inside, "--dry-run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(&victim), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(windows[0]["end"].as_str().unwrap()),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(windows[1]["start"].as_str().unwrap()),
+        "{}",
+        r.stderr
+    );
+    // Either side of it: planned, with every range in the plan.
+    for t in [
+        windows[0]["end"].as_str().unwrap(),
+        windows[1]["end"].as_str().unwrap(),
+    ] {
+        let plan = d
+            .run(&[
+                "restore",
+                "pitr",
+                "--to",
+                t,
+                "--dry-run",
+                "--output",
+                "json",
+            ])
+            .ok()
+            .json();
+        assert_eq!(plan["windows"].as_array().unwrap().len(), 2, "{plan}");
+    }
 }

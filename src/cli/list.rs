@@ -146,19 +146,11 @@ async fn windows(ctx: &Ctx, entries: &mut [Entry]) -> Vec<(String, String)> {
                     e.recoverable_until = until.map(rfc3339);
                 }
             }
-            anyhow::Ok((w.start, w.end))
+            anyhow::Ok(w.describe())
         }
         .await;
         match result {
-            Ok((Some(s), e)) => out.push((
-                name,
-                format!(
-                    "{} .. {}",
-                    rfc3339(s),
-                    e.map(rfc3339).unwrap_or_else(|| "?".into())
-                ),
-            )),
-            Ok(_) => {}
+            Ok(w) => out.push((name, w)),
             Err(e) => {
                 tracing::warn!(policy = %name, "cannot compute the recoverable window: {e:#}")
             }

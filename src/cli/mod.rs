@@ -3,6 +3,7 @@
 
 mod backup;
 mod catalog_cmd;
+mod check;
 mod daemon;
 mod drill;
 mod init;
@@ -80,6 +81,8 @@ enum Command {
     /// Validate policies
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCmd),
+    /// Prove the chain end to end: source, repository, WAL archiving
+    Check(check::Args),
     /// Run one backup of a policy now (what cron calls)
     Backup(backup::Args),
     /// Run every policy's schedule; serve /metrics and /healthz
@@ -274,9 +277,16 @@ pub fn main() -> ExitCode {
     };
     // The daemon handles its own signals: a graceful stop lets jobs finish.
     let own_signals = matches!(cli.command, Command::Daemon(_));
+    // restore_command's exit 1 means "absent" and ends recovery: an
+    // interrupted fetch must say failure (> 125) instead.
+    let forced_exit = if matches!(cli.command, Command::WalFetch(_) | Command::WalPrefetch(_)) {
+        wal_fetch::FATAL as i32
+    } else {
+        1
+    };
     let result = rt.block_on(async {
         if !own_signals {
-            tokio::spawn(watch_signals());
+            tokio::spawn(watch_signals(forced_exit));
         }
         run(cli).await
     });
@@ -296,9 +306,13 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long a cancelled command may take to clean up before it exits anyway:
+/// the contract is that the first SIGTERM ends any command within 10 s.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// First SIGINT/SIGTERM: cancel cleanly (uploads aborted, catalog updated).
 /// Second: exit now.
-async fn watch_signals() {
+async fn watch_signals(forced_exit: i32) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -314,8 +328,18 @@ async fn watch_signals() {
         if round == 0 {
             tracing::warn!("interrupted: stopping cleanly (signal again to exit at once)");
             crate::cancel::request();
+            // Every loop polls the cancel flag; this is the bound for one
+            // that is stuck where it cannot (a blocking call in a library).
+            std::thread::spawn(move || {
+                std::thread::sleep(CANCEL_GRACE);
+                eprintln!(
+                    "drctl: error: still running {}s after the interrupt; exiting now (an interrupted backup has no manifest and is never listed or restored as complete)",
+                    CANCEL_GRACE.as_secs()
+                );
+                std::process::exit(forced_exit);
+            });
         } else {
-            std::process::exit(130);
+            std::process::exit(if forced_exit == 1 { 130 } else { forced_exit });
         }
     }
 }
@@ -333,6 +357,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init(a) => init::run(&ctx, a).await,
         Command::Policy(c) => policy_cmd::run(&ctx, c),
+        Command::Check(a) => check::run(&ctx, a).await,
         Command::Backup(a) => backup::run(&ctx, a).await,
         Command::List(a) => list::run(&ctx, a).await,
         Command::Prune(a) => prune::run(&ctx, a).await,

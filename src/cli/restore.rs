@@ -68,6 +68,10 @@ pub struct Args {
     /// source (default: where it was). Repeatable.
     #[arg(long, value_name = "OLD=NEW")]
     tablespace_map: Vec<String>,
+    /// Physical: keep the source's archive settings, for a server that
+    /// replaces the primary (default: archive_mode = 'off')
+    #[arg(long)]
+    keep_archiving: bool,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
@@ -89,7 +93,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             policy.name
         )));
     }
-    if !physical && (a.target_dir.is_some() || a.start || !a.tablespace_map.is_empty()) {
+    if !physical
+        && (a.target_dir.is_some() || a.start || !a.tablespace_map.is_empty() || a.keep_archiving)
+    {
         return Err(usage(format!(
             "policy {} takes dumps: restore them into a database with --target postgres://host/newdb",
             policy.name
@@ -173,6 +179,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
         port: a.port,
         policies_dir,
         tablespace_map: a.tablespace_map.clone(),
+        keep_archiving: a.keep_archiving,
     };
     let outcome = crate::restore_physical::run(&policy, &req).await?;
     if ctx.json() {
@@ -187,26 +194,36 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
         return Ok(ExitCode::SUCCESS);
     }
     let dir = a.target_dir.as_ref().expect("checked").display();
+    let archiving = if a.keep_archiving {
+        format!("archiving into policy {} as the source did", policy.name)
+    } else {
+        "archiving off".to_string()
+    };
     match &outcome.reached_at {
         Some(r) => {
             println!(
-                "restored {} into {dir} and recovered: {r} (server running on port {}, archiving off)",
+                "restored {} into {dir} and recovered: {r} (server running on port {}, {archiving})",
                 outcome.plan.backup_id,
                 a.port.unwrap_or(5432)
             );
-            println!(
-                "next: check the data, then cut over; enable archiving before it takes writes"
-            );
+            if !a.keep_archiving {
+                println!(
+                    "next: check the data, then cut over; to make it the primary, delete the archive_mode = 'off' line at the end of {dir}/postgresql.auto.conf and restart it"
+                );
+            }
         }
         None => {
             println!(
-                "restored {} into {dir} in {:.1}s; recovery.signal and restore_command are set",
+                "restored {} into {dir} in {:.1}s; recovery.signal and restore_command are set, {archiving}",
                 outcome.plan.backup_id, outcome.duration_seconds
             );
-            println!(
-                "next: pg_ctl -D {dir} start (archive_command still points at policy {}: set archive_mode = off first unless this server replaces the primary)",
-                policy.name
-            );
+            // PostgreSQL refuses to run as root: the hint must work as typed.
+            let as_owner = if crate::restore_physical::is_root() {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            };
+            println!("next: {as_owner}pg_ctl -D {dir} -l {dir}/recovery.log start");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -56,6 +56,18 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 },
                 s.next_backup_at.as_deref().unwrap_or("-"),
             );
+            // Earlier ranges and the holes between them: the WINDOW column
+            // is only the newest range.
+            if let Some(ws) = s.windows.as_ref().filter(|w| w.len() > 1) {
+                let all: Vec<String> = ws
+                    .iter()
+                    .map(|w| format!("{} .. {}", w.start, w.end))
+                    .collect();
+                println!("{:<16} windows: {}", "", all.join(", "));
+            }
+            for g in s.wal_gaps.iter().flatten() {
+                println!("{:<16} {g}", "");
+            }
             if let Some(e) = &s.error {
                 println!("{:<16} error: {e}", "");
             } else if let (Some(e), true) = (&s.last_error, s.failures_since_success > 0) {

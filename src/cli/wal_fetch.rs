@@ -36,7 +36,11 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    match fetch(ctx, &a).await {
+    let r = tokio::select! {
+        r = fetch(ctx, &a) => r,
+        () = crate::cancel::cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    match r {
         Ok(code) => Ok(code),
         Err(e) => {
             eprintln!("drctl: wal-fetch {}: error: {e:#}", a.name);

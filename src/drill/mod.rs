@@ -413,17 +413,9 @@ async fn drill_physical(
         Point::Latest => Target::Latest,
         Point::Time(t) => Target::Time(t),
         Point::Random => match crate::restore_physical::window(repo, &policy.name).await {
-            Ok(crate::restore_physical::Window {
-                start: Some(a),
-                end: Some(b),
-                ..
-            }) if a < b => {
-                let span = b.duration_since(a).as_millis() as u64;
-                let off = rand::random::<u64>() % span.max(1);
-                Target::Time(a + jiff::SignedDuration::from_millis(off as i64))
-            }
-            Ok(w) => match w.start {
-                Some(a) => Target::Time(a),
+            // Uniform over every recoverable range, gaps left out.
+            Ok(w) => match random_point(&w.ranges, rand::random::<u64>()) {
+                Some(t) => Target::Time(t),
                 None => Target::Latest,
             },
             Err(e) => {
@@ -468,6 +460,7 @@ async fn drill_physical(
         port: None,
         policies_dir: opts.policies_dir.clone(),
         tablespace_map: map,
+        keep_archiving: false,
     };
     let outcome = match crate::restore_physical::run(policy, &req).await {
         Ok(o) => o,
@@ -612,6 +605,21 @@ async fn amcheck(conn: &Conn) -> Option<CheckResult> {
         }
         Err(e) => CheckResult::fail(NAME, format!("error: {e:#}")),
     })
+}
+
+/// The point `r` (a random number) picks, uniformly over the ranges'
+/// total length; None without ranges.
+fn random_point(ranges: &[crate::restore_physical::Range], r: u64) -> Option<Timestamp> {
+    let len = |x: &crate::restore_physical::Range| x.end.duration_since(x.start).as_millis() as u64;
+    let total: u64 = ranges.iter().map(len).sum();
+    let mut off = r % total.max(1);
+    for x in ranges {
+        if off <= len(x) {
+            return Some(x.start + jiff::SignedDuration::from_millis(off as i64));
+        }
+        off -= len(x);
+    }
+    ranges.first().map(|x| x.start)
 }
 
 #[cfg(test)]

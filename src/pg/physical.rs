@@ -104,14 +104,15 @@ async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64, u64)> {
     ))
 }
 
-/// Wait until every segment start..=stop has a committed sidecar.
+/// Wait until every segment start..=stop has a committed sidecar; on
+/// timeout, the names still missing.
 async fn wait_for_wal(
     repo: &dyn Repository,
     policy: &str,
     p: &Points,
     seg_size: u64,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<std::result::Result<(), Vec<String>>> {
     let first = wal::lsn_to_segno(&p.start_lsn, seg_size).context("bad start LSN")?;
     let last = wal::lsn_to_segno(&p.stop_lsn, seg_size).context("bad stop LSN")?;
     let deadline = Instant::now() + timeout;
@@ -132,18 +133,51 @@ async fn wait_for_wal(
         }
         missing = still;
         if missing.is_empty() {
-            return Ok(());
+            return Ok(Ok(()));
         }
-        if Instant::now() >= deadline || crate::cancel::requested() {
+        if crate::cancel::requested() {
             bail!(
-                "WAL {} needed by this backup is not in the archive after {}s; check archive_command = 'drctl wal-push {policy} %p' and pg_stat_archiver on the server",
-                missing.join(", "),
-                timeout.as_secs()
+                "cancelled while waiting for WAL {} to be archived",
+                missing.join(", ")
             );
+        }
+        if Instant::now() >= deadline {
+            return Ok(Err(missing));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
     }
+}
+
+/// What the server says about its archiver, for an error message: the
+/// failing segment and when, or that it has not failed.
+pub async fn archiver_status(conn: &Conn) -> Option<String> {
+    let rows = conn
+        .query(
+            "select failed_count::text, coalesce(last_failed_wal, ''), \
+             coalesce(to_char(last_failed_time at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''), \
+             coalesce(last_archived_wal, ''), current_setting('archive_command') from pg_stat_archiver",
+            &[],
+        )
+        .await
+        .ok()?;
+    let r = rows.first()?;
+    let failed: u64 = r[0].parse().unwrap_or(0);
+    Some(if failed > 0 && !r[1].is_empty() {
+        format!(
+            "pg_stat_archiver: failed_count {failed}, last_failed_wal {} at {}, last_archived_wal {}; archive_command = '{}' is failing: run it by hand as the server's OS user to see why",
+            r[1],
+            r[2],
+            if r[3].is_empty() { "none" } else { &r[3] },
+            r[4]
+        )
+    } else {
+        format!(
+            "pg_stat_archiver: no failures, last_archived_wal {}; archive_command = '{}'",
+            if r[3].is_empty() { "none" } else { &r[3] },
+            r[4]
+        )
+    })
 }
 
 /// Find the archived backup history file labelled for backup `id`.
@@ -172,7 +206,10 @@ async fn backup_points(
                 }
             }
         }
-        if Instant::now() >= deadline || crate::cancel::requested() {
+        if crate::cancel::requested() {
+            bail!("cancelled while waiting for the server's backup history file");
+        }
+        if Instant::now() >= deadline {
             bail!(
                 "the server's backup history file for {id} is not in the archive after {}s; check archive_command = 'drctl wal-push {policy} %p' and pg_stat_archiver on the server",
                 timeout.as_secs()
@@ -414,15 +451,12 @@ async fn finish(
     seg_size: u64,
     streamed: Streamed,
 ) -> Result<Manifest> {
-    let wait = std::env::var("DRCTL_WAL_WAIT_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let wait = policy.archive_timeout();
     let points = match streamed.points {
         Some(p) => p,
         // With -X none pg_basebackup does not print them; the server's
         // backup history file, archived by wal-push, has them.
-        None => backup_points(repo, &policy.name, id, Duration::from_secs(wait)).await?,
+        None => backup_points(repo, &policy.name, id, wait).await?,
     };
     // The tables a PITR drill expects to find (unless dropped later): read
     // before consistent_at is taken, so each existed by then.
@@ -448,14 +482,16 @@ async fn finish(
         .await?
         .parse()
         .context("parsing the server's timestamp")?;
-    wait_for_wal(
-        repo,
-        &policy.name,
-        &points,
-        seg_size,
-        Duration::from_secs(wait),
-    )
-    .await?;
+    if let Err(missing) = wait_for_wal(repo, &policy.name, &points, seg_size, wait).await? {
+        let why = archiver_status(conn)
+            .await
+            .unwrap_or_else(|| "pg_stat_archiver could not be read".into());
+        bail!(
+            "WAL {} needed by this backup did not reach the archive within archive_timeout ({}s); {why}",
+            missing.join(", "),
+            wait.as_secs()
+        );
+    }
     source.pg_dump_version = streamed.tool;
     let start_segno = wal::lsn_to_segno(&points.start_lsn, seg_size).unwrap_or(0);
     let stop_segno = wal::lsn_to_segno(&points.stop_lsn, seg_size).unwrap_or(0);

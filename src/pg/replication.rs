@@ -196,21 +196,58 @@ impl Wire {
         w.flush()
     }
 
+    /// Fill `buf` from the socket. Reads wake up every `POLL` (the socket's
+    /// read timeout) so a cancel request is noticed, and a server silent
+    /// for `IDLE_LIMIT` is given up on instead of waited for forever.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<()> {
+        let mut at = 0;
+        let mut silent_since = std::time::Instant::now();
+        while at < buf.len() {
+            match self.io.read(&mut buf[at..]) {
+                Ok(0) => bail!("the server closed the replication connection"),
+                Ok(n) => {
+                    at += n;
+                    silent_since = std::time::Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if crate::cancel::requested() {
+                        bail!("cancelled");
+                    }
+                    if silent_since.elapsed() >= IDLE_LIMIT {
+                        bail!(
+                            "the server sent nothing for {}s during the base backup; giving up",
+                            IDLE_LIMIT.as_secs()
+                        );
+                    }
+                }
+                Err(e) => {
+                    return Err(e).context("reading from the replication connection");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Read the next message; an ErrorResponse becomes an error.
     fn recv(&mut self) -> Result<u8> {
         loop {
             let mut head = [0u8; 5];
-            self.io
-                .read_exact(&mut head)
-                .context("the server closed the replication connection")?;
+            self.read_full(&mut head)?;
             let len = i32::from_be_bytes(head[1..5].try_into().expect("4 bytes"));
             if !(4..=(1 << 30)).contains(&len) {
                 bail!("malformed message from the server (length {len})");
             }
-            self.body.resize(len as usize - 4, 0);
-            self.io
-                .read_exact(&mut self.body)
-                .context("the server closed the replication connection")?;
+            let mut body = std::mem::take(&mut self.body);
+            body.resize(len as usize - 4, 0);
+            let r = self.read_full(&mut body);
+            self.body = body;
+            r?;
             self.ty = head[0];
             match self.ty {
                 b'E' => bail!("server: {}", error_text(&self.body)),
@@ -288,6 +325,12 @@ fn parse_row(b: &[u8]) -> Result<Vec<Option<String>>> {
     Ok(row)
 }
 
+/// How often a blocked read wakes up to check for cancellation.
+const POLL: Duration = Duration::from_millis(500);
+/// The longest silence accepted from the server. A fast checkpoint on a
+/// large, busy cluster can take minutes before the first byte.
+const IDLE_LIMIT: Duration = Duration::from_secs(600);
+
 fn connect(p: &Params) -> Result<Wire> {
     let timeout = Duration::from_secs(
         env("PGCONNECT_TIMEOUT")
@@ -296,7 +339,9 @@ fn connect(p: &Params) -> Result<Wire> {
     );
     let stream: Box<dyn Stream> = if p.host.starts_with('/') {
         let path = format!("{}/.s.PGSQL.{}", p.host, p.port);
-        Box::new(UnixStream::connect(&path).with_context(|| format!("cannot connect to {path}"))?)
+        let s = UnixStream::connect(&path).with_context(|| format!("cannot connect to {path}"))?;
+        s.set_read_timeout(Some(POLL))?;
+        Box::new(s)
     } else {
         let addrs = (p.host.as_str(), p.port)
             .to_socket_addrs()
@@ -321,6 +366,7 @@ fn connect(p: &Params) -> Result<Wire> {
             )
         })?;
         s.set_nodelay(true).ok();
+        s.set_read_timeout(Some(POLL))?;
         Box::new(s)
     };
     let mut w = Wire {
@@ -456,8 +502,11 @@ impl BaseBackup {
             Some((level, _)) => format!(", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={level}'"),
             None => String::new(),
         };
+        // WAIT false: the server does not wait for its stop segment to be
+        // archived, which with a failing archive_command is forever; drctl
+        // waits for the archive itself, bounded by archive_timeout.
         let cmd = format!(
-            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT true, MANIFEST 'no', TABLESPACE_MAP false{compression})",
+            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'no', TABLESPACE_MAP false{compression})",
             quote(label)
         );
         let mut q = cmd.into_bytes();

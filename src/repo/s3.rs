@@ -96,6 +96,23 @@ impl S3Repo {
                 )
                 .with_max_backoff(Duration::from_secs(20)),
         );
+        // A server that accepts and never answers must fail the request
+        // in bounded time, not hang it: the connect, each attempt up to the
+        // first byte of its answer (which includes sending a part's body),
+        // and a body that stops flowing are each bounded, then retried.
+        let bound = cfg.request_timeout();
+        b = b
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(bound.min(Duration::from_secs(10)))
+                    .read_timeout(bound)
+                    .build(),
+            )
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
+                    .grace_period(bound)
+                    .build(),
+            );
         if sdk.region().is_none() {
             b = b.region(Region::new("us-east-1"));
         }
@@ -406,19 +423,18 @@ impl S3Reader {
                 if let Some(e) = &self.etag {
                     req = req.if_match(e);
                 }
+                // The SDK has retried by the time send() fails: another
+                // round here would multiply the bound on a dead server.
                 match self.handle.block_on(req.send()) {
                     Ok(out) => self.body = Some(out.body),
                     Err(e) => {
-                        failures += 1;
-                        let e = sdk_err(e);
-                        if failures >= 5 {
-                            return Err(io::Error::other(format!(
-                                "GET s3://{}/{} at byte {}: {e:#}",
-                                self.t.bucket, self.key, self.offset
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(200 << failures));
-                        continue;
+                        return Err(io::Error::other(format!(
+                            "GET s3://{}/{} at byte {}: {:#}",
+                            self.t.bucket,
+                            self.key,
+                            self.offset,
+                            sdk_err(e)
+                        )));
                     }
                 }
             }
@@ -433,7 +449,7 @@ impl S3Reader {
                     // Truncated or broken stream: resume from where we are.
                     failures += 1;
                     self.body = None;
-                    if failures >= 5 {
+                    if failures >= 5 || crate::cancel::requested() {
                         return Err(io::Error::other(format!(
                             "download of s3://{}/{} kept failing at byte {}",
                             self.t.bucket, self.key, self.offset

@@ -1,0 +1,598 @@
+//! `drctl check POLICY`: prove the backup chain end to end before it is
+//! needed. For physical policies (pgBackRest's `check`, with the cause
+//! named): the server's WAL settings point at drctl for this policy, the
+//! repository is writable by the OS user archive_command runs as, a forced
+//! WAL switch lands in the repository as an object whose checksum (and,
+//! with a key, content) is right, and the newest base backup's WAL is all
+//! there. Checks run in order and stop at the first failure, since each
+//! depends on the one before.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+
+use crate::manifest::ObjectEntry;
+use crate::pg::Conn;
+use crate::policy::{Method, Policy};
+use crate::repo::{RepoUrl, Repository};
+use crate::wal;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub policy: String,
+    pub passed: bool,
+    pub checks: Vec<Step>,
+}
+
+/// A failed step: what is wrong and what to do.
+struct Failed(String);
+
+type StepResult = std::result::Result<String, Failed>;
+
+fn fail<T>(msg: impl Into<String>) -> std::result::Result<T, Failed> {
+    Err(Failed(msg.into()))
+}
+
+impl From<anyhow::Error> for Failed {
+    fn from(e: anyhow::Error) -> Failed {
+        Failed(format!("{e:#}"))
+    }
+}
+
+pub struct Options<'a> {
+    pub policies_dir: &'a Path,
+    pub identity: Option<&'a Path>,
+}
+
+pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Report> {
+    if policy.backup.method == Method::RdsSnapshot {
+        return Err(crate::error::usage(format!(
+            "policy {} backs up RDS: `drctl check` checks PostgreSQL sources; run `drctl backup {}` to test the RDS API",
+            policy.name, policy.name
+        )));
+    }
+    let mut report = Report {
+        policy: policy.name.clone(),
+        passed: true,
+        checks: Vec::new(),
+    };
+    let conn = crate::backup::source_conn(policy)?;
+    let repo = crate::backup::open_repo(policy).await?;
+    let physical = policy.backup.method == Method::Physical;
+    let user;
+    let mut switched = None;
+    macro_rules! step {
+        ($name:expr, $body:expr) => {{
+            let r: StepResult = $body;
+            let passed = r.is_ok();
+            let detail = match r {
+                Ok(d) => d,
+                Err(Failed(d)) => d,
+            };
+            report.checks.push(Step {
+                name: $name.to_string(),
+                passed,
+                detail,
+            });
+            if !passed {
+                report.passed = false;
+                return Ok(report);
+            }
+        }};
+    }
+    step!("source answers", source_answers(&conn).await);
+    step!(
+        "repository writable",
+        probe_write(&*repo, &policy.name).await
+    );
+    if !physical {
+        return Ok(report);
+    }
+    step!(
+        "archive settings",
+        settings(&conn, &policy.name, opts.policies_dir).await
+    );
+    step!("archiving user", {
+        let (detail, who) = archiving_user(&conn).await;
+        user = who;
+        Ok(detail)
+    });
+    step!(
+        "archiving user can write the repository",
+        user_can_write(policy, user.as_ref())
+    );
+    step!(
+        "WAL switch reaches the repository",
+        switch_lands(&conn, &*repo, policy).await.map(|(d, seg)| {
+            switched = Some(seg);
+            d
+        })
+    );
+    step!(
+        "archived WAL decodes",
+        decodes(&*repo, &policy.name, switched.as_deref(), opts.identity).await
+    );
+    step!(
+        "newest base backup's WAL is archived",
+        base_backup_wal(&*repo, &policy.name).await
+    );
+    Ok(report)
+}
+
+async fn source_answers(conn: &Conn) -> StepResult {
+    let v = conn
+        .query_one("select current_setting('server_version')", &[])
+        .await
+        .map_err(|e| Failed(format!("{e:#}; check source.url and the password")))?;
+    Ok(format!("PostgreSQL {v} at {}", conn.url.host()))
+}
+
+async fn probe_write(repo: &dyn Repository, policy: &str) -> StepResult {
+    crate::repo::ensure_initialized(repo).await?;
+    let key = format!("{policy}/.drctl-check-{:08x}", rand::random::<u32>());
+    repo.put_bytes(&key, b"drctl check\n".to_vec())
+        .await
+        .map_err(|e| Failed(format!("{e:#}")))?;
+    repo.delete(&key).await?;
+    Ok(format!(
+        "wrote and removed a probe object in {}",
+        repo.url()
+    ))
+}
+
+/// The words of a shell command line, quotes removed (enough to find
+/// drctl's own arguments in archive_command).
+fn words(cmd: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    let mut any = false;
+    for c in cmd.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                any = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            (_, c) => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+/// Why `archive_command` does not archive into `policy` (as drctl reading
+/// `policies_dir`), or None when it does.
+pub fn archive_command_problem(cmd: &str, policy: &str, policies_dir: &Path) -> Option<String> {
+    let w = words(cmd);
+    let Some(i) = w.iter().position(|x| x == "wal-push") else {
+        return Some(format!(
+            "archive_command = '{cmd}' does not run drctl wal-push; set archive_command = 'drctl --policies {} wal-push {policy} %p'",
+            policies_dir.display()
+        ));
+    };
+    if w.get(i + 1).map(String::as_str) != Some(policy) {
+        return Some(format!(
+            "archive_command = '{cmd}' archives into policy {}, not {policy}",
+            w.get(i + 1).map(String::as_str).unwrap_or("(none)")
+        ));
+    }
+    if w.get(i + 2).map(String::as_str) != Some("%p") {
+        return Some(format!(
+            "archive_command = '{cmd}' does not pass %p after the policy name"
+        ));
+    }
+    let named = w
+        .iter()
+        .position(|x| x == "--policies")
+        .and_then(|j| w.get(j + 1).cloned())
+        .or_else(|| {
+            w.iter()
+                .find_map(|x| x.strip_prefix("--policies=").map(String::from))
+        });
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    match named {
+        Some(d) if canon(Path::new(&d)) != canon(policies_dir) => Some(format!(
+            "archive_command = '{cmd}' reads policies from {d}, this check from {}: they must be the same files",
+            policies_dir.display()
+        )),
+        Some(_) => None,
+        None if !w.iter().any(|x| x.starts_with("DRCTL_POLICIES=")) => Some(format!(
+            "archive_command = '{cmd}' names no --policies DIR: it runs in the server's data directory, where ./policies is not; add --policies {}",
+            policies_dir.display()
+        )),
+        None => None,
+    }
+}
+
+async fn settings(conn: &Conn, policy: &str, policies_dir: &Path) -> StepResult {
+    let rows = conn
+        .query(
+            "select current_setting('wal_level'), current_setting('archive_mode'), current_setting('archive_command')",
+            &[],
+        )
+        .await?;
+    let r = rows.first().ok_or_else(|| anyhow!("no answer"))?;
+    let (level, mode, cmd) = (&r[0], &r[1], &r[2]);
+    if !matches!(level.as_str(), "replica" | "logical") {
+        return fail(format!(
+            "wal_level = {level}: set wal_level = replica in postgresql.conf and restart the server"
+        ));
+    }
+    if !matches!(mode.as_str(), "on" | "always") {
+        return fail(format!(
+            "archive_mode = {mode}: set archive_mode = on in postgresql.conf and restart the server"
+        ));
+    }
+    let dir = std::path::absolute(policies_dir).unwrap_or(policies_dir.to_path_buf());
+    if let Some(p) = archive_command_problem(cmd, policy, &dir) {
+        return fail(format!("{p}; then SELECT pg_reload_conf()"));
+    }
+    Ok(format!(
+        "wal_level = {level}, archive_mode = {mode}, archive_command = '{cmd}'"
+    ))
+}
+
+/// An OS user, by name and id.
+#[derive(Debug, Clone)]
+pub struct OsUser {
+    pub name: String,
+    pub uid: u32,
+}
+
+fn user_by_uid(uid: u32) -> Option<String> {
+    // SAFETY: getpwuid returns static storage or null; copied out at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+/// archive_command runs as the server's OS user: the owner of its data
+/// directory, when that directory is on this host.
+async fn archiving_user(conn: &Conn) -> (String, Option<OsUser>) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = conn
+        .query_one("select current_setting('data_directory')", &[])
+        .await;
+    match dir {
+        Ok(d) => match std::fs::metadata(&d) {
+            Ok(m) => {
+                let name = user_by_uid(m.uid()).unwrap_or_else(|| m.uid().to_string());
+                (
+                    format!("archive_command runs as {name} (owner of {d})"),
+                    Some(OsUser { name, uid: m.uid() }),
+                )
+            }
+            Err(_) => (
+                format!("the data directory {d} is not on this host: the archiving user's permissions are proven by the WAL switch below"),
+                None,
+            ),
+        },
+        Err(_) => (
+            "cannot read data_directory (needs pg_read_all_settings): the archiving user's permissions are proven by the WAL switch below".into(),
+            None,
+        ),
+    }
+}
+
+/// Whether `user` may create files in `dir`.
+fn can_write(user: &OsUser, dir: &Path) -> std::io::Result<bool> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if me == user.uid {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(std::io::Error::other)?;
+        // SAFETY: a valid C string; access(2) only checks permissions.
+        return Ok(unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0);
+    }
+    if me == 0 {
+        let st = std::process::Command::new("runuser")
+            .args(["-u", &user.name, "--", "test", "-w"])
+            .arg(dir)
+            .arg("-a")
+            .arg("-x")
+            .arg(dir)
+            .status()?;
+        return Ok(st.success());
+    }
+    Err(std::io::Error::other(format!(
+        "cannot test as {} (run drctl check as {} or root)",
+        user.name, user.name
+    )))
+}
+
+fn user_can_write(policy: &Policy, user: Option<&OsUser>) -> StepResult {
+    let Some(user) = user else {
+        return Ok("skipped: the archiving user is not known here".into());
+    };
+    let url = policy
+        .repository
+        .as_ref()
+        .map(|r| r.url.as_str())
+        .unwrap_or_default();
+    let Ok(RepoUrl::File(root)) = RepoUrl::parse(url) else {
+        return Ok(format!(
+            "skipped for {url}: S3 access is the credentials' matter, proven by the WAL switch below"
+        ));
+    };
+    // Every folder wal-push writes into that exists already; the deepest
+    // missing one is created in its parent.
+    let wal_dir: PathBuf = root.join(&policy.name).join("wal");
+    let mut dirs: Vec<PathBuf> = wal_dir
+        .ancestors()
+        .take_while(|p| p.starts_with(&root))
+        .map(Path::to_path_buf)
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(&wal_dir) {
+        dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    if !root.exists() {
+        return fail(format!(
+            "the repository {} does not exist; create it and give it to {}",
+            root.display(),
+            user.name
+        ));
+    }
+    for d in dirs.iter().filter(|d| d.exists()) {
+        match can_write(user, d) {
+            Ok(true) => {}
+            Ok(false) => {
+                return fail(format!(
+                    "{} cannot write {}, so archive_command fails with \"Permission denied\": run `chown -R {} {}`",
+                    user.name,
+                    d.display(),
+                    user.name,
+                    root.display()
+                ))
+            }
+            Err(e) => return Ok(format!("skipped: {e}")),
+        }
+    }
+    Ok(format!("{} can write {}", user.name, wal_dir.display()))
+}
+
+async fn archiver_failures(conn: &Conn) -> Result<(u64, String)> {
+    let rows = conn
+        .query(
+            "select failed_count::text, coalesce(last_failed_wal, '') from pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    let r = rows.first().context("no answer from pg_stat_archiver")?;
+    Ok((r[0].parse().unwrap_or(0), r[1].clone()))
+}
+
+/// Force a segment switch and wait, up to archive_timeout, for that
+/// segment's sidecar in the repository; stop early when the server says
+/// archive_command failed on it.
+async fn switch_lands(
+    conn: &Conn,
+    repo: &dyn Repository,
+    policy: &Policy,
+) -> std::result::Result<(String, String), Failed> {
+    let (failed_before, _) = archiver_failures(conn).await?;
+    // A WAL record, so the switch below is never a no-op on an idle server.
+    if let Err(e) = conn
+        .query_one("select pg_create_restore_point('drctl check')", &[])
+        .await
+    {
+        tracing::debug!("pg_create_restore_point: {e:#}");
+    }
+    let seg = conn
+        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .map_err(|e| {
+            Failed(format!(
+                "{e:#}; pg_switch_wal needs superuser or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO the policy's user"
+            ))
+        })?;
+    let w = wal::parse(&seg).map_err(|e| Failed(format!("the server named segment {seg}: {e}")))?;
+    let key = wal::sidecar_key(&policy.name, &w);
+    let timeout = policy.archive_timeout();
+    let t0 = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if repo.head(&key).await?.is_some() {
+            return Ok((
+                format!(
+                    "{seg} archived into {} in {:.1}s",
+                    repo.url(),
+                    t0.elapsed().as_secs_f64()
+                ),
+                seg,
+            ));
+        }
+        let (failed, last_failed) = archiver_failures(conn).await?;
+        if failed > failed_before && last_failed == seg {
+            let why = crate::pg::physical::archiver_status(conn)
+                .await
+                .unwrap_or_default();
+            return fail(format!("archive_command failed on {seg}; {why}"));
+        }
+        if crate::cancel::requested() {
+            return fail("cancelled");
+        }
+        if t0.elapsed() >= timeout {
+            let why = crate::pg::physical::archiver_status(conn)
+                .await
+                .unwrap_or_default();
+            return fail(format!(
+                "{seg} did not reach {} within archive_timeout ({}s); {why}",
+                repo.url(),
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn decodes(
+    repo: &dyn Repository,
+    policy: &str,
+    seg: Option<&str>,
+    identity: Option<&Path>,
+) -> StepResult {
+    let seg = seg.ok_or_else(|| Failed("no segment was switched".into()))?;
+    let w = wal::parse(seg).map_err(|e| Failed(e.to_string()))?;
+    let bytes = repo
+        .get_bytes(&wal::sidecar_key(policy, &w))
+        .await?
+        .ok_or_else(|| Failed(format!("the sidecar of {seg} vanished")))?;
+    let side: wal::Sidecar = serde_json::from_slice(&bytes)
+        .map_err(|e| Failed(format!("the sidecar of {seg} is not valid: {e}")))?;
+    let key = wal::object_key(policy, &w);
+    let entry = ObjectEntry {
+        name: seg.to_string(),
+        key: key.clone(),
+        plain_bytes: side.plain_bytes,
+        plain_sha256: side.plain_sha256.clone(),
+        stored_bytes: side.stored_bytes,
+        stored_sha256: side.stored_sha256.clone(),
+    };
+    let reader = repo.reader(&key).await?;
+    match identity {
+        None => {
+            let (n, sha) =
+                tokio::task::spawn_blocking(move || crate::pipeline::hash_stored(reader))
+                    .await
+                    .map_err(|e| Failed(e.to_string()))?
+                    .map_err(|e| Failed(format!("reading {key}: {e}")))?;
+            if n != side.stored_bytes || sha != side.stored_sha256 {
+                return fail(format!(
+                    "{key}: {n} bytes with sha256 {sha}, but its sidecar says {} bytes with {}",
+                    side.stored_bytes, side.stored_sha256
+                ));
+            }
+            Ok(format!(
+                "{seg}: stored checksum matches (pass --identity to decrypt it too)"
+            ))
+        }
+        Some(path) => {
+            let ids = crate::pipeline::load_identities(path)?;
+            let r = tokio::task::spawn_blocking(move || {
+                crate::pipeline::decode(reader, &ids, &entry, &mut std::io::sink(), false, &|_| {})
+            })
+            .await
+            .map_err(|e| Failed(e.to_string()))?;
+            match r {
+                Ok(d) => Ok(format!(
+                    "{seg}: decrypted and decompressed, {} bytes, sha256 matches",
+                    d.plain_bytes
+                )),
+                Err(e) => fail(format!("{key}: {e}")),
+            }
+        }
+    }
+}
+
+async fn base_backup_wal(repo: &dyn Repository, policy: &str) -> StepResult {
+    let inv = crate::inventory::scan(repo, Some(policy)).await?;
+    let Some(newest) = inv
+        .complete
+        .iter()
+        .filter(|m| m.method == Method::Physical)
+        .max_by_key(|m| m.consistent_at)
+    else {
+        return Ok(format!(
+            "no base backup yet: run `drctl backup {policy}` to start the recoverable window"
+        ));
+    };
+    let seg_size = newest
+        .wal
+        .as_ref()
+        .map(|w| w.segment_size)
+        .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
+    let archive = crate::restore_physical::read_archive(repo, policy, seg_size).await?;
+    let r = crate::restore_physical::reach(newest, &archive)?;
+    if !r.reaches_stop {
+        return fail(format!(
+            "base backup {} cannot be restored: WAL {} is missing from the archive",
+            newest.id,
+            r.gap_at.as_deref().unwrap_or("?")
+        ));
+    }
+    Ok(format!(
+        "base backup {}: every segment from its start to its stop is archived",
+        newest.id
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_commands_are_read_like_a_shell() {
+        let dir = Path::new("/etc/drctl/policies");
+        assert_eq!(
+            archive_command_problem(
+                "/usr/bin/drctl --policies /etc/drctl/policies wal-push orders %p",
+                "orders",
+                dir
+            ),
+            None
+        );
+        assert_eq!(
+            archive_command_problem(
+                "'/opt/my drctl' --policies=/etc/drctl/policies wal-push orders %p",
+                "orders",
+                dir
+            ),
+            None
+        );
+        let p = archive_command_problem("cp %p /mnt/archive/%f", "orders", dir).unwrap();
+        assert!(p.contains("does not run drctl wal-push"), "{p}");
+        let p = archive_command_problem(
+            "drctl --policies /etc/drctl/policies wal-push billing %p",
+            "orders",
+            dir,
+        )
+        .unwrap();
+        assert!(p.contains("policy billing, not orders"), "{p}");
+        let p = archive_command_problem(
+            "drctl --policies /srv/other wal-push orders %p",
+            "orders",
+            dir,
+        )
+        .unwrap();
+        assert!(p.contains("/srv/other"), "{p}");
+        let p = archive_command_problem("drctl wal-push orders %p", "orders", dir).unwrap();
+        assert!(p.contains("names no --policies"), "{p}");
+        let p = archive_command_problem(
+            "drctl --policies /etc/drctl/policies wal-push orders",
+            "orders",
+            dir,
+        )
+        .unwrap();
+        assert!(p.contains("%p"), "{p}");
+    }
+}
