@@ -24,6 +24,7 @@ pub mod pg;
 pub mod pipeline;
 pub mod plan;
 pub mod policy;
+pub mod poll;
 pub mod progress;
 pub mod prune;
 pub mod rds;

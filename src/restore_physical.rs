@@ -1001,22 +1001,17 @@ async fn start_and_wait(
     let opts = format!(
         "-p {port}{archiving} -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c logging_collector=off"
     );
-    let out = owner_command("pg_ctl")
-        .arg("-D")
-        .arg(dir)
-        .args(["-o", &opts, "-l"])
-        .arg(&log)
-        .args(["-w", "-t", "3600", "start"])
-        .output()
-        .context("cannot run pg_ctl (is the PostgreSQL server installed?)")?;
+    let start = || {
+        owner_command("pg_ctl")
+            .arg("-D")
+            .arg(dir)
+            .args(["-o", &opts, "-l"])
+            .arg(&log)
+            .args(["-w", "-t", "3600", "start"])
+            .output()
+            .context("cannot run pg_ctl (is the PostgreSQL server installed?)")
+    };
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    if !out.status.success() {
-        bail!(
-            "the restored server did not start: {}",
-            last_error(&log_text())
-                .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string())
-        );
-    }
     let url = crate::pg::ConnUrl::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
         .map_err(|e| anyhow!(e))?;
     let conn = crate::pg::Conn::new(url, None)?;
@@ -1028,10 +1023,81 @@ async fn start_and_wait(
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    let r = wait_promoted(&conn, log_text, alive, &plan.target_time).await;
+    // Started and promoted: what it reached. `seen` skips the log of an
+    // earlier start.
+    let (start, log_text, conn, alive) = (&start, &log_text, &conn, &alive);
+    let run = |seen: usize| async move {
+        let out = start()?;
+        let later = || log_text().get(seen..).unwrap_or_default().to_string();
+        if !out.status.success() {
+            // Recovery can end before pg_ctl sees the server ready.
+            if ended_in_log(&later()) {
+                return Err(EndedBeforeTarget(plan.target_time.clone()).into());
+            }
+            bail!(
+                "the restored server did not start: {}",
+                last_error(&later())
+                    .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string())
+            );
+        }
+        wait_promoted(conn, later, alive, &plan.target_time).await
+    };
+    let mut r = run(0).await;
+    if r.as_ref().is_err_and(ended_before_target) {
+        // The archive holds WAL past the target with no commit after the
+        // last one replayed: the end of the archive is the state at the
+        // target. Recover to it instead of failing.
+        let stopped = crate::poll::until(Duration::from_secs(60), || async { !alive() }).await;
+        if stopped.is_ok() {
+            recover_to_end(dir)?;
+            r = run(log_text().len())
+                .await
+                .map(|reached| no_commit_after(&plan.target_time, &reached));
+        }
+    }
     // Segments prefetched past the target are of no further use.
     let _ = std::fs::remove_dir_all(dir.join("drctl-prefetch"));
     r.map_err(|e| anyhow!("{e:#} (server log: {})", log.display()))
+}
+
+/// PostgreSQL found no commit after the target in all the WAL the archive
+/// gave it. drctl's planner checked that WAL written at or after the
+/// target is archived, so nothing committed between the last commit and
+/// the target: the end of the archive is the state at the target.
+#[derive(Debug, thiserror::Error)]
+#[error("recovery found no transaction committed after {0} in the archived WAL")]
+pub struct EndedBeforeTarget(String);
+
+/// PostgreSQL's words when recovery ran out of WAL before its target.
+pub fn ended_in_log(log: &str) -> bool {
+    log.contains("recovery ended before configured recovery target was reached")
+}
+
+pub fn ended_before_target(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<EndedBeforeTarget>().is_some()
+}
+
+/// Let a restored cluster whose recovery stopped short of its target
+/// recover to the end of the archive on its next start.
+pub fn recover_to_end(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("postgresql.auto.conf"))
+        .context("cannot update postgresql.auto.conf")?;
+    f.write_all(
+        b"# drctl: no commit after the target in the archive; its end is the same state\nrecovery_target_time = ''\n",
+    )?;
+    // drctl's archive_mode line, if any, stays the last one: still in force.
+    Ok(())
+}
+
+/// What a restore reached when it recovered to the end of the archive
+/// because no commit followed the target.
+pub fn no_commit_after(target: &str, reached: &str) -> String {
+    format!(
+        "no transaction committed between the last commit and the target {target}: recovered to the end of the archived WAL, the same state ({reached})"
+    )
 }
 
 /// Wait until a server recovering a restored backup has promoted; the point
@@ -1045,10 +1111,8 @@ pub async fn wait_promoted(
 ) -> Result<String> {
     loop {
         let text = log_text();
-        if text.contains("recovery ended before configured recovery target was reached") {
-            bail!(
-                "recovery ended before the target {target_time} was reached: the archive does not hold WAL up to it"
-            );
+        if ended_in_log(&text) {
+            return Err(EndedBeforeTarget(target_time.to_string()).into());
         }
         match conn.query_one("select pg_is_in_recovery()", &[]).await {
             Ok(v) if v == "f" => break,

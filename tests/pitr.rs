@@ -519,3 +519,54 @@ fn a_wal_gap_splits_the_window_and_a_target_inside_it_is_refused() {
         assert_eq!(plan["windows"].as_array().unwrap().len(), 2, "{plan}");
     }
 }
+
+#[test]
+fn a_target_after_the_last_commit_on_a_quiet_database_restores_that_state() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
+    );
+    d.backup("pitr");
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 1, g, 'last' FROM generate_series(1, 10) g",
+    );
+    // Nothing is written after this; T lies in the quiet stretch, and the
+    // archive holds WAL written after T (the switch that archived it).
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = server_now(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+
+    let (s, r) = restore(&d, &["--to", &t]);
+    let r = r.ok();
+    assert!(
+        r.stdout.contains("no transaction committed"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("end of the archived WAL"), "{}", r.stdout);
+    assert_eq!(s.batches(), "0,1 110");
+    assert_eq!(s.sql("SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(s.sql("SHOW archive_mode"), "off");
+    drop(s);
+
+    // A drill to the same point passes too.
+    let r = d.run(&[
+        "drill",
+        "pitr",
+        "--to",
+        &t,
+        "--identity",
+        &d.identity_arg(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let v = r.json();
+    assert_eq!(v["passed"], true, "{v}");
+}

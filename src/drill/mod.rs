@@ -485,11 +485,10 @@ async fn drill_physical(
         .and_then(|u| ConnUrl::parse(u).ok())
         .map(|u| u.database())
         .unwrap_or_else(|| "postgres".into());
-    let url = lock().url(&db);
     let admin = ConnUrl::parse(&lock().url("postgres"))
         .map_err(|e| anyhow!(e))
         .and_then(|u| Conn::new(u, None));
-    let promoted = match (launched, &admin) {
+    let mut promoted = match (launched, &admin) {
         (Ok(()), Ok(admin)) => {
             crate::restore_physical::wait_promoted(
                 admin,
@@ -502,6 +501,21 @@ async fn drill_physical(
         (Err(e), _) => Err(e),
         (_, Err(e)) => Err(anyhow!("{e:#}")),
     };
+    // Recovery can also end before the server is seen listening.
+    let ended = promoted
+        .as_ref()
+        .is_err_and(crate::restore_physical::ended_before_target)
+        || (promoted.is_err() && crate::restore_physical::ended_in_log(&lock().log()));
+    let cell = if ended {
+        let scratch = cell.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (scratch, r) = recover_to_end(scratch, &outcome.plan.target_time).await;
+        promoted = r;
+        std::sync::Mutex::new(scratch)
+    } else {
+        cell
+    };
+    let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
+    let url = lock().url(&db);
     let conn = ConnUrl::parse(&url)
         .map_err(|e| anyhow!(e))
         .and_then(|u| Conn::new(u, None));
@@ -605,6 +619,46 @@ async fn amcheck(conn: &Conn) -> Option<CheckResult> {
         }
         Err(e) => CheckResult::fail(NAME, format!("error: {e:#}")),
     })
+}
+
+/// No commit followed the target in the archive: start the scratch server
+/// again to recover to the end of the archive, the same state.
+async fn recover_to_end(
+    mut scratch: crate::pg::scratch::Scratch,
+    target_time: &str,
+) -> (crate::pg::scratch::Scratch, Result<String>) {
+    let stopped = crate::poll::until(std::time::Duration::from_secs(60), || {
+        std::future::ready(!scratch.alive())
+    })
+    .await
+    .map_err(|e| anyhow!("the scratch server did not stop after recovery ended: {e}"));
+    if let Err(e) = stopped {
+        return (scratch, Err(e));
+    }
+    if let Err(e) = crate::restore_physical::recover_to_end(&scratch.data_dir()) {
+        return (scratch, Err(e));
+    }
+    if let Err(e) = scratch.launch(false).await {
+        return (scratch, Err(e));
+    }
+    let admin = match ConnUrl::parse(&scratch.url("postgres"))
+        .map_err(|e| anyhow!(e))
+        .and_then(|u| Conn::new(u, None))
+    {
+        Ok(a) => a,
+        Err(e) => return (scratch, Err(e)),
+    };
+    let cell = std::sync::Mutex::new(scratch);
+    let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
+    let r = crate::restore_physical::wait_promoted(
+        &admin,
+        || lock().log(),
+        || lock().alive(),
+        target_time,
+    )
+    .await
+    .map(|reached| crate::restore_physical::no_commit_after(target_time, &reached));
+    (cell.into_inner().unwrap_or_else(|e| e.into_inner()), r)
 }
 
 /// The point `r` (a random number) picks, uniformly over the ranges'
