@@ -223,14 +223,7 @@ pub fn reach(m: &Manifest, a: &Archive) -> Result<Reach> {
 /// timeline branches off, but production went on), and moves to a child
 /// timeline only where its parent ended before the target (a failover).
 pub fn reach_toward(m: &Manifest, a: &Archive, target: Option<Timestamp>) -> Result<Reach> {
-    let w = m
-        .wal
-        .as_ref()
-        .context("physical manifest without WAL information")?;
-    let ss = w.segment_size;
-    let first = segno_of(&w.start_segment, ss).context("bad start segment in the manifest")?;
-    let stop = segno_of(&w.stop_segment, ss).context("bad stop segment in the manifest")?;
-    let mut path = wal::timeline_path(w.timeline, &a.histories, ss);
+    let mut path = timeline_path_of(m, a)?;
     if let Some(t) = target {
         let holds = |&(tli, from): &(u32, u64)| {
             a.segments
@@ -241,11 +234,40 @@ pub fn reach_toward(m: &Manifest, a: &Archive, target: Option<Timestamp>) -> Res
             path.truncate(i + 1);
         }
     }
+    reach_along(m, a, &path)
+}
+
+/// Reaches along every timeline a restore of `m` could follow: staying on
+/// its own timeline, or switching at each archived history in turn. The
+/// window is their union, since a target picks the timeline that holds it.
+pub fn reaches(m: &Manifest, a: &Archive) -> Result<Vec<Reach>> {
+    let path = timeline_path_of(m, a)?;
+    (1..=path.len())
+        .map(|n| reach_along(m, a, &path[..n]))
+        .collect()
+}
+
+fn timeline_path_of(m: &Manifest, a: &Archive) -> Result<Vec<(u32, u64)>> {
+    let w = m
+        .wal
+        .as_ref()
+        .context("physical manifest without WAL information")?;
+    Ok(wal::timeline_path(w.timeline, &a.histories, w.segment_size))
+}
+
+fn reach_along(m: &Manifest, a: &Archive, path: &[(u32, u64)]) -> Result<Reach> {
+    let w = m
+        .wal
+        .as_ref()
+        .context("physical manifest without WAL information")?;
+    let ss = w.segment_size;
+    let first = segno_of(&w.start_segment, ss).context("bad start segment in the manifest")?;
+    let stop = segno_of(&w.stop_segment, ss).context("bad stop segment in the manifest")?;
     let mut run = Vec::new();
     let mut end = None;
     let mut s = first;
     loop {
-        let tli = wal::timeline_for(&path, s);
+        let tli = wal::timeline_for(path, s);
         match a.segments.get(&(tli, s)) {
             Some(at) => {
                 run.push((tli, s, *at));
@@ -259,13 +281,13 @@ pub fn reach_toward(m: &Manifest, a: &Archive, target: Option<Timestamp>) -> Res
     let next = a
         .segments
         .keys()
-        .filter(|&&(tli, n)| n > s && tli == wal::timeline_for(&path, n))
+        .filter(|&&(tli, n)| n > s && tli == wal::timeline_for(path, n))
         .map(|(_, n)| *n)
         .min();
     let gap = next.map(|n| {
         (
-            wal::segment_name(wal::timeline_for(&path, s), s, ss),
-            wal::segment_name(wal::timeline_for(&path, n - 1), n - 1, ss),
+            wal::segment_name(wal::timeline_for(path, s), s, ss),
+            wal::segment_name(wal::timeline_for(path, n - 1), n - 1, ss),
         )
     });
     Ok(Reach {
@@ -411,19 +433,21 @@ impl Window {
 
 fn window_of(physical: &[&Manifest], archive: &Archive) -> Result<Window> {
     let mut w = Window::default();
-    let mut reaches = Vec::new();
+    let mut out = Vec::new();
     for m in physical {
-        let r = reach(m, archive)?;
-        reaches.push((m.consistent_at, r.end, r.reaches_stop));
-        w.per_backup
-            .push((m.id.clone(), r.end.map(|e| e.max(m.consistent_at))));
-        if let Some(g) = r.gap {
-            if !w.gaps.contains(&g) {
-                w.gaps.push(g);
+        let mut until = None;
+        for r in reaches(m, archive)? {
+            out.push((m.consistent_at, r.end, r.reaches_stop));
+            until = until.max(r.end.map(|e| e.max(m.consistent_at)));
+            if let Some(g) = r.gap {
+                if !w.gaps.contains(&g) {
+                    w.gaps.push(g);
+                }
             }
         }
+        w.per_backup.push((m.id.clone(), until));
     }
-    w.ranges = ranges(&reaches);
+    w.ranges = ranges(&out);
     w.gaps.sort_by(|a, b| a.first_missing.cmp(&b.first_missing));
     Ok(w)
 }
@@ -1119,9 +1143,15 @@ pub async fn wait_promoted(
             Ok(_) => {}
             Err(e) => {
                 if !alive() {
+                    // It may have stopped for running out of WAL: the log
+                    // says so after the first look above.
+                    let text = log_text();
+                    if ended_in_log(&text) {
+                        return Err(EndedBeforeTarget(target_time.to_string()).into());
+                    }
                     bail!(
                         "the restored server stopped during recovery: {}",
-                        last_error(&log_text()).unwrap_or_else(|| format!("{e:#}"))
+                        last_error(&text).unwrap_or_else(|| format!("{e:#}"))
                     );
                 }
             }

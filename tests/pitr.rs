@@ -570,3 +570,55 @@ fn a_target_after_the_last_commit_on_a_quiet_database_restores_that_state() {
     let v = r.json();
     assert_eq!(v["passed"], true, "{v}");
 }
+
+#[test]
+fn a_target_on_production_s_timeline_is_not_diverted_by_a_copy_s_timeline() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
+    );
+    d.backup("pitr");
+    let batch = |b: i32| {
+        std::thread::sleep(Duration::from_millis(1100));
+        pg.psql(
+            "postgres",
+            &format!("INSERT INTO batches SELECT {b}, g, 'x' FROM generate_series(1, 1000) g"),
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        let t = server_now(&pg);
+        let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+        wait_archived(&pg, &seg);
+        t
+    };
+    let after1 = batch(1);
+    batch(2);
+
+    // Someone restores to after batch 1 with archiving kept, and the copy
+    // promotes and pushes timeline 2 into the production archive.
+    let (copy, r) = restore_with(&d, &["--to", &after1, "--keep-archiving"], false);
+    r.ok();
+    start_by_hand(&copy);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while copy.sql("SELECT pg_is_in_recovery()") != "f" {
+        assert!(Instant::now() < deadline, "the copy never promoted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    copy.sql("INSERT INTO batches SELECT 9, g, 'copy' FROM generate_series(1, 500) g");
+    let seg = copy.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg.starts_with("00000002"), "{seg}");
+    while copy.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < seg {
+        assert!(Instant::now() < deadline, "{seg} never archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(copy);
+
+    // Production went on on timeline 1: a target there is restored from
+    // timeline 1, not from the copy's branch.
+    let after3 = batch(3);
+    let (s, r) = restore(&d, &["--to", &after3]);
+    r.ok();
+    assert_eq!(s.batches(), "0,1,2,3 3100");
+}
