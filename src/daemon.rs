@@ -296,6 +296,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut jobs: JoinSet<((String, Kind), Result<()>)> = JoinSet::new();
     let mut running: BTreeSet<(String, Kind)> = BTreeSet::new();
     let mut over_rpo: BTreeSet<String> = BTreeSet::new();
+    let mut archive_failing: BTreeSet<String> = BTreeSet::new();
     let mut last_rpo_check = std::time::Instant::now() - TICK;
     loop {
         let now = Timestamp::now();
@@ -356,6 +357,7 @@ pub async fn run(opts: Options) -> Result<()> {
         if last_rpo_check.elapsed() >= TICK {
             last_rpo_check = std::time::Instant::now();
             watch_rpo(&shared, &entries, &mut over_rpo).await;
+            watch_archive(&entries, &mut archive_failing).await;
         }
         let until_next = entries
             .values()
@@ -447,6 +449,35 @@ async fn watch_rpo(
             }
         } else {
             over.remove(&p.name);
+        }
+    }
+}
+
+/// Notify once when a physical policy's archive_command starts failing
+/// (the source's pg_stat_archiver says its newest attempt failed), and once
+/// when it archives again.
+async fn watch_archive(entries: &BTreeMap<String, Entry>, failing: &mut BTreeSet<String>) {
+    for e in entries.values() {
+        let p = &e.policy;
+        if p.backup.method != crate::policy::Method::Physical || p.notify.webhook_url.is_none() {
+            continue;
+        }
+        // An unreachable source is not news here: RPO and status say so.
+        let Some(h) = crate::status::server_archive_health(p).await else {
+            continue;
+        };
+        match h.failing {
+            Some(true) if failing.insert(p.name.clone()) => {
+                let msg = h.describe();
+                tracing::warn!(policy = %p.name, "{msg}");
+                crate::notify::send(p, crate::notify::Event::ArchiveFailing, &msg).await;
+            }
+            Some(false) if failing.remove(&p.name) => {
+                let msg = h.describe();
+                tracing::info!(policy = %p.name, "{msg}");
+                crate::notify::send(p, crate::notify::Event::ArchiveRecovered, &msg).await;
+            }
+            _ => {}
         }
     }
 }

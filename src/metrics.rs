@@ -71,7 +71,7 @@ fn secs(t: Timestamp) -> f64 {
 /// policy that has a value.
 pub fn render(all: &[PolicyMetrics]) -> String {
     type Get = fn(&PolicyMetrics) -> Option<f64>;
-    let families: [(&str, &str, &str, Get); 11] = [
+    let families: [(&str, &str, &str, Get); 13] = [
         (
             "drctl_backup_last_success_timestamp_seconds",
             "gauge",
@@ -119,6 +119,31 @@ pub fn render(all: &[PolicyMetrics]) -> String {
             "gauge",
             "Last write time of the newest archived WAL segment reachable without a gap (physical policies).",
             |m| m.last_segment_at.map(secs),
+        ),
+        (
+            "drctl_wal_archive_last_success_timestamp_seconds",
+            "gauge",
+            "When the source last archived a WAL file (pg_stat_archiver), or the newest archived segment's last write when the source does not answer (Unix time).",
+            |m| {
+                m.status
+                    .archive
+                    .as_ref()
+                    .and_then(|a| a.last_archived_at.as_deref())
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .map(secs)
+            },
+        ),
+        (
+            "drctl_wal_archive_failing",
+            "gauge",
+            "1 when the source's most recent archive_command attempt failed (no sample when the source does not answer).",
+            |m| {
+                m.status
+                    .archive
+                    .as_ref()
+                    .and_then(|a| a.failing)
+                    .map(|f| if f { 1.0 } else { 0.0 })
+            },
         ),
         (
             "drctl_drill_last_success_timestamp_seconds",
@@ -210,6 +235,7 @@ mod tests {
             window_end: None,
             windows: None,
             wal_gaps: None,
+            archive: None,
             failures_since_success: 1,
             last_error: None,
             last_drill_at: None,

@@ -20,6 +20,8 @@ pub enum Event {
     PruneFailed,
     RpoExceeded,
     DrillFailed,
+    ArchiveFailing,
+    ArchiveRecovered,
 }
 
 impl Event {
@@ -30,6 +32,8 @@ impl Event {
             Event::PruneFailed => "prune failed",
             Event::RpoExceeded => "RPO over budget",
             Event::DrillFailed => "restore drill failed",
+            Event::ArchiveFailing => "WAL archiving failing",
+            Event::ArchiveRecovered => "WAL archiving recovered",
         }
     }
 }

@@ -403,6 +403,8 @@ pub struct Window {
     pub gaps: Vec<Gap>,
     /// How far each base backup rolls forward.
     pub per_backup: Vec<(String, Option<Timestamp>)>,
+    /// The newest committed segment in the archive, and its last write.
+    pub newest_segment: Option<(String, Option<Timestamp>)>,
 }
 
 impl Window {
@@ -448,6 +450,12 @@ fn window_of(physical: &[&Manifest], archive: &Archive) -> Result<Window> {
         w.per_backup.push((m.id.clone(), until));
     }
     w.ranges = ranges(&out);
+    let ss = segment_size(physical.iter().copied());
+    w.newest_segment = archive
+        .segments
+        .iter()
+        .max_by_key(|((tli, n), _)| (*n, *tli))
+        .map(|(&(tli, n), at)| (wal::segment_name(tli, n, ss), *at));
     w.gaps.sort_by(|a, b| a.first_missing.cmp(&b.first_missing));
     Ok(w)
 }
@@ -1260,6 +1268,7 @@ mod tests {
                 last_missing: "000000010000000000000006".into(),
             }],
             per_backup: Vec::new(),
+            newest_segment: None,
         };
         assert!(check_in_window(ts("10:30:00"), &w).is_ok());
         assert!(check_in_window(ts("13:00:00"), &w).is_ok());

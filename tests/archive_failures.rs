@@ -151,6 +151,20 @@ fn a_physical_backup_fails_within_archive_timeout_when_archiving_fails() {
     assert!(files_named(&d.repo_dir(), "base.tar").is_empty());
     let listed = d.list("pitr");
     assert_eq!(listed[0]["status"], "failed", "{listed:?}");
+
+    // Where an on-call engineer looks, archiving shows as failing.
+    let st = d.run(&["status", "--output", "json"]).json();
+    let a = &st[0]["archive"];
+    assert_eq!(a["failing"], true, "{st}");
+    assert_eq!(a["from"], "server", "{st}");
+    assert_eq!(a["last_failed_wal"], failed.as_str(), "{st}");
+    assert!(a["failed_count"].as_u64().unwrap() >= 1, "{st}");
+    let text = d.run(&["status"]).stdout;
+    assert!(text.contains("archive_command FAILING"), "{text}");
+    // verify does not call a stalled archive ok.
+    let v = d.run(&["verify", "pitr"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    assert!(v.stdout.contains("archive_command FAILING"), "{}", v.stdout);
 }
 
 #[test]

@@ -562,3 +562,88 @@ fn daemon_runs_scheduled_drills_and_notifies_a_failing_one() {
         .collect();
     assert!(left.is_empty(), "scratch dirs left by the daemon: {left:?}");
 }
+
+#[test]
+fn failing_wal_archiving_is_notified_once_and_again_when_it_recovers() {
+    let (hook, got) = webhook();
+    let d = Drctl::for_owner();
+    // archive_command fails until it is pointed at drctl below.
+    let pg = PgCluster::start_conf(&[
+        "archive_mode = on".into(),
+        "archive_command = 'exit 1'".into(),
+    ]);
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    let text = std::fs::read_to_string(d.path().join("policies/pitr.toml")).unwrap()
+        + &format!("\n[notify]\nwebhook_url = \"{hook}\"\n");
+    d.write_policy_text("pitr", &text);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1);",
+    );
+    pg.query("postgres", "SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.query("postgres", "SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "archive_command never failed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&d, &["--listen", &addr, "--no-catch-up"]);
+    let events = |kind: &str| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b["event"] == kind)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let failing = wait_for(
+        "an archive_failing webhook",
+        Duration::from_secs(30),
+        &daemon,
+        || events("archive_failing").first().cloned(),
+    );
+    assert_eq!(failing["policy"], "pitr", "{failing}");
+    assert!(
+        failing["message"].as_str().unwrap().contains("FAILING"),
+        "{failing}"
+    );
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("drctl_wal_archive_failing{policy=\"pitr\"} 1"),
+        "{metrics}"
+    );
+
+    // Fixed: archiving resumes, one archive_recovered follows.
+    let cmd = d.archive_command("pitr");
+    let value = cmd.split_once(" = ").unwrap().1;
+    pg.psql(
+        "postgres",
+        &format!("ALTER SYSTEM SET archive_command = {value}; SELECT pg_reload_conf();"),
+    );
+    let recovered = wait_for(
+        "an archive_recovered webhook",
+        Duration::from_secs(60),
+        &daemon,
+        || {
+            pg.query("postgres", "SELECT pg_switch_wal()");
+            events("archive_recovered").first().cloned()
+        },
+    );
+    assert_eq!(recovered["policy"], "pitr", "{recovered}");
+    assert_eq!(
+        events("archive_failing").len(),
+        1,
+        "notified once per incident"
+    );
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("drctl_wal_archive_failing{policy=\"pitr\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drctl_wal_archive_last_success_timestamp_seconds{policy=\"pitr\"}"),
+        "{metrics}"
+    );
+}

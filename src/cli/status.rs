@@ -68,6 +68,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             for g in s.wal_gaps.iter().flatten() {
                 println!("{:<16} {g}", "");
             }
+            if let Some(a) = &s.archive {
+                println!("{:<16} {}", "", a.describe());
+            }
             if let Some(e) = &s.error {
                 println!("{:<16} error: {e}", "");
             } else if let (Some(e), true) = (&s.last_error, s.failures_since_success > 0) {

@@ -85,7 +85,20 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 .as_deref()
                 .is_some_and(crate::manifest::valid_backup_id)
         {
-            let r = crate::verify::verify_wal(&*repo, &policy.name, manifests).await?;
+            let mut r = crate::verify::verify_wal(&*repo, &policy.name, manifests).await?;
+            // The archive can be intact and still stale: the source says
+            // whether archiving is keeping up.
+            if let Some(h) = crate::status::server_archive_health(policy)
+                .await
+                .filter(|h| h.failing == Some(true))
+            {
+                r.problems.push(format!(
+                    "{}; WAL after the last archived segment is not in the archive (run `drctl check {}`)",
+                    h.describe(),
+                    policy.name
+                ));
+                r.ok = false;
+            }
             if !ctx.json() {
                 if r.ok {
                     println!("ok      WAL archive ({})", r.policy);
