@@ -223,7 +223,9 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
             } else {
                 ""
             };
-            println!("next: {as_owner}pg_ctl -D {dir} -l {dir}/recovery.log start");
+            println!(
+                "next: {as_owner}pg_ctl -D {dir} -l {dir}/recovery.log -o '-p 5433' start   (a port the primary does not use)"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
