@@ -39,3 +39,4 @@ pub mod toc;
 pub mod verify;
 pub mod wal;
 pub mod walarchive;
+pub mod walscan;

@@ -234,6 +234,7 @@ mod tests {
             window_start: None,
             window_end: None,
             windows: None,
+            last_commit_at: None,
             wal_gaps: None,
             archive: None,
             failures_since_success: 1,

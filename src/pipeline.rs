@@ -406,11 +406,14 @@ pub fn encode_compressed(
 /// each compress a 4 MiB chunk into its own zstd frame (concatenated frames
 /// are one valid zstd stream). Memory stays bounded: one compressed chunk
 /// per thread at a time; the mapping is the page cache's, not ours.
-pub fn encode_file(
+/// `inspect` reads the same mapped bytes on a thread of its own (wal-push
+/// finds the segment's last commit there) and its answer comes back too.
+pub fn encode_file<T: Send>(
     path: &Path,
     dst: Box<dyn ObjectWriter>,
     opts: &EncodeOptions<'_>,
-) -> Result<Digests> {
+    inspect: impl FnOnce(&[u8]) -> T + Send,
+) -> Result<(Digests, T)> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let len = file
@@ -438,8 +441,9 @@ pub fn encode_file(
     } else {
         data.chunks(CHUNK).collect()
     };
-    let plain_sha256 = std::thread::scope(|s| -> Result<String> {
+    let (plain_sha256, seen) = std::thread::scope(|s| -> Result<(String, T)> {
         let sha = s.spawn(|| hex::encode(Sha256::digest(data)));
+        let seen = s.spawn(|| inspect(data));
         for round in chunks.chunks(threads) {
             let helpers: Vec<_> = round[1..]
                 .iter()
@@ -457,9 +461,17 @@ pub fn encode_file(
                 age_w.write_all(&out).context("writing to the repository")?;
             }
         }
-        sha.join().map_err(|_| anyhow::anyhow!("hashing panicked"))
+        let seen = seen
+            .join()
+            .map_err(|_| anyhow::anyhow!("inspecting the file panicked"))?;
+        Ok((
+            sha.join()
+                .map_err(|_| anyhow::anyhow!("hashing panicked"))?,
+            seen,
+        ))
     })?;
-    seal_object(age_w, data.len() as u64, plain_sha256, &mut || Ok(()))
+    let d = seal_object(age_w, data.len() as u64, plain_sha256, &mut || Ok(()))?;
+    Ok((d, seen))
 }
 
 /// Load X25519 identities from an age identity file (`age-keygen` format).
@@ -851,7 +863,7 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let id = age::x25519::Identity::generate();
         let store = Arc::new(Mutex::new(Vec::new()));
-        let d = encode_file(
+        let (d, seen) = encode_file(
             &path,
             Box::new(Mem(store.clone())),
             &EncodeOptions {
@@ -859,8 +871,10 @@ mod tests {
                 threads: 2,
                 recipients: &[id.to_public()],
             },
+            |b: &[u8]| b.len(),
         )
         .unwrap();
+        assert_eq!(seen, data.len(), "inspect sees the whole file");
         assert_eq!(d.plain_sha256, sha(&data));
         let stored = store.lock().unwrap().clone();
         assert_eq!(decode_all(stored, id, &d), data);

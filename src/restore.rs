@@ -63,6 +63,10 @@ pub struct Plan {
     /// window_start/window_end are the newest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<Vec<crate::restore_physical::RangeJson>>,
+    /// Physical: the last commit in the newest range, where the archive
+    /// recorded commits; a target after it restores that commit's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_commit_at: Option<String>,
     /// Physical: where each tablespace of the backup goes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tablespaces: Vec<TablespacePlacement>,
@@ -94,6 +98,7 @@ impl Plan {
             window_start: None,
             window_end: None,
             windows: None,
+            last_commit_at: None,
             tablespaces: Vec::new(),
         }
     }

@@ -119,6 +119,8 @@ pub fn place_tablespaces(
 pub struct Archive {
     /// (timeline, segno) → last write time, for every committed segment.
     pub segments: BTreeMap<(u32, u64), Option<Timestamp>>,
+    /// (timeline, segno) → its last commit, where wal-push recorded one.
+    pub commits: BTreeMap<(u32, u64), Timestamp>,
     pub histories: BTreeMap<u32, Vec<(u32, String)>>,
     /// Committed sidecars: key → (object key, stored bytes).
     pub objects: Vec<(String, u64)>,
@@ -147,11 +149,18 @@ pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) ->
         match w.kind {
             wal::Kind::Segment => {
                 let (log, seg) = w.log_seg.expect("segments have one");
+                let n = wal::segno(log, seg, seg_size);
+                if let Some(c) = side
+                    .as_ref()
+                    .and_then(|s| s.last_commit_at.as_deref())
+                    .and_then(|t| t.parse().ok())
+                {
+                    a.commits.insert((w.timeline, n), c);
+                }
                 let at = side
                     .and_then(|s| s.last_write_at.or(Some(s.pushed_at)))
                     .and_then(|t| t.parse().ok());
-                a.segments
-                    .insert((w.timeline, wal::segno(log, seg, seg_size)), at);
+                a.segments.insert((w.timeline, n), at);
             }
             wal::Kind::History => {
                 if let Some(s) = side {
@@ -173,6 +182,8 @@ pub struct Reach {
     pub segment_size: u64,
     /// No commit after this is in the archive (the last segment's mtime).
     pub end: Option<Timestamp>,
+    /// The last commit in the run, as wal-push read it from the segments.
+    pub last_commit: Option<Timestamp>,
     /// The first segment missing after the run, if the archive continues later.
     pub gap_at: Option<String>,
     /// That hole, to its last missing segment.
@@ -290,10 +301,15 @@ fn reach_along(m: &Manifest, a: &Archive, path: &[(u32, u64)]) -> Result<Reach> 
             wal::segment_name(wal::timeline_for(path, n - 1), n - 1, ss),
         )
     });
+    let last_commit = run
+        .iter()
+        .filter_map(|&(tli, n, _)| a.commits.get(&(tli, n)).copied())
+        .max();
     Ok(Reach {
         run,
         segment_size: ss,
         end,
+        last_commit,
         gap_at: gap.as_ref().map(|g| g.0.clone()),
         gap: gap.map(|(a, b)| Gap {
             first_missing: a,
@@ -329,6 +345,9 @@ impl std::fmt::Display for Gap {
 pub struct Range {
     pub start: Timestamp,
     pub end: Timestamp,
+    /// The last commit in it, where the archive recorded commits: a target
+    /// between this and `end` restores the state of this commit.
+    pub last_commit: Option<Timestamp>,
 }
 
 /// The JSON form of a range (`windows` in status and restore plans).
@@ -336,12 +355,18 @@ pub struct Range {
 pub struct RangeJson {
     pub start: String,
     pub end: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_commit_at: Option<String>,
 }
 
 impl From<&Range> for RangeJson {
     fn from(r: &Range) -> RangeJson {
         let (start, end) = r.printed();
-        RangeJson { start, end }
+        RangeJson {
+            start,
+            end,
+            last_commit_at: r.last_commit.map(crate::timeparse::rfc3339_exact),
+        }
     }
 }
 
@@ -374,20 +399,24 @@ impl Range {
 /// A backup whose stop segment is not archived yet reaches nothing; one
 /// whose WAL ends before its (upper-bound) consistent point reaches just
 /// that point, so a range never ends before it starts.
-pub fn ranges(reaches: &[(Timestamp, Option<Timestamp>, bool)]) -> Vec<Range> {
+pub fn ranges(reaches: &[(Timestamp, &Reach)]) -> Vec<Range> {
     let mut rs: Vec<Range> = reaches
         .iter()
-        .filter(|(_, _, stop)| *stop)
-        .map(|&(start, end, _)| Range {
+        .filter(|(_, r)| r.reaches_stop)
+        .map(|&(start, r)| Range {
             start,
-            end: end.map_or(start, |e| e.max(start)),
+            end: r.end.map_or(start, |e| e.max(start)),
+            last_commit: r.last_commit,
         })
         .collect();
     rs.sort_by_key(|r| r.start);
     let mut out: Vec<Range> = Vec::new();
     for r in rs {
         match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            Some(last) if r.start <= last.end => {
+                last.end = last.end.max(r.end);
+                last.last_commit = last.last_commit.max(r.last_commit);
+            }
             _ => out.push(r),
         }
     }
@@ -423,7 +452,13 @@ impl Window {
             .iter()
             .map(|r| {
                 let (a, b) = r.printed();
-                format!("{a} .. {b}")
+                match r.last_commit {
+                    Some(c) => format!(
+                        "{a} .. {b} (last commit {})",
+                        crate::timeparse::rfc3339_exact(c)
+                    ),
+                    None => format!("{a} .. {b}"),
+                }
             })
             .collect();
         for g in &self.gaps {
@@ -439,17 +474,18 @@ fn window_of(physical: &[&Manifest], archive: &Archive) -> Result<Window> {
     for m in physical {
         let mut until = None;
         for r in reaches(m, archive)? {
-            out.push((m.consistent_at, r.end, r.reaches_stop));
             until = until.max(r.end.map(|e| e.max(m.consistent_at)));
-            if let Some(g) = r.gap {
-                if !w.gaps.contains(&g) {
-                    w.gaps.push(g);
+            if let Some(g) = &r.gap {
+                if !w.gaps.contains(g) {
+                    w.gaps.push(g.clone());
                 }
             }
+            out.push((m.consistent_at, r));
         }
         w.per_backup.push((m.id.clone(), until));
     }
-    w.ranges = ranges(&out);
+    let refs: Vec<(Timestamp, &Reach)> = out.iter().map(|(t, r)| (*t, r)).collect();
+    w.ranges = ranges(&refs);
     let ss = segment_size(physical.iter().copied());
     w.newest_segment = archive
         .segments
@@ -582,6 +618,10 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
             window_start: window.newest().map(|w| w.printed().0),
             window_end: window.newest().map(|w| w.printed().1),
             windows: Some(window.ranges.iter().map(RangeJson::from).collect()),
+            last_commit_at: window
+                .newest()
+                .and_then(|r| r.last_commit)
+                .map(crate::timeparse::rfc3339_exact),
             tablespaces,
             ..Plan::new(policy, &m, target_time, req.dry_run)
         },
@@ -1217,51 +1257,87 @@ mod tests {
         Manifest::from_json(json.as_bytes()).unwrap()
     }
 
+    fn reach_ending(end: &str, stop: bool, commit: Option<&str>) -> Reach {
+        Reach {
+            run: Vec::new(),
+            segment_size: wal::DEFAULT_SEGMENT_SIZE,
+            end: Some(ts(end)),
+            last_commit: commit.map(ts),
+            gap_at: None,
+            gap: None,
+            reaches_stop: stop,
+        }
+    }
+
+    fn range(start: &str, end: &str, commit: Option<&str>) -> Range {
+        Range {
+            start: ts(start),
+            end: ts(end),
+            last_commit: commit.map(ts),
+        }
+    }
+
     #[test]
     fn ranges_merge_overlaps_split_at_gaps_and_never_end_before_they_start() {
-        let r = ranges(&[
-            (ts("10:00:00"), Some(ts("11:00:00")), true),
-            (ts("10:30:00"), Some(ts("12:00:00")), true),
-            (ts("13:00:00"), Some(ts("14:00:00")), true),
+        let r = [
+            reach_ending("11:00:00", true, Some("10:59:00")),
+            reach_ending("12:00:00", true, Some("11:58:00")),
+            reach_ending("14:00:00", true, None),
             // Its WAL is not all archived yet: it reaches nothing.
-            (ts("15:00:00"), Some(ts("16:00:00")), false),
+            reach_ending("16:00:00", false, Some("15:59:00")),
             // Its last segment was written before its consistent point
             // (an upper bound): just that point.
-            (ts("17:00:05"), Some(ts("17:00:04")), true),
-        ]);
+            reach_ending("17:00:04", true, None),
+        ];
+        let starts = ["10:00:00", "10:30:00", "13:00:00", "15:00:00", "17:00:05"];
+        let input: Vec<(Timestamp, &Reach)> = starts.iter().map(|s| ts(s)).zip(r.iter()).collect();
+        let got = ranges(&input);
         assert_eq!(
-            r,
+            got,
             vec![
-                Range {
-                    start: ts("10:00:00"),
-                    end: ts("12:00:00")
-                },
-                Range {
-                    start: ts("13:00:00"),
-                    end: ts("14:00:00")
-                },
-                Range {
-                    start: ts("17:00:05"),
-                    end: ts("17:00:05")
-                },
+                range("10:00:00", "12:00:00", Some("11:58:00")),
+                range("13:00:00", "14:00:00", None),
+                range("17:00:05", "17:00:05", None),
             ]
         );
-        assert!(r.iter().all(|r| r.start <= r.end));
+        assert!(got.iter().all(|r| r.start <= r.end));
         assert!(ranges(&[]).is_empty());
+        let json = RangeJson::from(&got[0]);
+        assert_eq!(json.last_commit_at.as_deref(), Some("2026-11-22T11:58:00Z"));
+    }
+
+    #[test]
+    fn printed_bounds_are_inside_the_range() {
+        let r = Range {
+            start: "2026-11-22T10:00:00.5Z".parse().unwrap(),
+            end: "2026-11-22T10:00:03.5Z".parse().unwrap(),
+            last_commit: None,
+        };
+        assert_eq!(
+            r.printed(),
+            ("2026-11-22T10:00:01Z".into(), "2026-11-22T10:00:03Z".into())
+        );
+        // No whole second inside: exact.
+        let r = Range {
+            start: "2026-11-22T10:00:00.5Z".parse().unwrap(),
+            end: "2026-11-22T10:00:00.7Z".parse().unwrap(),
+            last_commit: None,
+        };
+        assert_eq!(
+            r.printed(),
+            (
+                "2026-11-22T10:00:00.5Z".into(),
+                "2026-11-22T10:00:00.7Z".into()
+            )
+        );
     }
 
     #[test]
     fn targets_in_gaps_are_refused_naming_the_gap_and_both_sides() {
         let w = Window {
             ranges: vec![
-                Range {
-                    start: ts("10:00:00"),
-                    end: ts("11:00:00"),
-                },
-                Range {
-                    start: ts("12:00:00"),
-                    end: ts("13:00:00"),
-                },
+                range("10:00:00", "11:00:00", None),
+                range("12:00:00", "13:00:00", None),
             ],
             gaps: vec![Gap {
                 first_missing: "000000010000000000000005".into(),

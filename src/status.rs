@@ -30,6 +30,10 @@ pub struct PolicyStatus {
     /// split it, and window_start/window_end are the newest range.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<Vec<crate::restore_physical::RangeJson>>,
+    /// Physical: the last commit in the newest range (when the archive
+    /// recorded commits): between it and window_end nothing changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_commit_at: Option<String>,
     /// Physical: the holes in the WAL archive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal_gaps: Option<Vec<crate::restore_physical::Gap>>,
@@ -164,6 +168,7 @@ pub fn summarize(
         window_start: start.map(rfc3339),
         window_end: end.map(rfc3339),
         windows: None,
+        last_commit_at: None,
         wal_gaps: None,
         failures_since_success: failures.len() as u32,
         last_error: failures
@@ -217,6 +222,7 @@ pub async fn collect(
                     let (a, b) = r.printed();
                     (Some(a), Some(b))
                 };
+                s.last_commit_at = r.last_commit.map(crate::timeparse::rfc3339_exact);
             }
             s.windows = Some(w.ranges.iter().map(Into::into).collect());
             s.wal_gaps = Some(w.gaps.clone());

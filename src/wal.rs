@@ -135,6 +135,10 @@ pub struct Sidecar {
     /// The file's mtime: a segment holds no commit later than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_write_at: Option<String>,
+    /// Segments: the commit time of the last transaction committed in it
+    /// (read from its records by wal-push); absent when it holds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit_at: Option<String>,
     /// For `.history` files: the (parent timeline, switch LSN) entries,
     /// so the archive's timelines can be followed without a key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -81,16 +81,31 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     let level = policy.wal_compression_level();
     let threads = policy.compression_threads();
     let p = path.to_path_buf();
-    let digests = tokio::task::spawn_blocking(move || -> Result<pipeline::Digests> {
-        let opts = EncodeOptions {
-            level,
-            threads,
-            recipients: &recipients,
-        };
-        pipeline::encode_file(&p, writer, &opts)
-    })
-    .await
-    .context("wal-push pipeline panicked")??;
+    // A segment's last commit time, read from its records while it is
+    // mapped anyway: the window's honest end for a --to target.
+    let seg_start = match (w.kind, w.log_seg) {
+        (wal::Kind::Segment, Some((log, seg))) => {
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            (size > 0).then(|| wal::segno(log, seg, size) * size)
+        }
+        _ => None,
+    };
+    let (digests, last_commit) =
+        tokio::task::spawn_blocking(move || -> Result<(pipeline::Digests, Option<i64>)> {
+            let opts = EncodeOptions {
+                level,
+                threads,
+                recipients: &recipients,
+            };
+            pipeline::encode_file(&p, writer, &opts, |data| {
+                seg_start.and_then(|start| crate::walscan::last_commit_micros(data, start))
+            })
+        })
+        .await
+        .context("wal-push pipeline panicked")??;
+    let last_commit_at = last_commit
+        .and_then(|m| jiff::Timestamp::from_microsecond(m).ok())
+        .map(crate::timeparse::rfc3339_micros);
     let last_write_at = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
@@ -108,6 +123,7 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     };
     let side = Sidecar {
         last_write_at,
+        last_commit_at,
         history,
         backup,
         name: w.name.clone(),

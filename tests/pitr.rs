@@ -530,10 +530,12 @@ fn a_target_after_the_last_commit_on_a_quiet_database_restores_that_state() {
         "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
     );
     d.backup("pitr");
+    let before_commit = server_now(&pg);
     pg.psql(
         "postgres",
         "INSERT INTO batches SELECT 1, g, 'last' FROM generate_series(1, 10) g",
     );
+    let after_commit = server_now(&pg);
     // Nothing is written after this; T lies in the quiet stretch, and the
     // archive holds WAL written after T (the switch that archived it).
     std::thread::sleep(Duration::from_millis(1100));
@@ -541,6 +543,42 @@ fn a_target_after_the_last_commit_on_a_quiet_database_restores_that_state() {
     std::thread::sleep(Duration::from_millis(1100));
     let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     wait_archived(&pg, &seg);
+
+    // The archive knows the last commit (wal-push read it from the
+    // segment): status, the plan and list show it.
+    let st = d.run(&["status", "--output", "json"]).ok().json();
+    let last: jiff::Timestamp = st[0]["last_commit_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{st}"))
+        .parse()
+        .unwrap();
+    let lo: jiff::Timestamp = before_commit.parse().unwrap();
+    let hi: jiff::Timestamp = after_commit.parse().unwrap();
+    assert!(
+        lo <= last && last <= hi,
+        "last commit {last} not in [{lo}, {hi}]"
+    );
+    let w = st[0]["windows"].as_array().unwrap();
+    assert_eq!(
+        w.last().unwrap()["last_commit_at"],
+        st[0]["last_commit_at"],
+        "{st}"
+    );
+    let plan = d
+        .run(&[
+            "restore",
+            "pitr",
+            "--to",
+            &t,
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(plan["last_commit_at"], st[0]["last_commit_at"], "{plan}");
+    let text = d.run(&["list", "pitr"]).ok().stdout;
+    assert!(text.contains("last commit"), "{text}");
 
     let (s, r) = restore(&d, &["--to", &t]);
     let r = r.ok();

@@ -68,6 +68,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             for g in s.wal_gaps.iter().flatten() {
                 println!("{:<16} {g}", "");
             }
+            if let Some(c) = &s.last_commit_at {
+                println!("{:<16} last commit in the window: {c}", "");
+            }
             if let Some(a) = &s.archive {
                 println!("{:<16} {}", "", a.describe());
             }
