@@ -437,6 +437,14 @@ fn a_wal_gap_splits_the_window_and_a_target_inside_it_is_refused() {
         "CREATE TABLE batches (batch int, id int, v text)",
     );
     let first = d.backup("pitr");
+    // Right after the first base backup: a window that does not end
+    // before it starts.
+    let st = d.run(&["status", "--output", "json"]).ok().json();
+    let w = &st[0]["windows"][0];
+    assert!(
+        w["start"].as_str().unwrap() <= w["end"].as_str().unwrap(),
+        "{st}"
+    );
     let show = d.run(&["show", &first, "--output", "json"]).ok().json();
     let stop = show["manifest"]["wal"]["stop_segment"]
         .as_str()

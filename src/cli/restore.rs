@@ -217,18 +217,22 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
                 "restored {} into {dir} in {:.1}s; recovery.signal and restore_command are set, {archiving}",
                 outcome.plan.backup_id, outcome.duration_seconds
             );
-            // PostgreSQL refuses to run as root: the hint must work as typed.
-            let as_owner = if crate::restore_physical::is_root() {
-                "runuser -u postgres -- "
-            } else {
-                ""
-            };
             println!(
-                "next: {as_owner}pg_ctl -D {dir} -l {dir}/recovery.log -o '-p 5433' start   (a port the primary does not use)"
+                "next: {}",
+                start_hint(&dir.to_string(), crate::restore_physical::is_root())
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How to start a prepared directory. PostgreSQL refuses to run as root,
+/// so for root the hint goes through the postgres user: it works as typed.
+fn start_hint(dir: &str, root: bool) -> String {
+    let as_owner = if root { "runuser -u postgres -- " } else { "" };
+    format!(
+        "{as_owner}pg_ctl -D {dir} -l {dir}/recovery.log -o '-p 5433' start   (a port the primary does not use)"
+    )
 }
 
 async fn run_rds(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<ExitCode> {
@@ -278,4 +282,16 @@ async fn run_rds(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<E
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn start_hints_work_as_typed_for_root_and_others() {
+        assert_eq!(
+            super::start_hint("/srv/r", true),
+            "runuser -u postgres -- pg_ctl -D /srv/r -l /srv/r/recovery.log -o '-p 5433' start   (a port the primary does not use)"
+        );
+        assert!(super::start_hint("/srv/r", false).starts_with("pg_ctl -D /srv/r "));
+    }
 }
