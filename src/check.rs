@@ -343,17 +343,6 @@ fn user_can_write(policy: &Policy, user: Option<&OsUser>) -> StepResult {
             "skipped for {url}: S3 access is the credentials' matter, proven by the WAL switch below"
         ));
     };
-    // Every folder wal-push writes into that exists already; the deepest
-    // missing one is created in its parent.
-    let wal_dir: PathBuf = root.join(&policy.name).join("wal");
-    let mut dirs: Vec<PathBuf> = wal_dir
-        .ancestors()
-        .take_while(|p| p.starts_with(&root))
-        .map(Path::to_path_buf)
-        .collect();
-    if let Ok(rd) = std::fs::read_dir(&wal_dir) {
-        dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-    }
     if !root.exists() {
         return fail(format!(
             "the repository {} does not exist; create it and give it to {}",
@@ -361,7 +350,27 @@ fn user_can_write(policy: &Policy, user: Option<&OsUser>) -> StepResult {
             user.name
         ));
     }
-    for d in dirs.iter().filter(|d| d.exists()) {
+    // Where wal-push creates files: each timeline's folder that exists, the
+    // deepest existing folder on the way to a new timeline's, and the root
+    // while the repository marker is still to be written.
+    let wal_dir: PathBuf = root.join(&policy.name).join("wal");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&wal_dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(d) = wal_dir.ancestors().find(|p| p.exists()) {
+        dirs.push(d.to_path_buf());
+    }
+    if !root.join(crate::repo::REPO_MARKER).exists() {
+        dirs.push(root.clone());
+    }
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
         match can_write(user, d) {
             Ok(true) => {}
             Ok(false) => {

@@ -102,6 +102,10 @@ fn broken_archiving(extra: &str) -> (Drctl, PgCluster) {
         &format!("method = \"physical\"\n{extra}"),
     );
     std::fs::write(&p, text).unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g",
+    );
     let wal = d.repo_dir().join("pitr/wal");
     std::fs::create_dir_all(&wal).unwrap();
     std::fs::set_permissions(&wal, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
@@ -111,10 +115,6 @@ fn broken_archiving(extra: &str) -> (Drctl, PgCluster) {
 #[test]
 fn a_physical_backup_fails_within_archive_timeout_when_archiving_fails() {
     let (d, pg) = broken_archiving("archive_timeout = \"4s\"\n");
-    pg.psql(
-        "postgres",
-        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g",
-    );
     let r = run_bounded(
         d.command(&["backup", "pitr"]),
         None,
@@ -169,11 +169,7 @@ fn a_physical_backup_fails_within_archive_timeout_when_archiving_fails() {
 
 #[test]
 fn sigterm_ends_a_physical_backup_waiting_for_wal_within_10s() {
-    let (d, pg) = broken_archiving("archive_timeout = \"300s\"\n");
-    pg.psql(
-        "postgres",
-        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g",
-    );
+    let (d, _pg) = broken_archiving("archive_timeout = \"300s\"\n");
     let r = run_bounded(
         d.command(&["backup", "pitr"]),
         Some(Duration::from_secs(5)),

@@ -528,16 +528,23 @@ fn a_wal_gap_splits_the_window_and_a_target_inside_it_is_refused() {
     }
 }
 
-#[test]
-fn a_target_after_the_last_commit_on_a_quiet_database_restores_that_state() {
-    let d = Drctl::for_owner();
-    let pg = archiving_cluster(&d, "pitr");
+/// A cluster archiving into policy "pitr", table `batches` holding batch 0,
+/// and a first base backup.
+fn with_base_backup(d: &Drctl) -> PgCluster {
+    let pg = archiving_cluster(d, "pitr");
     d.write_physical_policy("pitr", &pg.url("postgres"));
     pg.psql(
         "postgres",
         "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
     );
     d.backup("pitr");
+    pg
+}
+
+#[test]
+fn a_target_after_the_last_commit_on_a_quiet_database_restores_that_state() {
+    let d = Drctl::for_owner();
+    let pg = with_base_backup(&d);
     let before_commit = server_now(&pg);
     pg.psql(
         "postgres",
@@ -620,13 +627,7 @@ fn a_target_after_the_last_commit_on_a_quiet_database_restores_that_state() {
 #[test]
 fn a_target_on_production_s_timeline_is_not_diverted_by_a_copy_s_timeline() {
     let d = Drctl::for_owner();
-    let pg = archiving_cluster(&d, "pitr");
-    d.write_physical_policy("pitr", &pg.url("postgres"));
-    pg.psql(
-        "postgres",
-        "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
-    );
-    d.backup("pitr");
+    let pg = with_base_backup(&d);
     let batch = |b: i32| {
         std::thread::sleep(Duration::from_millis(1100));
         pg.psql(
