@@ -94,7 +94,12 @@ fn files_named(dir: &Path, needle: &str) -> Vec<String> {
 fn broken_archiving(extra: &str) -> (Drctl, PgCluster) {
     let mut d = Drctl::for_owner();
     d.as_owner = false;
-    let pg = PgCluster::start_conf(&["archive_mode = on".into(), d.archive_command("pitr")]);
+    // A log the server keeps itself, so drctl can quote the failure.
+    let pg = PgCluster::start_conf(&[
+        "archive_mode = on".into(),
+        d.archive_command("pitr"),
+        "logging_collector = on".into(),
+    ]);
     d.write_physical_policy("pitr", &pg.url("postgres"));
     let p = d.path().join("policies/pitr.toml");
     let text = std::fs::read_to_string(&p).unwrap().replace(
@@ -140,6 +145,8 @@ fn a_physical_backup_fails_within_archive_timeout_when_archiving_fails() {
     assert!(r.stderr.contains("archive_timeout"), "{}", r.stderr);
     assert!(r.stderr.contains("pg_stat_archiver"), "{}", r.stderr);
     assert!(r.stderr.contains("last_failed_wal"), "{}", r.stderr);
+    // wal-push's own complaint, quoted from the server's log.
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
     let seg_name = |s: &str| {
         s.split(|c: char| !c.is_ascii_hexdigit())
             .any(|w| w.len() == 24)
