@@ -42,6 +42,19 @@ pub fn describe_window(c: &[Candidate]) -> String {
     }
 }
 
+/// A target after now is a typo or a clock problem, never a request for
+/// "the latest": refuse it, naming now and what can be restored.
+pub fn refuse_future(target: &Target, now: Timestamp, window: &str) -> Result<(), String> {
+    match target {
+        Target::Time(t) if *t > now => Err(format!(
+            "{} is in the future (now is {}); recoverable: {window}",
+            rfc3339(*t),
+            rfc3339(now)
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Pick the backup: the newest, a named one, or the newest whose consistent
 /// point is at or before the target time.
 pub fn choose(cands: &[Candidate], target: &Target) -> Result<Choice, String> {
@@ -107,6 +120,20 @@ pub fn describe_gap(gap: SignedDuration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn future_targets_are_refused_naming_now() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let later = Target::Time("2999-01-01T00:00:00Z".parse().unwrap());
+        let e = refuse_future(&later, now, "W").unwrap_err();
+        assert!(
+            e.contains("in the future (now is 2026-11-22T12:00:00Z)") && e.ends_with("W"),
+            "{e}"
+        );
+        let past = Target::Time("2026-11-22T11:00:00Z".parse().unwrap());
+        assert!(refuse_future(&past, now, "W").is_ok());
+        assert!(refuse_future(&Target::Latest, now, "W").is_ok());
+    }
     use proptest::prelude::*;
 
     fn c(id: &str, at: &str) -> Candidate {

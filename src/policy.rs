@@ -696,11 +696,20 @@ pub fn load_dir(dir: &Path) -> std::io::Result<(Vec<Policy>, Vec<Problem>)> {
             Err(e) => problems.push(Problem {
                 file: f.clone(),
                 key: String::new(),
-                reason: format!("cannot read: {e}"),
+                reason: read_problem(&e),
             }),
         }
     }
     Ok((policies, problems))
+}
+
+/// Why a policy file that exists cannot be read, in words.
+pub fn read_problem(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        "cannot read: it is not UTF-8 text (a policy is a TOML file, which must be UTF-8)".into()
+    } else {
+        format!("cannot read: {e}")
+    }
 }
 
 #[cfg(test)]

@@ -118,6 +118,12 @@ pub struct Outcome {
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
     let repo = crate::backup::open_repo(policy).await?;
     let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
+    plan::refuse_future(
+        &req.target,
+        jiff::Timestamp::now(),
+        &plan::describe_window(&inv.candidates()),
+    )
+    .map_err(usage)?;
     let choice = plan::choose(&inv.candidates(), &req.target).map_err(|e| match req.target {
         Target::Latest => anyhow!(e),
         _ => usage(e),

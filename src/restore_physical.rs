@@ -560,6 +560,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
     let seg_size = segment_size(physical.iter().copied());
     let archive = read_archive(&*repo, &policy.name, seg_size).await?;
     let window = window_of(&physical, &archive)?;
+    plan::refuse_future(&req.target, Timestamp::now(), &window.describe()).map_err(usage)?;
     if let Target::Time(t) = req.target {
         check_in_window(t, &window)?;
     }

@@ -168,6 +168,13 @@ impl Ctx {
         let path = self.policies_dir.join(format!("{name}.toml"));
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(usage(format!(
+                    "{}: {}",
+                    path.display(),
+                    policy::read_problem(&e)
+                )));
+            }
             Err(_) => {
                 let known = self.policy_names();
                 return Err(usage(format!(
@@ -249,6 +256,7 @@ fn init_logging(cli: &Cli) {
 
 /// Entry point of the `drctl` binary.
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_logging(&cli);
     let verbose = cli.verbose;
@@ -292,6 +300,15 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // Output written with `?` (not println!) meets a closed pipe here.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) && crate::cli::stdout_closed() =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             if verbose > 0 {
                 eprintln!("drctl: error: {e}");
@@ -303,6 +320,40 @@ pub fn main() -> ExitCode {
             }
             ExitCode::from(exit_code(&e) as u8)
         }
+    }
+}
+
+/// `drctl list | head -1`: Rust ignores SIGPIPE, so printing to a closed
+/// pipe fails and `println!` panics. A reader that has seen enough is not
+/// an error: exit 0, quietly. Every other panic keeps its report.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// Whether our stdout is a pipe nobody reads any more (so a BrokenPipe
+/// error was ours, not a child's or a socket's).
+fn stdout_closed() -> bool {
+    use std::io::Write;
+    matches!(std::io::stdout().flush(), Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe) || {
+        // SAFETY: poll on fd 1 with no side effect beyond reporting.
+        let mut p = libc::pollfd {
+            fd: 1,
+            events: 0,
+            revents: 0,
+        };
+        unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLERR != 0 }
     }
 }
 
