@@ -53,3 +53,63 @@ fn status_reports_rpo_window_and_failures_since_the_last_success() {
     let text = d.run(&["status"]).ok().stdout;
     assert!(text.contains("shop") && text.contains("never"), "{text}");
 }
+
+#[test]
+fn a_broken_policy_file_is_its_own_row_and_hides_no_other() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", "CREATE TABLE t AS SELECT 1 AS id;");
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let id = d.backup("shop");
+    d.write_policy_text("bad", "[source\nkind = ");
+
+    let r = d.run(&["status", "--output", "json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let v = r.json();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[0]["policy"], "bad", "{v}");
+    assert!(
+        rows[0]["error"].as_str().unwrap().contains("bad.toml"),
+        "{v}"
+    );
+    assert_eq!(rows[1]["policy"], "shop", "{v}");
+    assert_eq!(rows[1]["last_backup_id"], id.as_str(), "{v}");
+    let text = d.run(&["status"]);
+    assert_eq!(text.code, 1);
+    assert!(
+        text.stdout.contains("bad") && text.stdout.contains("error:"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("shop"), "{}", text.stdout);
+
+    // From another directory, with only the policies named: the default
+    // catalog is the one beside them, not one in the working directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = d
+        .command(&["list", "--output", "json"])
+        .env_remove("DRCTL_CATALOG")
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!elsewhere.path().join("drctl.db").exists());
+    let beside = d.path().join("drctl.db");
+    assert!(beside.exists(), "no catalog beside the policies directory");
+    // It holds no backup (this test's backups went to DRCTL_CATALOG), and
+    // list says which catalog it read.
+    let out = d
+        .command(&["list"])
+        .env_remove("DRCTL_CATALOG")
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&beside.display().to_string()), "{text}");
+}

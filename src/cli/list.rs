@@ -87,8 +87,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     }
     if entries.is_empty() {
         println!(
-            "no backups{}",
-            a.policy.map(|p| format!(" of {p}")).unwrap_or_default()
+            "no backups{} in catalog {} (`drctl catalog rebuild` fills it from the repositories)",
+            a.policy.map(|p| format!(" of {p}")).unwrap_or_default(),
+            ctx.catalog_path.display()
         );
         return Ok(ExitCode::SUCCESS);
     }

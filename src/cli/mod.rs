@@ -52,7 +52,7 @@ pub struct Cli {
     /// Directory of policy files (one TOML file per database)
     #[arg(long, env = "DRCTL_POLICIES", global = true, value_name = "DIR")]
     policies: Option<PathBuf>,
-    /// SQLite catalog [default: ./drctl.db when ./policies exists, else $XDG_STATE_HOME/drctl/catalog.db]
+    /// SQLite catalog [default: drctl.db beside the policies directory; without --policies, ./drctl.db when ./policies exists, else $XDG_STATE_HOME/drctl/catalog.db]
     #[arg(long, env = "DRCTL_CATALOG", global = true, value_name = "PATH")]
     catalog: Option<PathBuf>,
     /// Output format
@@ -120,7 +120,7 @@ enum Command {
 /// Shared state every command gets.
 pub struct Ctx {
     pub policies_dir: PathBuf,
-    catalog_path: PathBuf,
+    pub catalog_path: PathBuf,
     pub output: Output,
     pub verbose: u8,
 }
@@ -151,7 +151,7 @@ impl Ctx {
         Ok(policies)
     }
 
-    fn read_dir(&self) -> Result<(Vec<Policy>, Vec<policy::Problem>)> {
+    pub fn read_dir(&self) -> Result<(Vec<Policy>, Vec<policy::Problem>)> {
         policy::load_dir(&self.policies_dir).map_err(|e| {
             usage(format!(
                 "cannot read policies directory {}: {e}; run `drctl init` or pass --policies DIR",
@@ -219,7 +219,17 @@ impl Ctx {
     }
 }
 
-fn default_catalog() -> PathBuf {
+/// The catalog when none is named: beside the policies directory when one
+/// is given (so `DRCTL_POLICIES=/srv/x/policies drctl status` reads the same
+/// catalog from any working directory), `./drctl.db` beside `./policies`,
+/// else the user's state directory.
+fn default_catalog(policies: Option<&Path>) -> PathBuf {
+    if let Some(dir) = policies {
+        let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if let Some(parent) = abs.parent() {
+            return parent.join("drctl.db");
+        }
+    }
     if Path::new("policies").is_dir() {
         return PathBuf::from("drctl.db");
     }
@@ -401,7 +411,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .policies
             .clone()
             .unwrap_or_else(|| PathBuf::from("policies")),
-        catalog_path: cli.catalog.clone().unwrap_or_else(default_catalog),
+        catalog_path: cli
+            .catalog
+            .clone()
+            .unwrap_or_else(|| default_catalog(cli.policies.as_deref())),
         output: cli.output,
         verbose: cli.verbose,
     };

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use serde::Serialize;
 
 use super::Ctx;
 use crate::timeparse::human_duration;
@@ -15,20 +16,68 @@ pub struct Args {
     policy: Vec<String>,
 }
 
+/// A policy file that does not load: its own row, so it hides no other.
+#[derive(Debug, Serialize)]
+struct Broken {
+    policy: String,
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Row {
+    Ok(Box<crate::status::PolicyStatus>),
+    Broken(Broken),
+}
+
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let policies = if a.policy.is_empty() {
-        ctx.load_all()?
+    let (policies, broken) = if a.policy.is_empty() {
+        let (policies, problems) = ctx.read_dir()?;
+        let mut broken: Vec<Broken> = Vec::new();
+        for p in problems {
+            let name = p
+                .file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match broken.iter_mut().find(|b| b.policy == name) {
+                Some(b) => b.error = format!("{}; {p}", b.error),
+                None => broken.push(Broken {
+                    policy: name,
+                    error: p.to_string(),
+                }),
+            }
+        }
+        (policies, broken)
     } else {
-        a.policy
-            .iter()
-            .map(|p| ctx.load(p))
-            .collect::<Result<Vec<_>>>()?
+        let mut policies = Vec::new();
+        let mut broken = Vec::new();
+        for name in &a.policy {
+            match ctx.load(name) {
+                Ok(p) => policies.push(p),
+                Err(e) => broken.push(Broken {
+                    policy: name.clone(),
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
+        (policies, broken)
     };
     let catalog = ctx.catalog().await?;
     let all = crate::status::collect(&policies, &catalog, jiff::Timestamp::now()).await?;
-    let failed = all.iter().any(|s| s.error.is_some());
+    let failed = all.iter().any(|s| s.error.is_some()) || !broken.is_empty();
     if ctx.json() {
-        ctx.print_json(&all)?;
+        let mut rows: Vec<(String, Row)> = all
+            .into_iter()
+            .map(|s| (s.policy.clone(), Row::Ok(Box::new(s))))
+            .chain(
+                broken
+                    .into_iter()
+                    .map(|b| (b.policy.clone(), Row::Broken(b))),
+            )
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        ctx.print_json(&rows.into_iter().map(|r| r.1).collect::<Vec<_>>())?;
     } else {
         println!(
             "{:<16} {:<9} {:<21} {:>10} {:<44} {:>8}  {:<28} NEXT RUN",
@@ -79,6 +128,15 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             } else if let (Some(e), true) = (&s.last_error, s.failures_since_success > 0) {
                 println!("{:<16} last failure: {e}", "");
             }
+        }
+        for b in &broken {
+            println!("{:<16} error: {}", b.policy, b.error);
+        }
+        if !all.is_empty() && all.iter().all(|s| s.last_backup_at.is_none()) {
+            println!(
+                "(catalog {} has no backups of these policies; `drctl catalog rebuild` fills it from the repositories)",
+                ctx.catalog_path.display()
+            );
         }
     }
     Ok(if failed {
