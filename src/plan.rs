@@ -47,7 +47,7 @@ pub fn describe_window(c: &[Candidate]) -> String {
 pub fn refuse_future(target: &Target, now: Timestamp, window: &str) -> Result<(), String> {
     match target {
         Target::Time(t) if *t > now => Err(format!(
-            "{} is in the future (now is {}); recoverable: {window}",
+            "{} is in the future (now is {}); recoverable window: {window}",
             rfc3339(*t),
             rfc3339(now)
         )),

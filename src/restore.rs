@@ -36,6 +36,8 @@ pub struct Request {
     /// leaves it alone.
     pub lease_catalog: Option<PathBuf>,
     pub force: bool,
+    /// Allow `--target` to be the policy's own source database.
+    pub overwrite_source: bool,
     pub no_owner: bool,
     pub no_acl: bool,
 }
@@ -70,6 +72,10 @@ pub struct Plan {
     /// Physical: where each tablespace of the backup goes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tablespaces: Vec<TablespacePlacement>,
+    /// Restoring over the policy's own source (`--overwrite-source`): what
+    /// is lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwrites_source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -100,6 +106,7 @@ impl Plan {
             windows: None,
             last_commit_at: None,
             tablespaces: Vec::new(),
+            overwrites_source: None,
         }
     }
 }
@@ -146,6 +153,38 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
     ))
 }
 
+/// Whether `target` is the policy's own source: the same database on the
+/// same server as spelled, or, when both answer, the same cluster (system
+/// identifier and data directory) under another name.
+async fn is_own_source(policy: &Policy, target: &ConnUrl) -> bool {
+    let Some(src) = policy
+        .source
+        .url
+        .as_deref()
+        .and_then(|u| ConnUrl::parse(u).ok())
+    else {
+        return false;
+    };
+    if src.same_database(target) {
+        return true;
+    }
+    if src.database() != target.database() {
+        return false;
+    }
+    let q = "select (select system_identifier::text from pg_control_system()) || ' ' || current_setting('data_directory')";
+    let ask = |conn: Option<Conn>| async move {
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn?.query_one(q, &[]))
+            .await
+            .ok()?
+            .ok()
+    };
+    let (a, b) = tokio::join!(
+        ask(Conn::new(src, policy.source.password_env.as_deref()).ok()),
+        ask(Conn::new(target.clone(), None).ok())
+    );
+    matches!((a, b), (Some(a), Some(b)) if a == b)
+}
+
 /// Resolve `--identity` / `DRCTL_IDENTITY` and load it.
 pub fn identities(path: Option<&PathBuf>) -> Result<Vec<age::x25519::Identity>> {
     let p = path.ok_or_else(|| {
@@ -189,7 +228,7 @@ pub async fn check_identity(
 
 pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let started = std::time::Instant::now();
-    let (plan, m) = plan(policy, req).await?;
+    let (mut plan, m) = plan(policy, req).await?;
     if m.method != Method::Dump {
         bail!(
             "backup {} is a {} backup; this drctl build restores dump backups",
@@ -208,6 +247,26 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     };
     if req.jobs == 0 {
         return Err(usage("--jobs must be at least 1"));
+    }
+    if let Some(t) = &target_url {
+        if is_own_source(policy, t).await {
+            if !req.overwrite_source {
+                return Err(usage(format!(
+                    "--target {} is policy {}'s own source database: restoring there replaces production data with backup {} (consistent at {}); restore into a new database, or pass --overwrite-source (with --force) if that is really what you want",
+                    t.host(),
+                    policy.name,
+                    m.id,
+                    rfc3339(m.consistent_at)
+                )));
+            }
+            plan.overwrites_source = Some(format!(
+                "THE SOURCE DATABASE: everything written to it since {} ({} ago) is lost",
+                rfc3339(m.consistent_at),
+                crate::timeparse::human_duration(
+                    jiff::Timestamp::now().duration_since(m.consistent_at)
+                )
+            ));
+        }
     }
     if req.jobs > 1 && req.force {
         return Err(usage(
@@ -282,19 +341,21 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let result = stream_into(policy, &m, &target, ids, req, clean).await;
     if let Err(e) = result {
         if created {
-            if let Err(de) = admin
+            // Say what happened to it, not what was hoped: the server that
+            // failed the restore may refuse the drop too.
+            let fate = match admin
                 .query(
                     "drop database if exists :\"db\" with (force)",
                     &[("db", &db)],
                 )
                 .await
             {
-                tracing::error!(error = %de, "could not drop the half-restored database \"{db}\"; drop it by hand");
-            }
-            return Err(e.context(format!(
-                "restore of {} failed; the database \"{db}\" drctl created was dropped",
-                m.id
-            )));
+                Ok(_) => format!("the database \"{db}\" drctl created was dropped"),
+                Err(de) => format!(
+                    "the database \"{db}\" drctl created is LEFT BEHIND half-restored (dropping it failed: {de:#}); drop it by hand before retrying"
+                ),
+            };
+            return Err(e.context(format!("restore of {} failed; {fate}", m.id)));
         }
         let state = if req.jobs > 1 {
             "it ran in several transactions, so \"{db}\" may hold part of the backup: empty it before retrying"
@@ -522,6 +583,9 @@ pub fn print_plan(out: &mut dyn Write, p: &Plan) -> std::io::Result<()> {
     }
     if let Some(t) = &p.target {
         writeln!(out, "into:          {t}")?;
+    }
+    if let Some(w) = &p.overwrites_source {
+        writeln!(out, "overwrites:    {w}")?;
     }
     for t in &p.tablespaces {
         writeln!(

@@ -373,7 +373,7 @@ fn a_target_in_the_future_is_refused_naming_now() {
                 "{}",
                 r.stderr
             );
-            assert!(r.stderr.contains("recoverable:"), "{}", r.stderr);
+            assert!(r.stderr.contains("recoverable window:"), "{}", r.stderr);
         }
     }
 }

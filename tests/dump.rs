@@ -468,3 +468,136 @@ fn parallel_restore_with_jobs_equals_the_backup() {
     assert!(r.stderr.contains("corrupt"), "{}", r.stderr);
     assert!(!pg.database_exists("par_corrupt"));
 }
+
+#[test]
+fn a_restore_into_the_policy_s_own_source_is_refused_even_with_force() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    d.backup("shop");
+    pg.psql(
+        "shop",
+        "INSERT INTO public.empty_table VALUES (1, 'written after the backup')",
+    );
+    let id = d.identity_arg();
+    // As spelled in the policy, and as another spelling of the same server.
+    let other = format!("postgres://postgres@localhost:{}/shop", pg.port);
+    for target in [pg.url("shop"), other] {
+        let r = d.run(&[
+            "restore",
+            "shop",
+            "--latest",
+            "--target",
+            &target,
+            "--force",
+            "--identity",
+            &id,
+        ]);
+        assert_eq!(r.code, 2, "{target}: {}", r.stderr);
+        assert!(r.stderr.contains("own source database"), "{}", r.stderr);
+        assert!(r.stderr.contains("--overwrite-source"), "{}", r.stderr);
+    }
+    assert_eq!(
+        pg.query("shop", "SELECT count(*) FROM public.empty_table"),
+        "1"
+    );
+
+    // Asked for explicitly: it goes ahead, and the plan says what is lost.
+    let r = d
+        .run(&[
+            "restore",
+            "shop",
+            "--latest",
+            "--target",
+            &pg.url("shop"),
+            "--force",
+            "--overwrite-source",
+            "--identity",
+            &id,
+        ])
+        .ok();
+    assert!(
+        r.stdout.contains("overwrites:    THE SOURCE DATABASE"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("is lost"), "{}", r.stdout);
+    assert_eq!(
+        pg.query("shop", "SELECT count(*) FROM public.empty_table"),
+        "0"
+    );
+}
+
+#[test]
+fn a_target_server_that_stops_mid_restore_is_reported_as_it_is() {
+    let src = PgCluster::start();
+    src.createdb("shop");
+    src.psql(
+        "shop",
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS a, md5((g * 7)::text) AS b FROM generate_series(1, 2000000) g;",
+    );
+    let d = Drctl::new();
+    d.write_policy("shop", &src.url("shop"), "");
+    d.backup("shop");
+    let target = PgCluster::start();
+    let child = d
+        .command(&[
+            "restore",
+            "shop",
+            "--latest",
+            "--target",
+            &target.url("copy"),
+            "--identity",
+            &d.identity_arg(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once drctl has created the database and is loading, the server stops.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !target.database_exists("copy") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never created its database"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let st = common::as_owner(&common::pg_tool("pg_ctl"))
+        .arg("-D")
+        .arg(target.data_dir())
+        .args(["-m", "immediate", "-w", "stop"])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Dropping it needed the server that is gone: the message says the
+    // database is left behind, never that it was dropped.
+    assert!(stderr.contains("LEFT BEHIND"), "{stderr}");
+    assert!(!stderr.contains("was dropped"), "{stderr}");
+    let st = common::as_owner(&common::pg_tool("pg_ctl"))
+        .arg("-D")
+        .arg(target.data_dir())
+        .args([
+            "-w",
+            "-o",
+            &format!("-p {} -c listen_addresses=127.0.0.1 -k /tmp", target.port),
+            "-l",
+        ])
+        .arg(target.data_dir().join("restart.log"))
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(
+        target.database_exists("copy"),
+        "the message said it was left behind"
+    );
+}

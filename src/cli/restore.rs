@@ -48,6 +48,10 @@ pub struct Args {
     /// Replace the contents of an existing, non-empty target database
     #[arg(long)]
     force: bool,
+    /// Allow --target to be the policy's own source database (its data
+    /// written since the backup is lost; the plan says how much)
+    #[arg(long)]
+    overwrite_source: bool,
     /// Do not restore object ownership (when the roles do not exist on the target)
     #[arg(long)]
     no_owner: bool,
@@ -118,6 +122,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         dry_run: a.dry_run,
         lease_catalog: Some(ctx.catalog_path.clone()),
         force: a.force,
+        overwrite_source: a.overwrite_source,
         no_owner: a.no_owner,
         no_acl: a.no_acl,
     };

@@ -284,6 +284,7 @@ async fn drill_dump(
         jobs: 1,
         dry_run: false,
         force: false,
+        overwrite_source: false,
         // The scratch server has none of the source's roles.
         no_owner: true,
         no_acl: true,

@@ -56,6 +56,39 @@ impl ConnUrl {
         percent_decode(path)
     }
 
+    /// Where the server is, with local spellings made one: a Unix socket,
+    /// `localhost`, 127.0.0.1 and ::1 are all "local"; no port is 5432.
+    fn endpoint(&self) -> (String, u16) {
+        let q: HashMap<_, _> = self.url.query_pairs().collect();
+        let host = self
+            .url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                h.trim_matches(|c| c == '[' || c == ']')
+                    .to_ascii_lowercase()
+            })
+            .or_else(|| q.get("host").map(|h| h.to_string()))
+            .unwrap_or_default();
+        let local = host.is_empty()
+            || host.starts_with('/')
+            || host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback());
+        let port = self
+            .url
+            .port()
+            .or_else(|| q.get("port").and_then(|p| p.parse().ok()))
+            .unwrap_or(5432);
+        (if local { "local".into() } else { host }, port)
+    }
+
+    /// The same database on the same server, however the URLs spell it.
+    pub fn same_database(&self, other: &ConnUrl) -> bool {
+        self.database() == other.database() && self.endpoint() == other.endpoint()
+    }
+
     pub fn host(&self) -> String {
         let q: HashMap<_, _> = self.url.query_pairs().collect();
         let host = self
