@@ -37,7 +37,8 @@ pub async fn open_repo(policy: &Policy) -> Result<std::sync::Arc<dyn Repository>
     repo::open(cfg).await
 }
 
-/// Run a backup and return its committed manifest.
+/// Run a backup and return its committed manifest. The caller holds the
+/// policy lock (`jobs::backup`).
 pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
     let method = policy.backup.method;
     if method == Method::RdsSnapshot {
@@ -55,6 +56,16 @@ pub async fn run(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
     })?;
     let repo = open_repo(policy).await?;
     repo::ensure_initialized(&*repo).await?;
+    // What killed runs left goes before this run adds its own (the caller
+    // holds the policy lock: nothing of this policy is in flight).
+    let swept = async {
+        let inv = crate::inventory::scan(&*repo, Some(&policy.name)).await?;
+        crate::prune::sweep(&policy.name, &*repo, &inv, false).await
+    }
+    .await;
+    if let Err(e) = swept {
+        tracing::warn!(policy = %policy.name, "cannot remove what earlier runs left: {e:#}");
+    }
 
     let started = Timestamp::now();
     let id = manifest::new_backup_id(started);

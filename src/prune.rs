@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::catalog::Catalog;
@@ -23,7 +23,9 @@ use crate::retention::{self, Item, Rules};
 use crate::timeparse::rfc3339;
 use crate::wal;
 
-pub const INCOMPLETE_GRACE: SignedDuration = SignedDuration::from_hours(6);
+/// Temp objects and uploads under `wal/` older than this are dead: wal-push
+/// takes no lock, and one push never takes this long.
+pub const WAL_LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 pub const PIN_MARKER: &str = "pinned";
 
 #[derive(Debug, Serialize)]
@@ -48,6 +50,10 @@ pub struct Report {
     pub backups: Vec<Entry>,
     /// Incomplete backups removed (or, dry run, to remove).
     pub incomplete: Vec<String>,
+    /// Temp objects and unfinished uploads of killed runs removed (or to
+    /// remove), and the bytes they held where the store says.
+    pub leftovers: u64,
+    pub leftover_bytes: u64,
     /// WAL files removed (or to remove), all before this segment.
     pub wal_files: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,16 +100,6 @@ pub async fn pinned_ids(repo: &dyn Repository, policy: &str) -> Result<BTreeSet<
             (name == PIN_MARKER).then(|| id.to_string())
         })
         .collect())
-}
-
-/// When an incomplete backup was started, from its id.
-fn id_time(id: &str) -> Option<Timestamp> {
-    let t = id.get(..16)?;
-    let civil = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", t).ok()?;
-    civil
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .ok()
-        .map(|z| z.timestamp())
 }
 
 pub async fn run(
@@ -167,14 +163,6 @@ pub async fn run(
             }
         })
         .collect();
-    let now = Timestamp::now();
-    let incomplete: Vec<String> = inv
-        .incomplete
-        .iter()
-        .map(|(_, id)| id.clone())
-        .filter(|id| id_time(id).is_some_and(|t| now.duration_since(t) > INCOMPLETE_GRACE))
-        .collect();
-
     // WAL before the oldest kept base backup's start is no longer needed.
     let kept: Vec<&Manifest> = backups
         .iter()
@@ -217,6 +205,7 @@ pub async fn run(
     wal_keys.sort_by_key(|k| !k.ends_with(".json"));
     let wal_files = wal_keys.iter().filter(|k| k.ends_with(".json")).count() as u64;
 
+    let swept = sweep(&policy.name, repo, &inv, dry_run).await?;
     if !dry_run {
         for e in backups.iter().filter(|e| e.action == "delete") {
             delete_backup(repo, &policy.name, &e.id).await?;
@@ -224,10 +213,6 @@ pub async fn run(
             if let Some(c) = claims.remove(&e.id) {
                 c.release_and_remove();
             }
-        }
-        for id in &incomplete {
-            delete_backup(repo, &policy.name, id).await?;
-            tracing::info!(policy = %policy.name, backup = %id, "removed incomplete backup");
         }
         for k in &wal_keys {
             repo.delete(k)
@@ -246,11 +231,67 @@ pub async fn run(
         method: policy.backup.method,
         dry_run,
         backups,
-        incomplete,
+        incomplete: swept.incomplete,
+        leftovers: swept.leftovers,
+        leftover_bytes: swept.leftover_bytes,
         wal_files,
         wal_kept_from: oldest_start.map(|(_, name)| name),
         no_rules,
     })
+}
+
+/// What a sweep removed (or, dry run, would remove).
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub incomplete: Vec<String>,
+    pub leftovers: u64,
+    pub leftover_bytes: u64,
+}
+
+/// Remove what killed runs of `policy` left: backup folders without a
+/// manifest, temp objects, unfinished multipart uploads. The caller holds
+/// the policy lock (backup and prune both take it), so no backup of this
+/// policy is in flight and everything under its backups/ that is not
+/// committed is dead, whatever its age; wal-push takes no lock, so under
+/// wal/ only leftovers older than `WAL_LEFTOVER_GRACE` go.
+pub async fn sweep(
+    policy: &str,
+    repo: &dyn Repository,
+    inv: &crate::inventory::Inventory,
+    dry_run: bool,
+) -> Result<Swept> {
+    let mut out = Swept {
+        incomplete: inv
+            .incomplete
+            .iter()
+            .filter(|(p, _)| p == policy)
+            .map(|(_, id)| id.clone())
+            .collect(),
+        ..Swept::default()
+    };
+    let mut dead = repo.leftovers(&format!("{policy}/backups/")).await?;
+    dead.extend(
+        repo.leftovers(&wal::dir_key(policy))
+            .await?
+            .into_iter()
+            .filter(|l| l.age > WAL_LEFTOVER_GRACE),
+    );
+    out.leftovers = dead.len() as u64;
+    out.leftover_bytes = dead.iter().map(|l| l.size).sum();
+    if dry_run {
+        return Ok(out);
+    }
+    for id in &out.incomplete {
+        delete_backup(repo, policy, id).await?;
+        tracing::info!(policy, backup = %id, "removed incomplete backup");
+    }
+    for l in &dead {
+        repo.remove_leftover(l)
+            .await
+            .with_context(|| format!("cannot remove the leftover {}", l.key))?;
+        tracing::info!(policy, key = %l.key, bytes = l.size, "removed what an interrupted run left");
+    }
+    Ok(out)
 }
 
 /// Manifest first: from that moment the backup is incomplete, so a prune
@@ -265,18 +306,4 @@ async fn delete_backup(repo: &dyn Repository, policy: &str, id: &str) -> Result<
             .with_context(|| format!("cannot delete {}", o.key))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn incomplete_backups_are_dated_by_their_id() {
-        assert_eq!(
-            id_time("20261122T101500Z-3f9a"),
-            Some("2026-11-22T10:15:00Z".parse().unwrap())
-        );
-        assert_eq!(id_time("garbage"), None);
-    }
 }

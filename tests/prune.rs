@@ -331,3 +331,110 @@ fn a_backup_being_restored_is_not_pruned_until_the_restore_ends() {
         "the pruned backup's lease file stays behind"
     );
 }
+
+/// Every file below `dir` whose name contains `needle`.
+fn files_with(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains(needle) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn what_a_killed_backup_left_is_gone_after_the_next_run() {
+    let (pg, d) = setup("keep_last = 3\n");
+    pg.psql(
+        "shop",
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 3)::text) AS a FROM generate_series(1, 1500000) g;",
+    );
+    // kill -9 while the data object is being written.
+    let mut child = d
+        .command(&["backup", "shop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files_with(&d.repo_dir(), ".tmp-").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the backup never started writing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!files_with(&d.repo_dir(), ".tmp-").is_empty());
+    // And a folder of a run that died after its first object, a temp file
+    // of a wal-push killed an hour ago, and one of a push still running.
+    let dead = d.repo_dir().join("shop/backups/20200101T000000Z-dead");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join("data.zst.age"), b"partial").unwrap();
+    let wal = d.repo_dir().join("shop/wal/00000001");
+    std::fs::create_dir_all(&wal).unwrap();
+    let old_push = wal.join(".000000010000000000000003.zst.age.tmp-0badf00d");
+    let live_push = wal.join(".000000010000000000000004.zst.age.tmp-1badf00d");
+    std::fs::write(&old_push, b"x").unwrap();
+    std::fs::write(&live_push, b"x").unwrap();
+    let st = Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&old_push)
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // verify lists what is left, with its size.
+    let v = d.run(&["verify", "shop", "--output", "json"]).json();
+    let left = v["incomplete"].as_array().unwrap();
+    assert!(
+        left.iter()
+            .any(|l| l["id"] == "20200101T000000Z-dead" && l["bytes"] == 7),
+        "{v}"
+    );
+    assert!(
+        left.iter().any(|l| l["leftover"]
+            .as_str()
+            .is_some_and(|k| k.contains(".data.zst.age.tmp-"))
+            && l["bytes"].as_u64().unwrap() > 0),
+        "{v}"
+    );
+    let text = d.run(&["verify", "shop"]).stdout;
+    assert!(text.contains("left by an interrupted run"), "{text}");
+
+    // prune --dry-run counts them and changes nothing.
+    let r = d.run(&["prune", "shop", "--dry-run"]).ok();
+    assert!(
+        r.stdout.contains("leftovers of interrupted runs"),
+        "{}",
+        r.stdout
+    );
+    assert!(old_push.exists() && dead.exists());
+
+    let id = d.backup("shop");
+    let temps = files_with(&d.repo_dir(), ".tmp-");
+    assert_eq!(
+        temps,
+        vec![live_push.clone()],
+        "a recent wal-push temp stays, nothing else"
+    );
+    assert!(!dead.exists(), "the incomplete folder stays behind");
+    let folders: Vec<String> = std::fs::read_dir(d.repo_dir().join("shop/backups"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(folders, vec![id], "only the committed backup is left");
+}

@@ -140,3 +140,32 @@ fn missing_bucket_is_one_clear_error() {
         r.stderr
     );
 }
+
+#[test]
+fn a_multipart_upload_left_by_kill_9_is_aborted_by_the_next_backup() {
+    let s3 = S3Server::start();
+    s3.create_bucket("drctl-test");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", BIG_SQL);
+    let d = Drctl::new();
+    s3_policy(&d, &s3, "shop", &pg.url("shop"));
+
+    let mut child = d.command(&["backup", "shop"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !s3.get("/drctl-test?uploads").contains("<UploadId>") {
+        assert!(Instant::now() < deadline, "no multipart upload started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended first"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // kill -9: nothing aborts the upload
+    child.wait().unwrap();
+    assert!(s3.get("/drctl-test?uploads").contains("<UploadId>"));
+
+    d.backup("shop");
+    let uploads = s3.get("/drctl-test?uploads");
+    assert!(!uploads.contains("<UploadId>"), "left dangling: {uploads}");
+}

@@ -75,6 +75,13 @@ pub fn print_report(r: &Report) {
     if !r.incomplete.is_empty() {
         line.push_str(&format!(", {} incomplete {verb}", r.incomplete.len()));
     }
+    if r.leftovers > 0 {
+        line.push_str(&format!(
+            ", {} leftovers of interrupted runs ({}) {verb}",
+            r.leftovers,
+            crate::progress::human_bytes(r.leftover_bytes)
+        ));
+    }
     if let Some(from) = &r.wal_kept_from {
         line.push_str(&format!(
             ", {} WAL files {verb} (WAL kept from {from})",

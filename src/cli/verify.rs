@@ -113,16 +113,46 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             reports.push(r);
         }
     }
+    // What interrupted runs left, with its size: the next backup of the
+    // policy or prune removes it.
+    let mut left: Vec<serde_json::Value> = Vec::new();
+    for (policy, _) in &work {
+        let repo = crate::backup::open_repo(policy).await?;
+        for (p, id) in incomplete.iter().filter(|(p, _)| *p == policy.name) {
+            let bytes: u64 = repo
+                .list(&crate::manifest::backup_prefix(p, id))
+                .await?
+                .iter()
+                .map(|o| o.size)
+                .sum();
+            left.push(serde_json::json!({"policy": p, "id": id, "bytes": bytes}));
+        }
+        let mut leftovers = repo.leftovers(&format!("{}/", policy.name)).await?;
+        leftovers.sort_by(|a, b| a.key.cmp(&b.key));
+        for l in leftovers {
+            left.push(serde_json::json!({"policy": policy.name, "leftover": l.key, "bytes": l.size, "age_seconds": l.age.as_secs()}));
+        }
+    }
     let failed = reports.iter().filter(|r| !r.ok).count();
     if ctx.json() {
         ctx.print_json(&serde_json::json!({
             "ok": failed == 0,
             "backups": reports,
-            "incomplete": incomplete.iter().map(|(p, id)| serde_json::json!({"policy": p, "id": id})).collect::<Vec<_>>(),
+            "incomplete": left,
         }))?;
     } else {
-        for (p, id) in &incomplete {
-            println!("note    {id} ({p}): incomplete (no manifest); never restored from, removed by prune");
+        for l in &left {
+            let size = crate::progress::human_bytes(l["bytes"].as_u64().unwrap_or(0));
+            match (l["id"].as_str(), l["leftover"].as_str()) {
+                (Some(id), _) => println!(
+                    "note    {id} ({}): incomplete (no manifest), {size}; never restored from, removed by the next backup or prune",
+                    l["policy"].as_str().unwrap_or("")
+                ),
+                (_, Some(key)) => println!(
+                    "note    {key}: left by an interrupted run, {size}; removed by the next backup or prune"
+                ),
+                _ => {}
+            }
         }
         if reports.is_empty() {
             println!("no complete backups to verify");

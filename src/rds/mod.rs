@@ -560,6 +560,8 @@ pub async fn prune(
         dry_run,
         backups,
         incomplete: Vec::new(),
+        leftovers: 0,
+        leftover_bytes: 0,
         wal_files: 0,
         wal_kept_from: None,
         no_rules,

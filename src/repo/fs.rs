@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 
-use super::{check_key, ObjectInfo, ObjectReader, ObjectWriter, Repository};
+use super::{check_key, Leftover, ObjectInfo, ObjectReader, ObjectWriter, Repository};
 
 pub struct FsRepo {
     url: String,
@@ -145,6 +145,40 @@ impl Drop for FsWriter {
     }
 }
 
+/// FsWriter's temp files (`.<name>.tmp-<hex>`) below `dir`.
+fn walk_temps(dir: &Path, root: &Path, out: &mut Vec<Leftover>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk_temps(&entry.path(), root, out)?;
+        } else if meta.is_file() && name.starts_with('.') && name.contains(".tmp-") {
+            out.push(Leftover {
+                key: entry
+                    .path()
+                    .strip_prefix(root)
+                    .expect("walked below root")
+                    .to_string_lossy()
+                    .into_owned(),
+                size: meta.len(),
+                age: meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .unwrap_or_default(),
+                upload_id: None,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn walk(dir: &Path, root: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -259,6 +293,25 @@ impl Repository for FsRepo {
         let path = self.path(key)?;
         let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Box::new(f))
+    }
+
+    async fn leftovers(&self, prefix: &str) -> Result<Vec<Leftover>> {
+        let root = self.root.clone();
+        let start = root.join(prefix.trim_end_matches('/'));
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk_temps(&start, &root, &mut out)
+                .with_context(|| format!("cannot list {}", start.display()))?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await?
+    }
+
+    async fn remove_leftover(&self, l: &Leftover) -> Result<()> {
+        // The key of a temp file starts with a dot in its last part, which
+        // object keys never do: check the rest of it like any key.
+        self.delete(&l.key).await
     }
 }
 

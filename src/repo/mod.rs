@@ -67,6 +67,21 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
+/// What an interrupted write leaves behind: a hidden temp file (file
+/// repositories) or an unfinished multipart upload (S3). Never an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// Where it is, relative to the repository root (the temp file's path,
+    /// or the key the upload was for).
+    pub key: String,
+    /// Bytes it holds, where the store says (0 when it does not).
+    pub size: u64,
+    /// How long ago it was last written or started.
+    pub age: std::time::Duration,
+    /// S3: the upload to abort.
+    pub upload_id: Option<String>,
+}
+
 /// A blocking, streaming object upload. Nothing is visible under the key
 /// until `finish` returns Ok; dropping an unfinished writer aborts it.
 pub trait ObjectWriter: Write + Send {
@@ -92,6 +107,10 @@ pub trait Repository: Send + Sync {
     async fn delete(&self, key: &str) -> Result<()>;
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
     async fn reader(&self, key: &str) -> Result<ObjectReader>;
+    /// Interrupted writes under a prefix (see `Leftover`).
+    async fn leftovers(&self, prefix: &str) -> Result<Vec<Leftover>>;
+    /// Remove one: delete the temp file, abort the upload.
+    async fn remove_leftover(&self, l: &Leftover) -> Result<()>;
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{check_key, ObjectInfo, ObjectReader, ObjectWriter, Repository};
+use super::{check_key, Leftover, ObjectInfo, ObjectReader, ObjectWriter, Repository};
 use crate::policy;
 
 const DEFAULT_PART_MIB: usize = 8;
@@ -562,6 +562,74 @@ impl Repository for S3Repo {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn leftovers(&self, prefix: &str) -> Result<Vec<Leftover>> {
+        let full = format!("{}{prefix}", self.prefix);
+        let mut out = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let page = self
+                .t
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.t.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(sdk_err)
+                .with_context(|| format!("ListMultipartUploads s3://{}/{full}", self.t.bucket))?;
+            let now = std::time::SystemTime::now();
+            for u in page.uploads() {
+                let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let Some(rel) = k.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                let age = u
+                    .initiated()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                    .and_then(|t| now.duration_since(t).ok())
+                    .unwrap_or_default();
+                out.push(Leftover {
+                    key: rel.to_string(),
+                    size: 0,
+                    age,
+                    upload_id: Some(id.to_string()),
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(String::from);
+            id_marker = page.next_upload_id_marker().map(String::from);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_leftover(&self, l: &Leftover) -> Result<()> {
+        let Some(id) = &l.upload_id else {
+            return Ok(());
+        };
+        let key = self.full_key(&l.key)?;
+        self.t
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .upload_id(id)
+            .send()
+            .await
+            .map_err(sdk_err)
+            .with_context(|| format!("AbortMultipartUpload s3://{}/{key}", self.t.bucket))?;
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
