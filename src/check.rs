@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
-use crate::manifest::ObjectEntry;
 use crate::pg::Conn;
 use crate::policy::{Method, Policy};
 use crate::repo::{RepoUrl, Repository};
@@ -479,14 +478,7 @@ async fn decodes(
     let side: wal::Sidecar = serde_json::from_slice(&bytes)
         .map_err(|e| Failed(format!("the sidecar of {seg} is not valid: {e}")))?;
     let key = wal::object_key(policy, &w);
-    let entry = ObjectEntry {
-        name: seg.to_string(),
-        key: key.clone(),
-        plain_bytes: side.plain_bytes,
-        plain_sha256: side.plain_sha256.clone(),
-        stored_bytes: side.stored_bytes,
-        stored_sha256: side.stored_sha256.clone(),
-    };
+    let entry = side.object_entry(&key);
     let reader = repo.reader(&key).await?;
     match identity {
         None => {

@@ -122,8 +122,8 @@ pub struct Archive {
     /// (timeline, segno) → its last commit, where wal-push recorded one.
     pub commits: BTreeMap<(u32, u64), Timestamp>,
     pub histories: BTreeMap<u32, Vec<(u32, String)>>,
-    /// Committed sidecars: key → (object key, stored bytes).
-    pub objects: Vec<(String, u64)>,
+    /// Every committed file's object, as its sidecar describes it.
+    pub objects: Vec<crate::manifest::ObjectEntry>,
 }
 
 pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) -> Result<Archive> {
@@ -144,7 +144,7 @@ pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) ->
         };
         if let Some(sc) = &side {
             a.objects
-                .push((wal::object_key(policy, &w), sc.stored_bytes));
+                .push(sc.object_entry(&wal::object_key(policy, &w)));
         }
         match w.kind {
             wal::Kind::Segment => {

@@ -79,13 +79,16 @@ pub async fn verify(
     })
 }
 
-/// The WAL archive of a physical policy: every committed segment's object
-/// is present with the size and sha256 its sidecar recorded, and every base
-/// backup reaches its stop point without a gap. Missing segments are named.
+/// The WAL archive of a physical policy: every committed file's object is
+/// present with the size and stored sha256 its sidecar recorded (with
+/// `identities`, also decrypted and decompressed against the plain
+/// sha256), and every base backup reaches its stop point without a gap.
+/// Missing segments are named.
 pub async fn verify_wal(
     repo: &dyn Repository,
     policy: &str,
     backups: &[Manifest],
+    identities: Option<&[age::x25519::Identity]>,
 ) -> Result<Report> {
     let physical: Vec<&Manifest> = backups
         .iter()
@@ -94,13 +97,46 @@ pub async fn verify_wal(
     let seg_size = crate::restore_physical::segment_size(physical.iter().copied());
     let archive = crate::restore_physical::read_archive(repo, policy, seg_size).await?;
     let mut problems = Vec::new();
-    for (key, size) in &archive.objects {
+    for obj in &archive.objects {
+        let (key, size) = (&obj.key, obj.stored_bytes);
         match repo.head(key).await? {
-            None => problems.push(format!("{key}: committed but the object is missing")),
-            Some(n) if n != *size => {
-                problems.push(format!("{key}: size {n} but its sidecar says {size}"))
+            None => {
+                problems.push(format!("{key}: committed but the object is missing"));
+                continue;
+            }
+            Some(n) if n != size => {
+                problems.push(format!("{key}: size {n} but its sidecar says {size}"));
+                continue;
             }
             Some(_) => {}
+        }
+        let reader = repo.reader(key).await?;
+        let entry = obj.clone();
+        let checked = match identities {
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    pipeline::hash_stored(reader)
+                        .map_err(|e| e.to_string())
+                        .and_then(|(n, sha)| {
+                            if n == entry.stored_bytes && sha == entry.stored_sha256 {
+                                Ok(())
+                            } else {
+                                Err(format!(
+                                    "sha256 {sha} but its sidecar says {}",
+                                    entry.stored_sha256
+                                ))
+                            }
+                        })
+                })
+                .await?
+            }
+            Some(ids) => {
+                let ids = ids.to_vec();
+                tokio::task::spawn_blocking(move || deep_one(reader, &ids, &entry, false)).await?
+            }
+        };
+        if let Err(e) = checked {
+            problems.push(format!("{key}: {e}"));
         }
     }
     for m in &physical {
@@ -137,7 +173,7 @@ pub async fn verify_wal(
     Ok(Report {
         id: "wal".into(),
         policy: policy.to_string(),
-        deep: false,
+        deep: identities.is_some(),
         ok: problems.is_empty(),
         problems,
     })

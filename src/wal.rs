@@ -148,6 +148,20 @@ pub struct Sidecar {
     pub backup: Option<BackupHistory>,
 }
 
+impl Sidecar {
+    /// The archived object this sidecar commits, with its sizes and sums.
+    pub fn object_entry(&self, key: &str) -> crate::manifest::ObjectEntry {
+        crate::manifest::ObjectEntry {
+            name: self.name.clone(),
+            key: key.to_string(),
+            plain_bytes: self.plain_bytes,
+            plain_sha256: self.plain_sha256.clone(),
+            stored_bytes: self.stored_bytes,
+            stored_sha256: self.stored_sha256.clone(),
+        }
+    }
+}
+
 /// The parts of a backup history file drctl needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupHistory {

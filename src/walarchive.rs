@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::ObjectEntry;
 use crate::pipeline::{self, DecodeError, EncodeOptions};
 use crate::policy::{Method, Policy};
 use crate::repo::Repository;
@@ -175,14 +174,7 @@ async fn fetch_once(
     let side: Sidecar = serde_json::from_slice(&bytes)
         .with_context(|| format!("the sidecar of {} is not valid JSON", w.name))?;
     let key = wal::object_key(policy, w);
-    let entry = ObjectEntry {
-        name: w.name.clone(),
-        key: key.clone(),
-        plain_bytes: side.plain_bytes,
-        plain_sha256: side.plain_sha256.clone(),
-        stored_bytes: side.stored_bytes,
-        stored_sha256: side.stored_sha256.clone(),
-    };
+    let entry = side.object_entry(&key);
     let reader = repo
         .reader(&key)
         .await

@@ -243,3 +243,47 @@ fn wal_fetch_fails_hard_when_the_repository_is_down() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_flipped_byte_in_an_archived_segment_is_caught_by_verify_and_deep_verify() {
+    let d = Drctl::new();
+    d.write_physical_policy("wal", "postgres://postgres@127.0.0.1:1/postgres");
+    let seg = d.path().join("000000010000000000000001");
+    let body: Vec<u8> = (0..SEG as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&seg, &body).unwrap();
+    d.run(&["wal-push", "wal", seg.to_str().unwrap()]).ok();
+    let id = d.identity_arg();
+    let v = d.run(&["verify", "wal"]).ok();
+    assert!(
+        v.stdout.contains("ok      WAL archive (wal)"),
+        "{}",
+        v.stdout
+    );
+    let v = d.run(&["verify", "wal", "--deep", "--identity", &id]).ok();
+    assert!(
+        v.stdout.contains("ok      WAL archive (wal, deep)"),
+        "{}",
+        v.stdout
+    );
+
+    let objects = d.repo_files(".zst.age");
+    assert_eq!(objects.len(), 1);
+    let mut bytes = std::fs::read(&objects[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&objects[0], &bytes).unwrap();
+    for args in [
+        vec!["verify", "wal"],
+        vec!["verify", "wal", "--deep", "--identity", &id],
+    ] {
+        let v = d.run(&args);
+        assert_eq!(v.code, 1, "{args:?}: {}", v.stdout);
+        assert!(
+            v.stdout.contains("000000010000000000000001.zst.age"),
+            "{args:?}: {}",
+            v.stdout
+        );
+    }
+}

@@ -85,7 +85,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 .as_deref()
                 .is_some_and(crate::manifest::valid_backup_id)
         {
-            let mut r = crate::verify::verify_wal(&*repo, &policy.name, manifests).await?;
+            let mut r =
+                crate::verify::verify_wal(&*repo, &policy.name, manifests, ids.as_deref()).await?;
             // The archive can be intact and still stale: the source says
             // whether archiving is keeping up.
             if let Some(h) = crate::status::server_archive_health(policy)
@@ -101,7 +102,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             }
             if !ctx.json() {
                 if r.ok {
-                    println!("ok      WAL archive ({})", r.policy);
+                    println!(
+                        "ok      WAL archive ({}{})",
+                        r.policy,
+                        if r.deep { ", deep" } else { "" }
+                    );
                 } else {
                     println!(
                         "FAILED  WAL archive ({}): {}",
