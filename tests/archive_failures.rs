@@ -9,7 +9,6 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,23 +68,6 @@ fn run_bounded(mut c: Command, term_after: Option<Duration>, limit: Duration) ->
         stdout: o.join().unwrap(),
         stderr: e.join().unwrap(),
     }
-}
-
-/// Every file under `dir` whose name contains `needle`.
-fn files_named(dir: &Path, needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().contains(needle) {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 /// A physical policy whose archive_command (run by the server as its OS
@@ -153,9 +135,9 @@ fn a_physical_backup_fails_within_archive_timeout_when_archiving_fails() {
     };
     assert!(seg_name(&r.stderr), "no segment named: {}", r.stderr);
     // Nothing left that could be taken for a backup, no temp objects.
-    assert!(files_named(&d.repo_dir(), "manifest.json").is_empty());
-    assert!(files_named(&d.repo_dir(), ".tmp-").is_empty());
-    assert!(files_named(&d.repo_dir(), "base.tar").is_empty());
+    assert!(common::files_containing(&d.repo_dir(), "manifest.json").is_empty());
+    assert!(common::files_containing(&d.repo_dir(), ".tmp-").is_empty());
+    assert!(common::files_containing(&d.repo_dir(), "base.tar").is_empty());
     let listed = d.list("pitr");
     assert_eq!(listed[0]["status"], "failed", "{listed:?}");
 
@@ -184,9 +166,9 @@ fn sigterm_ends_a_physical_backup_waiting_for_wal_within_10s() {
     );
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
     assert!(r.took < Duration::from_secs(5 + 10), "took {:?}", r.took);
-    assert!(files_named(&d.repo_dir(), "manifest.json").is_empty());
-    assert!(files_named(&d.repo_dir(), ".tmp-").is_empty());
-    assert!(files_named(&d.repo_dir(), "base.tar").is_empty());
+    assert!(common::files_containing(&d.repo_dir(), "manifest.json").is_empty());
+    assert!(common::files_containing(&d.repo_dir(), ".tmp-").is_empty());
+    assert!(common::files_containing(&d.repo_dir(), "base.tar").is_empty());
 }
 
 #[test]
@@ -226,8 +208,8 @@ fn sigterm_ends_a_dump_backup_blocked_on_a_lock_within_10s() {
     let _ = locker.wait();
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
     assert!(r.took < Duration::from_secs(3 + 10), "took {:?}", r.took);
-    assert!(files_named(&d.repo_dir(), "manifest.json").is_empty());
-    assert!(files_named(&d.repo_dir(), ".tmp-").is_empty());
+    assert!(common::files_containing(&d.repo_dir(), "manifest.json").is_empty());
+    assert!(common::files_containing(&d.repo_dir(), ".tmp-").is_empty());
     assert_eq!(d.list("shop")[0]["status"], "failed");
 }
 

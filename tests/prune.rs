@@ -332,23 +332,6 @@ fn a_backup_being_restored_is_not_pruned_until_the_restore_ends() {
     );
 }
 
-/// Every file below `dir` whose name contains `needle`.
-fn files_with(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().contains(needle) {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn what_a_killed_backup_left_is_gone_after_the_next_run() {
     let (pg, d) = setup("keep_last = 3\n");
@@ -364,7 +347,7 @@ fn what_a_killed_backup_left_is_gone_after_the_next_run() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while files_with(&d.repo_dir(), ".tmp-").is_empty() {
+    while common::files_containing(&d.repo_dir(), ".tmp-").is_empty() {
         assert!(
             Instant::now() < deadline,
             "the backup never started writing"
@@ -377,7 +360,7 @@ fn what_a_killed_backup_left_is_gone_after_the_next_run() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!files_with(&d.repo_dir(), ".tmp-").is_empty());
+    assert!(!common::files_containing(&d.repo_dir(), ".tmp-").is_empty());
     // And a folder of a run that died after its first object, a temp file
     // of a wal-push killed an hour ago, and one of a push still running.
     let dead = d.repo_dir().join("shop/backups/20200101T000000Z-dead");
@@ -424,7 +407,7 @@ fn what_a_killed_backup_left_is_gone_after_the_next_run() {
     assert!(old_push.exists() && dead.exists());
 
     let id = d.backup("shop");
-    let temps = files_with(&d.repo_dir(), ".tmp-");
+    let temps = common::files_containing(&d.repo_dir(), ".tmp-");
     assert_eq!(
         temps,
         vec![live_push.clone()],

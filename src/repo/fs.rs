@@ -145,8 +145,13 @@ impl Drop for FsWriter {
     }
 }
 
-/// FsWriter's temp files (`.<name>.tmp-<hex>`) below `dir`.
-fn walk_temps(dir: &Path, root: &Path, out: &mut Vec<Leftover>) -> io::Result<()> {
+/// Every regular file below `dir` with its key (its path below `root`)
+/// and file name; a missing `dir` has none.
+fn files(
+    dir: &Path,
+    root: &Path,
+    f: &mut dyn FnMut(String, &str, &fs::Metadata),
+) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -154,18 +159,40 @@ fn walk_temps(dir: &Path, root: &Path, out: &mut Vec<Leftover>) -> io::Result<()
     };
     for entry in entries {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
         let meta = entry.metadata()?;
         if meta.is_dir() {
-            walk_temps(&entry.path(), root, out)?;
-        } else if meta.is_file() && name.starts_with('.') && name.contains(".tmp-") {
+            files(&path, root, f)?;
+        } else if meta.is_file() {
+            let key = path
+                .strip_prefix(root)
+                .expect("walked below root")
+                .to_string_lossy()
+                .into_owned();
+            f(key, &entry.file_name().to_string_lossy(), &meta);
+        }
+    }
+    Ok(())
+}
+
+/// The objects below `dir`: in-flight temp files (hidden) are not objects.
+fn walk(dir: &Path, root: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
+    files(dir, root, &mut |key, name, meta| {
+        if !name.starts_with('.') {
+            out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+            });
+        }
+    })
+}
+
+/// FsWriter's temp files (`.<name>.tmp-<hex>`) below `dir`.
+fn walk_temps(dir: &Path, root: &Path, out: &mut Vec<Leftover>) -> io::Result<()> {
+    files(dir, root, &mut |key, name, meta| {
+        if name.starts_with('.') && name.contains(".tmp-") {
             out.push(Leftover {
-                key: entry
-                    .path()
-                    .strip_prefix(root)
-                    .expect("walked below root")
-                    .to_string_lossy()
-                    .into_owned(),
+                key,
                 size: meta.len(),
                 age: meta
                     .modified()
@@ -175,39 +202,7 @@ fn walk_temps(dir: &Path, root: &Path, out: &mut Vec<Leftover>) -> io::Result<()
                 upload_id: None,
             });
         }
-    }
-    Ok(())
-}
-
-fn walk(dir: &Path, root: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue; // in-flight temp files are not objects
-        }
-        let path = entry.path();
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            walk(&path, root, out)?;
-        } else if meta.is_file() {
-            let key = path
-                .strip_prefix(root)
-                .expect("walked below root")
-                .to_string_lossy()
-                .into_owned();
-            out.push(ObjectInfo {
-                key,
-                size: meta.len(),
-            });
-        }
-    }
-    Ok(())
+    })
 }
 
 #[async_trait]

@@ -659,6 +659,15 @@ level = 3
     }
 }
 
+/// Every file below `dir` whose path contains `needle` (temp files too).
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.retain(|p| p.to_string_lossy().contains(needle));
+    out.sort();
+    out
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
