@@ -475,8 +475,7 @@ async fn decodes(
         .get_bytes(&wal::sidecar_key(policy, &w))
         .await?
         .ok_or_else(|| Failed(format!("the sidecar of {seg} vanished")))?;
-    let side: wal::Sidecar = serde_json::from_slice(&bytes)
-        .map_err(|e| Failed(format!("the sidecar of {seg} is not valid: {e}")))?;
+    let side = wal::Sidecar::from_json(&bytes).map_err(|e| Failed(format!("{seg}: {e}")))?;
     let key = wal::object_key(policy, &w);
     let entry = side.object_entry(&key);
     let reader = repo.reader(&key).await?;

@@ -13,6 +13,11 @@ pub struct Inventory {
     pub complete: Vec<Manifest>,
     /// (policy, backup id) with objects but no manifest.
     pub incomplete: Vec<(String, String)>,
+    /// (policy, backup id, why): a manifest that does not read or fails its
+    /// seal. Never a backup: nothing restores from it; verify names it.
+    pub corrupt: Vec<(String, String, String)>,
+    /// Backup ids whose manifests predate seals (format 1).
+    pub unsealed: Vec<String>,
 }
 
 impl Inventory {
@@ -61,8 +66,15 @@ pub async fn scan(repo: &dyn Repository, policy: Option<&str>) -> Result<Invento
             .get_bytes(&key)
             .await?
             .with_context(|| format!("{key} vanished while scanning"))?;
-        let m = Manifest::from_json(&bytes).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
-        inv.complete.push(m);
+        match Manifest::from_json_sealed(&bytes) {
+            Ok((m, seal)) => {
+                if seal == crate::seal::Seal::Unsealed {
+                    inv.unsealed.push(m.id.clone());
+                }
+                inv.complete.push(m);
+            }
+            Err(e) => inv.corrupt.push((pol, id, format!("{key}: {e}"))),
+        }
     }
     inv.complete
         .sort_by(|a, b| (a.consistent_at, &a.id).cmp(&(b.consistent_at, &b.id)));

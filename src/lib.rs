@@ -33,6 +33,7 @@ pub mod restore;
 pub mod restore_physical;
 pub mod retention;
 pub mod schedule;
+pub mod seal;
 pub mod status;
 pub mod timeparse;
 pub mod toc;

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Method;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: sealed (see `seal`); 1 manifests are read and reported unsealed.
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_NAME: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -111,20 +112,27 @@ pub struct TableCount {
 }
 
 impl Manifest {
+    /// The sealed JSON written to the repository.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("manifest serializes")
+        crate::seal::to_json(self)
     }
 
+    /// Parse a manifest; a broken seal is an error (never a backup).
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid: {e}"))?;
+        Self::from_json_sealed(bytes).map(|(m, _)| m)
+    }
+
+    /// Parse a manifest and say whether it was sealed.
+    pub fn from_json_sealed(bytes: &[u8]) -> Result<(Manifest, crate::seal::Seal), String> {
+        let (m, seal): (Manifest, _) =
+            crate::seal::from_json(bytes).map_err(|e| format!("manifest is {e}"))?;
         if m.format > FORMAT_VERSION {
             return Err(format!(
                 "manifest format {} is newer than this drctl understands ({FORMAT_VERSION}); upgrade drctl",
                 m.format
             ));
         }
-        Ok(m)
+        Ok((m, seal))
     }
 
     pub fn source_bytes(&self) -> u64 {

@@ -124,6 +124,8 @@ pub struct Archive {
     pub histories: BTreeMap<u32, Vec<(u32, String)>>,
     /// Every committed file's object, as its sidecar describes it.
     pub objects: Vec<crate::manifest::ObjectEntry>,
+    /// Sidecars that fail their seal (key: why).
+    pub corrupt: Vec<String>,
 }
 
 pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) -> Result<Archive> {
@@ -139,7 +141,15 @@ pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) ->
         };
         let Ok(w) = wal::parse(name) else { continue };
         let side: Option<Sidecar> = match repo.get_bytes(&o.key).await? {
-            Some(b) => serde_json::from_slice(&b).ok(),
+            // A sidecar that fails its seal commits nothing: its segment
+            // is missing as far as recovery is concerned.
+            Some(b) => match Sidecar::from_json(&b) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    a.corrupt.push(format!("{}: {e}", o.key));
+                    None
+                }
+            },
             None => None,
         };
         if let Some(sc) = &side {

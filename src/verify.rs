@@ -96,7 +96,7 @@ pub async fn verify_wal(
         .collect();
     let seg_size = crate::restore_physical::segment_size(physical.iter().copied());
     let archive = crate::restore_physical::read_archive(repo, policy, seg_size).await?;
-    let mut problems = Vec::new();
+    let mut problems = archive.corrupt.clone();
     for obj in &archive.objects {
         let (key, size) = (&obj.key, obj.stored_bytes);
         match repo.head(key).await? {

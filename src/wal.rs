@@ -149,6 +149,19 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// The sealed JSON written to the repository.
+    pub fn to_json(&self) -> Vec<u8> {
+        crate::seal::to_json(self).into_bytes()
+    }
+
+    /// Parse a sidecar; a broken seal is an error, so a sidecar that fails
+    /// it never counts as committed.
+    pub fn from_json(bytes: &[u8]) -> Result<Sidecar, String> {
+        crate::seal::from_json(bytes)
+            .map(|(s, _)| s)
+            .map_err(|e| format!("WAL sidecar is {e}"))
+    }
+
     /// The archived object this sidecar commits, with its sizes and sums.
     pub fn object_entry(&self, key: &str) -> crate::manifest::ObjectEntry {
         crate::manifest::ObjectEntry {

@@ -61,8 +61,8 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     let repo = crate::backup::open_repo(policy).await?;
     let side_key = wal::sidecar_key(&policy.name, &w);
     if let Some(bytes) = repo.get_bytes(&side_key).await? {
-        let old: Sidecar = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{side_key} in {} is not a WAL sidecar", repo.url()))?;
+        let old =
+            Sidecar::from_json(&bytes).map_err(|e| anyhow!("{side_key} in {}: {e}", repo.url()))?;
         let p = path.to_path_buf();
         let (n, sha) = tokio::task::spawn_blocking(move || sha256_file(&p)).await??;
         if n == old.plain_bytes && sha == old.plain_sha256 {
@@ -133,7 +133,7 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
         pushed_at: crate::timeparse::rfc3339(jiff::Timestamp::now()),
     };
     // The sidecar commits the push; without it the segment is not archived.
-    repo.put_bytes(&side_key, serde_json::to_vec_pretty(&side)?)
+    repo.put_bytes(&side_key, side.to_json())
         .await
         .with_context(|| format!("cannot commit {} in {}", w.name, repo.url()))?;
     Ok(Pushed::Archived(Box::new(side)))
@@ -171,8 +171,8 @@ async fn fetch_once(
             )),
         };
     };
-    let side: Sidecar = serde_json::from_slice(&bytes)
-        .with_context(|| format!("the sidecar of {} is not valid JSON", w.name))?;
+    let side = Sidecar::from_json(&bytes)
+        .map_err(|e| anyhow::Error::new(Permanent(format!("{}: {e}", w.name))))?;
     let key = wal::object_key(policy, w);
     let entry = side.object_entry(&key);
     let reader = repo

@@ -287,3 +287,32 @@ fn a_flipped_byte_in_an_archived_segment_is_caught_by_verify_and_deep_verify() {
         );
     }
 }
+
+#[test]
+fn a_flipped_digit_in_a_wal_sidecar_is_caught() {
+    let d = Drctl::new();
+    d.write_physical_policy("wal", "postgres://postgres@127.0.0.1:1/postgres");
+    let seg = d.path().join("000000010000000000000001");
+    std::fs::write(&seg, vec![7u8; SEG as usize]).unwrap();
+    d.run(&["wal-push", "wal", seg.to_str().unwrap()]).ok();
+    d.run(&["verify", "wal"]).ok();
+    let side = d.repo_files("000000010000000000000001.json")[0].clone();
+    let text = std::fs::read_to_string(&side).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // last_write_at moves the recoverable window; it still parses.
+    let at = v["last_write_at"].as_str().unwrap().to_string();
+    let later = at.replacen(
+        &at[..4],
+        &(at[..4].parse::<u32>().unwrap() + 1).to_string(),
+        1,
+    );
+    std::fs::write(&side, text.replacen(&at, &later, 1)).unwrap();
+    let r = d.run(&["verify", "wal"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("seal"), "{}", r.stdout);
+    // wal-fetch will not hand it to recovery either (126, not "absent").
+    let dest = d.path().join("RECOVERYXLOG");
+    let r = fetch(&d, "wal", "000000010000000000000001", &dest);
+    assert_eq!(r.code, 126, "{}", r.stderr);
+    assert!(r.stderr.contains("seal"), "{}", r.stderr);
+}

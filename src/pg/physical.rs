@@ -231,7 +231,7 @@ async fn backup_points(
                 continue;
             }
             if let Some(b) = repo.get_bytes(&o.key).await? {
-                if let Ok(side) = serde_json::from_slice::<wal::Sidecar>(&b) {
+                if let Ok(side) = wal::Sidecar::from_json(&b) {
                     if let Some(h) = side.backup.filter(|h| h.label == label) {
                         return Ok(Points {
                             start_lsn: h.start_lsn,
