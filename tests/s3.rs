@@ -79,8 +79,9 @@ fn s3_round_trip_with_multipart_upload() {
     assert_eq!(listed[0]["stored_bytes"].as_u64().unwrap(), stored);
 }
 
-#[test]
-fn interrupted_backup_aborts_its_multipart_upload() {
+/// A backup of a large database into S3, returned once its multipart
+/// upload is in flight.
+fn backup_uploading() -> (S3Server, PgCluster, Drctl, std::process::Child) {
     let s3 = S3Server::start();
     s3.create_bucket("drctl-test");
     let pg = PgCluster::start();
@@ -88,21 +89,21 @@ fn interrupted_backup_aborts_its_multipart_upload() {
     pg.psql("shop", BIG_SQL);
     let d = Drctl::new();
     s3_policy(&d, &s3, "shop", &pg.url("shop"));
-
     let mut child = d.command(&["backup", "shop"]).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut saw_upload = false;
-    while Instant::now() < deadline {
-        if s3.get("/drctl-test?uploads").contains("<UploadId>") {
-            saw_upload = true;
-            break;
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
+    while !s3.get("/drctl-test?uploads").contains("<UploadId>") {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the backup never started a multipart upload"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(saw_upload, "the backup never started a multipart upload");
+    (s3, pg, d, child)
+}
+
+#[test]
+fn interrupted_backup_aborts_its_multipart_upload() {
+    let (s3, _pg, d, mut child) = backup_uploading();
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -143,24 +144,7 @@ fn missing_bucket_is_one_clear_error() {
 
 #[test]
 fn a_multipart_upload_left_by_kill_9_is_aborted_by_the_next_backup() {
-    let s3 = S3Server::start();
-    s3.create_bucket("drctl-test");
-    let pg = PgCluster::start();
-    pg.createdb("shop");
-    pg.psql("shop", BIG_SQL);
-    let d = Drctl::new();
-    s3_policy(&d, &s3, "shop", &pg.url("shop"));
-
-    let mut child = d.command(&["backup", "shop"]).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !s3.get("/drctl-test?uploads").contains("<UploadId>") {
-        assert!(Instant::now() < deadline, "no multipart upload started");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended first"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (s3, _pg, d, mut child) = backup_uploading();
     child.kill().unwrap(); // kill -9: nothing aborts the upload
     child.wait().unwrap();
     assert!(s3.get("/drctl-test?uploads").contains("<UploadId>"));
