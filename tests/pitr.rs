@@ -305,13 +305,6 @@ fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
     // when the current one has records, such as the bgwriter's.)
     let stop = show["manifest"]["wal"]["stop_segment"].as_str().unwrap();
     let victim = seg_plus(stop, 1);
-    eprintln!(
-        "FILES {:?}",
-        d.repo_files(".json")
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-    );
     for f in d.repo_files(&format!("{victim}.json")) {
         std::fs::remove_file(f).unwrap();
     }
