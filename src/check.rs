@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::Serialize;
 
 use crate::pg::Conn;
@@ -387,15 +387,12 @@ fn user_can_write(policy: &Policy, user: Option<&OsUser>) -> StepResult {
     Ok(format!("{} can write {}", user.name, wal_dir.display()))
 }
 
-async fn archiver_failures(conn: &Conn) -> Result<(u64, String)> {
-    let rows = conn
-        .query(
-            "select failed_count::text, coalesce(last_failed_wal, '') from pg_stat_archiver",
-            &[],
-        )
-        .await?;
-    let r = rows.first().context("no answer from pg_stat_archiver")?;
-    Ok((r[0].parse().unwrap_or(0), r[1].clone()))
+/// The archiver's failure count and last failed segment.
+async fn archiver_failures(conn: &Conn) -> std::result::Result<(u64, Option<String>), Failed> {
+    let h = crate::pg::archiver::health(conn)
+        .await
+        .ok_or_else(|| Failed("pg_stat_archiver does not answer".into()))?;
+    Ok((h.failed_count.unwrap_or(0), h.last_failed_wal))
 }
 
 /// Force a segment switch and wait, up to archive_timeout, for that
@@ -439,19 +436,15 @@ async fn switch_lands(
             ));
         }
         let (failed, last_failed) = archiver_failures(conn).await?;
-        if failed > failed_before && last_failed == seg {
-            let why = crate::pg::physical::archiver_status(conn)
-                .await
-                .unwrap_or_default();
+        if failed > failed_before && last_failed.as_deref() == Some(seg.as_str()) {
+            let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
             return fail(format!("archive_command failed on {seg}; {why}"));
         }
         if crate::cancel::requested() {
             return fail("cancelled");
         }
         if t0.elapsed() >= timeout {
-            let why = crate::pg::physical::archiver_status(conn)
-                .await
-                .unwrap_or_default();
+            let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
             return fail(format!(
                 "{seg} did not reach {} within archive_timeout ({}s); {why}",
                 repo.url(),

@@ -53,79 +53,13 @@ pub struct PolicyStatus {
     pub error: Option<String>,
 }
 
-/// Is archive_command keeping up? From the source's pg_stat_archiver when
-/// it answers, else from the repository's newest segment (then whether it
-/// is failing is unknown: null).
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
-pub struct ArchiveHealth {
-    pub last_archived_wal: Option<String>,
-    pub last_archived_at: Option<String>,
-    pub failed_count: Option<u64>,
-    pub last_failed_wal: Option<String>,
-    pub last_failed_at: Option<String>,
-    /// The server's most recent archiving attempt failed.
-    pub failing: Option<bool>,
-    /// "server" (pg_stat_archiver) or "repository" (newest segment).
-    pub from: &'static str,
-}
+pub use crate::pg::archiver::ArchiveHealth;
 
-impl ArchiveHealth {
-    /// From pg_stat_archiver's row: archived wal and time, failed count,
-    /// failed wal and time (times as RFC 3339, empty when null).
-    pub fn from_server(row: &[String]) -> ArchiveHealth {
-        let opt = |i: usize| row.get(i).filter(|v| !v.is_empty()).cloned();
-        let failed: u64 = row.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let (archived_at, failed_at) = (opt(1), opt(4));
-        let t = |v: &Option<String>| v.as_deref().and_then(|v| v.parse::<Timestamp>().ok());
-        // Failing: the newest attempt the server reports is a failure.
-        let failing = failed > 0 && t(&failed_at) > t(&archived_at);
-        ArchiveHealth {
-            last_archived_wal: opt(0),
-            last_archived_at: archived_at,
-            failed_count: Some(failed),
-            last_failed_wal: opt(3),
-            last_failed_at: failed_at,
-            failing: Some(failing),
-            from: "server",
-        }
-    }
-
-    /// One line for text output and notifications.
-    pub fn describe(&self) -> String {
-        let last = match (&self.last_archived_wal, &self.last_archived_at) {
-            (Some(w), Some(t)) => format!("last archived {w} at {t}"),
-            _ => "nothing archived yet".into(),
-        };
-        match self.failing {
-            Some(true) => format!(
-                "archive_command FAILING: {} failures, last on {} at {}; {last}",
-                self.failed_count.unwrap_or(0),
-                self.last_failed_wal.as_deref().unwrap_or("?"),
-                self.last_failed_at.as_deref().unwrap_or("?")
-            ),
-            Some(false) => format!("archiving ok: {last}"),
-            None => format!("archiving: {last} (the source did not answer: failures unknown)"),
-        }
-    }
-}
-
-/// What the source's archiver reports, bounded in time: None when it does
-/// not answer.
+/// What a policy's source says about its archiver, bounded in time: None
+/// when it does not answer.
 pub async fn server_archive_health(p: &Policy) -> Option<ArchiveHealth> {
     let conn = crate::backup::source_conn(p).ok()?;
-    let q = conn.query(
-        "select coalesce(last_archived_wal, ''), \
-         coalesce(to_char(last_archived_time at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''), \
-         failed_count::text, coalesce(last_failed_wal, ''), \
-         coalesce(to_char(last_failed_time at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') \
-         from pg_stat_archiver",
-        &[],
-    );
-    let rows = tokio::time::timeout(std::time::Duration::from_secs(5), q)
-        .await
-        .ok()?
-        .ok()?;
-    rows.first().map(|r| ArchiveHealth::from_server(r))
+    crate::pg::archiver::health(&conn).await
 }
 
 /// Status from the catalog rows of one policy (newest first, as

@@ -4,6 +4,7 @@
 //! sslmode, service files, .pgpass and PG* variables behave exactly as a DBA
 //! expects. Passwords travel only in the child's PGPASSWORD, never in argv.
 
+pub mod archiver;
 pub mod dump;
 pub mod physical;
 pub mod replication;

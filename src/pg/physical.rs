@@ -149,73 +149,6 @@ async fn wait_for_wal(
     }
 }
 
-/// What the server says about its archiver, for an error message: the
-/// failing segment and when, or that it has not failed.
-pub async fn archiver_status(conn: &Conn) -> Option<String> {
-    let rows = conn
-        .query(
-            "select failed_count::text, coalesce(last_failed_wal, ''), \
-             coalesce(to_char(last_failed_time at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''), \
-             coalesce(last_archived_wal, ''), current_setting('archive_command') from pg_stat_archiver",
-            &[],
-        )
-        .await
-        .ok()?;
-    let r = rows.first()?;
-    let failed: u64 = r[0].parse().unwrap_or(0);
-    Some(if failed > 0 && !r[1].is_empty() {
-        let why = match last_archive_error(conn).await {
-            Some(line) => format!("the server log says: {line}"),
-            None => "run it by hand as the server's OS user to see why".into(),
-        };
-        format!(
-            "pg_stat_archiver: failed_count {failed}, last_failed_wal {} at {}, last_archived_wal {}; archive_command = '{}' is failing: {why}",
-            r[1],
-            r[2],
-            if r[3].is_empty() { "none" } else { &r[3] },
-            r[4]
-        )
-    } else {
-        format!(
-            "pg_stat_archiver: no failures, last_archived_wal {}; archive_command = '{}'",
-            if r[3].is_empty() { "none" } else { &r[3] },
-            r[4]
-        )
-    })
-}
-
-/// The newest archive failure in the server's log, when the server keeps
-/// one it lets this role read (logging_collector on; superuser or
-/// pg_read_server_files): archive_command's own error line (wal-push's
-/// stderr lands there), else PostgreSQL's "archive command failed".
-async fn last_archive_error(conn: &Conn) -> Option<String> {
-    let tail = conn
-        .query_one(
-            "select pg_read_file(f, greatest(s - 65536, 0), least(s, 65536)) \
-             from (select pg_current_logfile() as f) l, \
-             lateral (select size as s from pg_stat_file(l.f)) st where l.f is not null",
-            &[],
-        )
-        .await
-        .ok()?;
-    archive_error_in(&tail)
-}
-
-/// See `last_archive_error`: the line that explains the newest failure.
-pub fn archive_error_in(log: &str) -> Option<String> {
-    let lines: Vec<&str> = log.lines().collect();
-    let failed = lines
-        .iter()
-        .rposition(|l| l.contains("archive command failed"))?;
-    // The command's own complaint comes just before PostgreSQL's line.
-    let own = lines[..failed]
-        .iter()
-        .rev()
-        .take(5)
-        .find(|l| l.contains("error") && !l.contains("archive command failed"));
-    Some(own.unwrap_or(&lines[failed]).trim().to_string())
-}
-
 /// Find the archived backup history file labelled for backup `id`.
 async fn backup_points(
     repo: &dyn Repository,
@@ -519,7 +452,7 @@ async fn finish(
         .parse()
         .context("parsing the server's timestamp")?;
     if let Err(missing) = wait_for_wal(repo, &policy.name, &points, seg_size, wait).await? {
-        let why = archiver_status(conn)
+        let why = super::archiver::status(conn)
             .await
             .unwrap_or_else(|| "pg_stat_archiver could not be read".into());
         bail!(
@@ -563,24 +496,6 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_archive_failure_is_read_from_the_server_log() {
-        let log = "2026-11-29 LOG:  checkpoint complete\n\
-                   drctl: error: cannot create /repo/pitr/wal/00000001: Permission denied (os error 13)\n\
-                   2026-11-29 LOG:  archive command failed with exit code 1\n\
-                   2026-11-29 DETAIL:  The failed archive command was: drctl wal-push pitr pg_wal/000000010000000000000003\n";
-        assert_eq!(
-            archive_error_in(log).as_deref(),
-            Some("drctl: error: cannot create /repo/pitr/wal/00000001: Permission denied (os error 13)")
-        );
-        let bare = "LOG:  archive command failed with exit code 127\n";
-        assert_eq!(
-            archive_error_in(bare).as_deref(),
-            Some("LOG:  archive command failed with exit code 127")
-        );
-        assert_eq!(archive_error_in("LOG: all fine\n"), None);
-    }
 
     #[test]
     fn points_from_pg_basebackup_output() {
