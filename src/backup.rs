@@ -269,6 +269,7 @@ async fn dump_backup(
         .into(),
         tables,
         tablespaces: Vec::new(),
+        server_manifest: None,
         drctl_version: env!("CARGO_PKG_VERSION").into(),
     };
     // The commit point.

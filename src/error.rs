@@ -32,6 +32,20 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     }
 }
 
+/// A result told about something that may explain it: appended to an
+/// error (keeping its exit code), logged as a warning beside a success.
+pub fn noted<T>(r: anyhow::Result<T>, note: Option<String>) -> anyhow::Result<T> {
+    match (r, note) {
+        (r, None) => r,
+        (Ok(v), Some(note)) => {
+            tracing::warn!("{note}");
+            Ok(v)
+        }
+        (Err(e), Some(note)) if exit_code(&e) == 2 => Err(usage(format!("{e:#}; {note}"))),
+        (Err(e), Some(note)) => Err(anyhow::anyhow!("{e:#}; {note}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +55,16 @@ mod tests {
         let e = usage("bad flag").context("restore failed");
         assert_eq!(exit_code(&e), 2);
         assert_eq!(exit_code(&anyhow::anyhow!("io")), 1);
+    }
+
+    #[test]
+    fn a_note_keeps_the_exit_code_and_follows_the_message() {
+        let e =
+            noted::<()>(Err(usage("bad time")), Some("backup x is corrupt".into())).unwrap_err();
+        assert_eq!(exit_code(&e), 2);
+        assert_eq!(format!("{e:#}"), "bad time; backup x is corrupt");
+        let e = noted::<()>(Err(anyhow::anyhow!("io")), Some("n".into())).unwrap_err();
+        assert_eq!(exit_code(&e), 1);
+        assert_eq!(noted(Ok(3), Some("n".into())).unwrap(), 3);
     }
 }

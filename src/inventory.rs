@@ -21,6 +21,29 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// Backups of `policy` left out because their manifest is corrupt, as
+    /// a planner says it; None when there are none.
+    pub fn left_out(&self, policy: &str) -> Option<String> {
+        let c: Vec<String> = self
+            .corrupt
+            .iter()
+            .filter(|(p, _, _)| p == policy)
+            .map(|(_, id, why)| format!("{id} ({why})"))
+            .collect();
+        (!c.is_empty()).then(|| {
+            format!(
+                "left out because its manifest is corrupt, never restored from: backup {}; run `drctl verify {policy}`",
+                c.join(", ")
+            )
+        })
+    }
+
+    /// A restore plan's result, told about backups left out as corrupt: a
+    /// refusal names them (it may be why), a plan warns of them.
+    pub fn note_left_out<T>(&self, policy: &str, r: anyhow::Result<T>) -> anyhow::Result<T> {
+        crate::error::noted(r, self.left_out(policy))
+    }
+
     pub fn candidates(&self) -> Vec<Candidate> {
         self.complete
             .iter()

@@ -30,12 +30,29 @@ pub struct Manifest {
     /// its archive is the object named `tablespace-<oid>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tablespaces: Vec<Tablespace>,
+    /// Physical backups: where PostgreSQL's own backup manifest is, which
+    /// `pg_verifybackup` checks a restored directory against. None for
+    /// dumps and for physical backups taken before drctl asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_manifest: Option<ServerManifest>,
     pub compression: CompressionInfo,
     pub encryption: EncryptionInfo,
     /// How `tables[].rows` was measured: "exact", "estimate" or "off".
     pub row_counts: String,
     pub tables: Vec<TableCount>,
     pub drctl_version: String,
+}
+
+/// The object holding the server's manifest when it is stored on its own.
+pub const SERVER_MANIFEST_OBJECT: &str = "backup_manifest";
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerManifest {
+    /// Its own object, named `backup_manifest` (drctl's replication client).
+    Object,
+    /// A `backup_manifest` file inside the base archive (pg_basebackup).
+    InBase,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -221,6 +238,7 @@ mod tests {
                 oid: 16390,
                 location: "/srv/ts1".into(),
             }],
+            server_manifest: Some(ServerManifest::Object),
             drctl_version: "0.1.0".into(),
         };
         let back = Manifest::from_json(m.to_json().as_bytes()).unwrap();

@@ -125,6 +125,14 @@ pub struct Outcome {
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
     let repo = crate::backup::open_repo(policy).await?;
     let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
+    inv.note_left_out(&policy.name, plan_from(policy, req, &inv))
+}
+
+fn plan_from(
+    policy: &Policy,
+    req: &Request,
+    inv: &inventory::Inventory,
+) -> Result<(Plan, Manifest)> {
     plan::refuse_future(
         &req.target,
         jiff::Timestamp::now(),

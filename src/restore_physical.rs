@@ -555,6 +555,16 @@ pub async fn window(repo: &dyn Repository, policy: &str) -> Result<Window> {
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Reach)> {
     let repo = crate::backup::open_repo(policy).await?;
     let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
+    let planned = plan_from(policy, req, &*repo, &inv).await;
+    inv.note_left_out(&policy.name, planned)
+}
+
+async fn plan_from(
+    policy: &Policy,
+    req: &Request,
+    repo: &dyn Repository,
+    inv: &inventory::Inventory,
+) -> Result<(Plan, Manifest, Reach)> {
     let physical: Vec<&Manifest> = inv
         .complete
         .iter()
@@ -568,77 +578,89 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
         })
         .collect();
     let seg_size = segment_size(physical.iter().copied());
-    let archive = read_archive(&*repo, &policy.name, seg_size).await?;
-    let window = window_of(&physical, &archive)?;
-    plan::refuse_future(&req.target, Timestamp::now(), &window.describe()).map_err(usage)?;
-    if let Target::Time(t) = req.target {
-        check_in_window(t, &window)?;
-    }
-    let choice = plan::choose(&cands, &req.target).map_err(|e| match req.target {
-        Target::Latest => anyhow!(e),
-        _ => usage(e),
-    })?;
-    let m = (*physical
-        .iter()
-        .find(|m| m.id == choice.id)
-        .expect("chosen from the inventory"))
-    .clone();
-    let target = match req.target {
-        Target::Time(t) => Some(t),
-        _ => None,
-    };
-    let r = reach_toward(&m, &archive, target)?;
-    if !r.reaches_stop {
-        bail!(
-            "backup {} cannot be restored: WAL from its start {} to its stop {} is not all in the archive (missing {})",
-            m.id,
-            m.wal.as_ref().map(|w| w.start_segment.as_str()).unwrap_or("?"),
-            m.wal.as_ref().map(|w| w.stop_segment.as_str()).unwrap_or("?"),
-            r.gap_at.as_deref().unwrap_or("?")
-        );
-    }
-    let end = r.end.map_or(m.consistent_at, |e| e.max(m.consistent_at));
-    let target_time = match req.target {
-        Target::Time(t) => {
-            if t > end {
-                // The window said yes, this backup's WAL says no: the
-                // archive changed under us, or a timeline ends early.
-                return Err(usage(format!(
-                    "{} is past the WAL reachable from backup {} (it ends at {}); recoverable window: {}",
-                    rfc3339(t),
-                    m.id,
-                    rfc3339(end),
-                    window.describe()
-                )));
-            }
-            t
-        }
-        _ => end,
-    };
-    let segs = r.segments_until(match req.target {
-        Target::Time(_) => Some(target_time),
-        _ => None,
+    let archive = read_archive(repo, &policy.name, seg_size).await?;
+    // A sidecar that fails its seal hides its segment: a refusal says so.
+    let wal_note = (!archive.corrupt.is_empty()).then(|| {
+        format!(
+            "WAL left out because it is corrupt, never replayed: {}; run `drctl verify {}`",
+            archive.corrupt.join(", "),
+            policy.name
+        )
     });
-    let tablespaces = place_tablespaces(&m.tablespaces, &req.tablespace_map).map_err(usage)?;
-    Ok((
-        Plan {
-            // Replay stops at the target itself: nothing committed before it is lost.
-            gap_seconds: matches!(req.target, Target::Time(_)).then_some(0),
-            wal_segments: segs,
-            target: req.target_dir.as_ref().map(|d| d.display().to_string()),
-            window_start: window.newest().map(|w| w.printed().0),
-            window_end: window.newest().map(|w| w.printed().1),
-            windows: Some(window.ranges.iter().map(RangeJson::from).collect()),
-            last_commit_at: window
-                .newest()
-                .and_then(|r| r.last_commit)
-                .map(crate::timeparse::rfc3339_exact),
-            tablespaces,
-            ..Plan::new(policy, &m, target_time, req.dry_run)
-        },
-        m,
-        r,
-    ))
+    let planned: Result<(Plan, Manifest, Reach)> = async {
+        let window = window_of(&physical, &archive)?;
+        plan::refuse_future(&req.target, Timestamp::now(), &window.describe()).map_err(usage)?;
+        if let Target::Time(t) = req.target {
+            check_in_window(t, &window)?;
+        }
+        let choice = plan::choose(&cands, &req.target).map_err(|e| match req.target {
+            Target::Latest => anyhow!(e),
+            _ => usage(e),
+        })?;
+        let m = (*physical
+            .iter()
+            .find(|m| m.id == choice.id)
+            .expect("chosen from the inventory"))
+        .clone();
+        let target = match req.target {
+            Target::Time(t) => Some(t),
+            _ => None,
+        };
+        let r = reach_toward(&m, &archive, target)?;
+        if !r.reaches_stop {
+            bail!(
+                "backup {} cannot be restored: WAL from its start {} to its stop {} is not all in the archive (missing {})",
+                m.id,
+                m.wal.as_ref().map(|w| w.start_segment.as_str()).unwrap_or("?"),
+                m.wal.as_ref().map(|w| w.stop_segment.as_str()).unwrap_or("?"),
+                r.gap_at.as_deref().unwrap_or("?")
+            );
+        }
+        let end = r.end.map_or(m.consistent_at, |e| e.max(m.consistent_at));
+        let target_time = match req.target {
+            Target::Time(t) => {
+                if t > end {
+                    // The window said yes, this backup's WAL says no: the
+                    // archive changed under us, or a timeline ends early.
+                    return Err(usage(format!(
+                        "{} is past the WAL reachable from backup {} (it ends at {}); recoverable window: {}",
+                        rfc3339(t),
+                        m.id,
+                        rfc3339(end),
+                        window.describe()
+                    )));
+                }
+                t
+            }
+            _ => end,
+        };
+        let segs = r.segments_until(match req.target {
+            Target::Time(_) => Some(target_time),
+            _ => None,
+        });
+        let tablespaces = place_tablespaces(&m.tablespaces, &req.tablespace_map).map_err(usage)?;
+        Ok((
+            Plan {
+                // Replay stops at the target itself: nothing committed before it is lost.
+                gap_seconds: matches!(req.target, Target::Time(_)).then_some(0),
+                wal_segments: segs,
+                target: req.target_dir.as_ref().map(|d| d.display().to_string()),
+                window_start: window.newest().map(|w| w.printed().0),
+                window_end: window.newest().map(|w| w.printed().1),
+                windows: Some(window.ranges.iter().map(RangeJson::from).collect()),
+                last_commit_at: window
+                    .newest()
+                    .and_then(|r| r.last_commit)
+                    .map(crate::timeparse::rfc3339_exact),
+                tablespaces,
+                ..Plan::new(policy, &m, target_time, req.dry_run)
+            },
+            m,
+            r,
+        ))
+    }
+    .await;
+    crate::error::noted(planned, wal_note)
 }
 
 pub fn is_root() -> bool {
@@ -747,35 +769,82 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .with_context(|| format!("cannot set the mode of {}", d.display()))?;
     }
-    let result = async {
-        extract(policy, &m, &plan.tablespaces, &ids, &dir).await?;
-        write_recovery(policy, req, &plan, &dir, &identity)?;
-        if req.start {
-            start_and_wait(&dir, req.port, &plan, req.keep_archiving)
-                .await
-                .map(Some)
-        } else {
-            Ok(None)
-        }
+    let prepared = async {
+        let repo = crate::backup::open_repo(policy).await?;
+        extract(&*repo, &m, &plan.tablespaces, &ids, &dir).await?;
+        verify_restored(&m, &dir).await?;
+        write_recovery(policy, req, &plan, &dir, &identity)
     }
     .await;
-    match result {
-        Ok(reached_at) => Ok(Outcome {
-            plan,
-            created_database: false,
-            duration_seconds: started.elapsed().as_secs_f64(),
-            reached_at,
-        }),
-        Err(e) => {
-            // A half-extracted directory must not be mistaken for a restore.
-            if !req.start {
-                for (d, created) in &dirs {
-                    let _ = clear_dir(d, *created);
-                }
-            }
-            Err(e)
+    if let Err(e) = prepared {
+        // A half-extracted or unproven directory must not be mistaken for
+        // a restore.
+        for (d, created) in &dirs {
+            let _ = clear_dir(d, *created);
         }
+        return Err(e);
     }
+    // A server that was started keeps its directory (and log) for a look.
+    let reached_at = if req.start {
+        Some(start_and_wait(&dir, req.port, &plan, req.keep_archiving).await?)
+    } else {
+        None
+    };
+    Ok(Outcome {
+        plan,
+        created_database: false,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        reached_at,
+    })
+}
+
+/// Prove a freshly extracted directory with PostgreSQL's own tool: every
+/// file the server sent, by size and SHA256 from the server's backup
+/// manifest, and the WAL from start to stop parsed by pg_waldump. A
+/// difference fails naming the file. Backups taken before drctl asked for
+/// the server's manifest have none to check against: a note says so.
+pub async fn verify_restored(m: &Manifest, dir: &Path) -> Result<()> {
+    if m.server_manifest.is_none() {
+        tracing::info!(
+            backup = %m.id,
+            "this backup has no server manifest (taken by an older drctl): pg_verifybackup skipped"
+        );
+        return Ok(());
+    }
+    let run = |parse_wal: bool| {
+        let mut c = tokio::process::Command::new("pg_verifybackup");
+        c.arg("--quiet");
+        if !parse_wal {
+            c.arg("--no-parse-wal");
+        }
+        c.arg(dir)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+    };
+    let out = run(true).await.map_err(|e| {
+        anyhow!("cannot run pg_verifybackup to check the restored directory (install the PostgreSQL 15 client tools): {e}")
+    })?;
+    let out =
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("pg_waldump") {
+            // pg_waldump comes with the server package; without it the files
+            // are still checked, the WAL is not.
+            tracing::warn!(
+                "pg_waldump is not installed: pg_verifybackup checks the files but not the WAL"
+            );
+            run(false).await?
+        } else {
+            out
+        };
+    if !out.status.success() {
+        bail!(
+            "backup {}: the restored files differ from what the server sent (pg_verifybackup {}): {}",
+            m.id,
+            dir.display(),
+            crate::pg::stderr_summary(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 fn empty_or_absent(d: &Path) -> Result<bool> {
@@ -805,22 +874,26 @@ fn clear_dir(dir: &Path, remove_self: bool) -> std::io::Result<()> {
 
 /// Extract the data directory into `dir` and each tablespace into its
 /// placement, pointing `pg_tblspc/<oid>` there.
-async fn extract(
-    policy: &Policy,
+pub async fn extract(
+    repo: &dyn Repository,
     m: &Manifest,
     places: &[TablespacePlacement],
     ids: &[age::x25519::Identity],
     dir: &Path,
 ) -> Result<()> {
-    let repo = crate::backup::open_repo(policy).await?;
     let links: BTreeMap<String, PathBuf> = places
         .iter()
         .map(|t| (t.oid.to_string(), PathBuf::from(&t.restore_to)))
         .collect();
     let mut jobs = Vec::new();
+    let mut server_manifest = None;
     for obj in &m.objects {
         let into = match obj.name.strip_prefix("tablespace-") {
             None if obj.name == "base" => dir.to_path_buf(),
+            None if obj.name == crate::manifest::SERVER_MANIFEST_OBJECT => {
+                server_manifest = Some(obj.clone());
+                continue;
+            }
             None => bail!(
                 "backup {} has an object {} this drctl does not know",
                 m.id,
@@ -861,13 +934,35 @@ async fn extract(
             let u = untar
                 .join()
                 .map_err(|_| anyhow!("tar extraction panicked"))?;
+            let key = &obj.key;
             r.map_err(|e| match e {
                 DecodeError::WrongKey => usage(format!("the identity does not match backup {id}")),
-                DecodeError::Corrupt(why) => anyhow!("backup {id} is corrupt: {why}"),
+                DecodeError::Corrupt(why) => anyhow!("backup {id} is corrupt: {key}: {why}"),
                 DecodeError::Sink(e) => anyhow!("extracting into {}: {e}", into.display()),
-                DecodeError::Io(e) => anyhow!("reading backup {id} from the repository: {e}"),
+                DecodeError::Io(e) => {
+                    anyhow!("reading {key} of backup {id} from the repository: {e}")
+                }
             })?;
             u.with_context(|| format!("extracting into {}", into.display()))?;
+            Ok(())
+        })
+        .await
+        .context("extraction panicked")??;
+    }
+    if let Some(obj) = server_manifest {
+        // Where pg_basebackup leaves it too; the server ignores it.
+        let reader = repo.reader(&obj.key).await?;
+        let (ids, id, path) = (ids.to_vec(), m.id.clone(), dir.join("backup_manifest"));
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            pipeline::decode(reader, &ids, &obj, &mut f, false, &|_| {})
+                .map_err(|e| anyhow!("backup {id}: its server manifest ({}): {e}", obj.key))?;
             Ok(())
         })
         .await

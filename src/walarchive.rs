@@ -45,6 +45,32 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 
 /// Archive one file. Never overwrites: identical content is success,
 /// different content an error.
+/// What a killed wal-push of this same file left (temp files, unfinished
+/// uploads for `keys`). PostgreSQL archives one file at a time, so nothing
+/// writes them now; were something to, its commit would fail loudly, never
+/// succeed falsely. Best effort: the prune sweep catches the rest later.
+async fn remove_own_leftovers(repo: &dyn crate::repo::Repository, keys: &[&str]) {
+    let Some((dir, _)) = keys.first().and_then(|k| k.rsplit_once('/')) else {
+        return;
+    };
+    let found = match repo.leftovers(&format!("{dir}/")).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("cannot list leftovers in {dir}: {e:#}");
+            return;
+        }
+    };
+    for l in found
+        .iter()
+        .filter(|l| keys.iter().any(|k| wal::is_leftover_of(&l.key, k)))
+    {
+        match repo.remove_leftover(l).await {
+            Ok(()) => tracing::info!(key = %l.key, "removed what an interrupted wal-push left"),
+            Err(e) => tracing::warn!(key = %l.key, "cannot remove a leftover: {e:#}"),
+        }
+    }
+}
+
 pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     check_method(policy)?;
     let file_name = path
@@ -76,7 +102,9 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
         );
     }
     crate::repo::ensure_initialized(&*repo).await?;
-    let writer = repo.writer(&wal::object_key(&policy.name, &w)).await?;
+    let obj_key = wal::object_key(&policy.name, &w);
+    remove_own_leftovers(&*repo, &[&obj_key, &side_key]).await;
+    let writer = repo.writer(&obj_key).await?;
     let level = policy.wal_compression_level();
     let threads = policy.compression_threads();
     let p = path.to_path_buf();

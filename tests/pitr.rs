@@ -238,6 +238,10 @@ fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
             .is_some_and(|v| v.starts_with("15")),
         "{show2}"
     );
+    // Each path keeps the server's manifest, so both restores below were
+    // proven by pg_verifybackup (which fails without it).
+    assert_eq!(show["manifest"]["server_manifest"], "object");
+    assert_eq!(show2["manifest"]["server_manifest"], "in_base");
     let (s3, r) = restore(&d, &["--latest"]);
     let r = r.ok();
     assert!(r.stdout.contains(&id2), "{}", r.stdout);

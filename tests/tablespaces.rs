@@ -117,7 +117,17 @@ fn a_cluster_with_a_tablespace_restores_with_the_tablespace_relocated() {
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["base".to_string(), format!("tablespace-{oid}")]);
+    // The server's own manifest comes last: restores prove the restored
+    // directory with pg_verifybackup against it.
+    assert_eq!(
+        names,
+        [
+            "base".to_string(),
+            format!("tablespace-{oid}"),
+            "backup_manifest".into()
+        ]
+    );
+    assert_eq!(m["server_manifest"], "object");
     for f in d.repo_files("") {
         let bytes = std::fs::read(&f).unwrap();
         assert!(

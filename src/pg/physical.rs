@@ -195,6 +195,7 @@ struct Streamed {
     points: Option<Points>,
     /// pg_basebackup's version, when it was used.
     tool: Option<String>,
+    server_manifest: manifest::ServerManifest,
 }
 
 pub async fn backup(
@@ -251,6 +252,7 @@ async fn with_pg_basebackup(
     // backup restores on its own; the archive is still awaited below so
     // that the chain for point-in-time recovery has no hole.
     cmd.args(["-D", "-", "-Ft", "-X", "fetch", "-c", "fast", "-v", "-w"])
+        .arg("--manifest-checksums=SHA256")
         .arg(format!("--label=drctl {id}"))
         .arg(format!("--dbname={}", conn.url))
         .stdin(Stdio::null())
@@ -283,6 +285,9 @@ async fn with_pg_basebackup(
         tablespaces: Vec::new(),
         points: parse_points(&stderr),
         tool: Some(super::tool_version("pg_basebackup").await?),
+        // Writing a tar to stdout, pg_basebackup puts its manifest into
+        // the base archive.
+        server_manifest: manifest::ServerManifest::InBase,
     })
 }
 
@@ -345,7 +350,9 @@ async fn over_replication(
         let mut objects = Vec::new();
         let mut tablespaces = Vec::new();
         while let Some(h) = bb.next_archive()? {
-            let name = if h.location.is_empty() {
+            let name = if h.is_manifest {
+                manifest::SERVER_MANIFEST_OBJECT.to_string()
+            } else if h.location.is_empty() {
                 "base".to_string()
             } else {
                 let oid = h
@@ -364,7 +371,11 @@ async fn over_replication(
                 tablespaces.push(t);
                 name
             };
-            let key = format!("{prefix}{name}.tar.zst.age");
+            let key = if h.is_manifest {
+                format!("{prefix}{name}.zst.age")
+            } else {
+                format!("{prefix}{name}.tar.zst.age")
+            };
             let writer = handle.block_on(repo2.writer(&key))?;
             written2.lock().expect("not poisoned").push(key.clone());
             let bar = crate::progress::bytes_bar("base backup");
@@ -372,7 +383,7 @@ async fn over_replication(
                 bar.set_position(n);
                 !crate::cancel::requested()
             };
-            let d = if server_zstd {
+            let d = if server_zstd && !h.is_manifest {
                 crate::pipeline::encode_compressed(&mut bb, writer, &recips, &progress)
             } else {
                 crate::pipeline::encode(&mut bb, writer, &opts, &progress, &mut || Ok(()))
@@ -385,6 +396,12 @@ async fn over_replication(
         let stop_lsn = bb.finish()?;
         // The data directory first: that is the order a reader expects.
         objects.sort_by_key(|o| o.name != "base");
+        if !objects
+            .iter()
+            .any(|o| o.name == manifest::SERVER_MANIFEST_OBJECT)
+        {
+            bail!("the server sent no backup manifest");
+        }
         Ok(Streamed {
             objects,
             tablespaces,
@@ -394,6 +411,7 @@ async fn over_replication(
                 stop_lsn,
             }),
             tool: None,
+            server_manifest: manifest::ServerManifest::Object,
         })
     })
     .await
@@ -483,6 +501,7 @@ async fn finish(
         }),
         objects: streamed.objects,
         tablespaces: streamed.tablespaces,
+        server_manifest: Some(streamed.server_manifest),
         compression: crate::backup::compression_info(policy),
         encryption: crate::backup::encryption_info(recipients),
         row_counts: row_counts.into(),

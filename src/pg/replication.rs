@@ -466,6 +466,9 @@ pub struct ArchiveHeader {
     pub name: String,
     /// The tablespace's directory on the server; empty for the data directory.
     pub location: String,
+    /// The server's backup manifest (`backup_manifest`, plain JSON, never
+    /// compressed by the server), sent after the last archive.
+    pub is_manifest: bool,
 }
 
 /// A base backup in flight. Archives are read in the order the server sends
@@ -505,8 +508,10 @@ impl BaseBackup {
         // WAIT false: the server does not wait for its stop segment to be
         // archived, which with a failing archive_command is forever; drctl
         // waits for the archive itself, bounded by archive_timeout.
+        // The server's manifest (SHA256 of every file it sent) comes last,
+        // so that pg_verifybackup can prove a restored directory.
         let cmd = format!(
-            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'no', TABLESPACE_MAP false{compression})",
+            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'SHA256', TABLESPACE_MAP false{compression})",
             quote(label)
         );
         let mut q = cmd.into_bytes();
@@ -548,6 +553,7 @@ impl BaseBackup {
                             let header = ArchiveHeader {
                                 name: parts.next().unwrap_or_default(),
                                 location: parts.next().unwrap_or_default(),
+                                is_manifest: false,
                             };
                             self.in_archive = false;
                             self.next = Some(header);
@@ -563,7 +569,15 @@ impl BaseBackup {
                             return Ok(());
                         }
                         b'p' => {}
-                        b'm' => bail!("the server sent a backup manifest that was not asked for"),
+                        b'm' => {
+                            self.in_archive = false;
+                            self.next = Some(ArchiveHeader {
+                                name: "backup_manifest".into(),
+                                location: String::new(),
+                                is_manifest: true,
+                            });
+                            return Ok(());
+                        }
                         k => bail!("unknown base backup message '{}'", *k as char),
                     }
                 }

@@ -4,6 +4,8 @@
 //! failing test cleans up too.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ pub fn pg_tool(name: &str) -> PathBuf {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
