@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Drctl, PgCluster};
+use common::{wait_archived, Drctl, PgCluster};
 
 const CHECKS: &str = r#"
 [drill]
@@ -344,21 +344,6 @@ fn a_killed_drill_leaves_no_scratch_server_behind() {
     // The sweep at its start removed what the killed drill left.
     let leftovers = scratch_dirs(&d);
     assert!(leftovers.is_empty(), "stale scratch dirs: {leftovers:?}");
-}
-
-fn wait_archived(pg: &PgCluster, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pg
-        .query(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        )
-        .as_str()
-        < name
-    {
-        assert!(Instant::now() < deadline, "{name} never archived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A PITR drill to a time between two batches passes a count check that

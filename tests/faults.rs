@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use common::proxy::FaultProxy;
-use common::{Drctl, PgCluster, S3Server};
+use common::{archiving_cluster, wait_archived, Drctl, PgCluster, Restored, S3Server};
 
 fn seed(test: &str) -> u64 {
     let s = std::env::var("DRCTL_FAULT_SEED")
@@ -50,28 +50,6 @@ fn chaos_line(test: &str, faults: u64, backups: (u64, u64, u64), restores_equal:
     eprintln!(
         "chaos: test={test} faults={faults} backups_attempted={attempted} backups_complete={complete} backups_failed={failed} restores_equal={restores_equal}"
     );
-}
-
-fn archiving_cluster(d: &Drctl, policy: &str) -> PgCluster {
-    PgCluster::start_conf(&["archive_mode = on".into(), d.archive_command(policy)])
-}
-
-fn wait_archived(pg: &PgCluster, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let last = pg.query(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.as_str() >= name {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never archived (last {last})"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Switch to a new WAL segment and wait until the one written is archived.
@@ -109,29 +87,6 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// A restored server, stopped when the test ends however it ends.
-struct Restored {
-    dir: PathBuf,
-    port: u16,
-    _parent: tempfile::TempDir,
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = common::as_owner(&common::pg_tool("pg_ctl"))
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
-
-impl Restored {
-    fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-}
-
 /// `restore POLICY <to...> --target-dir <new> --start`.
 fn restore_started(
     d: &Drctl,
@@ -139,36 +94,26 @@ fn restore_started(
     to: &[&str],
     extra: &[&str],
 ) -> (Restored, common::Run) {
-    let parent = tempfile::tempdir().unwrap();
-    common::give_to_owner(parent.path());
-    let dir = parent.path().join("data");
-    let port = common::free_port();
-    let (dir_s, port_s, id) = (
-        dir.display().to_string(),
-        port.to_string(),
+    let server = Restored::new();
+    let (dir, port, id) = (
+        server.dir.display().to_string(),
+        server.port.to_string(),
         d.identity_arg(),
     );
     let mut args = vec!["restore", policy];
     args.extend_from_slice(to);
     args.extend_from_slice(&[
         "--target-dir",
-        &dir_s,
+        &dir,
         "--identity",
         &id,
         "--start",
         "--port",
-        &port_s,
+        &port,
     ]);
     args.extend_from_slice(extra);
     let r = d.run(&args);
-    (
-        Restored {
-            dir,
-            port,
-            _parent: parent,
-        },
-        r,
-    )
+    (server, r)
 }
 
 fn temps_under(dir: &Path) -> Vec<PathBuf> {
@@ -305,8 +250,38 @@ fn s3_faults_on_a_quarter_of_requests_are_retried_and_every_restore_is_equal() {
     chaos_line("s3", backup_faults + restore_faults, (2, 2, 0), 2);
 }
 
-/// Kill `args` at `points` random moments in (0, its undisturbed time);
-/// returns that time and how many kills found it still running.
+/// Kill runs of `args(n)` (n counts attempts) at random moments in
+/// (0, `full`) until `points` kills found the process running (a run that
+/// finished first is no kill), calling `after` after each; returns the
+/// attempts. Bounded: at most four attempts per point.
+fn kill_until_landed(
+    d: &Drctl,
+    args: &dyn Fn(usize) -> Vec<String>,
+    full: Duration,
+    rng: &mut impl Rng,
+    points: usize,
+    after: &mut dyn FnMut(&[&str]),
+) -> usize {
+    let (mut landed, mut attempts) = (0, 0);
+    while landed < points {
+        let a = args(attempts);
+        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        assert!(
+            attempts < points * 4,
+            "only {landed} of {attempts} kills found {a:?} running"
+        );
+        let mut child = spawn(d, &a);
+        std::thread::sleep(full.mul_f64(rng.random_range(0.03..0.97)));
+        landed += usize::from(child.try_wait().unwrap().is_none());
+        kill9(&mut child);
+        after(&a);
+        attempts += 1;
+    }
+    attempts
+}
+
+/// Time one undisturbed run of `args`, then kill runs of it at `points`
+/// random moments; returns (that time, attempts).
 fn kill_at_random_points(
     d: &Drctl,
     args: &[&str],
@@ -318,15 +293,9 @@ fn kill_at_random_points(
     let st = child.wait().unwrap();
     let full = t0.elapsed();
     assert!(st.success(), "{args:?} failed undisturbed");
-    let mut landed = 0;
-    for _ in 0..points {
-        let at = full.mul_f64(rng.random_range(0.03..0.97));
-        let mut child = spawn(d, args);
-        std::thread::sleep(at);
-        landed += usize::from(child.try_wait().unwrap().is_none());
-        kill9(&mut child);
-    }
-    (full, landed)
+    let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let attempts = kill_until_landed(d, &|_| owned.clone(), full, rng, points, &mut |_| {});
+    (full, attempts)
 }
 
 /// Every backup listed as complete verifies: nothing partial is listed.
@@ -362,9 +331,9 @@ fn kill_9_at_seeded_points_loses_nothing_and_the_next_run_leaves_nothing() {
     pg.psql("postgres", BIG_SQL);
     switch_and_archive(&pg);
 
-    let (dump_time, dump_landed) = kill_at_random_points(&d, &["backup", "shop"], &mut rng, 10);
+    let (dump_time, dump_attempts) = kill_at_random_points(&d, &["backup", "shop"], &mut rng, 10);
     listed_complete_all_verify(&d, "shop");
-    let (phys_time, phys_landed) = kill_at_random_points(&d, &["backup", "phys"], &mut rng, 10);
+    let (phys_time, phys_attempts) = kill_at_random_points(&d, &["backup", "phys"], &mut rng, 10);
     listed_complete_all_verify(&d, "phys");
 
     // wal-push of real segments (copies, readable by the cluster owner)
@@ -403,29 +372,11 @@ fn kill_9_at_seeded_points_loses_nothing_and_the_next_run_leaves_nothing() {
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     d.run(&args).ok();
     let push_time = t0.elapsed();
-    let mut push_landed = 0;
-    for i in 0..10 {
-        let seg = &segs[1 + i % (segs.len() - 1)];
-        let args = push(seg);
-        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let mut child = spawn(&d, &args);
-        std::thread::sleep(push_time.mul_f64(rng.random_range(0.03..0.97)));
-        push_landed += usize::from(child.try_wait().unwrap().is_none());
-        kill9(&mut child);
-        // The retry is durable, and it removed what the killed push left.
-        d.run(&args).ok();
-    }
-    // Most seeded points fall inside the run (a late one may find it done).
-    for (what, landed) in [
-        ("dump", dump_landed),
-        ("physical", phys_landed),
-        ("wal-push", push_landed),
-    ] {
-        assert!(
-            landed >= 6,
-            "only {landed} of 10 kills hit a running {what}"
-        );
-    }
+    let seg_args = |n: usize| push(&segs[1 + n % (segs.len() - 1)]);
+    // The retry is durable, and it removed what the killed push left.
+    let push_attempts = kill_until_landed(&d, &seg_args, push_time, &mut rng, 10, &mut |a| {
+        d.run(a).ok();
+    });
     let walk_wal = d.repo_dir().join("walk/wal");
     assert_eq!(temps_under(&walk_wal), Vec::<PathBuf>::new());
     for seg in &segs[..segs.len().min(11)] {
@@ -481,16 +432,18 @@ fn kill_9_at_seeded_points_loses_nothing_and_the_next_run_leaves_nothing() {
     ])
     .ok();
     assert_eq!(pg.fingerprint("shop_copy"), want);
-    let kills = (dump_landed + phys_landed + push_landed) as u64;
-    // 2 undisturbed, 20 killed, 2 after: every one listed complete verified.
+    // Each kind: one undisturbed run, then kills until 10 hit a running
+    // process; then one more backup each. Every backup listed complete
+    // verified; the rest are listed as failed or not at all.
+    let attempted = (2 + dump_attempts + phys_attempts + 2) as u64;
     chaos_line(
         "kill9",
-        kills,
-        (24, complete as u64, 24 - complete as u64),
+        30,
+        (attempted, complete as u64, attempted - complete as u64),
         1 + segs.len().min(11) as u64,
     );
     eprintln!(
-        "kill -9 of running processes: {dump_landed}/10 dump (undisturbed {dump_time:?}), {phys_landed}/10 physical ({phys_time:?}), {push_landed}/10 wal-push ({push_time:?}); {complete} complete backups, all verified"
+        "kill -9 of running processes: 10 dump in {dump_attempts} runs (undisturbed {dump_time:?}), 10 physical in {phys_attempts} ({phys_time:?}), 10 wal-push in {push_attempts} ({push_time:?}); {complete} complete backups, all verified"
     );
 }
 
@@ -545,16 +498,26 @@ fn other_digit(s: &str) -> String {
     format!("{}{d}{}", &s[..i], &s[i + 1..])
 }
 
-#[test]
-fn a_flipped_byte_in_each_kind_of_stored_file_is_caught_by_verify_deep_verify_and_restore() {
+/// A cluster archiving into physical policy "phys", with a table t of
+/// `rows` rows (analyzed, so the manifest has its estimate, and written
+/// out, so its file holds them).
+fn physical_with_table(rows: u32) -> (Drctl, PgCluster) {
     let d = Drctl::for_owner();
     let pg = archiving_cluster(&d, "phys");
     d.write_physical_policy("phys", &pg.url("postgres"));
     common::give_to_owner(d.path());
     pg.psql(
         "postgres",
-        "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 100000) g; ANALYZE t;",
+        &format!(
+            "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, {rows}) g; ANALYZE t; CHECKPOINT;"
+        ),
     );
+    (d, pg)
+}
+
+#[test]
+fn a_flipped_byte_in_each_kind_of_stored_file_is_caught_by_verify_deep_verify_and_restore() {
+    let (d, pg) = physical_with_table(100000);
     switch_and_archive(&pg);
     let id = d.backup("phys");
     pg.psql(
@@ -751,14 +714,7 @@ fn sha256_hex(b: &[u8]) -> String {
 
 #[test]
 fn a_backup_that_agrees_with_its_own_checksums_but_not_with_the_server_fails_pg_verifybackup() {
-    let d = Drctl::for_owner();
-    let pg = archiving_cluster(&d, "phys");
-    d.write_physical_policy("phys", &pg.url("postgres"));
-    common::give_to_owner(d.path());
-    pg.psql(
-        "postgres",
-        "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 20000) g; CHECKPOINT;",
-    );
+    let (d, pg) = physical_with_table(20000);
     let rel = pg.query("postgres", "SELECT pg_relation_filepath('t')");
     switch_and_archive(&pg);
     let id = d.backup("phys");

@@ -5,54 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Drctl, PgCluster};
-
-fn archiving_cluster(d: &Drctl, policy: &str) -> PgCluster {
-    PgCluster::start_conf(&["archive_mode = on".into(), d.archive_command(policy)])
-}
+use common::{archiving_cluster, wait_archived, Drctl, PgCluster, Restored};
 
 /// pg_ctl as the cluster owner.
 fn pg_ctl() -> Command {
     common::as_owner(&common::pg_tool("pg_ctl"))
-}
-
-fn wait_archived(pg: &PgCluster, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let last = pg.query(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.as_str() >= name {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never archived (last {last})"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A restored server, stopped when the test ends however it ends.
-struct Restored {
-    dir: PathBuf,
-    port: u16,
-    _parent: tempfile::TempDir,
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = pg_ctl()
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
 }
 
 impl Restored {
@@ -84,28 +45,18 @@ fn restore(d: &Drctl, to: &[&str]) -> (Restored, common::Run) {
 }
 
 fn restore_with(d: &Drctl, to: &[&str], start: bool) -> (Restored, common::Run) {
-    let parent = tempfile::tempdir().unwrap();
-    common::give_to_owner(parent.path());
-    let dir = parent.path().join("data");
-    let port = common::free_port();
+    let server = Restored::new();
     let mut args = vec!["restore", "pitr"];
     args.extend_from_slice(to);
-    let dir_s = dir.display().to_string();
-    let port_s = port.to_string();
+    let dir_s = server.dir.display().to_string();
+    let port_s = server.port.to_string();
     let id = d.identity_arg();
     args.extend_from_slice(&["--target-dir", &dir_s, "--identity", &id]);
     if start {
         args.extend_from_slice(&["--start", "--port", &port_s]);
     }
     let r = d.run(&args);
-    (
-        Restored {
-            dir,
-            port,
-            _parent: parent,
-        },
-        r,
-    )
+    (server, r)
 }
 
 fn server_now(pg: &PgCluster) -> String {

@@ -7,39 +7,16 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{Drctl, PgCluster};
+use common::{wait_archived, Drctl, PgCluster};
 
 const SECRET: &str = "repl-Secret-4411";
 
-/// A restored server, stopped when the test ends however it ends.
-struct Restored {
-    dir: PathBuf,
-}
+struct StopOnDrop(PathBuf);
 
-impl Drop for Restored {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = common::as_owner(&common::pg_tool("pg_ctl"))
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
-
-fn wait_archived(pg: &PgCluster, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pg
-        .query(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        )
-        .as_str()
-        < name
-    {
-        assert!(Instant::now() < deadline, "{name} never archived");
-        std::thread::sleep(Duration::from_millis(100));
+        common::stop_server(&self.0);
     }
 }
 
@@ -189,9 +166,8 @@ fn a_cluster_with_a_tablespace_restores_with_the_tablespace_relocated() {
 
     let port = common::free_port();
     let map = format!("{}={}", ts_dir.display(), new_ts.display());
-    let _server = Restored {
-        dir: target.clone(),
-    };
+    // Stops the restored server however the test ends.
+    let _server = StopOnDrop(target.clone());
     d.run(&[
         "restore",
         "ts",

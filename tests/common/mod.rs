@@ -732,3 +732,69 @@ pub fn webhook() -> (
     });
     (url, got)
 }
+
+/// A cluster whose archive_command is `drctl wal-push POLICY`.
+pub fn archiving_cluster(d: &Drctl, policy: &str) -> PgCluster {
+    PgCluster::start_conf(&["archive_mode = on".into(), d.archive_command(policy)])
+}
+
+/// Wait (at most 90 s) until the server reports `name` or a later WAL file
+/// archived.
+pub fn wait_archived(pg: &PgCluster, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let last = pg.query(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if last.as_str() >= name {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never archived (last {last})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stop a server drctl restored (immediate: it is thrown away), whatever
+/// state it is in.
+pub fn stop_server(dir: &Path) {
+    let _ = as_owner(&pg_tool("pg_ctl"))
+        .arg("-D")
+        .arg(dir)
+        .args(["-m", "immediate", "-w", "stop"])
+        .output();
+}
+
+/// A data directory for a restore (in a fresh parent the cluster owner
+/// may write), and the server drctl may start in it: stopped when the test
+/// ends however it ends.
+pub struct Restored {
+    pub dir: PathBuf,
+    pub port: u16,
+    _parent: tempfile::TempDir,
+}
+
+impl Restored {
+    pub fn new() -> Restored {
+        let parent = tempfile::tempdir().unwrap();
+        give_to_owner(parent.path());
+        Restored {
+            dir: parent.path().join("data"),
+            port: free_port(),
+            _parent: parent,
+        }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        stop_server(&self.dir);
+    }
+}
