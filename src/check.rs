@@ -8,7 +8,7 @@
 //! depends on the one before.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
@@ -64,8 +64,8 @@ pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Report> {
         passed: true,
         checks: Vec::new(),
     };
-    let conn = crate::backup::source_conn(policy)?;
-    let repo = crate::backup::open_repo(policy).await?;
+    let conn = policy.source_conn()?;
+    let repo = crate::repo::open_for(policy).await?;
     let physical = policy.backup.method == Method::Physical;
     let user;
     let mut switched = None;
@@ -423,7 +423,7 @@ async fn switch_lands(
     let key = wal::sidecar_key(&policy.name, &w);
     let timeout = policy.archive_timeout();
     let t0 = Instant::now();
-    let mut pause = Duration::from_millis(50);
+    let mut poll = crate::poll::Poll::new(timeout);
     loop {
         if repo.head(&key).await?.is_some() {
             return Ok((
@@ -440,19 +440,18 @@ async fn switch_lands(
             let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
             return fail(format!("archive_command failed on {seg}; {why}"));
         }
-        if crate::cancel::requested() {
-            return fail("cancelled");
+        match poll.next().await {
+            Ok(()) => {}
+            Err(crate::poll::Gave::Cancelled) => return fail("cancelled"),
+            Err(crate::poll::Gave::Up) => {
+                let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
+                return fail(format!(
+                    "{seg} did not reach {} within archive_timeout ({}s); {why}",
+                    repo.url(),
+                    timeout.as_secs()
+                ));
+            }
         }
-        if t0.elapsed() >= timeout {
-            let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
-            return fail(format!(
-                "{seg} did not reach {} within archive_timeout ({}s); {why}",
-                repo.url(),
-                timeout.as_secs()
-            ));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -508,7 +507,7 @@ async fn decodes(
 }
 
 async fn base_backup_wal(repo: &dyn Repository, policy: &str) -> StepResult {
-    let inv = crate::inventory::scan(repo, Some(policy)).await?;
+    let inv = crate::repo::inventory::scan(repo, Some(policy)).await?;
     let Some(newest) = inv
         .complete
         .iter()
@@ -524,8 +523,8 @@ async fn base_backup_wal(repo: &dyn Repository, policy: &str) -> StepResult {
         .as_ref()
         .map(|w| w.segment_size)
         .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
-    let archive = crate::restore_physical::read_archive(repo, policy, seg_size).await?;
-    let r = crate::restore_physical::reach(newest, &archive)?;
+    let archive = crate::wal::archive::read_archive(repo, policy, seg_size).await?;
+    let r = crate::wal::archive::reach(newest, &archive)?;
     if !r.reaches_stop {
         return fail(format!(
             "base backup {} cannot be restored: WAL {} is missing from the archive",

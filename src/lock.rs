@@ -26,6 +26,13 @@ pub struct PolicyLock {
     pub path: PathBuf,
 }
 
+/// This host's name, recorded beside a holder's pid.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn locks_dir(catalog: &Path) -> PathBuf {
     catalog
         .parent()
@@ -149,8 +156,8 @@ pub fn acquire(catalog: &Path, policy: &str, what: &str) -> Result<PolicyLock> {
     let note = format!(
         "{what} by pid {} on {} since {}",
         std::process::id(),
-        crate::catalog::hostname(),
-        crate::timeparse::rfc3339(jiff::Timestamp::now())
+        hostname(),
+        crate::time::parse::rfc3339(jiff::Timestamp::now())
     );
     file.set_len(0)?;
     file.rewind()?;

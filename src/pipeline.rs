@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::ObjectEntry;
+use crate::repo::manifest::ObjectEntry;
 use crate::repo::ObjectWriter;
 
 const BUF: usize = 1 << 20;

@@ -12,7 +12,7 @@ use jiff::SignedDuration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::timeparse::parse_duration;
+use crate::time::parse::parse_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,6 +188,17 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy's source database (`[source] url`, required).
+    pub fn source_conn(&self) -> anyhow::Result<crate::pg::Conn> {
+        let url = self.source.url.as_deref().ok_or_else(|| {
+            crate::error::usage(format!("{}: source.url is required", self.path.display()))
+        })?;
+        let url = crate::pg::ConnUrl::parse(url).map_err(|e| {
+            crate::error::usage(format!("{}: source.url: {e}", self.path.display()))
+        })?;
+        crate::pg::Conn::new(url, self.source.password_env.as_deref())
+    }
+
     pub fn compression_level(&self) -> i32 {
         self.compression.level.unwrap_or(3)
     }
@@ -563,7 +574,7 @@ fn validate_backup(ctx: &mut Ctx<'_>, b: &Backup, kind: Option<SourceKind>) {
         _ => {}
     }
     if let Some(s) = &b.schedule {
-        if let Err(e) = crate::schedule::Schedule::parse(s) {
+        if let Err(e) = crate::time::schedule::Schedule::parse(s) {
             ctx.add("backup.schedule", e);
         }
     }
@@ -591,7 +602,7 @@ fn check_positive(ctx: &mut Ctx<'_>, key: &str, value: &str) {
 }
 
 fn validate_repository(ctx: &mut Ctx<'_>, r: &Repository) {
-    if let Err(e) = crate::repo::RepoUrl::parse(&r.url) {
+    if let Err(e) = crate::repo::url::RepoUrl::parse(&r.url) {
         ctx.add("repository.url", e);
     }
     if let Some(v) = &r.request_timeout {
@@ -630,7 +641,7 @@ fn validate_recipients(ctx: &mut Ctx<'_>, recipients: &[String]) {
 
 fn validate_drill(ctx: &mut Ctx<'_>, d: &Drill) {
     if let Some(s) = &d.schedule {
-        if let Err(e) = crate::schedule::Schedule::parse(s) {
+        if let Err(e) = crate::time::schedule::Schedule::parse(s) {
             ctx.add("drill.schedule", e);
         }
     }

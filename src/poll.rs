@@ -13,27 +13,87 @@ pub enum Gave {
     Cancelled,
 }
 
-/// Poll `cond` (every 50 ms at first, backing off to 500 ms) until it is
-/// true, `timeout` passes, or cancellation is requested.
+/// The pacing of one bounded wait: each `next` sleeps (20 ms at first,
+/// backing off to `max_pause`) and fails once the deadline has passed or
+/// cancellation was requested. The loop around it keeps its own state and
+/// borrows, so every wait in drctl, simple or not, goes through here.
+pub struct Poll {
+    deadline: Instant,
+    pause: Duration,
+    max_pause: Duration,
+    cancellable: bool,
+}
+
+impl Poll {
+    pub fn new(timeout: Duration) -> Poll {
+        Poll::paced(timeout, Duration::from_millis(500))
+    }
+
+    /// Backing off to `max_pause` (at least 20 ms) between tries.
+    pub fn paced(timeout: Duration, max_pause: Duration) -> Poll {
+        Poll {
+            deadline: Instant::now() + timeout,
+            pause: Duration::from_millis(20).min(max_pause),
+            max_pause: max_pause.max(Duration::from_millis(20)),
+            cancellable: true,
+        }
+    }
+
+    /// A fixed `pause` between tries (remote APIs polled at their pace).
+    pub fn every(timeout: Duration, pause: Duration) -> Poll {
+        Poll {
+            pause,
+            ..Poll::paced(timeout, pause)
+        }
+    }
+
+    /// Cleanup waits run to their deadline even after a cancel request.
+    pub fn through_cancel(self) -> Poll {
+        Poll {
+            cancellable: false,
+            ..self
+        }
+    }
+
+    fn check(&mut self) -> Result<Duration, Gave> {
+        if self.cancellable && crate::cancel::requested() {
+            return Err(Gave::Cancelled);
+        }
+        let now = Instant::now();
+        if now >= self.deadline {
+            return Err(Gave::Up);
+        }
+        let pause = self.pause.min(self.deadline - now);
+        self.pause = (self.pause * 2).min(self.max_pause);
+        Ok(pause)
+    }
+
+    /// Wait before the next try.
+    pub async fn next(&mut self) -> Result<(), Gave> {
+        tokio::time::sleep(self.check()?).await;
+        Ok(())
+    }
+
+    /// `next` for code outside the runtime (Drop, blocking threads).
+    pub fn next_blocking(&mut self) -> Result<(), Gave> {
+        std::thread::sleep(self.check()?);
+        Ok(())
+    }
+}
+
+/// Poll `cond` until it is true, `timeout` passes, or cancellation is
+/// requested.
 pub async fn until<F, Fut>(timeout: Duration, mut cond: F) -> Result<(), Gave>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(50);
+    let mut poll = Poll::new(timeout);
     loop {
         if cond().await {
             return Ok(());
         }
-        if crate::cancel::requested() {
-            return Err(Gave::Cancelled);
-        }
-        if Instant::now() >= deadline {
-            return Err(Gave::Up);
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+        poll.next().await?;
     }
 }
 
@@ -60,5 +120,19 @@ mod tests {
         );
         assert!(t0.elapsed() >= Duration::from_millis(200));
         assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn pauses_back_off_to_their_bound_and_never_pass_the_deadline() {
+        let mut p = Poll::paced(Duration::from_secs(60), Duration::from_millis(100));
+        let pauses: Vec<u128> = (0..5).map(|_| p.check().unwrap().as_millis()).collect();
+        assert_eq!(pauses, [20, 40, 80, 100, 100]);
+        let mut p = Poll::every(Duration::from_secs(60), Duration::from_secs(15));
+        assert_eq!(p.check().unwrap(), Duration::from_secs(15));
+        assert_eq!(p.check().unwrap(), Duration::from_secs(15));
+        let mut p = Poll::new(Duration::from_millis(30));
+        assert!(p.check().unwrap() <= Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(p.next_blocking(), Err(Gave::Up));
     }
 }

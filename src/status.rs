@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::catalog::{BackupRow, Catalog};
 use crate::policy::{Method, Policy};
-use crate::timeparse::rfc3339;
+use crate::time::parse::rfc3339;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PolicyStatus {
@@ -29,14 +29,14 @@ pub struct PolicyStatus {
     /// Physical: every continuous recoverable range, oldest first; WAL gaps
     /// split it, and window_start/window_end are the newest range.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub windows: Option<Vec<crate::restore_physical::RangeJson>>,
+    pub windows: Option<Vec<crate::wal::archive::RangeJson>>,
     /// Physical: the last commit in the newest range (when the archive
     /// recorded commits): between it and window_end nothing changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_commit_at: Option<String>,
     /// Physical: the holes in the WAL archive.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wal_gaps: Option<Vec<crate::restore_physical::Gap>>,
+    pub wal_gaps: Option<Vec<crate::wal::archive::Gap>>,
     pub failures_since_success: u32,
     pub last_error: Option<String>,
     pub last_drill_at: Option<String>,
@@ -58,7 +58,7 @@ pub use crate::pg::archiver::ArchiveHealth;
 /// What a policy's source says about its archiver, bounded in time: None
 /// when it does not answer.
 pub async fn server_archive_health(p: &Policy) -> Option<ArchiveHealth> {
-    let conn = crate::backup::source_conn(p).ok()?;
+    let conn = p.source_conn().ok()?;
     crate::pg::archiver::health(&conn).await
 }
 
@@ -89,7 +89,7 @@ pub fn summarize(
         None => (oldest, newest),
     };
     let next = policy.backup.schedule.as_deref().and_then(|s| {
-        crate::schedule::Schedule::parse(s)
+        crate::time::schedule::Schedule::parse(s)
             .ok()?
             .next_after(now, &policy.timezone())
     });
@@ -134,8 +134,8 @@ pub async fn collect(
         let mut error = None;
         if p.backup.method == Method::Physical {
             let w = async {
-                let repo = crate::backup::open_repo(p).await?;
-                crate::restore_physical::window(&*repo, &p.name).await
+                let repo = crate::repo::open_for(p).await?;
+                crate::wal::archive::window(&*repo, &p.name).await
             }
             .await;
             match w {
@@ -156,7 +156,7 @@ pub async fn collect(
                     let (a, b) = r.printed();
                     (Some(a), Some(b))
                 };
-                s.last_commit_at = r.last_commit.map(crate::timeparse::rfc3339_exact);
+                s.last_commit_at = r.last_commit.map(crate::time::parse::rfc3339_exact);
             }
             s.windows = Some(w.ranges.iter().map(Into::into).collect());
             s.wal_gaps = Some(w.gaps.clone());

@@ -11,9 +11,9 @@ use std::process::Stdio;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::manifest::Manifest;
 use crate::pipeline::{self, DecodeError};
 use crate::policy::Method;
+use crate::repo::manifest::Manifest;
 use crate::repo::Repository;
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,8 +123,8 @@ async fn extract_and_prove(
     {
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    crate::restore_physical::extract(repo, m, &places, ids, &dir).await?;
-    crate::restore_physical::verify_restored(m, &dir).await
+    crate::restore::physical::extract(repo, m, &places, ids, &dir).await?;
+    crate::restore::physical::verify_restored(m, &dir).await
 }
 
 /// The WAL archive of a physical policy: every committed file's object is
@@ -142,8 +142,8 @@ pub async fn verify_wal(
         .iter()
         .filter(|m| m.method == Method::Physical)
         .collect();
-    let seg_size = crate::restore_physical::segment_size(physical.iter().copied());
-    let archive = crate::restore_physical::read_archive(repo, policy, seg_size).await?;
+    let seg_size = crate::wal::archive::segment_size(physical.iter().copied());
+    let archive = crate::wal::archive::read_archive(repo, policy, seg_size).await?;
     let mut problems = archive.corrupt.clone();
     for obj in &archive.objects {
         let (key, size) = (&obj.key, obj.stored_bytes);
@@ -188,7 +188,7 @@ pub async fn verify_wal(
         }
     }
     for m in &physical {
-        let r = crate::restore_physical::reach(m, &archive)?;
+        let r = crate::wal::archive::reach(m, &archive)?;
         let w = m.wal.as_ref().expect("physical manifests carry WAL info");
         if !r.reaches_stop {
             problems.push(format!(
@@ -230,7 +230,7 @@ pub async fn verify_wal(
 fn deep_one(
     reader: Box<dyn std::io::Read + Send>,
     ids: &[age::x25519::Identity],
-    entry: &crate::manifest::ObjectEntry,
+    entry: &crate::repo::manifest::ObjectEntry,
     is_dump: bool,
 ) -> Result<(), String> {
     if !is_dump {

@@ -18,8 +18,8 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use crate::manifest::Manifest;
-use crate::timeparse::rfc3339_micros;
+use crate::repo::manifest::Manifest;
+use crate::time::parse::rfc3339_micros;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -67,12 +67,6 @@ pub struct VerifyRow {
 
 fn ts(s: Option<String>) -> Option<Timestamp> {
     s.and_then(|s| s.parse().ok())
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 fn pid_alive(pid: i64) -> bool {
@@ -140,7 +134,7 @@ impl Catalog {
     /// A `running` row whose process is gone on this host died mid-run
     /// (kill -9, power loss): it failed.
     async fn repair_orphans(&self) -> Result<()> {
-        let host = hostname();
+        let host = crate::lock::hostname();
         let rows = sqlx::query("select id, pid from backups where status = 'running' and host = ?")
             .bind(&host)
             .fetch_all(&self.pool)
@@ -175,7 +169,7 @@ impl Catalog {
             .bind(method)
             .bind(rfc3339_micros(started_at))
             .bind(repo)
-            .bind(hostname())
+            .bind(crate::lock::hostname())
             .bind(std::process::id() as i64)
             .execute(&self.pool)
             .await

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::{list::Entry, Ctx};
 use crate::progress::human_bytes;
-use crate::timeparse::rfc3339;
+use crate::time::parse::rfc3339;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,7 +17,7 @@ pub struct Args {
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = ctx.load(&a.policy)?;
     let catalog = ctx.catalog().await?;
-    let out = crate::jobs::backup(&policy, &catalog, &ctx.catalog_path).await?;
+    let out = crate::backup::run(&policy, &catalog, &ctx.catalog_path).await?;
     if let Some(e) = &out.prune_error {
         eprintln!(
             "drctl: warning: backup {} is complete, but pruning failed: {e}",
@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         );
     }
     match &out.made {
-        crate::jobs::Made::Rds(b) => {
+        crate::backup::Made::Rds(b) => {
             if ctx.json() {
                 ctx.print_json(b)?;
             } else {
@@ -43,10 +43,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 );
             }
         }
-        crate::jobs::Made::Repository(m) if ctx.json() => {
+        crate::backup::Made::Repository(m) if ctx.json() => {
             ctx.print_json(&Entry::from_manifest(m))?;
         }
-        crate::jobs::Made::Repository(m) => {
+        crate::backup::Made::Repository(m) => {
             let secs = m.finished_at.duration_since(m.started_at).as_secs_f64();
             println!(
                 "backup {} complete: policy {}, consistent at {}, {} tables ({} counts), {} -> {} stored in {:.1}s",

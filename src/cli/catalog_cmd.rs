@@ -35,7 +35,7 @@ pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
         }
         seen_repos.push(cfg.url.clone());
         let repo = crate::repo::open(cfg).await?;
-        let inv = crate::inventory::scan(&*repo, None).await?;
+        let inv = crate::repo::inventory::scan(&*repo, None).await?;
         for m in &inv.complete {
             catalog.upsert_complete(m, repo.url()).await?;
             by_policy

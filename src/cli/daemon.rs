@@ -31,7 +31,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let grace = crate::timeparse::parse_duration(&a.grace)
+    let grace = crate::time::parse::parse_duration(&a.grace)
         .map_err(|e| crate::error::usage(format!("--grace: {e}")))?;
     if !ctx.policies_dir.is_dir() {
         return Err(crate::error::usage(format!(

@@ -63,7 +63,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         (Some(t), _) => {
             let now = jiff::Timestamp::now();
             Point::Time(
-                crate::timeparse::parse_time(t, now, &jiff::tz::TimeZone::system())
+                crate::time::parse::parse_time(t, now, &jiff::tz::TimeZone::system())
                     .map_err(|e| usage(format!("--to: {e}")))?,
             )
         }

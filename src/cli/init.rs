@@ -90,7 +90,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     f.write_all(text.as_bytes())?;
 
     if let Ok(policy) = crate::policy::parse(&policy_path, &text) {
-        let repo = crate::backup::open_repo(&policy).await?;
+        let repo = crate::repo::open_for(&policy).await?;
         crate::repo::ensure_initialized(&*repo).await?;
     }
     if ctx.json() {

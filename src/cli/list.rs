@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::Ctx;
 use crate::catalog::BackupRow;
-use crate::manifest::Manifest;
 use crate::progress::human_bytes;
-use crate::timeparse::rfc3339;
+use crate::repo::manifest::Manifest;
+use crate::time::parse::rfc3339;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -140,8 +140,8 @@ async fn windows(ctx: &Ctx, entries: &mut [Entry]) -> Vec<(String, String)> {
             continue;
         };
         let result = async {
-            let repo = crate::backup::open_repo(&policy).await?;
-            let w = crate::restore_physical::window(&*repo, &name).await?;
+            let repo = crate::repo::open_for(&policy).await?;
+            let w = crate::wal::archive::window(&*repo, &name).await?;
             for (id, until) in &w.per_backup {
                 if let Some(e) = entries.iter_mut().find(|e| &e.id == id) {
                     e.recoverable_until = until.map(rfc3339);

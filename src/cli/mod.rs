@@ -442,8 +442,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Find a committed backup by id: the catalog says which policy, the
 /// repository (the source of truth) supplies the manifest.
-pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::manifest::Manifest)> {
-    if !crate::manifest::valid_backup_id(id) {
+pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::repo::manifest::Manifest)> {
+    if !crate::repo::manifest::valid_backup_id(id) {
         return Err(usage(format!(
             "'{id}' is neither a policy nor a backup id (like 20261122T101500Z-3f9a)"
         )));
@@ -457,10 +457,10 @@ pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::manifest
     }
     for policy in candidates {
         let Some(_) = policy.repository else { continue };
-        let repo = crate::backup::open_repo(&policy).await?;
-        let key = crate::manifest::manifest_key(&policy.name, id);
+        let repo = crate::repo::open_for(&policy).await?;
+        let key = crate::repo::manifest::manifest_key(&policy.name, id);
         if let Some(bytes) = repo.get_bytes(&key).await? {
-            let m = crate::manifest::Manifest::from_json(&bytes)
+            let m = crate::repo::manifest::Manifest::from_json(&bytes)
                 .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
             return Ok((policy, m));
         }

@@ -15,7 +15,7 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, a: Args, pinned: bool) -> Result<ExitCode> {
     let (policy, m) = super::find_backup(ctx, &a.id).await?;
-    let repo = crate::backup::open_repo(&policy).await?;
+    let repo = crate::repo::open_for(&policy).await?;
     let catalog = ctx.catalog().await?;
     crate::prune::set_pinned(&*repo, &catalog, &m, pinned).await?;
     if ctx.json() {

@@ -36,7 +36,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             reports.push(crate::rds::prune(policy, &catalog, a.dry_run).await?);
             continue;
         }
-        let repo = crate::backup::open_repo(policy).await?;
+        let repo = crate::repo::open_for(policy).await?;
         reports.push(crate::prune::run(policy, &*repo, &catalog, a.dry_run).await?);
     }
     if ctx.json() {

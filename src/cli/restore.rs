@@ -8,9 +8,9 @@ use clap::ArgGroup;
 
 use super::Ctx;
 use crate::error::usage;
-use crate::plan::Target;
 use crate::progress::human_bytes;
-use crate::timeparse::{parse_time, rfc3339_exact};
+use crate::restore::plan::Target;
+use crate::time::parse::{parse_time, rfc3339_exact};
 
 #[derive(Debug, clap::Args)]
 #[command(group(ArgGroup::new("point").required(true).args(["to", "backup", "latest"])))]
@@ -114,7 +114,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         ));
     }
     let target = resolve_target(ctx, &a)?;
-    let req = crate::restore::Request {
+    let req = crate::restore::dump::Request {
         target,
         database: a.target.clone(),
         identity: a.identity.clone(),
@@ -126,13 +126,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         no_owner: a.no_owner,
         no_acl: a.no_acl,
     };
-    let outcome = crate::restore::run(&policy, &req).await?;
+    let outcome = crate::restore::dump::run(&policy, &req).await?;
     if ctx.json() {
         ctx.print_json(&outcome)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout();
-    crate::restore::print_plan(&mut out, &outcome.plan)?;
+    print_plan(&mut out, &outcome.plan)?;
     if a.dry_run {
         println!("dry run: nothing was changed");
     } else {
@@ -174,7 +174,7 @@ fn resolve_target(ctx: &Ctx, a: &Args) -> Result<Target> {
 async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<ExitCode> {
     let target = resolve_target(ctx, a)?;
     let policies_dir = std::path::absolute(&ctx.policies_dir)?;
-    let req = crate::restore_physical::Request {
+    let req = crate::restore::physical::Request {
         target,
         target_dir: a.target_dir.clone(),
         identity: a.identity.clone(),
@@ -186,13 +186,13 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
         tablespace_map: a.tablespace_map.clone(),
         keep_archiving: a.keep_archiving,
     };
-    let outcome = crate::restore_physical::run(&policy, &req).await?;
+    let outcome = crate::restore::physical::run(&policy, &req).await?;
     if ctx.json() {
         ctx.print_json(&outcome)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout();
-    crate::restore::print_plan(&mut out, &outcome.plan)?;
+    print_plan(&mut out, &outcome.plan)?;
     println!("wal segments:  {}", outcome.plan.wal_segments.len());
     if a.dry_run {
         println!("dry run: nothing was changed");
@@ -224,7 +224,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
             );
             println!(
                 "next: {}",
-                start_hint(&dir.to_string(), crate::restore_physical::is_root())
+                start_hint(&dir.to_string(), crate::restore::physical::is_root())
             );
         }
     }
@@ -287,6 +287,46 @@ async fn run_rds(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<E
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write the plan for humans.
+pub(crate) fn print_plan(
+    out: &mut dyn std::io::Write,
+    p: &crate::restore::Plan,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "backup:        {} ({}, consistent at {})",
+        p.backup_id, p.method, p.consistent_at
+    )?;
+    writeln!(out, "target time:   {}", p.target_time)?;
+    if let Some(g) = p.gap_seconds {
+        writeln!(
+            out,
+            "data-loss gap: {}",
+            crate::restore::plan::describe_gap(jiff::SignedDuration::from_secs(g))
+        )?;
+    }
+    if let Some(t) = &p.target {
+        writeln!(out, "into:          {t}")?;
+    }
+    if let Some(w) = &p.overwrites_source {
+        writeln!(out, "overwrites:    {w}")?;
+    }
+    for t in &p.tablespaces {
+        writeln!(
+            out,
+            "tablespace:    {} (was {}) into {}",
+            t.oid, t.location, t.restore_to
+        )?;
+    }
+    writeln!(
+        out,
+        "size:          {} stored, {} plain",
+        crate::progress::human_bytes(p.stored_bytes),
+        crate::progress::human_bytes(p.source_bytes)
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

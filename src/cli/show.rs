@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::Ctx;
 use crate::progress::human_bytes;
-use crate::timeparse::rfc3339;
+use crate::time::parse::rfc3339;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::Ctx;
-use crate::timeparse::human_duration;
+use crate::time::parse::human_duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -7,8 +7,8 @@ use anyhow::Result;
 
 use super::Ctx;
 use crate::error::usage;
-use crate::manifest::Manifest;
 use crate::policy::Policy;
+use crate::repo::manifest::Manifest;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -84,7 +84,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         }
     }
     for (policy, manifests) in &work {
-        let repo = crate::backup::open_repo(policy).await?;
+        let repo = crate::repo::open_for(policy).await?;
         for m in manifests {
             let r = crate::verify::verify(&*repo, m, ids.as_deref()).await?;
             catalog
@@ -108,7 +108,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             && !a
                 .target
                 .as_deref()
-                .is_some_and(crate::manifest::valid_backup_id)
+                .is_some_and(crate::repo::manifest::valid_backup_id)
         {
             let mut r =
                 crate::verify::verify_wal(&*repo, &policy.name, manifests, ids.as_deref()).await?;
@@ -147,10 +147,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     // policy or prune removes it.
     let mut left: Vec<serde_json::Value> = Vec::new();
     for (policy, _) in &work {
-        let repo = crate::backup::open_repo(policy).await?;
+        let repo = crate::repo::open_for(policy).await?;
         for (p, id) in incomplete.iter().filter(|(p, _)| *p == policy.name) {
             let bytes: u64 = repo
-                .list(&crate::manifest::backup_prefix(p, id))
+                .list(&crate::repo::manifest::backup_prefix(p, id))
                 .await?
                 .iter()
                 .map(|o| o.size)
@@ -201,7 +201,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     })
 }
 
-async fn scan(p: &Policy) -> Result<crate::inventory::Inventory> {
-    let repo = crate::backup::open_repo(p).await?;
-    crate::inventory::scan(&*repo, Some(&p.name)).await
+async fn scan(p: &Policy) -> Result<crate::repo::inventory::Inventory> {
+    let repo = crate::repo::open_for(p).await?;
+    crate::repo::inventory::scan(&*repo, Some(&p.name)).await
 }

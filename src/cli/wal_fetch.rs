@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Ctx;
-use crate::walarchive::{self, Fetched};
+use crate::wal::fetch::{self, Fetched};
 
 /// The exit status that makes PostgreSQL abort recovery (> 125).
 pub const FATAL: u8 = 126;
@@ -57,15 +57,15 @@ async fn fetch(ctx: &Ctx, a: &Args) -> Result<ExitCode> {
         )
     })?;
     let ids = crate::pipeline::load_identities(path)?;
-    let spool = walarchive::spool_dir(&a.dest).filter(|_| a.prefetch > 0);
+    let spool = fetch::spool_dir(&a.dest).filter(|_| a.prefetch > 0);
     if let Some(spool) = &spool {
-        if walarchive::take_prefetched(spool, &a.name, &a.dest) {
+        if fetch::take_prefetched(spool, &a.name, &a.dest) {
             tracing::info!(name = %a.name, "restored from the prefetch spool");
             spawn_prefetch(ctx, a, path, spool);
             return Ok(ExitCode::SUCCESS);
         }
     }
-    match walarchive::fetch(&policy, &a.name, &a.dest, &ids, a.attempts).await? {
+    match fetch::fetch(&policy, &a.name, &a.dest, &ids, a.attempts).await? {
         Fetched::Restored { bytes } => {
             tracing::info!(name = %a.name, bytes, "restored from the archive");
             if let Some(spool) = &spool {

@@ -24,7 +24,7 @@ pub struct Args {
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = ctx.load(&a.policy)?;
     let ids = crate::pipeline::load_identities(&a.identity)?;
-    let n = crate::walarchive::prefetch(&policy, &a.name, a.count, &a.spool, &ids).await?;
+    let n = crate::wal::fetch::prefetch(&policy, &a.name, a.count, &a.spool, &ids).await?;
     tracing::info!(fetched = n, "prefetched");
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Ctx;
-use crate::walarchive::{self, Pushed};
+use crate::wal::push::{self, Pushed};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,7 +19,7 @@ pub struct Args {
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = ctx.load(&a.policy)?;
     let started = std::time::Instant::now();
-    match walarchive::push(&policy, &a.path).await? {
+    match push::push(&policy, &a.path).await? {
         Pushed::Archived(s) => tracing::info!(
             name = %s.name,
             plain = s.plain_bytes,

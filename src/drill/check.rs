@@ -122,8 +122,8 @@ pub fn budget(name: &str, measured: Option<f64>, max: Option<f64>) -> CheckResul
 /// allows: it is named, not failed.
 pub fn tables_at_target(
     base_id: &str,
-    expected: &[crate::manifest::TableCount],
-    actual: &[crate::manifest::TableCount],
+    expected: &[crate::repo::manifest::TableCount],
+    actual: &[crate::repo::manifest::TableCount],
 ) -> CheckResult {
     let missing: Vec<String> = expected
         .iter()
@@ -153,8 +153,8 @@ pub fn tables_at_target(
 
 /// Manifest row counts against the restored database's.
 pub fn row_counts(
-    expected: &[crate::manifest::TableCount],
-    actual: &[crate::manifest::TableCount],
+    expected: &[crate::repo::manifest::TableCount],
+    actual: &[crate::repo::manifest::TableCount],
     exact: bool,
 ) -> CheckResult {
     const NAME: &str = "tables and row counts";
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn pitr_tables_dropped_after_the_base_backup_are_named_not_failed() {
-        let t = |n: &str, rows| crate::manifest::TableCount {
+        let t = |n: &str, rows| crate::repo::manifest::TableCount {
             schema: "public".into(),
             name: n.into(),
             rows,
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn row_counts_name_what_differs() {
-        let t = |n: &str, rows| crate::manifest::TableCount {
+        let t = |n: &str, rows| crate::repo::manifest::TableCount {
             schema: "public".into(),
             name: n.into(),
             rows,

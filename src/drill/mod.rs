@@ -14,6 +14,7 @@
 pub mod check;
 pub mod junit;
 mod rds;
+pub mod scratch;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,10 +24,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, DrillRow};
-use crate::manifest::Manifest;
 use crate::pg::{Conn, ConnUrl};
 use crate::policy::{Method, Policy};
-use crate::timeparse::rfc3339;
+use crate::repo::manifest::Manifest;
+use crate::time::parse::rfc3339;
 use check::CheckResult;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -102,7 +103,7 @@ pub fn choose(
 
 fn seconds(d: &Option<String>) -> Option<f64> {
     d.as_deref()
-        .and_then(|v| crate::timeparse::parse_duration(v).ok())
+        .and_then(|v| crate::time::parse::parse_duration(v).ok())
         .map(|d| d.as_secs_f64())
 }
 
@@ -150,8 +151,8 @@ pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<R
         rds::drill(policy, opts, started, t0, &mut report).await;
         return finish(policy, catalog, report, started, t0).await;
     }
-    let repo = crate::backup::open_repo(policy).await?;
-    let inv = crate::inventory::scan(&*repo, Some(&policy.name)).await?;
+    let repo = crate::repo::open_for(policy).await?;
+    let inv = crate::repo::inventory::scan(&*repo, Some(&policy.name)).await?;
     let physical = policy.backup.method == Method::Physical;
     match choose(&inv.complete, opts.point, started, |n| {
         rand::random::<u64>() as usize % n
@@ -216,7 +217,7 @@ async fn finish(
 
 /// Where the restored database lives for the drill's duration.
 enum Place {
-    Scratch(crate::pg::scratch::Scratch),
+    Scratch(crate::drill::scratch::Scratch),
     /// A database created on a given server, dropped afterwards.
     Given {
         server: Conn,
@@ -257,7 +258,7 @@ async fn drill_dump(
                 }
             }
         }
-        None => match crate::pg::scratch::start(major, opts.keep).await {
+        None => match crate::drill::scratch::start(major, opts.keep).await {
             Ok(s) => {
                 let db = if m.source.database.is_empty() {
                     policy.name.clone()
@@ -277,8 +278,8 @@ async fn drill_dump(
         },
     };
 
-    let req = crate::restore::Request {
-        target: crate::plan::Target::Backup(m.id.clone()),
+    let req = crate::restore::dump::Request {
+        target: crate::restore::plan::Target::Backup(m.id.clone()),
         database: Some(url.clone()),
         identity: opts.identity.clone(),
         jobs: 1,
@@ -290,7 +291,7 @@ async fn drill_dump(
         no_acl: true,
         lease_catalog: Some(opts.catalog_path.clone()),
     };
-    let restored = crate::restore::run(policy, &req).await;
+    let restored = crate::restore::dump::run(policy, &req).await;
     let target_conn =
         ConnUrl::parse(&url).and_then(|u| Conn::new(u, None).map_err(|e| e.to_string()));
     match (&restored, &target_conn) {
@@ -382,7 +383,7 @@ fn budgets(policy: &Policy, report: &mut Report) {
     ));
 }
 
-fn keep_note(s: &crate::pg::scratch::Scratch, url: &str) -> String {
+fn keep_note(s: &crate::drill::scratch::Scratch, url: &str) -> String {
     // SAFETY: geteuid has no preconditions.
     let as_owner = if unsafe { libc::geteuid() } == 0 {
         "runuser -u postgres -- "
@@ -409,11 +410,11 @@ async fn drill_physical(
     t0: Instant,
     report: &mut Report,
 ) {
-    use crate::plan::Target;
+    use crate::restore::plan::Target;
     let target = match opts.point {
         Point::Latest => Target::Latest,
         Point::Time(t) => Target::Time(t),
-        Point::Random => match crate::restore_physical::window(repo, &policy.name).await {
+        Point::Random => match crate::wal::archive::window(repo, &policy.name).await {
             // Uniform over every recoverable range, gaps left out.
             Ok(w) => match random_point(&w.ranges, rand::random::<u64>()) {
                 Some(t) => Target::Time(t),
@@ -435,7 +436,7 @@ async fn drill_physical(
     };
     report.target_time = Some(rfc3339(aim));
     let major = newest.source.server_version_num / 10000;
-    let scratch = match crate::pg::scratch::create(major, opts.keep) {
+    let scratch = match crate::drill::scratch::create(major, opts.keep) {
         Ok(s) => s,
         Err(e) => {
             report.checks.push(CheckResult::fail(
@@ -451,7 +452,7 @@ async fn drill_physical(
         .iter()
         .map(|t| format!("{}={}/ts-{}", t.oid, scratch.dir().display(), t.oid))
         .collect();
-    let req = crate::restore_physical::Request {
+    let req = crate::restore::physical::Request {
         target,
         target_dir: Some(scratch.data_dir()),
         identity: opts.identity.clone(),
@@ -463,7 +464,7 @@ async fn drill_physical(
         tablespace_map: map,
         keep_archiving: false,
     };
-    let outcome = match crate::restore_physical::run(policy, &req).await {
+    let outcome = match crate::restore::physical::run(policy, &req).await {
         Ok(o) => o,
         Err(e) => {
             report
@@ -491,7 +492,7 @@ async fn drill_physical(
         .and_then(|u| Conn::new(u, None));
     let mut promoted = match (launched, &admin) {
         (Ok(()), Ok(admin)) => {
-            crate::restore_physical::wait_promoted(
+            crate::restore::physical::wait_promoted(
                 admin,
                 || lock().log(),
                 || lock().alive(),
@@ -505,8 +506,8 @@ async fn drill_physical(
     // Recovery can also end before the server is seen listening.
     let ended = promoted
         .as_ref()
-        .is_err_and(crate::restore_physical::ended_before_target)
-        || (promoted.is_err() && crate::restore_physical::ended_in_log(&lock().log()));
+        .is_err_and(crate::restore::physical::ended_before_target)
+        || (promoted.is_err() && crate::restore::physical::ended_in_log(&lock().log()));
     let cell = if ended {
         let scratch = cell.into_inner().unwrap_or_else(|e| e.into_inner());
         let (scratch, r) = recover_to_end(scratch, &outcome.plan.target_time).await;
@@ -625,9 +626,9 @@ async fn amcheck(conn: &Conn) -> Option<CheckResult> {
 /// No commit followed the target in the archive: start the scratch server
 /// again to recover to the end of the archive, the same state.
 async fn recover_to_end(
-    mut scratch: crate::pg::scratch::Scratch,
+    mut scratch: crate::drill::scratch::Scratch,
     target_time: &str,
-) -> (crate::pg::scratch::Scratch, Result<String>) {
+) -> (crate::drill::scratch::Scratch, Result<String>) {
     let stopped = crate::poll::until(std::time::Duration::from_secs(60), || {
         std::future::ready(!scratch.alive())
     })
@@ -636,7 +637,7 @@ async fn recover_to_end(
     if let Err(e) = stopped {
         return (scratch, Err(e));
     }
-    if let Err(e) = crate::restore_physical::recover_to_end(&scratch.data_dir()) {
+    if let Err(e) = crate::restore::physical::recover_to_end(&scratch.data_dir()) {
         return (scratch, Err(e));
     }
     if let Err(e) = scratch.launch(false).await {
@@ -651,21 +652,21 @@ async fn recover_to_end(
     };
     let cell = std::sync::Mutex::new(scratch);
     let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
-    let r = crate::restore_physical::wait_promoted(
+    let r = crate::restore::physical::wait_promoted(
         &admin,
         || lock().log(),
         || lock().alive(),
         target_time,
     )
     .await
-    .map(|reached| crate::restore_physical::no_commit_after(target_time, &reached));
+    .map(|reached| crate::restore::physical::no_commit_after(target_time, &reached));
     (cell.into_inner().unwrap_or_else(|e| e.into_inner()), r)
 }
 
 /// The point `r` (a random number) picks, uniformly over the ranges'
 /// total length; None without ranges.
-fn random_point(ranges: &[crate::restore_physical::Range], r: u64) -> Option<Timestamp> {
-    let len = |x: &crate::restore_physical::Range| x.end.duration_since(x.start).as_millis() as u64;
+fn random_point(ranges: &[crate::wal::archive::Range], r: u64) -> Option<Timestamp> {
+    let len = |x: &crate::wal::archive::Range| x.end.duration_since(x.start).as_millis() as u64;
     let total: u64 = ranges.iter().map(len).sum();
     let mut off = r % total.max(1);
     for x in ranges {

@@ -18,7 +18,7 @@ use super::{Options, Point, Report};
 use crate::pg::{Conn, ConnUrl};
 use crate::policy::Policy;
 use crate::rds::{self, Endpoint, RestorePoint};
-use crate::timeparse::rfc3339;
+use crate::time::parse::rfc3339;
 
 /// How long a freshly available instance may take to accept connections
 /// (DNS, security groups settling).
@@ -202,18 +202,14 @@ fn connection(policy: &Policy, e: &Endpoint) -> Result<Conn, String> {
 /// Wait for the first answer: a just-available instance can take a moment
 /// to accept connections.
 async fn answer(conn: &Conn) -> anyhow::Result<()> {
-    let deadline = Instant::now() + CONNECT_PATIENCE;
+    let mut poll = crate::poll::Poll::every(CONNECT_PATIENCE, Duration::from_secs(2));
     loop {
         match conn.ping().await {
             Ok(()) => return Ok(()),
-            Err(e)
-                if !not_up_yet(&format!("{e:#}"))
-                    || Instant::now() >= deadline
-                    || crate::cancel::requested() =>
-            {
+            Err(e) if !not_up_yet(&format!("{e:#}")) || poll.next().await.is_err() => {
                 return Err(e)
             }
-            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            Err(_) => {}
         }
     }
 }

@@ -9,8 +9,8 @@ use jiff::Timestamp;
 use std::process::Child;
 
 use super::{Conn, Session};
-use crate::manifest::{SourceInfo, TableCount};
 use crate::policy::RowCounts;
+use crate::repo::manifest::{SourceInfo, TableCount};
 
 pub struct Snapshot {
     pub session: Session,

@@ -6,9 +6,7 @@
 
 pub mod archiver;
 pub mod dump;
-pub mod physical;
 pub mod replication;
-pub mod scratch;
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -401,7 +399,6 @@ fn version_word(text: &str) -> String {
         .unwrap_or("unknown")
         .to_string()
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 
 pub mod plan;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_rds::error::ProvideErrorMetadata;
@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::policy::Policy;
-use crate::timeparse::rfc3339;
+use crate::poll::{Gave, Poll};
+use crate::time::parse::rfc3339;
 
 pub const TAG_POLICY: &str = "drctl:policy";
 pub const TAG_BACKUP: &str = "drctl:backup-id";
@@ -275,7 +276,7 @@ async fn delete_snapshot(c: &Client, kind: Kind, id: &str, region: &str) -> Resu
 }
 
 async fn wait_snapshot(c: &Client, kind: Kind, id: &str) -> Result<Raw> {
-    let deadline = Instant::now() + wait_limit();
+    let mut poll = Poll::every(wait_limit(), poll_every());
     loop {
         let s = describe_snapshot(c, kind, id).await?;
         match s.status.as_str() {
@@ -285,17 +286,17 @@ async fn wait_snapshot(c: &Client, kind: Kind, id: &str) -> Result<Raw> {
             }
             _ => {}
         }
-        if Instant::now() > deadline {
-            bail!(
+        match poll.next().await {
+            Ok(()) => {}
+            Err(Gave::Up) => bail!(
                 "snapshot {id} not available after {}s (status {}); it may still complete: check the console",
                 wait_limit().as_secs(),
                 s.status
-            );
+            ),
+            Err(Gave::Cancelled) => {
+                bail!("cancelled while waiting for snapshot {id} (it continues in AWS)")
+            }
         }
-        if crate::cancel::requested() {
-            bail!("cancelled while waiting for snapshot {id} (it continues in AWS)");
-        }
-        tokio::time::sleep(poll_every()).await;
     }
 }
 
@@ -338,7 +339,7 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
     let region = region_of(policy);
     let c = client(Some(&region)).await;
     let started = Timestamp::now();
-    let id = crate::manifest::new_backup_id(started);
+    let id = crate::repo::manifest::new_backup_id(started);
     let snap = plan::snapshot_identifier(&policy.name, &id);
     catalog
         .insert_running(
@@ -469,7 +470,7 @@ pub async fn prune(
     catalog: &Catalog,
     dry_run: bool,
 ) -> Result<crate::prune::Report> {
-    use crate::retention::{self, Item, Rules};
+    use crate::prune::retention::{self, Item, Rules};
     let region = region_of(policy);
     let kind = source(policy)?.kind();
     let c = client(Some(&region)).await;
@@ -671,7 +672,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 async fn wait_instance(c: &Client, id: &str) -> Result<Option<Endpoint>> {
-    let deadline = Instant::now() + wait_limit();
+    let mut poll = Poll::every(wait_limit(), poll_every());
     loop {
         let r = c
             .describe_db_instances()
@@ -697,16 +698,14 @@ async fn wait_instance(c: &Client, id: &str) -> Result<Option<Endpoint>> {
                 _ => {}
             }
         }
-        if Instant::now() > deadline {
-            bail!(
+        match poll.next().await {
+            Ok(()) => {}
+            Err(Gave::Up) => bail!(
                 "instance {id} not available after {}s; it may still come up: check the console",
                 wait_limit().as_secs()
-            );
+            ),
+            Err(Gave::Cancelled) => bail!("cancelled while waiting for instance {id}"),
         }
-        if crate::cancel::requested() {
-            bail!("cancelled while waiting for instance {id}");
-        }
-        tokio::time::sleep(poll_every()).await;
     }
 }
 
@@ -716,7 +715,7 @@ async fn wait_instance(c: &Client, id: &str) -> Result<Option<Endpoint>> {
 /// Runs to the end even after a cancel request: it is the cleanup.
 pub async fn delete_instance(region: &str, id: &str) -> Result<()> {
     let c = client(Some(region)).await;
-    let deadline = Instant::now() + wait_limit();
+    let mut poll = Poll::every(wait_limit(), poll_every()).through_cancel();
     loop {
         let r = c
             .delete_db_instance()
@@ -736,10 +735,9 @@ pub async fn delete_instance(region: &str, id: &str) -> Result<()> {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_invalid_db_instance_state_fault())
-                    && Instant::now() < deadline =>
+                    && poll.next().await.is_ok() =>
             {
-                tracing::info!(instance = %id, "not deletable yet; retrying");
-                tokio::time::sleep(poll_every()).await;
+                tracing::info!(instance = %id, "not deletable yet; retried");
             }
             Err(e) => return Err(aws(&format!("deleting instance {id} in {region}"), e)),
         }

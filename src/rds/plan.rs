@@ -6,7 +6,7 @@
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::timeparse::rfc3339;
+use crate::time::parse::rfc3339;
 
 /// Letters, digits and single hyphens, lowercase: what RDS identifiers allow.
 fn sanitize(raw: &str) -> String {

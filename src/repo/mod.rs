@@ -5,10 +5,15 @@
 //! must be used (and dropped) on blocking threads (`spawn_blocking`).
 
 pub mod fs;
+pub mod inventory;
+pub mod manifest;
 pub mod s3;
+pub mod seal;
+pub mod url;
+
+pub use url::RepoUrl;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -19,47 +24,6 @@ use crate::policy;
 
 pub const REPO_MARKER: &str = "drctl-repo.json";
 pub const REPO_FORMAT: u32 = 1;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RepoUrl {
-    File(PathBuf),
-    S3 { bucket: String, prefix: String },
-}
-
-impl RepoUrl {
-    pub fn parse(url: &str) -> Result<RepoUrl, String> {
-        if let Some(path) = url.strip_prefix("file://") {
-            if !path.starts_with('/') {
-                return Err(format!(
-                    "'{url}' must be an absolute path: file:///var/lib/drctl/repo"
-                ));
-            }
-            if path.split('/').any(|c| c == "..") {
-                return Err(format!("'{url}' must not contain '..'"));
-            }
-            return Ok(RepoUrl::File(PathBuf::from(path)));
-        }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(format!("'{url}' names no bucket: s3://bucket/prefix"));
-            }
-            let prefix = prefix.trim_matches('/');
-            let prefix = if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
-            };
-            return Ok(RepoUrl::S3 {
-                bucket: bucket.to_string(),
-                prefix,
-            });
-        }
-        Err(format!(
-            "'{url}' is not a repository URL; use file:///path or s3://bucket/prefix"
-        ))
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -133,6 +97,17 @@ pub fn check_key(key: &str) -> Result<()> {
 }
 
 /// Open the repository of a policy.
+/// The repository a policy writes to (`[repository]`, required).
+pub async fn open_for(policy: &policy::Policy) -> Result<Arc<dyn Repository>> {
+    let cfg = policy.repository.as_ref().ok_or_else(|| {
+        crate::error::usage(format!(
+            "{}: [repository] is required",
+            policy.path.display()
+        ))
+    })?;
+    open(cfg).await
+}
+
 pub async fn open(cfg: &policy::Repository) -> Result<Arc<dyn Repository>> {
     let url = RepoUrl::parse(&cfg.url).map_err(crate::error::usage)?;
     Ok(match url {
@@ -180,31 +155,6 @@ pub async fn ensure_initialized(repo: &dyn Repository) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            RepoUrl::parse("file:///var/lib/drctl").unwrap(),
-            RepoUrl::File("/var/lib/drctl".into())
-        );
-        assert_eq!(
-            RepoUrl::parse("s3://b/pg/prod/").unwrap(),
-            RepoUrl::S3 {
-                bucket: "b".into(),
-                prefix: "pg/prod/".into()
-            }
-        );
-        assert_eq!(
-            RepoUrl::parse("s3://b").unwrap(),
-            RepoUrl::S3 {
-                bucket: "b".into(),
-                prefix: "".into()
-            }
-        );
-        assert!(RepoUrl::parse("file://relative").is_err());
-        assert!(RepoUrl::parse("/var/lib").is_err());
-        assert!(RepoUrl::parse("s3:///x").is_err());
-    }
 
     #[test]
     fn keys() {

@@ -15,16 +15,16 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Serialize;
 
 use crate::error::usage;
-use crate::inventory;
-use crate::manifest::Manifest;
 use crate::pg::{self, Conn, ConnUrl};
 use crate::pipeline::{self, DecodeError};
-use crate::plan::{self, Target};
 use crate::policy::{Method, Policy};
-use crate::timeparse::rfc3339;
+use crate::repo::inventory;
+use crate::repo::manifest::Manifest;
+use crate::restore::plan::{self, Target};
+use crate::restore::{check_identity, identities, Outcome, Plan};
+use crate::time::parse::rfc3339;
 
 pub struct Request {
     pub target: Target,
@@ -42,88 +42,8 @@ pub struct Request {
     pub no_acl: bool,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Plan {
-    pub policy: String,
-    pub backup_id: String,
-    pub method: Method,
-    /// The requested time, or the backup's consistent point for --latest/--backup.
-    pub target_time: String,
-    pub consistent_at: String,
-    pub gap_seconds: Option<i64>,
-    pub wal_segments: Vec<String>,
-    pub target: Option<String>,
-    pub stored_bytes: u64,
-    pub source_bytes: u64,
-    pub dry_run: bool,
-    /// Physical: the policy's recoverable window.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub window_start: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub window_end: Option<String>,
-    /// Physical: every continuous range, oldest first (gaps split them);
-    /// window_start/window_end are the newest.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub windows: Option<Vec<crate::restore_physical::RangeJson>>,
-    /// Physical: the last commit in the newest range, where the archive
-    /// recorded commits; a target after it restores that commit's state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_commit_at: Option<String>,
-    /// Physical: where each tablespace of the backup goes.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tablespaces: Vec<TablespacePlacement>,
-    /// Restoring over the policy's own source (`--overwrite-source`): what
-    /// is lost.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub overwrites_source: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct TablespacePlacement {
-    pub oid: u32,
-    /// Its directory on the source server.
-    pub location: String,
-    pub restore_to: String,
-}
-
-impl Plan {
-    /// The fields every plan has; the method's planner fills in the rest.
-    pub fn new(policy: &Policy, m: &Manifest, target_time: jiff::Timestamp, dry_run: bool) -> Plan {
-        Plan {
-            policy: policy.name.clone(),
-            backup_id: m.id.clone(),
-            method: m.method,
-            target_time: crate::timeparse::rfc3339_exact(target_time),
-            consistent_at: rfc3339(m.consistent_at),
-            gap_seconds: None,
-            wal_segments: Vec::new(),
-            target: None,
-            stored_bytes: m.stored_bytes(),
-            source_bytes: m.source_bytes(),
-            dry_run,
-            window_start: None,
-            window_end: None,
-            windows: None,
-            last_commit_at: None,
-            tablespaces: Vec::new(),
-            overwrites_source: None,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct Outcome {
-    #[serde(flatten)]
-    pub plan: Plan,
-    pub created_database: bool,
-    pub duration_seconds: f64,
-    /// Physical with --start: the point recovery reached, per the server.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reached_at: Option<String>,
-}
-
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
-    let repo = crate::backup::open_repo(policy).await?;
+    let repo = crate::repo::open_for(policy).await?;
     let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
     inv.note_left_out(&policy.name, plan_from(policy, req, &inv))
 }
@@ -193,47 +113,6 @@ async fn is_own_source(policy: &Policy, target: &ConnUrl) -> bool {
     matches!((a, b), (Some(a), Some(b)) if a == b)
 }
 
-/// Resolve `--identity` / `DRCTL_IDENTITY` and load it.
-pub fn identities(path: Option<&PathBuf>) -> Result<Vec<age::x25519::Identity>> {
-    let p = path.ok_or_else(|| {
-        usage("restoring needs the private key: pass --identity FILE or set DRCTL_IDENTITY")
-    })?;
-    pipeline::load_identities(p)
-}
-
-/// Decrypt only the age header: proves the key fits before anything is touched.
-pub async fn check_identity(
-    policy: &Policy,
-    m: &Manifest,
-    ids: &[age::x25519::Identity],
-    id_path: &std::path::Path,
-) -> Result<()> {
-    let repo = crate::backup::open_repo(policy).await?;
-    let obj = m.objects.first().context("manifest lists no objects")?;
-    let reader = repo.reader(&obj.key).await?;
-    let ids = ids.to_vec();
-    let ok = tokio::task::spawn_blocking(move || -> Result<bool, String> {
-        let d = age::Decryptor::new_buffered(std::io::BufReader::new(reader))
-            .map_err(|e| e.to_string())?;
-        match d.decrypt(ids.iter().map(|i| i as &dyn age::Identity)) {
-            Ok(_) => Ok(true),
-            Err(age::DecryptError::NoMatchingKeys) => Ok(false),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await?;
-    match ok {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(usage(format!(
-            "the identity in {} does not match backup {} (encrypted to {}); use the key that belongs to the policy's recipients",
-            id_path.display(),
-            m.id,
-            m.encryption.recipients.join(", ")
-        ))),
-        Err(e) => bail!("backup {} is unreadable: {e}", m.id),
-    }
-}
-
 pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let (mut plan, m) = plan(policy, req).await?;
@@ -270,7 +149,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             plan.overwrites_source = Some(format!(
                 "THE SOURCE DATABASE: everything written to it since {} ({} ago) is lost",
                 rfc3339(m.consistent_at),
-                crate::timeparse::human_duration(
+                crate::time::parse::human_duration(
                     jiff::Timestamp::now().duration_since(m.consistent_at)
                 )
             ));
@@ -395,7 +274,7 @@ async fn stream_into(
     req: &Request,
     clean: bool,
 ) -> Result<()> {
-    let repo = crate::backup::open_repo(policy).await?;
+    let repo = crate::repo::open_for(policy).await?;
     let mut common: Vec<String> = vec!["-w".into(), "--exit-on-error".into()];
     if req.no_owner {
         common.push("--no-owner".into());
@@ -428,7 +307,7 @@ async fn stream_into(
         "reading TOC",
     )
     .await?;
-    let lists = crate::toc::partition(&toc, &m.tables, req.jobs as usize);
+    let lists = crate::restore::toc::partition(&toc, &m.tables, req.jobs as usize);
     tracing::info!(
         workers = lists.len(),
         "parallel restore: pre-data, data, post-data"
@@ -572,41 +451,4 @@ async fn feed(
     })
     .await
     .context("restore pipeline panicked")?
-}
-
-/// Write the plan for humans.
-pub fn print_plan(out: &mut dyn Write, p: &Plan) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "backup:        {} ({}, consistent at {})",
-        p.backup_id, p.method, p.consistent_at
-    )?;
-    writeln!(out, "target time:   {}", p.target_time)?;
-    if let Some(g) = p.gap_seconds {
-        writeln!(
-            out,
-            "data-loss gap: {}",
-            plan::describe_gap(jiff::SignedDuration::from_secs(g))
-        )?;
-    }
-    if let Some(t) = &p.target {
-        writeln!(out, "into:          {t}")?;
-    }
-    if let Some(w) = &p.overwrites_source {
-        writeln!(out, "overwrites:    {w}")?;
-    }
-    for t in &p.tablespaces {
-        writeln!(
-            out,
-            "tablespace:    {} (was {}) into {}",
-            t.oid, t.location, t.restore_to
-        )?;
-    }
-    writeln!(
-        out,
-        "size:          {} stored, {} plain",
-        crate::progress::human_bytes(p.stored_bytes),
-        crate::progress::human_bytes(p.source_bytes)
-    )?;
-    Ok(())
 }

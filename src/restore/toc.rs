@@ -8,7 +8,7 @@
 //! Shares are balanced by the manifest's row counts (longest first onto the
 //! least-loaded worker). Pure code: no I/O.
 
-use crate::manifest::TableCount;
+use crate::repo::manifest::TableCount;
 
 /// Rows assumed for a table the manifest has no count for.
 const UNKNOWN_ROWS: i64 = 1000;

@@ -9,10 +9,15 @@
 //! backup's manifest, so a segment whose push never finished is not part of
 //! the archive.
 
+pub mod archive;
+pub mod fetch;
+pub mod push;
+pub mod scan;
+
 use serde::{Deserialize, Serialize};
 
 /// The default (and by far the most common) WAL segment size.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+pub use crate::repo::manifest::DEFAULT_SEGMENT_SIZE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -151,20 +156,20 @@ pub struct Sidecar {
 impl Sidecar {
     /// The sealed JSON written to the repository.
     pub fn to_json(&self) -> Vec<u8> {
-        crate::seal::to_json(self).into_bytes()
+        crate::repo::seal::to_json(self).into_bytes()
     }
 
     /// Parse a sidecar; a broken seal is an error, so a sidecar that fails
     /// it never counts as committed.
     pub fn from_json(bytes: &[u8]) -> Result<Sidecar, String> {
-        crate::seal::from_json(bytes)
+        crate::repo::seal::from_json(bytes)
             .map(|(s, _)| s)
             .map_err(|e| format!("WAL sidecar is {e}"))
     }
 
     /// The archived object this sidecar commits, with its sizes and sums.
-    pub fn object_entry(&self, key: &str) -> crate::manifest::ObjectEntry {
-        crate::manifest::ObjectEntry {
+    pub fn object_entry(&self, key: &str) -> crate::repo::manifest::ObjectEntry {
+        crate::repo::manifest::ObjectEntry {
             name: self.name.clone(),
             key: key.to_string(),
             plain_bytes: self.plain_bytes,

@@ -8,14 +8,16 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use jiff::Timestamp;
 
-use super::Conn;
-use crate::manifest::{self, Manifest, ObjectEntry, SourceInfo, Tablespace, WalInfo};
+use super::store;
+use crate::pg::Conn;
 use crate::policy::{Method, Policy};
+use crate::poll::Gave;
+use crate::repo::manifest::{self, Manifest, ObjectEntry, SourceInfo, Tablespace, WalInfo};
 use crate::repo::Repository;
 use crate::wal;
 
@@ -115,14 +117,13 @@ async fn wait_for_wal(
 ) -> Result<std::result::Result<(), Vec<String>>> {
     let first = wal::lsn_to_segno(&p.start_lsn, seg_size).context("bad start LSN")?;
     let last = wal::lsn_to_segno(&p.stop_lsn, seg_size).context("bad stop LSN")?;
-    let deadline = Instant::now() + timeout;
     // Only what is still missing is asked for again on the next round.
     let mut missing: Vec<String> = (first..=last)
         .map(|s| wal::segment_name(p.timeline, s, seg_size))
         .collect();
     // The stop segment is usually archived within tens of milliseconds of
-    // the backup's end: ask often at first, then back off.
-    let mut pause = Duration::from_millis(20);
+    // the backup's end: the poll asks often at first, then backs off.
+    let mut poll = crate::poll::Poll::new(timeout);
     loop {
         let mut still = Vec::new();
         for name in missing {
@@ -135,17 +136,14 @@ async fn wait_for_wal(
         if missing.is_empty() {
             return Ok(Ok(()));
         }
-        if crate::cancel::requested() {
-            bail!(
+        match poll.next().await {
+            Ok(()) => {}
+            Err(Gave::Up) => return Ok(Err(missing)),
+            Err(Gave::Cancelled) => bail!(
                 "cancelled while waiting for WAL {} to be archived",
                 missing.join(", ")
-            );
+            ),
         }
-        if Instant::now() >= deadline {
-            return Ok(Err(missing));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -157,7 +155,7 @@ async fn backup_points(
     timeout: Duration,
 ) -> Result<Points> {
     let label = format!("drctl {id}");
-    let deadline = Instant::now() + timeout;
+    let mut poll = crate::poll::Poll::new(timeout);
     loop {
         for o in repo.list(&wal::dir_key(policy)).await? {
             if !o.key.ends_with(".backup.json") {
@@ -175,16 +173,16 @@ async fn backup_points(
                 }
             }
         }
-        if crate::cancel::requested() {
-            bail!("cancelled while waiting for the server's backup history file");
-        }
-        if Instant::now() >= deadline {
-            bail!(
+        match poll.next().await {
+            Ok(()) => {}
+            Err(Gave::Cancelled) => {
+                bail!("cancelled while waiting for the server's backup history file")
+            }
+            Err(Gave::Up) => bail!(
                 "the server's backup history file for {id} is not in the archive after {}s; check archive_command = 'drctl wal-push {policy} %p' and pg_stat_archiver on the server",
                 timeout.as_secs()
-            );
+            ),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -215,7 +213,7 @@ pub async fn backup(
     let own_client = tablespaces > 0
         || (!policy.backup.use_pg_basebackup
             && source.server_version_num >= 150000
-            && super::replication::Params::from_conn(conn)
+            && crate::pg::replication::Params::from_conn(conn)
                 .is_ok_and(|p| p.plain_is_what_libpq_would_do()));
     let streamed = if own_client {
         over_replication(policy, conn, repo, recipients, id).await?
@@ -265,8 +263,7 @@ async fn with_pg_basebackup(
         "{}base.tar.zst.age",
         manifest::backup_prefix(&policy.name, id)
     );
-    let enc =
-        crate::backup::encode_child(policy, repo, &key, recipients, child, "pg_basebackup").await?;
+    let enc = store::encode_child(policy, repo, &key, recipients, child, "pg_basebackup").await?;
     let (encoded, stderr) = enc.await.context("backup pipeline panicked")?;
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
     let d = match encoded {
@@ -275,7 +272,7 @@ async fn with_pg_basebackup(
             tracing::debug!("pipeline: {e:#}");
             bail!(
                 "pg_basebackup failed: {}",
-                super::stderr_summary(stderr.as_bytes())
+                crate::pg::stderr_summary(stderr.as_bytes())
             );
         }
         Err(e) => return Err(e),
@@ -284,7 +281,7 @@ async fn with_pg_basebackup(
         objects: vec![object_entry("base", key, d)],
         tablespaces: Vec::new(),
         points: parse_points(&stderr),
-        tool: Some(super::tool_version("pg_basebackup").await?),
+        tool: Some(crate::pg::tool_version("pg_basebackup").await?),
         // Writing a tar to stdout, pg_basebackup puts its manifest into
         // the base archive.
         server_manifest: manifest::ServerManifest::InBase,
@@ -311,7 +308,7 @@ async fn over_replication(
     recipients: &[age::x25519::Recipient],
     id: &str,
 ) -> Result<Streamed> {
-    let params = super::replication::Params::from_conn(conn)?;
+    let params = crate::pg::replication::Params::from_conn(conn)?;
     let handle = tokio::runtime::Handle::current();
     let prefix = manifest::backup_prefix(&policy.name, id);
     let label = format!("drctl {id}");
@@ -323,7 +320,7 @@ async fn over_replication(
     let on_server = policy.compression.on_server.unwrap_or(true);
     let result = tokio::task::spawn_blocking(move || -> Result<Streamed> {
         let start = |zstd| {
-            super::replication::BaseBackup::start(&params, &label, zstd)
+            crate::pg::replication::BaseBackup::start(&params, &label, zstd)
                 .with_context(|| format!("base backup over replication from {params:?}"))
         };
         // The server compresses when it can (only compressed bytes cross
@@ -470,7 +467,7 @@ async fn finish(
         .parse()
         .context("parsing the server's timestamp")?;
     if let Err(missing) = wait_for_wal(repo, &policy.name, &points, seg_size, wait).await? {
-        let why = super::archiver::status(conn)
+        let why = crate::pg::archiver::status(conn)
             .await
             .unwrap_or_else(|| "pg_stat_archiver could not be read".into());
         bail!(
@@ -502,13 +499,13 @@ async fn finish(
         objects: streamed.objects,
         tablespaces: streamed.tablespaces,
         server_manifest: Some(streamed.server_manifest),
-        compression: crate::backup::compression_info(policy),
-        encryption: crate::backup::encryption_info(recipients),
+        compression: store::compression_info(policy),
+        encryption: store::encryption_info(recipients),
         row_counts: row_counts.into(),
         tables,
         drctl_version: env!("CARGO_PKG_VERSION").into(),
     };
-    crate::backup::commit(repo, &m).await?;
+    store::commit(repo, &m).await?;
     Ok(m)
 }
 

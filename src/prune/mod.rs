@@ -9,6 +9,8 @@
 //! period are removed: the policy lock guarantees none of this policy's
 //! backups is being written meanwhile, the grace covers other hosts.
 
+pub mod retention;
+
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
@@ -16,12 +18,12 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::manifest::{self, Manifest};
 use crate::policy::{Method, Policy};
+use crate::repo::manifest::{self, Manifest};
 use crate::repo::Repository;
-use crate::retention::{self, Item, Rules};
-use crate::timeparse::rfc3339;
+use crate::time::parse::rfc3339;
 use crate::wal;
+use retention::{Item, Rules};
 
 /// Temp objects and uploads under `wal/` older than this are dead: wal-push
 /// takes no lock, and one push never takes this long.
@@ -108,7 +110,7 @@ pub async fn run(
     catalog: &Catalog,
     dry_run: bool,
 ) -> Result<Report> {
-    let inv = crate::inventory::scan(repo, Some(&policy.name)).await?;
+    let inv = crate::repo::inventory::scan(repo, Some(&policy.name)).await?;
     let pins = pinned_ids(repo, &policy.name).await?;
     let rules = Rules::from_policy(&policy.retention);
     let no_rules = rules.is_empty();
@@ -170,7 +172,7 @@ pub async fn run(
         .filter_map(|e| inv.find(&e.id))
         .filter(|m| m.method == Method::Physical)
         .collect();
-    let seg_size = crate::restore_physical::segment_size(kept.iter().copied());
+    let seg_size = crate::wal::archive::segment_size(kept.iter().copied());
     let oldest_start = kept
         .iter()
         .filter_map(|m| m.wal.as_ref())
@@ -257,7 +259,7 @@ pub struct Swept {
 pub async fn sweep(
     policy: &str,
     repo: &dyn Repository,
-    inv: &crate::inventory::Inventory,
+    inv: &crate::repo::inventory::Inventory,
     dry_run: bool,
 ) -> Result<Swept> {
     let mut out = Swept {

@@ -2,7 +2,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::timeparse::{human_duration, rfc3339};
+use crate::time::parse::{human_duration, rfc3339};
 
 /// What the user asked to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]

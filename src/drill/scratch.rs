@@ -13,7 +13,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -57,16 +57,19 @@ impl Drop for Scratch {
             unsafe {
                 libc::kill(c.id() as i32, libc::SIGQUIT);
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
+            // Cancellation does not cut this short: it is the cleanup.
+            let mut poll =
+                crate::poll::Poll::every(Duration::from_secs(10), Duration::from_millis(20))
+                    .through_cancel();
             loop {
                 match c.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
+                    Ok(None) if poll.next_blocking().is_err() => {
                         let _ = c.kill();
                         let _ = c.wait();
                         break;
                     }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(None) => {}
                 }
             }
         }
@@ -225,7 +228,7 @@ pub async fn start(major: u32, keep: bool) -> Result<Scratch> {
     if !out.status.success() {
         bail!(
             "initdb of the scratch server failed: {}",
-            super::stderr_summary(&out.stderr)
+            crate::pg::stderr_summary(&out.stderr)
         );
     }
     s.launch(true).await?;
@@ -332,7 +335,7 @@ impl Scratch {
 
 /// Until the postmaster accepts TCP connections (or dies).
 async fn wait_listening(s: &mut Scratch) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut poll = crate::poll::Poll::every(Duration::from_secs(60), Duration::from_millis(50));
     loop {
         if !s.alive() {
             bail!("exited: {}", last_lines(&s.log()));
@@ -343,13 +346,11 @@ async fn wait_listening(s: &mut Scratch) -> Result<()> {
         {
             return Ok(());
         }
-        if Instant::now() > deadline {
-            bail!("not listening within 60s");
+        match poll.next().await {
+            Ok(()) => {}
+            Err(crate::poll::Gave::Up) => bail!("not listening within 60s"),
+            Err(crate::poll::Gave::Cancelled) => bail!("cancelled"),
         }
-        if crate::cancel::requested() {
-            bail!("cancelled");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -358,7 +359,7 @@ fn last_lines(log: &str) -> String {
 }
 
 async fn wait_ready(s: &mut Scratch) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut poll = crate::poll::Poll::every(Duration::from_secs(60), Duration::from_millis(100));
     loop {
         if !s.alive() {
             bail!("exited: {}", last_lines(&s.log()));
@@ -386,12 +387,10 @@ async fn wait_ready(s: &mut Scratch) -> Result<()> {
                 return Ok(());
             }
         }
-        if Instant::now() > deadline {
-            bail!("not ready within 60s");
+        match poll.next().await {
+            Ok(()) => {}
+            Err(crate::poll::Gave::Up) => bail!("not ready within 60s"),
+            Err(crate::poll::Gave::Cancelled) => bail!("cancelled"),
         }
-        if crate::cancel::requested() {
-            bail!("cancelled");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -37,7 +37,7 @@ impl Rules {
             within: r
                 .keep_within
                 .as_deref()
-                .and_then(|w| crate::timeparse::parse_duration(w).ok()),
+                .and_then(|w| crate::time::parse::parse_duration(w).ok()),
         }
     }
 

@@ -4,9 +4,9 @@
 
 use anyhow::{Context, Result};
 
-use crate::manifest::{Manifest, MANIFEST_NAME};
-use crate::plan::Candidate;
+use crate::repo::manifest::{Manifest, MANIFEST_NAME};
 use crate::repo::Repository;
+use crate::restore::plan::Candidate;
 
 #[derive(Debug, Default)]
 pub struct Inventory {
@@ -84,14 +84,14 @@ pub async fn scan(repo: &dyn Repository, policy: Option<&str>) -> Result<Invento
             inv.incomplete.push((pol, id));
             continue;
         }
-        let key = crate::manifest::manifest_key(&pol, &id);
+        let key = crate::repo::manifest::manifest_key(&pol, &id);
         let bytes = repo
             .get_bytes(&key)
             .await?
             .with_context(|| format!("{key} vanished while scanning"))?;
         match Manifest::from_json_sealed(&bytes) {
             Ok((m, seal)) => {
-                if seal == crate::seal::Seal::Unsealed {
+                if seal == crate::repo::seal::Seal::Unsealed {
                     inv.unsealed.push(m.id.clone());
                 }
                 inv.complete.push(m);

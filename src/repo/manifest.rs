@@ -10,6 +10,9 @@ use crate::policy::Method;
 /// 2: sealed (see `seal`); 1 manifests are read and reported unsealed.
 pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_NAME: &str = "manifest.json";
+/// PostgreSQL's default WAL segment size (manifests before segment_size
+/// was recorded were all taken with it).
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -81,7 +84,7 @@ pub struct WalInfo {
 }
 
 fn default_segment_size() -> u64 {
-    crate::wal::DEFAULT_SEGMENT_SIZE
+    DEFAULT_SEGMENT_SIZE
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,7 +134,7 @@ pub struct TableCount {
 impl Manifest {
     /// The sealed JSON written to the repository.
     pub fn to_json(&self) -> String {
-        crate::seal::to_json(self)
+        crate::repo::seal::to_json(self)
     }
 
     /// Parse a manifest; a broken seal is an error (never a backup).
@@ -140,9 +143,9 @@ impl Manifest {
     }
 
     /// Parse a manifest and say whether it was sealed.
-    pub fn from_json_sealed(bytes: &[u8]) -> Result<(Manifest, crate::seal::Seal), String> {
+    pub fn from_json_sealed(bytes: &[u8]) -> Result<(Manifest, crate::repo::seal::Seal), String> {
         let (m, seal): (Manifest, _) =
-            crate::seal::from_json(bytes).map_err(|e| format!("manifest is {e}"))?;
+            crate::repo::seal::from_json(bytes).map_err(|e| format!("manifest is {e}"))?;
         if m.format > FORMAT_VERSION {
             return Err(format!(
                 "manifest format {} is newer than this drctl understands ({FORMAT_VERSION}); upgrade drctl",

@@ -17,6 +17,8 @@
 //! - `--listen` serves `/metrics` (Prometheus) and `/healthz` (200 while the
 //!   loop is alive).
 
+pub mod metrics;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,8 +39,8 @@ use tracing::Instrument;
 
 use crate::catalog::Catalog;
 use crate::policy::Policy;
-use crate::schedule::Schedule;
-use crate::timeparse::rfc3339;
+use crate::time::parse::rfc3339;
+use crate::time::schedule::Schedule;
 
 pub struct Options {
     pub policies_dir: PathBuf,
@@ -215,7 +217,7 @@ async fn job(
 ) -> Result<()> {
     let _permit = sem.acquire_owned().await.context("scheduler closed")?;
     let started = std::time::Instant::now();
-    match crate::jobs::backup(&policy, &shared.catalog, &catalog_path).await {
+    match crate::backup::run(&policy, &shared.catalog, &catalog_path).await {
         Ok(out) => {
             tracing::info!(
                 backup = %out.made.id(),
@@ -427,7 +429,7 @@ async fn watch_rpo(
             .notify
             .max_rpo
             .as_deref()
-            .and_then(|m| crate::timeparse::parse_duration(m).ok())
+            .and_then(|m| crate::time::parse::parse_duration(m).ok())
         else {
             continue;
         };
@@ -438,7 +440,7 @@ async fn watch_rpo(
                 let msg = match s.rpo_seconds {
                     Some(r) => format!(
                         "RPO is {} (budget {}); newest recoverable point {}",
-                        crate::timeparse::human_duration(jiff::SignedDuration::from_secs(r)),
+                        crate::time::parse::human_duration(jiff::SignedDuration::from_secs(r)),
                         p.notify.max_rpo.as_deref().unwrap_or(""),
                         s.window_end.as_deref().unwrap_or("?")
                     ),
@@ -557,8 +559,8 @@ async fn metrics_text(shared: &Shared) -> Result<String> {
         }
     }
     let (policies, _) = crate::policy::load_dir(&shared.policies_dir)?;
-    let all = crate::metrics::collect(&policies, &shared.catalog).await?;
-    let mut body = crate::metrics::render(&all);
+    let all = crate::daemon::metrics::collect(&policies, &shared.catalog).await?;
+    let mut body = crate::daemon::metrics::render(&all);
     body.push_str(&format!(
         "# HELP drctl_scheduler_heartbeat_timestamp_seconds Last turn of the scheduler loop (Unix time).\n# TYPE drctl_scheduler_heartbeat_timestamp_seconds gauge\ndrctl_scheduler_heartbeat_timestamp_seconds {}\n",
         shared.heartbeat.load(Ordering::Relaxed)

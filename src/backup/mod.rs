@@ -1,0 +1,158 @@
+//! `drctl backup`: a policy's backup job, the same whether cron runs
+//! `drctl backup` or the daemon does: take the policy lock, back up by the
+//! policy's method, prune, notify. A failed prune or an undeliverable
+//! notification never turns a durable backup into a failure.
+//!
+//! One entry point per method: `dump::backup`, `physical::backup` (both
+//! into the repository, sharing `store`) and `crate::rds::backup`.
+
+pub mod dump;
+pub mod physical;
+pub mod store;
+
+use std::path::Path;
+
+use anyhow::Result;
+use jiff::Timestamp;
+
+use crate::catalog::Catalog;
+use crate::notify::{self, Event};
+use crate::policy::{Method, Policy};
+use crate::progress::human_bytes;
+use crate::repo::manifest::{self, Manifest};
+
+/// What a job made: a committed manifest, or an RDS snapshot.
+pub enum Made {
+    Repository(Box<Manifest>),
+    Rds(Box<crate::rds::Backup>),
+}
+
+impl Made {
+    pub fn id(&self) -> &str {
+        match self {
+            Made::Repository(m) => &m.id,
+            Made::Rds(b) => &b.id,
+        }
+    }
+}
+
+pub struct BackupOutcome {
+    pub made: Made,
+    pub pruned: Option<crate::prune::Report>,
+    pub prune_error: Option<String>,
+}
+
+pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Result<BackupOutcome> {
+    let _lock = crate::lock::acquire(catalog_path, &policy.name, "backup")?;
+    let rds = policy.backup.method == Method::RdsSnapshot;
+    let made = if rds {
+        crate::rds::backup(policy, catalog)
+            .await
+            .map(|b| Made::Rds(Box::new(b)))
+    } else {
+        into_repository(policy, catalog)
+            .await
+            .map(|m| Made::Repository(Box::new(m)))
+    };
+    let made = match made {
+        Ok(m) => m,
+        Err(e) => {
+            notify::send(policy, Event::BackupFailed, &format!("{e:#}")).await;
+            return Err(e);
+        }
+    };
+    let summary = match &made {
+        Made::Repository(m) => format!(
+            "backup {} complete: {} stored, consistent at {}",
+            m.id,
+            human_bytes(m.stored_bytes()),
+            crate::time::parse::rfc3339(m.consistent_at)
+        ),
+        Made::Rds(b) => format!(
+            "snapshot {} complete in {}{}, consistent at {}",
+            b.snapshot,
+            b.region,
+            b.copy_region
+                .as_deref()
+                .map(|r| format!(" (copied to {r})"))
+                .unwrap_or_default(),
+            b.consistent_at
+        ),
+    };
+    notify::send(policy, Event::BackupSucceeded, &summary).await;
+    let mut out = BackupOutcome {
+        made,
+        pruned: None,
+        prune_error: None,
+    };
+    if !crate::prune::retention::Rules::from_policy(&policy.retention).is_empty() {
+        let r = async {
+            if rds {
+                return crate::rds::prune(policy, catalog, false).await;
+            }
+            let repo = crate::repo::open_for(policy).await?;
+            crate::prune::run(policy, &*repo, catalog, false).await
+        }
+        .await;
+        match r {
+            Ok(r) => out.pruned = Some(r),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(policy = %policy.name, "prune after backup failed: {msg}");
+                notify::send(policy, Event::PruneFailed, &msg).await;
+                out.prune_error = Some(msg);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A dump or physical backup into the policy's repository; returns its
+/// committed manifest. The caller holds the policy lock.
+async fn into_repository(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
+    let method = policy.backup.method;
+    let conn = policy.source_conn()?;
+    let recipients = crate::pipeline::parse_recipients(policy.recipients()).map_err(|e| {
+        crate::error::usage(format!(
+            "{}: encryption.recipients: {e}",
+            policy.path.display()
+        ))
+    })?;
+    let repo = crate::repo::open_for(policy).await?;
+    crate::repo::ensure_initialized(&*repo).await?;
+    // What killed runs left goes before this run adds its own (the caller
+    // holds the policy lock: nothing of this policy is in flight).
+    let swept = async {
+        let inv = crate::repo::inventory::scan(&*repo, Some(&policy.name)).await?;
+        crate::prune::sweep(&policy.name, &*repo, &inv, false).await
+    }
+    .await;
+    if let Err(e) = swept {
+        tracing::warn!(policy = %policy.name, "cannot remove what earlier runs left: {e:#}");
+    }
+
+    let started = Timestamp::now();
+    let id = manifest::new_backup_id(started);
+    catalog
+        .insert_running(&id, &policy.name, method.as_str(), started, repo.url())
+        .await?;
+    tracing::info!(policy = %policy.name, backup = %id, "backup started");
+    let result = match method {
+        Method::Physical => physical::backup(policy, &conn, &repo, &recipients, &id, started).await,
+        _ => dump::backup(policy, &conn, &*repo, &recipients, &id, started).await,
+    };
+    match result {
+        Ok(m) => {
+            catalog.upsert_complete(&m, repo.url()).await?;
+            tracing::info!(policy = %policy.name, backup = %id, "backup complete");
+            Ok(m)
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            if let Err(ce) = catalog.mark_failed(&id, Timestamp::now(), &msg).await {
+                tracing::error!(error = %ce, "could not record the failure in the catalog");
+            }
+            Err(e.context(format!("backup {id} of policy {} failed", policy.name)))
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `drctl restore`: dump restores (`dump`) and point-in-time recovery of
+//! physical backups (`physical`), planned by the pure `plan` over the
+//! repository's inventory. Shared here: what a restore plans and reports
+//! (`Plan`, `Outcome`) and the key check every restore makes before it
+//! touches anything.
+
+pub mod dump;
+pub mod physical;
+pub mod plan;
+pub mod toc;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::error::usage;
+use crate::pipeline;
+use crate::policy::{Method, Policy};
+use crate::repo::manifest::Manifest;
+use crate::time::parse::rfc3339;
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub policy: String,
+    pub backup_id: String,
+    pub method: Method,
+    /// The requested time, or the backup's consistent point for --latest/--backup.
+    pub target_time: String,
+    pub consistent_at: String,
+    pub gap_seconds: Option<i64>,
+    pub wal_segments: Vec<String>,
+    pub target: Option<String>,
+    pub stored_bytes: u64,
+    pub source_bytes: u64,
+    pub dry_run: bool,
+    /// Physical: the policy's recoverable window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<String>,
+    /// Physical: every continuous range, oldest first (gaps split them);
+    /// window_start/window_end are the newest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<crate::wal::archive::RangeJson>>,
+    /// Physical: the last commit in the newest range, where the archive
+    /// recorded commits; a target after it restores that commit's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_commit_at: Option<String>,
+    /// Physical: where each tablespace of the backup goes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<TablespacePlacement>,
+    /// Restoring over the policy's own source (`--overwrite-source`): what
+    /// is lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwrites_source: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TablespacePlacement {
+    pub oid: u32,
+    /// Its directory on the source server.
+    pub location: String,
+    pub restore_to: String,
+}
+
+impl Plan {
+    /// The fields every plan has; the method's planner fills in the rest.
+    pub fn new(policy: &Policy, m: &Manifest, target_time: jiff::Timestamp, dry_run: bool) -> Plan {
+        Plan {
+            policy: policy.name.clone(),
+            backup_id: m.id.clone(),
+            method: m.method,
+            target_time: crate::time::parse::rfc3339_exact(target_time),
+            consistent_at: rfc3339(m.consistent_at),
+            gap_seconds: None,
+            wal_segments: Vec::new(),
+            target: None,
+            stored_bytes: m.stored_bytes(),
+            source_bytes: m.source_bytes(),
+            dry_run,
+            window_start: None,
+            window_end: None,
+            windows: None,
+            last_commit_at: None,
+            tablespaces: Vec::new(),
+            overwrites_source: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    #[serde(flatten)]
+    pub plan: Plan,
+    pub created_database: bool,
+    pub duration_seconds: f64,
+    /// Physical with --start: the point recovery reached, per the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached_at: Option<String>,
+}
+
+/// Resolve `--identity` / `DRCTL_IDENTITY` and load it.
+pub fn identities(path: Option<&PathBuf>) -> Result<Vec<age::x25519::Identity>> {
+    let p = path.ok_or_else(|| {
+        usage("restoring needs the private key: pass --identity FILE or set DRCTL_IDENTITY")
+    })?;
+    pipeline::load_identities(p)
+}
+
+/// Decrypt only the age header: proves the key fits before anything is touched.
+pub async fn check_identity(
+    policy: &Policy,
+    m: &Manifest,
+    ids: &[age::x25519::Identity],
+    id_path: &std::path::Path,
+) -> Result<()> {
+    let repo = crate::repo::open_for(policy).await?;
+    let obj = m.objects.first().context("manifest lists no objects")?;
+    let reader = repo.reader(&obj.key).await?;
+    let ids = ids.to_vec();
+    let ok = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        let d = age::Decryptor::new_buffered(std::io::BufReader::new(reader))
+            .map_err(|e| e.to_string())?;
+        match d.decrypt(ids.iter().map(|i| i as &dyn age::Identity)) {
+            Ok(_) => Ok(true),
+            Err(age::DecryptError::NoMatchingKeys) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await?;
+    match ok {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(usage(format!(
+            "the identity in {} does not match backup {} (encrypted to {}); use the key that belongs to the policy's recipients",
+            id_path.display(),
+            m.id,
+            m.encryption.recipients.join(", ")
+        ))),
+        Err(e) => bail!("backup {} is unreadable: {e}", m.id),
+    }
+}
