@@ -6,26 +6,38 @@
 //! `catalog` (SQLite). `backup`, `restore` and `verify` orchestrate them;
 //! `cli` parses arguments and prints.
 
-pub mod backup;
-pub mod cancel;
-pub mod catalog;
-pub mod check;
-pub mod cli;
-pub mod daemon;
-pub mod drill;
-pub mod error;
-pub mod lock;
-pub mod notify;
-pub mod pg;
-pub mod pipeline;
-pub mod policy;
-pub mod poll;
-pub mod progress;
-pub mod prune;
-pub mod rds;
-pub mod repo;
-pub mod restore;
-pub mod status;
-pub mod time;
-pub mod verify;
-pub mod wal;
+pub(crate) mod backup;
+pub(crate) mod cancel;
+pub(crate) mod catalog;
+pub(crate) mod check;
+pub(crate) mod cli;
+pub(crate) mod daemon;
+pub(crate) mod drill;
+pub(crate) mod error;
+pub(crate) mod lock;
+pub(crate) mod notify;
+pub(crate) mod pg;
+pub(crate) mod pipeline;
+pub(crate) mod policy;
+pub(crate) mod poll;
+pub(crate) mod progress;
+pub(crate) mod prune;
+pub(crate) mod rds;
+pub(crate) mod repo;
+pub(crate) mod restore;
+pub(crate) mod status;
+pub(crate) mod time;
+pub(crate) mod verify;
+pub(crate) mod wal;
+
+/// The binary's entry point (src/main.rs).
+pub use cli::main;
+
+/// What the integration tests reach into: the manifest format, the
+/// pipeline's decoder and key loading (to forge a backup that agrees with
+/// its own checksums), and cron schedules (deploy files).
+pub mod testing {
+    pub use crate::pipeline::{decode, load_identities};
+    pub use crate::repo::manifest::Manifest;
+    pub use crate::time::schedule::Schedule;
+}

@@ -23,7 +23,6 @@ use anyhow::{anyhow, Context, Result};
 #[derive(Debug)]
 pub struct PolicyLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 /// This host's name, recorded beside a holder's pid.
@@ -162,7 +161,7 @@ pub fn acquire(catalog: &Path, policy: &str, what: &str) -> Result<PolicyLock> {
     file.set_len(0)?;
     file.rewind()?;
     file.write_all(note.as_bytes())?;
-    Ok(PolicyLock { _file: file, path })
+    Ok(PolicyLock { _file: file })
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The `drctl` binary: all logic lives in the library.
 
 fn main() -> std::process::ExitCode {
-    drctl::cli::main()
+    drctl::main()
 }

@@ -608,6 +608,13 @@ fn validate_repository(ctx: &mut Ctx<'_>, r: &Repository) {
     if let Some(v) = &r.request_timeout {
         check_positive(ctx, "repository.request_timeout", v);
     }
+    if r.object_lock_days.is_some() {
+        // Accepting it would let a user believe backups are immutable.
+        ctx.add(
+            "repository.object_lock_days",
+            "S3 Object Lock is not implemented yet: drctl would write objects without a retain-until date; remove the key (a bucket default retention still applies)",
+        );
+    }
     if let Some(p) = r.part_size_mib {
         if !(5..=512).contains(&p) {
             ctx.add(
@@ -793,6 +800,18 @@ expect = "t"
         assert!(keys.contains(&"backup.schedule"), "{keys:?}");
         assert!(keys.contains(&"compression.level"), "{keys:?}");
         assert!(keys.contains(&"encryption.recipients[0]"), "{keys:?}");
+    }
+
+    #[test]
+    fn object_lock_is_refused_until_it_acts() {
+        let text = GOOD.replace(
+            "url = \"file:///var/lib/drctl/repo\"",
+            "url = \"file:///var/lib/drctl/repo\"\nobject_lock_days = 35",
+        );
+        let errs = p(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "repository.object_lock_days");
+        assert!(errs[0].reason.contains("not implemented"), "{}", errs[0]);
     }
 
     #[test]

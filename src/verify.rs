@@ -227,6 +227,110 @@ pub async fn verify_wal(
     })
 }
 
+/// One policy's share of a `drctl verify` run: its complete backups, and
+/// whether its WAL archive is checked too (physical policies, unless one
+/// backup was named).
+pub struct Work {
+    pub policy: crate::policy::Policy,
+    pub manifests: Vec<Manifest>,
+    pub wal: bool,
+}
+
+/// Verify a policy's backups (recording each result in the catalog) and,
+/// where asked, its WAL archive and the source's archiving; `on_report`
+/// sees each report as it is made.
+pub async fn policy(
+    work: &Work,
+    identities: Option<&[age::x25519::Identity]>,
+    catalog: &crate::catalog::Catalog,
+    on_report: &mut dyn FnMut(&Report),
+) -> Result<Vec<Report>> {
+    let repo = crate::repo::open_for(&work.policy).await?;
+    let mut out = Vec::new();
+    for m in &work.manifests {
+        let r = verify(&*repo, m, identities).await?;
+        catalog
+            .record_verify(&r.id, r.deep, r.ok, &r.problems.join("; "))
+            .await?;
+        on_report(&r);
+        out.push(r);
+    }
+    if work.wal {
+        let p = &work.policy;
+        let mut r = verify_wal(&*repo, &p.name, &work.manifests, identities).await?;
+        // The archive can be intact and still stale: the source says
+        // whether archiving is keeping up.
+        if let Some(h) = crate::status::server_archive_health(p)
+            .await
+            .filter(|h| h.failing == Some(true))
+        {
+            r.problems.push(format!(
+                "{}; WAL after the last archived segment is not in the archive (run `drctl check {}`)",
+                h.describe(),
+                p.name
+            ));
+            r.ok = false;
+        }
+        on_report(&r);
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// What an interrupted run left, with its size: the next backup of the
+/// policy or prune removes it. (Fields in JSON's order.)
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Left {
+    /// A backup folder without a manifest.
+    Incomplete {
+        bytes: u64,
+        id: String,
+        policy: String,
+    },
+    /// A temp file or an unfinished upload.
+    Leftover {
+        age_seconds: u64,
+        bytes: u64,
+        leftover: String,
+        policy: String,
+    },
+}
+
+/// Everything interrupted runs left under `policy`: its `incomplete`
+/// backup ids (from the inventory) and the repository's leftovers.
+pub async fn left_behind(
+    policy: &crate::policy::Policy,
+    incomplete: &[(String, String)],
+) -> Result<Vec<Left>> {
+    let repo = crate::repo::open_for(policy).await?;
+    let mut out = Vec::new();
+    for (p, id) in incomplete.iter().filter(|(p, _)| *p == policy.name) {
+        let bytes: u64 = repo
+            .list(&crate::repo::manifest::backup_prefix(p, id))
+            .await?
+            .iter()
+            .map(|o| o.size)
+            .sum();
+        out.push(Left::Incomplete {
+            bytes,
+            id: id.clone(),
+            policy: p.clone(),
+        });
+    }
+    let mut leftovers = repo.leftovers(&format!("{}/", policy.name)).await?;
+    leftovers.sort_by(|a, b| a.key.cmp(&b.key));
+    for l in leftovers {
+        out.push(Left::Leftover {
+            age_seconds: l.age.as_secs(),
+            bytes: l.size,
+            leftover: l.key,
+            policy: policy.name.clone(),
+        });
+    }
+    Ok(out)
+}
+
 fn deep_one(
     reader: Box<dyn std::io::Read + Send>,
     ids: &[age::x25519::Identity],

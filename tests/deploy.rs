@@ -69,8 +69,7 @@ fn crontab_line_is_valid_cron_and_backs_up() {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert!(f.len() > 6, "not a cron.d job line: {line}");
         let schedule = f[..5].join(" ");
-        drctl::time::schedule::Schedule::parse(&schedule)
-            .unwrap_or_else(|e| panic!("{schedule}: {e}"));
+        drctl::testing::Schedule::parse(&schedule).unwrap_or_else(|e| panic!("{schedule}: {e}"));
         assert_eq!(f[5], "drctl", "jobs run as the drctl user: {line}");
         assert_eq!(
             f[6], "drctl",
@@ -276,7 +275,7 @@ fn kubernetes_cronjob_is_well_formed_and_its_container_backs_up() {
     assert_eq!(v["kind"], "CronJob");
     let spec = &v["spec"];
     let schedule = spec["schedule"].as_str().unwrap();
-    drctl::time::schedule::Schedule::parse(schedule).unwrap_or_else(|e| panic!("{schedule}: {e}"));
+    drctl::testing::Schedule::parse(schedule).unwrap_or_else(|e| panic!("{schedule}: {e}"));
     assert_eq!(spec["concurrencyPolicy"], "Forbid");
     let pod = &spec["jobTemplate"]["spec"]["template"]["spec"];
     assert_eq!(pod["restartPolicy"], "Never");
@@ -341,7 +340,7 @@ fn github_actions_drill_workflow_is_well_formed() {
         &v["on"]
     };
     let cron = on["schedule"][0]["cron"].as_str().unwrap();
-    drctl::time::schedule::Schedule::parse(cron).unwrap_or_else(|e| panic!("{cron}: {e}"));
+    drctl::testing::Schedule::parse(cron).unwrap_or_else(|e| panic!("{cron}: {e}"));
     let steps = v["jobs"]["drill"]["steps"].as_array().unwrap();
     let drill = steps
         .iter()

@@ -724,13 +724,12 @@ fn a_backup_that_agrees_with_its_own_checksums_but_not_with_the_server_fails_pg_
     // byte of table t changed, then compressed, encrypted and checksummed
     // as drctl would, the manifest resealed to match.
     let mpath = backup.join("manifest.json");
-    let mut m =
-        drctl::repo::manifest::Manifest::from_json(&std::fs::read(&mpath).unwrap()).unwrap();
+    let mut m = drctl::testing::Manifest::from_json(&std::fs::read(&mpath).unwrap()).unwrap();
     let base = m.objects.iter_mut().find(|o| o.name == "base").unwrap();
     let opath = d.repo_dir().join(&base.key);
-    let ids = drctl::pipeline::load_identities(&d.identity).unwrap();
+    let ids = drctl::testing::load_identities(&d.identity).unwrap();
     let mut plain = Vec::new();
-    drctl::pipeline::decode(
+    drctl::testing::decode(
         Box::new(std::fs::File::open(&opath).unwrap()),
         &ids,
         base,

@@ -122,7 +122,6 @@ pub struct Ctx {
     pub policies_dir: PathBuf,
     pub catalog_path: PathBuf,
     pub output: Output,
-    pub verbose: u8,
 }
 
 impl Ctx {
@@ -416,7 +415,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| default_catalog(cli.policies.as_deref())),
         output: cli.output,
-        verbose: cli.verbose,
     };
     match cli.command {
         Command::Init(a) => init::run(&ctx, a).await,

@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::Ctx;
 use crate::error::usage;
 use crate::policy::Policy;
-use crate::repo::manifest::Manifest;
+use crate::verify::{Left, Report, Work};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,42 +32,50 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let mut work: Vec<(Policy, Vec<Manifest>)> = Vec::new();
-    let mut incomplete = Vec::new();
-    let mut corrupt = Vec::new();
-    let mut unsealed: Vec<String> = Vec::new();
+    let mut work: Vec<Work> = Vec::new();
+    let mut inv = crate::repo::inventory::Inventory::default();
+    let mut add = |p: Policy, found: crate::repo::inventory::Inventory| {
+        inv.incomplete.extend(found.incomplete);
+        inv.corrupt.extend(found.corrupt);
+        inv.unsealed.extend(found.unsealed);
+        let wal = p.backup.method == crate::policy::Method::Physical;
+        work.push(Work {
+            policy: p,
+            manifests: found.complete,
+            wal,
+        });
+    };
     match a.target.as_deref() {
         Some(t) if crate::policy::valid_name(t) && ctx.policy_names().iter().any(|n| n == t) => {
             let p = ctx.load(t)?;
-            let inv = scan(&p).await?;
-            incomplete.extend(inv.incomplete);
-            corrupt.extend(inv.corrupt);
-            unsealed.extend(inv.unsealed);
-            work.push((p, inv.complete));
+            let found = scan(&p).await?;
+            add(p, found);
         }
         Some(t) => {
+            // One backup: its objects, not its policy's whole archive.
             let (p, m) = super::find_backup(ctx, t).await?;
-            work.push((p, vec![m]));
+            work.push(Work {
+                policy: p,
+                manifests: vec![m],
+                wal: false,
+            });
         }
         None => {
             for p in ctx.load_all()? {
-                if p.repository.is_none() {
-                    continue;
+                if p.repository.is_some() {
+                    let found = scan(&p).await?;
+                    add(p, found);
                 }
-                let inv = scan(&p).await?;
-                incomplete.extend(inv.incomplete);
-                corrupt.extend(inv.corrupt);
-                unsealed.extend(inv.unsealed);
-                work.push((p, inv.complete));
             }
         }
     }
     let catalog = ctx.catalog().await?;
     // A manifest that fails its seal is no backup: reported, never verified
     // as one (and never restored from).
-    let mut reports: Vec<crate::verify::Report> = corrupt
+    let mut reports: Vec<Report> = inv
+        .corrupt
         .into_iter()
-        .map(|(policy, id, why)| crate::verify::Report {
+        .map(|(policy, id, why)| Report {
             id,
             policy,
             deep: false,
@@ -75,115 +83,38 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             problems: vec![why],
         })
         .collect();
-    if !ctx.json() {
+    let json = ctx.json();
+    if !json {
         for r in &reports {
-            println!("FAILED  {} ({}): {}", r.id, r.policy, r.problems.join("; "));
+            print_report(r);
         }
-        for id in &unsealed {
+        for id in &inv.unsealed {
             println!("note    {id}: unsealed manifest (written before manifests carried a seal); its objects are checked, its fields cannot be");
         }
     }
-    for (policy, manifests) in &work {
-        let repo = crate::repo::open_for(policy).await?;
-        for m in manifests {
-            let r = crate::verify::verify(&*repo, m, ids.as_deref()).await?;
-            catalog
-                .record_verify(&r.id, r.deep, r.ok, &r.problems.join("; "))
-                .await?;
-            if !ctx.json() {
-                if r.ok {
-                    println!(
-                        "ok      {} ({}{})",
-                        r.id,
-                        r.policy,
-                        if r.deep { ", deep" } else { "" }
-                    );
-                } else {
-                    println!("FAILED  {} ({}): {}", r.id, r.policy, r.problems.join("; "));
-                }
+    let mut left = Vec::new();
+    for w in &work {
+        let mut show = |r: &Report| {
+            if !json {
+                print_report(r)
             }
-            reports.push(r);
-        }
-        if policy.backup.method == crate::policy::Method::Physical
-            && !a
-                .target
-                .as_deref()
-                .is_some_and(crate::repo::manifest::valid_backup_id)
-        {
-            let mut r =
-                crate::verify::verify_wal(&*repo, &policy.name, manifests, ids.as_deref()).await?;
-            // The archive can be intact and still stale: the source says
-            // whether archiving is keeping up.
-            if let Some(h) = crate::status::server_archive_health(policy)
-                .await
-                .filter(|h| h.failing == Some(true))
-            {
-                r.problems.push(format!(
-                    "{}; WAL after the last archived segment is not in the archive (run `drctl check {}`)",
-                    h.describe(),
-                    policy.name
-                ));
-                r.ok = false;
-            }
-            if !ctx.json() {
-                if r.ok {
-                    println!(
-                        "ok      WAL archive ({}{})",
-                        r.policy,
-                        if r.deep { ", deep" } else { "" }
-                    );
-                } else {
-                    println!(
-                        "FAILED  WAL archive ({}): {}",
-                        r.policy,
-                        r.problems.join("; ")
-                    );
-                }
-            }
-            reports.push(r);
-        }
+        };
+        reports.extend(crate::verify::policy(w, ids.as_deref(), &catalog, &mut show).await?);
     }
-    // What interrupted runs left, with its size: the next backup of the
-    // policy or prune removes it.
-    let mut left: Vec<serde_json::Value> = Vec::new();
-    for (policy, _) in &work {
-        let repo = crate::repo::open_for(policy).await?;
-        for (p, id) in incomplete.iter().filter(|(p, _)| *p == policy.name) {
-            let bytes: u64 = repo
-                .list(&crate::repo::manifest::backup_prefix(p, id))
-                .await?
-                .iter()
-                .map(|o| o.size)
-                .sum();
-            left.push(serde_json::json!({"policy": p, "id": id, "bytes": bytes}));
-        }
-        let mut leftovers = repo.leftovers(&format!("{}/", policy.name)).await?;
-        leftovers.sort_by(|a, b| a.key.cmp(&b.key));
-        for l in leftovers {
-            left.push(serde_json::json!({"policy": policy.name, "leftover": l.key, "bytes": l.size, "age_seconds": l.age.as_secs()}));
-        }
+    for w in &work {
+        left.extend(crate::verify::left_behind(&w.policy, &inv.incomplete).await?);
     }
     let failed = reports.iter().filter(|r| !r.ok).count();
-    if ctx.json() {
+    if json {
         ctx.print_json(&serde_json::json!({
             "ok": failed == 0,
             "backups": reports,
             "incomplete": left,
-            "unsealed": unsealed,
+            "unsealed": inv.unsealed,
         }))?;
     } else {
         for l in &left {
-            let size = crate::progress::human_bytes(l["bytes"].as_u64().unwrap_or(0));
-            match (l["id"].as_str(), l["leftover"].as_str()) {
-                (Some(id), _) => println!(
-                    "note    {id} ({}): incomplete (no manifest), {size}; never restored from, removed by the next backup or prune",
-                    l["policy"].as_str().unwrap_or("")
-                ),
-                (_, Some(key)) => println!(
-                    "note    {key}: left by an interrupted run, {size}; removed by the next backup or prune"
-                ),
-                _ => {}
-            }
+            print_left(l);
         }
         if reports.is_empty() {
             println!("no complete backups to verify");
@@ -199,6 +130,36 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn print_report(r: &Report) {
+    let what = if r.id == "wal" {
+        "WAL archive".to_string()
+    } else {
+        r.id.clone()
+    };
+    if r.ok {
+        println!(
+            "ok      {what} ({}{})",
+            r.policy,
+            if r.deep { ", deep" } else { "" }
+        );
+    } else {
+        println!("FAILED  {what} ({}): {}", r.policy, r.problems.join("; "));
+    }
+}
+
+fn print_left(l: &Left) {
+    match l {
+        Left::Incomplete { bytes, id, policy } => println!(
+            "note    {id} ({policy}): incomplete (no manifest), {}; never restored from, removed by the next backup or prune",
+            crate::progress::human_bytes(*bytes)
+        ),
+        Left::Leftover { bytes, leftover, .. } => println!(
+            "note    {leftover}: left by an interrupted run, {}; removed by the next backup or prune",
+            crate::progress::human_bytes(*bytes)
+        ),
+    }
 }
 
 async fn scan(p: &Policy) -> Result<crate::repo::inventory::Inventory> {

@@ -375,11 +375,6 @@ impl Session {
     }
 }
 
-/// Escape an identifier for SQL.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 /// `pg_dump (PostgreSQL) 15.18` -> `15.18`.
 pub async fn tool_version(program: &str) -> Result<String> {
     let out = Command::new(program)
@@ -441,7 +436,6 @@ mod tests {
             vec![vec!["a", "b"], vec!["c", "d"]]
         );
         assert!(parse_rows(b"").is_empty());
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
     }
 
     #[test]

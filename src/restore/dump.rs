@@ -23,7 +23,7 @@ use crate::policy::{Method, Policy};
 use crate::repo::inventory;
 use crate::repo::manifest::Manifest;
 use crate::restore::plan::{self, Target};
-use crate::restore::{check_identity, identities, Outcome, Plan};
+use crate::restore::{Outcome, Plan};
 use crate::time::parse::rfc3339;
 
 pub struct Request {
@@ -160,28 +160,19 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             "--jobs > 1 restores in several transactions, so it cannot replace an existing database's contents safely; drop --force and restore into a new database, or use --jobs 1",
         ));
     }
-    let ids = match (&req.identity, req.dry_run) {
-        (None, true) => None,
-        (p, _) => Some(identities(p.as_ref())?),
+    let Some(go) = crate::restore::preamble(
+        policy,
+        &m,
+        req.identity.as_ref(),
+        req.dry_run,
+        req.lease_catalog.as_ref(),
+    )
+    .await?
+    else {
+        return Ok(Outcome::dry_run(plan, started));
     };
-    if let (Some(ids), Some(p)) = (&ids, &req.identity) {
-        check_identity(policy, &m, ids, p).await?;
-    }
-    if req.dry_run {
-        return Ok(Outcome {
-            plan,
-            created_database: false,
-            duration_seconds: started.elapsed().as_secs_f64(),
-            reached_at: None,
-        });
-    }
-    let ids = ids.expect("loaded unless dry-run");
+    let ids = &go.ids;
     let target_url = target_url.expect("required unless dry-run");
-    // Prune keeps the backup while this restore reads it.
-    let _lease = match &req.lease_catalog {
-        Some(c) => Some(crate::lock::lease(c, &policy.name, &m.id)?),
-        None => None,
-    };
 
     // Target checks: nothing is created or changed before they pass.
     let target = Conn::new(target_url.clone(), None)?;
@@ -225,7 +216,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     }
     let created = !exists;
 
-    let result = stream_into(policy, &m, &target, ids, req, clean).await;
+    let result = stream_into(policy, &m, &target, ids.clone(), req, clean).await;
     if let Err(e) = result {
         if created {
             // Say what happened to it, not what was hoped: the server that

@@ -140,3 +140,52 @@ pub async fn check_identity(
         Err(e) => bail!("backup {} is unreadable: {e}", m.id),
     }
 }
+
+/// What a restore holds once the shared preamble let it go ahead.
+pub struct Go {
+    pub ids: Vec<age::x25519::Identity>,
+    /// Prune keeps the backup while this restore reads it.
+    pub _lease: Option<crate::lock::Lease>,
+}
+
+/// The preamble every restore runs after its own checks: load the key and
+/// prove it opens the backup (on a dry run too, when one is given), stop
+/// there for a dry run (None), else lease the backup.
+pub async fn preamble(
+    policy: &Policy,
+    m: &Manifest,
+    identity: Option<&PathBuf>,
+    dry_run: bool,
+    lease_catalog: Option<&PathBuf>,
+) -> Result<Option<Go>> {
+    let ids = match (identity, dry_run) {
+        (None, true) => None,
+        (p, _) => Some(identities(p)?),
+    };
+    if let (Some(ids), Some(p)) = (&ids, identity) {
+        check_identity(policy, m, ids, p).await?;
+    }
+    if dry_run {
+        return Ok(None);
+    }
+    let lease = match lease_catalog {
+        Some(c) => Some(crate::lock::lease(c, &policy.name, &m.id)?),
+        None => None,
+    };
+    Ok(Some(Go {
+        ids: ids.expect("loaded unless dry-run"),
+        _lease: lease,
+    }))
+}
+
+impl Outcome {
+    /// A dry run's outcome: the plan, nothing done.
+    pub fn dry_run(plan: Plan, started: std::time::Instant) -> Outcome {
+        Outcome {
+            plan,
+            created_database: false,
+            duration_seconds: started.elapsed().as_secs_f64(),
+            reached_at: None,
+        }
+    }
+}

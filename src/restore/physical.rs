@@ -282,28 +282,19 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             )));
         }
     }
-    let ids = match (&req.identity, req.dry_run) {
-        (None, true) => None,
-        (p, _) => Some(crate::restore::identities(p.as_ref())?),
+    let Some(go) = crate::restore::preamble(
+        policy,
+        &m,
+        req.identity.as_ref(),
+        req.dry_run,
+        req.lease_catalog.as_ref(),
+    )
+    .await?
+    else {
+        return Ok(Outcome::dry_run(plan, started));
     };
-    if let (Some(ids), Some(p)) = (&ids, &req.identity) {
-        crate::restore::check_identity(policy, &m, ids, p).await?;
-    }
-    if req.dry_run {
-        return Ok(Outcome {
-            plan,
-            created_database: false,
-            duration_seconds: started.elapsed().as_secs_f64(),
-            reached_at: None,
-        });
-    }
     let dir = std::path::absolute(dir.expect("required unless dry-run"))?;
-    let ids = ids.expect("loaded unless dry-run");
-    // Prune keeps the backup while this restore reads it.
-    let _lease = match &req.lease_catalog {
-        Some(c) => Some(crate::lock::lease(c, &policy.name, &m.id)?),
-        None => None,
-    };
+    let ids = &go.ids;
     let identity = std::path::absolute(req.identity.clone().expect("checked"))?;
     if is_root() {
         // The server runs restore_command as postgres: it must read these.
@@ -336,7 +327,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     }
     let prepared = async {
         let repo = crate::repo::open_for(policy).await?;
-        extract(&*repo, &m, &plan.tablespaces, &ids, &dir).await?;
+        extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
         verify_restored(&m, &dir).await?;
         write_recovery(policy, req, &plan, &dir, &identity)
     }
