@@ -26,7 +26,7 @@ pub struct Step {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct Findings {
     pub policy: String,
     pub passed: bool,
     pub checks: Vec<Step>,
@@ -52,14 +52,14 @@ pub struct Options<'a> {
     pub identity: Option<&'a Path>,
 }
 
-pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Report> {
+pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Findings> {
     if policy.backup.method == Method::RdsSnapshot {
         return Err(crate::error::usage(format!(
             "policy {} backs up RDS: `drctl check` checks PostgreSQL sources; run `drctl backup {}` to test the RDS API",
             policy.name, policy.name
         )));
     }
-    let mut report = Report {
+    let mut report = Findings {
         policy: policy.name.clone(),
         passed: true,
         checks: Vec::new(),

@@ -17,7 +17,7 @@ use crate::repo::manifest::Manifest;
 use crate::repo::Repository;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct Verdict {
     pub id: String,
     pub policy: String,
     pub deep: bool,
@@ -29,7 +29,7 @@ pub async fn verify(
     repo: &dyn Repository,
     m: &Manifest,
     identities: Option<&[age::x25519::Identity]>,
-) -> Result<Report> {
+) -> Result<Verdict> {
     let mut problems = Vec::new();
     // Deep, a physical backup with the server's manifest is extracted into
     // a scratch directory (which checks every object's plain sha256 on the
@@ -84,7 +84,7 @@ pub async fn verify(
             problems.push(format!("{e:#}"));
         }
     }
-    Ok(Report {
+    Ok(Verdict {
         id: m.id.clone(),
         policy: m.policy.clone(),
         deep: identities.is_some(),
@@ -137,7 +137,7 @@ pub async fn verify_wal(
     policy: &str,
     backups: &[Manifest],
     identities: Option<&[age::x25519::Identity]>,
-) -> Result<Report> {
+) -> Result<Verdict> {
     let physical: Vec<&Manifest> = backups
         .iter()
         .filter(|m| m.method == Method::Physical)
@@ -218,7 +218,7 @@ pub async fn verify_wal(
             ));
         }
     }
-    Ok(Report {
+    Ok(Verdict {
         id: "wal".into(),
         policy: policy.to_string(),
         deep: identities.is_some(),
@@ -243,8 +243,8 @@ pub async fn policy(
     work: &Work,
     identities: Option<&[age::x25519::Identity]>,
     catalog: &crate::catalog::Catalog,
-    on_report: &mut dyn FnMut(&Report),
-) -> Result<Vec<Report>> {
+    on_report: &mut dyn FnMut(&Verdict),
+) -> Result<Vec<Verdict>> {
     let repo = crate::repo::open_for(&work.policy).await?;
     let mut out = Vec::new();
     for m in &work.manifests {

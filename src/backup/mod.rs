@@ -38,7 +38,7 @@ impl Made {
 
 pub struct BackupOutcome {
     pub made: Made,
-    pub pruned: Option<crate::prune::Report>,
+    pub pruned: Option<crate::prune::Pruned>,
     pub prune_error: Option<String>,
 }
 

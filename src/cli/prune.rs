@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Ctx;
-use crate::prune::{Entry, Report};
+use crate::prune::{Entry, Pruned};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -51,7 +51,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
 }
 
 /// The contract's array: backups, and incomplete ones as deletions.
-fn json_entries(r: Report) -> Vec<Entry> {
+fn json_entries(r: Pruned) -> Vec<Entry> {
     let mut v = r.backups;
     for id in r.incomplete {
         v.push(Entry {
@@ -67,7 +67,7 @@ fn json_entries(r: Report) -> Vec<Entry> {
     v
 }
 
-pub fn print_report(r: &Report) {
+pub fn print_report(r: &Pruned) {
     let kept = r.backups.iter().filter(|e| e.action == "keep").count();
     let deleted = r.backups.len() - kept;
     let verb = if r.dry_run { "would delete" } else { "deleted" };

@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::Ctx;
 use crate::error::usage;
 use crate::policy::Policy;
-use crate::verify::{Left, Report, Work};
+use crate::verify::{Left, Verdict, Work};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -72,10 +72,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let catalog = ctx.catalog().await?;
     // A manifest that fails its seal is no backup: reported, never verified
     // as one (and never restored from).
-    let mut reports: Vec<Report> = inv
+    let mut reports: Vec<Verdict> = inv
         .corrupt
         .into_iter()
-        .map(|(policy, id, why)| Report {
+        .map(|(policy, id, why)| Verdict {
             id,
             policy,
             deep: false,
@@ -94,7 +94,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     }
     let mut left = Vec::new();
     for w in &work {
-        let mut show = |r: &Report| {
+        let mut show = |r: &Verdict| {
             if !json {
                 print_report(r)
             }
@@ -132,7 +132,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     })
 }
 
-fn print_report(r: &Report) {
+fn print_report(r: &Verdict) {
     let what = if r.id == "wal" {
         "WAL archive".to_string()
     } else {

@@ -77,7 +77,8 @@ async fn fetch(ctx: &Ctx, a: &Args) -> Result<ExitCode> {
             tracing::info!(name = %a.name, "not in the archive");
             // The end of the archive (or a probe): nothing ahead to keep.
             if let Some(spool) = &spool {
-                if crate::wal::parse(&a.name).is_ok_and(|w| w.kind == crate::wal::Kind::Segment) {
+                if crate::wal::parse(&a.name).is_ok_and(|w| w.kind == crate::wal::FileKind::Segment)
+                {
                     let _ = std::fs::remove_dir_all(spool);
                 }
             }
@@ -90,7 +91,7 @@ async fn fetch(ctx: &Ctx, a: &Args) -> Result<ExitCode> {
 /// effort: a failure here only costs speed, never correctness, because
 /// every segment is still fetched and checked on demand.
 fn spawn_prefetch(ctx: &Ctx, a: &Args, identity: &std::path::Path, spool: &std::path::Path) {
-    if crate::wal::parse(&a.name).map_or(true, |w| w.kind != crate::wal::Kind::Segment) {
+    if crate::wal::parse(&a.name).map_or(true, |w| w.kind != crate::wal::FileKind::Segment) {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {

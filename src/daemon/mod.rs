@@ -79,7 +79,7 @@ struct Entry {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
+enum JobKind {
     Backup,
     Drill,
 }
@@ -295,8 +295,8 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let sem = Arc::new(Semaphore::new(opts.max_concurrent.max(1)));
-    let mut jobs: JoinSet<((String, Kind), Result<()>)> = JoinSet::new();
-    let mut running: BTreeSet<(String, Kind)> = BTreeSet::new();
+    let mut jobs: JoinSet<((String, JobKind), Result<()>)> = JoinSet::new();
+    let mut running: BTreeSet<(String, JobKind)> = BTreeSet::new();
     let mut over_rpo: BTreeSet<String> = BTreeSet::new();
     let mut archive_failing: BTreeSet<String> = BTreeSet::new();
     let mut last_rpo_check = std::time::Instant::now() - TICK;
@@ -309,7 +309,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     .drill_schedule
                     .as_ref()
                     .and_then(|s| s.next_after(now, &e.policy.timezone()));
-                let key = (e.policy.name.clone(), Kind::Drill);
+                let key = (e.policy.name.clone(), JobKind::Drill);
                 let id = run_id();
                 if running.contains(&key) {
                     tracing::warn!(policy = %key.0, due = %rfc3339(due), "previous drill still going; skipping this one");
@@ -337,7 +337,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 .as_ref()
                 .and_then(|s| s.next_after(now, &e.policy.timezone()));
             let name = e.policy.name.clone();
-            if running.contains(&(name.clone(), Kind::Backup)) {
+            if running.contains(&(name.clone(), JobKind::Backup)) {
                 tracing::warn!(policy = %name, due = %rfc3339(next), "previous run still going; skipping this one");
                 continue;
             }
@@ -346,7 +346,7 @@ pub async fn run(opts: Options) -> Result<()> {
             if opts.dry_run {
                 continue;
             }
-            running.insert((name.clone(), Kind::Backup));
+            running.insert((name.clone(), JobKind::Backup));
             let span = tracing::info_span!("job", policy = %name, run_id = %id);
             let fut = job(
                 shared.clone(),
@@ -354,7 +354,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 sem.clone(),
                 e.policy.clone(),
             );
-            jobs.spawn(async move { ((name, Kind::Backup), fut.await) }.instrument(span));
+            jobs.spawn(async move { ((name, JobKind::Backup), fut.await) }.instrument(span));
         }
         if last_rpo_check.elapsed() >= TICK {
             last_rpo_check = std::time::Instant::now();

@@ -291,46 +291,29 @@ async fn drill_dump(
         no_acl: true,
         lease_catalog: Some(opts.catalog_path.clone()),
     };
-    let restored = crate::restore::dump::run(policy, &req).await;
-    let target_conn =
-        ConnUrl::parse(&url).and_then(|u| Conn::new(u, None).map_err(|e| e.to_string()));
-    match (&restored, &target_conn) {
-        (Ok(o), Ok(conn)) => {
-            // RTO ends when the restored database answers a query.
-            match conn.query_one("select 1", &[]).await {
-                Ok(_) => {
-                    report.rto_seconds = Some(t0.elapsed().as_secs_f64());
-                    report.checks.push(CheckResult::pass(
-                        "restore",
-                        format!("backup {} restored in {:.1}s", m.id, o.duration_seconds),
-                    ));
-                }
-                Err(e) => report.checks.push(CheckResult::fail(
-                    "restore",
-                    format!("restored, but the database does not answer: {e:#}"),
-                )),
-            }
-        }
-        (Err(e), _) => report
-            .checks
-            .push(CheckResult::fail("restore", format!("{e:#}"))),
-        (_, Err(e)) => report
-            .checks
-            .push(CheckResult::fail("restore", e.to_string())),
-    }
-    // For a dump the newest data present is its consistent point.
+    let restored = crate::restore::dump::run(policy, &req)
+        .await
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|o| {
+            let u = ConnUrl::parse(&url)?;
+            Ok(Restored {
+                conn: Conn::new(u, None).map_err(|e| e.to_string())?,
+                done: format!("backup {} restored in {:.1}s", m.id, o.duration_seconds),
+                silent: "restored, but the database does not answer".into(),
+                patience: None,
+                newest: Newest::At(m.consistent_at),
+                rows_of: Some(m.clone()),
+            })
+        });
+    // For a dump the newest data present is its consistent point, restored
+    // or not.
     report.rpo_seconds = Some(
         target
             .duration_since(m.consistent_at)
             .as_secs_f64()
             .max(0.0),
     );
-
-    if let (Some(_), Ok(conn)) = (report.rto_seconds, &target_conn) {
-        report.checks.push(row_count_check(conn, m).await);
-        run_checks(policy, conn, report).await;
-    }
-    budgets(policy, report);
+    judge(policy, report, t0, target, &restored).await;
 
     match place {
         Place::Scratch(s) if s.kept() => {
@@ -369,18 +352,93 @@ async fn run_checks(policy: &Policy, conn: &Conn, report: &mut Report) {
     }
 }
 
+/// A drill's restore step, done: the restored database and what the
+/// shared part needs to judge it.
+struct Restored {
+    conn: Conn,
+    /// The "restore" check's message once the database answers.
+    done: String,
+    /// Said (before the error) when it does not answer.
+    silent: String,
+    /// How long a just-created server may take to accept connections
+    /// (RDS); None asks once.
+    patience: Option<std::time::Duration>,
+    newest: Newest,
+    /// The manifest whose tables the restored database is held against.
+    rows_of: Option<Manifest>,
+}
+
+/// The newest data a restored database holds.
+enum Newest {
+    /// Known without asking (a dump's snapshot, an RDS snapshot's time).
+    At(Timestamp),
+    /// What the server replayed, or this when it does not say.
+    Replayed(Option<Timestamp>),
+}
+
+/// What every drill does once its restore step is done, in one order: RTO
+/// when the restored database answers, RPO, the tables and row counts,
+/// amcheck and the policy's checks, then the budgets.
+async fn judge(
+    policy: &Policy,
+    report: &mut Report,
+    t0: Instant,
+    target: Timestamp,
+    restored: &Result<Restored, String>,
+) {
+    match restored {
+        Err(e) => report.checks.push(CheckResult::fail("restore", e.clone())),
+        Ok(r) => {
+            let answered = match r.patience {
+                Some(p) => rds::answer(&r.conn, p).await,
+                None => r.conn.query_one("select 1", &[]).await.map(|_| ()),
+            };
+            match answered {
+                Err(e) => report
+                    .checks
+                    .push(CheckResult::fail("restore", format!("{}: {e:#}", r.silent))),
+                Ok(()) => {
+                    report.rto_seconds = Some(t0.elapsed().as_secs_f64());
+                    report
+                        .checks
+                        .push(CheckResult::pass("restore", r.done.clone()));
+                    let newest = match r.newest {
+                        Newest::At(t) => Some(t),
+                        Newest::Replayed(fallback) => replayed_until(&r.conn).await.or(fallback),
+                    };
+                    report.rpo_seconds =
+                        newest.map(|at| target.duration_since(at).as_secs_f64().max(0.0));
+                    if let Some(m) = &r.rows_of {
+                        report.checks.push(row_count_check(&r.conn, m).await);
+                    }
+                    run_checks(policy, &r.conn, report).await;
+                }
+            }
+        }
+    }
+    budgets(policy, report);
+}
+
+/// RTO and RPO against the policy's budgets. A point-in-time restore whose
+/// server does not say what it replayed has no RPO: that passes only when
+/// there is no RPO budget to hold it against.
 fn budgets(policy: &Policy, report: &mut Report) {
-    let budgets = policy.drill.clone().unwrap_or_default();
+    let d = policy.drill.clone().unwrap_or_default();
     report.checks.push(check::budget(
         "RTO",
         report.rto_seconds,
-        seconds(&budgets.max_rto),
+        seconds(&d.max_rto),
     ));
-    report.checks.push(check::budget(
-        "RPO",
-        report.rpo_seconds,
-        seconds(&budgets.max_rpo),
-    ));
+    let max_rpo = seconds(&d.max_rpo);
+    report.checks.push(
+        match (report.rpo_seconds, max_rpo, report.rto_seconds.is_some()) {
+            (None, None, true) => CheckResult::pass(
+                "RPO",
+                "not measurable: the restored server reports no replayed transaction (no budget)",
+            ),
+            _ => check::budget("RPO", report.rpo_seconds, max_rpo),
+        },
+    );
 }
 
 fn keep_note(s: &crate::drill::scratch::Scratch, url: &str) -> String {
@@ -518,46 +576,24 @@ async fn drill_physical(
     };
     let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
     let url = lock().url(&db);
-    let conn = ConnUrl::parse(&url)
-        .map_err(|e| anyhow!(e))
-        .and_then(|u| Conn::new(u, None));
-    match (promoted, &conn) {
-        (Ok(reached), Ok(conn)) => match conn.query_one("select 1", &[]).await {
-            Ok(_) => {
-                report.rto_seconds = Some(t0.elapsed().as_secs_f64());
-                report.checks.push(CheckResult::pass(
-                    "restore",
-                    format!(
-                        "backup {} restored and recovered to {reached}",
-                        outcome.plan.backup_id
-                    ),
-                ));
-                // The newest data present: the last transaction replayed.
-                let last = replayed_until(conn)
-                    .await
-                    .or_else(|| outcome.plan.consistent_at.parse().ok());
-                report.rpo_seconds = last.map(|l| aim.duration_since(l).as_secs_f64().max(0.0));
-                if let Some(base) = complete
-                    .iter()
-                    .find(|m| m.id == outcome.plan.backup_id && m.row_counts != "off")
-                {
-                    report.checks.push(row_count_check(conn, base).await);
-                }
-                run_checks(policy, conn, report).await;
-            }
-            Err(e) => report.checks.push(CheckResult::fail(
-                "restore",
-                format!("recovered, but database {db} does not answer: {e:#}"),
-            )),
-        },
-        (Err(e), _) => report
-            .checks
-            .push(CheckResult::fail("restore", format!("{e:#}"))),
-        (_, Err(e)) => report
-            .checks
-            .push(CheckResult::fail("restore", format!("{e:#}"))),
-    }
-    budgets(policy, report);
+    let restored = promoted.map_err(|e| format!("{e:#}")).and_then(|reached| {
+        let u = ConnUrl::parse(&url)?;
+        Ok(Restored {
+            conn: Conn::new(u, None).map_err(|e| format!("{e:#}"))?,
+            done: format!(
+                "backup {} restored and recovered to {reached}",
+                outcome.plan.backup_id
+            ),
+            silent: format!("recovered, but database {db} does not answer"),
+            patience: None,
+            newest: Newest::Replayed(outcome.plan.consistent_at.parse().ok()),
+            rows_of: complete
+                .iter()
+                .find(|m| m.id == outcome.plan.backup_id && m.row_counts != "off")
+                .cloned(),
+        })
+    });
+    judge(policy, report, t0, aim, &restored).await;
     let scratch = cell.into_inner().unwrap_or_else(|e| e.into_inner());
     if scratch.kept() {
         report.scratch = Some(keep_note(&scratch, &url));

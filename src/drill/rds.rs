@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use super::check::{self, CheckResult};
+use super::check::CheckResult;
 use super::{Options, Point, Report};
 use crate::pg::{Conn, ConnUrl};
 use crate::policy::Policy;
@@ -87,54 +87,29 @@ pub async fn drill(
             .and_then(|d| d.instance_class.as_deref()),
     )
     .await;
-    let conn = match restored {
+    let restored = match restored {
         Ok(r) => match r.ready.as_ref().map(|e| connection(policy, e)) {
-            Some(Ok(conn)) => Some(conn),
-            Some(Err(e)) => {
-                report.checks.push(CheckResult::fail("restore", e));
-                None
-            }
-            None => {
-                report.checks.push(CheckResult::fail(
-                    "restore",
-                    format!("instance {scratch} is available but reports no endpoint"),
-                ));
-                None
-            }
-        },
-        Err(e) => {
-            report.checks.push(CheckResult::fail(
-                "restore",
-                format!("into scratch instance {scratch}: {e:#}"),
-            ));
-            None
-        }
-    };
-
-    if let Some(conn) = &conn {
-        match answer(conn).await {
-            Ok(()) => {
-                report.rto_seconds = Some(t0.elapsed().as_secs_f64());
-                report.checks.push(CheckResult::pass(
-                    "restore",
-                    format!("scratch instance {scratch} answers at {}", conn.url.host()),
-                ));
-                report.rpo_seconds = match snapshot_time {
-                    // A snapshot holds the data up to its creation.
-                    Some(at) => Some(target.duration_since(at).as_secs_f64().max(0.0)),
-                    None => super::replayed_until(conn)
-                        .await
-                        .map(|at| target.duration_since(at).as_secs_f64().max(0.0)),
-                };
-                super::run_checks(policy, conn, report).await;
-            }
-            Err(e) => report.checks.push(CheckResult::fail(
-                "restore",
-                format!("scratch instance {scratch} is available but does not answer: {e:#}"),
+            Some(Ok(conn)) => Ok(super::Restored {
+                done: format!("scratch instance {scratch} answers at {}", conn.url.host()),
+                conn,
+                silent: format!("scratch instance {scratch} is available but does not answer"),
+                patience: Some(CONNECT_PATIENCE),
+                // A snapshot holds the data up to its creation.
+                newest: match snapshot_time {
+                    Some(at) => super::Newest::At(at),
+                    None => super::Newest::Replayed(None),
+                },
+                rows_of: None,
+            }),
+            Some(Err(e)) => Err(e),
+            None => Err(format!(
+                "instance {scratch} is available but reports no endpoint"
             )),
-        }
-    }
-    budgets(policy, report);
+        },
+        Err(e) => Err(format!("into scratch instance {scratch}: {e:#}")),
+    };
+    super::judge(policy, report, t0, target, &restored).await;
+    let conn = restored.ok().map(|r| r.conn);
 
     if opts.keep {
         let how = conn
@@ -166,7 +141,7 @@ async fn pick_snapshot(
     point: Point,
 ) -> Result<rds::Snapshot, String> {
     let c = rds::client(Some(region)).await;
-    let mut snaps = rds::list_snapshots(&c, rds::Kind::Instance, &policy.name, region)
+    let mut snaps = rds::list_snapshots(&c, rds::SnapshotKind::Instance, &policy.name, region)
         .await
         .map_err(|e| format!("{e:#}"))?;
     snaps.retain(|s| s.status == "available");
@@ -201,8 +176,8 @@ fn connection(policy: &Policy, e: &Endpoint) -> Result<Conn, String> {
 
 /// Wait for the first answer: a just-available instance can take a moment
 /// to accept connections.
-async fn answer(conn: &Conn) -> anyhow::Result<()> {
-    let mut poll = crate::poll::Poll::every(CONNECT_PATIENCE, Duration::from_secs(2));
+pub(super) async fn answer(conn: &Conn, patience: Duration) -> anyhow::Result<()> {
+    let mut poll = crate::poll::Poll::every(patience, Duration::from_secs(2));
     loop {
         match conn.ping().await {
             Ok(()) => return Ok(()),
@@ -227,28 +202,6 @@ fn not_up_yet(msg: &str) -> bool {
     ]
     .iter()
     .any(|m| msg.contains(m))
-}
-
-/// RTO and RPO against the policy's budgets. A point-in-time restore whose
-/// server does not say what it replayed has no RPO: that passes only when
-/// there is no RPO budget to hold it against.
-fn budgets(policy: &Policy, report: &mut Report) {
-    let d = policy.drill.clone().unwrap_or_default();
-    report.checks.push(check::budget(
-        "RTO",
-        report.rto_seconds,
-        super::seconds(&d.max_rto),
-    ));
-    let max_rpo = super::seconds(&d.max_rpo);
-    report.checks.push(
-        match (report.rpo_seconds, max_rpo, report.rto_seconds.is_some()) {
-            (None, None, true) => CheckResult::pass(
-                "RPO",
-                "not measurable: the restored server reports no replayed transaction (no budget)",
-            ),
-            _ => check::budget("RPO", report.rpo_seconds, max_rpo),
-        },
-    );
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub struct Entry {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct Pruned {
     pub policy: String,
     pub method: Method,
     pub dry_run: bool,
@@ -109,7 +109,7 @@ pub async fn run(
     repo: &dyn Repository,
     catalog: &Catalog,
     dry_run: bool,
-) -> Result<Report> {
+) -> Result<Pruned> {
     let inv = crate::repo::inventory::scan(repo, Some(&policy.name)).await?;
     let pins = pinned_ids(repo, &policy.name).await?;
     let rules = Rules::from_policy(&policy.retention);
@@ -193,7 +193,7 @@ pub async fn run(
                 .or_else(|| file.strip_suffix(".zst.age"))
                 .unwrap_or(file);
             let Ok(w) = wal::parse(name) else { continue };
-            if w.kind == wal::Kind::History {
+            if w.kind == wal::FileKind::History {
                 continue;
             }
             if let Some((log, seg)) = w.log_seg {
@@ -228,7 +228,7 @@ pub async fn run(
             .collect();
         catalog.forget_missing(&policy.name, &present).await?;
     }
-    Ok(Report {
+    Ok(Pruned {
         policy: policy.name.clone(),
         method: policy.backup.method,
         dry_run,

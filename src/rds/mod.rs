@@ -125,16 +125,16 @@ pub struct Snapshot {
 
 /// Instance and cluster snapshots, seen alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum SnapshotKind {
     Instance,
     Cluster,
 }
 
 impl Source {
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> SnapshotKind {
         match self {
-            Source::Instance(_) => Kind::Instance,
-            Source::Cluster(_) => Kind::Cluster,
+            Source::Instance(_) => SnapshotKind::Instance,
+            Source::Cluster(_) => SnapshotKind::Cluster,
         }
     }
 }
@@ -196,14 +196,14 @@ fn ours(s: &Raw, policy: &str, region: &str) -> Option<Snapshot> {
 /// drctl's manual snapshots of `policy` in one region, by tag.
 pub async fn list_snapshots(
     c: &Client,
-    kind: Kind,
+    kind: SnapshotKind,
     policy: &str,
     region: &str,
 ) -> Result<Vec<Snapshot>> {
     let what = || format!("listing snapshots in {region}");
     let mut raw: Vec<Raw> = Vec::new();
     match kind {
-        Kind::Instance => {
+        SnapshotKind::Instance => {
             let mut pages = c
                 .describe_db_snapshots()
                 .snapshot_type("manual")
@@ -214,7 +214,7 @@ pub async fn list_snapshots(
                 raw.extend(page.db_snapshots().iter().map(Raw::from));
             }
         }
-        Kind::Cluster => {
+        SnapshotKind::Cluster => {
             let mut pages = c
                 .describe_db_cluster_snapshots()
                 .snapshot_type("manual")
@@ -229,10 +229,10 @@ pub async fn list_snapshots(
     Ok(raw.iter().filter_map(|s| ours(s, policy, region)).collect())
 }
 
-async fn describe_snapshot(c: &Client, kind: Kind, id: &str) -> Result<Raw> {
+async fn describe_snapshot(c: &Client, kind: SnapshotKind, id: &str) -> Result<Raw> {
     let what = || format!("describing snapshot {id}");
     let found = match kind {
-        Kind::Instance => c
+        SnapshotKind::Instance => c
             .describe_db_snapshots()
             .db_snapshot_identifier(id)
             .send()
@@ -241,7 +241,7 @@ async fn describe_snapshot(c: &Client, kind: Kind, id: &str) -> Result<Raw> {
             .db_snapshots()
             .first()
             .map(Raw::from),
-        Kind::Cluster => c
+        SnapshotKind::Cluster => c
             .describe_db_cluster_snapshots()
             .db_cluster_snapshot_identifier(id)
             .send()
@@ -254,17 +254,17 @@ async fn describe_snapshot(c: &Client, kind: Kind, id: &str) -> Result<Raw> {
     found.ok_or_else(|| anyhow!("snapshot {id} not found"))
 }
 
-async fn delete_snapshot(c: &Client, kind: Kind, id: &str, region: &str) -> Result<()> {
+async fn delete_snapshot(c: &Client, kind: SnapshotKind, id: &str, region: &str) -> Result<()> {
     let what = || format!("deleting snapshot {id} in {region}");
     match kind {
-        Kind::Instance => {
+        SnapshotKind::Instance => {
             c.delete_db_snapshot()
                 .db_snapshot_identifier(id)
                 .send()
                 .await
                 .map_err(|e| aws(&what(), e))?;
         }
-        Kind::Cluster => {
+        SnapshotKind::Cluster => {
             c.delete_db_cluster_snapshot()
                 .db_cluster_snapshot_identifier(id)
                 .send()
@@ -275,7 +275,7 @@ async fn delete_snapshot(c: &Client, kind: Kind, id: &str, region: &str) -> Resu
     Ok(())
 }
 
-async fn wait_snapshot(c: &Client, kind: Kind, id: &str) -> Result<Raw> {
+async fn wait_snapshot(c: &Client, kind: SnapshotKind, id: &str) -> Result<Raw> {
     let mut poll = Poll::every(wait_limit(), poll_every());
     loop {
         let s = describe_snapshot(c, kind, id).await?;
@@ -379,7 +379,7 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
             let dc = client(Some(to)).await;
             let what = format!("copying snapshot {snap} to {to}");
             match kind {
-                Kind::Instance => {
+                SnapshotKind::Instance => {
                     dc.copy_db_snapshot()
                         .source_db_snapshot_identifier(&created.arn)
                         .target_db_snapshot_identifier(&snap)
@@ -390,7 +390,7 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
                         .await
                         .map_err(|e| aws(&what, e))?;
                 }
-                Kind::Cluster => {
+                SnapshotKind::Cluster => {
                     dc.copy_db_cluster_snapshot()
                         .source_db_cluster_snapshot_identifier(&created.arn)
                         .target_db_cluster_snapshot_identifier(&snap)
@@ -469,7 +469,7 @@ pub async fn prune(
     policy: &Policy,
     catalog: &Catalog,
     dry_run: bool,
-) -> Result<crate::prune::Report> {
+) -> Result<crate::prune::Pruned> {
     use crate::prune::retention::{self, Item, Rules};
     let region = region_of(policy);
     let kind = source(policy)?.kind();
@@ -555,7 +555,7 @@ pub async fn prune(
             .collect();
         catalog.forget_missing(&policy.name, &present).await?;
     }
-    Ok(crate::prune::Report {
+    Ok(crate::prune::Pruned {
         policy: policy.name.clone(),
         method: policy.backup.method,
         dry_run,
@@ -622,7 +622,7 @@ async fn instance_exists(c: &Client, id: &str) -> Result<bool> {
 }
 
 /// The source instance's restorable window.
-pub async fn window(c: &Client, instance: &str) -> Result<plan::Window> {
+pub async fn window(c: &Client, instance: &str) -> Result<plan::PitrWindow> {
     let r = c
         .describe_db_instances()
         .db_instance_identifier(instance)
@@ -902,7 +902,7 @@ pub async fn restore_with(
             }
         }
         RestorePoint::Backup(id) => {
-            let snaps = list_snapshots(&c, Kind::Instance, &policy.name, &region).await?;
+            let snaps = list_snapshots(&c, SnapshotKind::Instance, &policy.name, &region).await?;
             let s = snaps
                 .iter()
                 .find(|s| s.backup_id == id || s.identifier == id)

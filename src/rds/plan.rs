@@ -55,12 +55,12 @@ pub fn scratch_is_stale(started: &str, now: Timestamp, max_age: SignedDuration) 
 
 /// The times an instance can be restored to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Window {
+pub struct PitrWindow {
     pub earliest: Timestamp,
     pub latest: Timestamp,
 }
 
-impl std::fmt::Display for Window {
+impl std::fmt::Display for PitrWindow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} .. {}", rfc3339(self.earliest), rfc3339(self.latest))
     }
@@ -77,7 +77,7 @@ pub struct WindowFacts {
 }
 
 /// The restorable window, or why there is none.
-pub fn window(f: &WindowFacts, now: Timestamp) -> Result<Window, String> {
+pub fn window(f: &WindowFacts, now: Timestamp) -> Result<PitrWindow, String> {
     if f.retention_days <= 0 {
         return Err(
             "automated backups are off (BackupRetentionPeriod = 0): the instance has no point-in-time window; restore a snapshot with --backup ID".into(),
@@ -103,7 +103,7 @@ pub fn window(f: &WindowFacts, now: Timestamp) -> Result<Window, String> {
             rfc3339(latest)
         ));
     }
-    Ok(Window { earliest, latest })
+    Ok(PitrWindow { earliest, latest })
 }
 
 fn floor_second(t: Timestamp) -> Timestamp {
@@ -120,7 +120,7 @@ fn ceil_second(t: Timestamp) -> Timestamp {
 }
 
 /// Refuse a target outside the window, naming it.
-pub fn check(w: &Window, t: Timestamp) -> Result<(), String> {
+pub fn check(w: &PitrWindow, t: Timestamp) -> Result<(), String> {
     if t < w.earliest || t > w.latest {
         return Err(format!(
             "{} is outside the restorable window {w}; pick a time inside it",
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn targets_outside_the_window_are_refused_with_it() {
-        let w = Window {
+        let w = PitrWindow {
             earliest: at("2026-11-15T12:00:00Z"),
             latest: at("2026-11-22T11:55:00Z"),
         };

@@ -59,7 +59,7 @@ pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) ->
                 .push(sc.object_entry(&wal::object_key(policy, &w)));
         }
         match w.kind {
-            wal::Kind::Segment => {
+            wal::FileKind::Segment => {
                 let (log, seg) = w.log_seg.expect("segments have one");
                 let n = wal::segno(log, seg, seg_size);
                 if let Some(c) = side
@@ -74,7 +74,7 @@ pub async fn read_archive(repo: &dyn Repository, policy: &str, seg_size: u64) ->
                     .and_then(|t| t.parse().ok());
                 a.segments.insert((w.timeline, n), at);
             }
-            wal::Kind::History => {
+            wal::FileKind::History => {
                 if let Some(s) = side {
                     a.histories.insert(w.timeline, s.history);
                 }

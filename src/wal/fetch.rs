@@ -156,7 +156,7 @@ pub fn following(name: &str, count: u32, segment_size: u64) -> Vec<String> {
     let Ok(w) = wal::parse(name) else {
         return Vec::new();
     };
-    let Some((log, seg)) = w.log_seg.filter(|_| w.kind == wal::Kind::Segment) else {
+    let Some((log, seg)) = w.log_seg.filter(|_| w.kind == wal::FileKind::Segment) else {
         return Vec::new();
     };
     let n = wal::segno(log, seg, segment_size);

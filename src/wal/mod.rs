@@ -21,7 +21,7 @@ pub use crate::repo::manifest::DEFAULT_SEGMENT_SIZE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Kind {
+pub enum FileKind {
     Segment,
     Partial,
     Backup,
@@ -32,7 +32,7 @@ pub enum Kind {
 pub struct WalName {
     pub name: String,
     pub timeline: u32,
-    pub kind: Kind,
+    pub kind: FileKind,
     /// (log, seg) for segments, partials and backup files.
     pub log_seg: Option<(u32, u32)>,
 }
@@ -60,7 +60,7 @@ pub fn parse(name: &str) -> Result<WalName, String> {
         return Ok(WalName {
             name: name.to_string(),
             timeline,
-            kind: Kind::History,
+            kind: FileKind::History,
             log_seg: None,
         });
     }
@@ -72,14 +72,14 @@ pub fn parse(name: &str) -> Result<WalName, String> {
     let log = hex8(&seg[8..16]).ok_or_else(bad)?;
     let s = hex8(&seg[16..24]).ok_or_else(bad)?;
     let kind = match rest {
-        "" => Kind::Segment,
-        ".partial" => Kind::Partial,
+        "" => FileKind::Segment,
+        ".partial" => FileKind::Partial,
         r if r.len() == 16
             && r.ends_with(".backup")
             && hex8(&r[1..9]).is_some()
             && r.starts_with('.') =>
         {
-            Kind::Backup
+            FileKind::Backup
         }
         _ => return Err(bad()),
     };
@@ -305,21 +305,21 @@ mod tests {
     #[test]
     fn names() {
         let w = parse("000000010000000A000000FF").unwrap();
-        assert_eq!(w.kind, Kind::Segment);
+        assert_eq!(w.kind, FileKind::Segment);
         assert_eq!(w.timeline, 1);
         assert_eq!(w.log_seg, Some((0xA, 0xFF)));
         assert_eq!(
             parse("000000020000000A00000003.partial").unwrap().kind,
-            Kind::Partial
+            FileKind::Partial
         );
         assert_eq!(
             parse("000000010000000000000002.00000028.backup")
                 .unwrap()
                 .kind,
-            Kind::Backup
+            FileKind::Backup
         );
         let h = parse("00000003.history").unwrap();
-        assert_eq!((h.kind, h.timeline), (Kind::History, 3));
+        assert_eq!((h.kind, h.timeline), (FileKind::History, 3));
         for bad in [
             "",
             "pg_wal/000000010000000000000001",

@@ -109,7 +109,7 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     // A segment's last commit time, read from its records while it is
     // mapped anyway: the window's honest end for a --to target.
     let seg_start = match (w.kind, w.log_seg) {
-        (wal::Kind::Segment, Some((log, seg))) => {
+        (wal::FileKind::Segment, Some((log, seg))) => {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             (size > 0).then(|| wal::segno(log, seg, size) * size)
         }
@@ -136,12 +136,12 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
         .ok()
         .and_then(|t| jiff::Timestamp::try_from(t).ok())
         .map(crate::time::parse::rfc3339_micros);
-    let history = if w.kind == wal::Kind::History {
+    let history = if w.kind == wal::FileKind::History {
         wal::parse_history(&std::fs::read_to_string(path).unwrap_or_default())
     } else {
         Vec::new()
     };
-    let backup = if w.kind == wal::Kind::Backup {
+    let backup = if w.kind == wal::FileKind::Backup {
         wal::parse_backup_history(&std::fs::read_to_string(path).unwrap_or_default())
     } else {
         None
