@@ -432,37 +432,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
         validate_recipients(&mut ctx, &e.recipients);
     }
     if let Some(c) = &compression {
-        if let Some(level) = c.level {
-            if !(1..=19).contains(&level) {
-                ctx.add(
-                    "compression.level",
-                    format!(
-                        "{level} is out of range; use 1 (fast) to 19 (small), 3 is the default"
-                    ),
-                );
-            }
-        }
-        if c.threads == Some(0) {
-            ctx.add("compression.threads", "must be at least 1");
-        }
-        if let Some(level) = c.wal_level {
-            if !(1..=19).contains(&level) {
-                ctx.add(
-                    "compression.wal_level",
-                    format!("{level} is out of range; use 1 (the default) to 19"),
-                );
-            }
-        }
+        validate_compression(&mut ctx, c);
     }
     if let Some(n) = &notify {
-        if let Some(u) = &n.webhook_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                ctx.add("notify.webhook_url", "must be an http:// or https:// URL");
-            }
-        }
-        if let Some(d) = &n.max_rpo {
-            check_duration(&mut ctx, "notify.max_rpo", d);
-        }
+        validate_notify(&mut ctx, n);
     }
     if let Some(d) = &drill {
         validate_drill(&mut ctx, d);
@@ -598,6 +571,39 @@ fn validate_backup(ctx: &mut Ctx<'_>, b: &Backup, kind: Option<SourceKind>) {
 fn check_positive(ctx: &mut Ctx<'_>, key: &str, value: &str) {
     if check_duration(ctx, key, value).is_some_and(|d| d.is_zero()) {
         ctx.add(key, format!("'{value}' must be longer than zero"));
+    }
+}
+
+fn validate_compression(ctx: &mut Ctx<'_>, c: &Compression) {
+    if let Some(level) = c.level {
+        if !(1..=19).contains(&level) {
+            ctx.add(
+                "compression.level",
+                format!("{level} is out of range; use 1 (fast) to 19 (small), 3 is the default"),
+            );
+        }
+    }
+    if c.threads == Some(0) {
+        ctx.add("compression.threads", "must be at least 1");
+    }
+    if let Some(level) = c.wal_level {
+        if !(1..=19).contains(&level) {
+            ctx.add(
+                "compression.wal_level",
+                format!("{level} is out of range; use 1 (the default) to 19"),
+            );
+        }
+    }
+}
+
+fn validate_notify(ctx: &mut Ctx<'_>, n: &Notify) {
+    if let Some(u) = &n.webhook_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            ctx.add("notify.webhook_url", "must be an http:// or https:// URL");
+        }
+    }
+    if let Some(d) = &n.max_rpo {
+        check_duration(ctx, "notify.max_rpo", d);
     }
 }
 

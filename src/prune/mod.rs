@@ -172,39 +172,7 @@ pub async fn run(
         .filter_map(|e| inv.find(&e.id))
         .filter(|m| m.method == Method::Physical)
         .collect();
-    let seg_size = crate::wal::archive::segment_size(kept.iter().copied());
-    let oldest_start = kept
-        .iter()
-        .filter_map(|m| m.wal.as_ref())
-        .filter_map(|w| {
-            let p = wal::parse(&w.start_segment).ok()?;
-            let (log, seg) = p.log_seg?;
-            Some((wal::segno(log, seg, seg_size), w.start_segment.clone()))
-        })
-        .min();
-    let mut wal_keys = Vec::new();
-    if let Some((start, _)) = &oldest_start {
-        for o in repo.list(&wal::dir_key(&policy.name)).await? {
-            let Some(file) = o.key.rsplit('/').next() else {
-                continue;
-            };
-            let name = file
-                .strip_suffix(".json")
-                .or_else(|| file.strip_suffix(".zst.age"))
-                .unwrap_or(file);
-            let Ok(w) = wal::parse(name) else { continue };
-            if w.kind == wal::FileKind::History {
-                continue;
-            }
-            if let Some((log, seg)) = w.log_seg {
-                if wal::segno(log, seg, seg_size) < *start {
-                    wal_keys.push(o.key);
-                }
-            }
-        }
-    }
-    // Sidecars (the commit markers) go first.
-    wal_keys.sort_by_key(|k| !k.ends_with(".json"));
+    let (wal_keys, wal_kept_from) = wal_before(repo, &policy.name, &kept).await?;
     let wal_files = wal_keys.iter().filter(|k| k.ends_with(".json")).count() as u64;
 
     let swept = sweep(&policy.name, repo, &inv, dry_run).await?;
@@ -237,7 +205,7 @@ pub async fn run(
         leftovers: swept.leftovers,
         leftover_bytes: swept.leftover_bytes,
         wal_files,
-        wal_kept_from: oldest_start.map(|(_, name)| name),
+        wal_kept_from,
         no_rules,
     })
 }
@@ -294,6 +262,50 @@ pub async fn sweep(
         tracing::info!(policy, key = %l.key, bytes = l.size, "removed what an interrupted run left");
     }
     Ok(out)
+}
+
+/// WAL no physical backup in `kept` needs (every segment before the oldest
+/// one's start; history files stay), sidecars (the commit markers) first,
+/// and the segment they are kept from.
+async fn wal_before(
+    repo: &dyn Repository,
+    policy: &str,
+    kept: &[&Manifest],
+) -> Result<(Vec<String>, Option<String>)> {
+    let seg_size = crate::wal::archive::segment_size(kept.iter().copied());
+    let oldest_start = kept
+        .iter()
+        .filter_map(|m| m.wal.as_ref())
+        .filter_map(|w| {
+            let p = wal::parse(&w.start_segment).ok()?;
+            let (log, seg) = p.log_seg?;
+            Some((wal::segno(log, seg, seg_size), w.start_segment.clone()))
+        })
+        .min();
+    let mut wal_keys = Vec::new();
+    if let Some((start, _)) = &oldest_start {
+        for o in repo.list(&wal::dir_key(policy)).await? {
+            let Some(file) = o.key.rsplit('/').next() else {
+                continue;
+            };
+            let name = file
+                .strip_suffix(".json")
+                .or_else(|| file.strip_suffix(".zst.age"))
+                .unwrap_or(file);
+            let Ok(w) = wal::parse(name) else { continue };
+            if w.kind == wal::FileKind::History {
+                continue;
+            }
+            if let Some((log, seg)) = w.log_seg {
+                if wal::segno(log, seg, seg_size) < *start {
+                    wal_keys.push(o.key);
+                }
+            }
+        }
+    }
+    // Sidecars (the commit markers) go first.
+    wal_keys.sort_by_key(|k| !k.ends_with(".json"));
+    Ok((wal_keys, oldest_start.map(|(_, name)| name)))
 }
 
 /// Manifest first: from that moment the backup is incomplete, so a prune

@@ -116,6 +116,70 @@ async fn is_own_source(policy: &Policy, target: &ConnUrl) -> bool {
 pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let (mut plan, m) = plan(policy, req).await?;
+    let target_url = refusals(policy, req, &m, &mut plan).await?;
+    let Some(go) = crate::restore::preamble(
+        policy,
+        &m,
+        req.identity.as_ref(),
+        req.dry_run,
+        req.lease_catalog.as_ref(),
+    )
+    .await?
+    else {
+        return Ok(Outcome::dry_run(plan, started));
+    };
+    let target_url = target_url.expect("required unless dry-run");
+    let t = TargetDb::prepare(&target_url, &m, req.force).await?;
+    let result = stream_into(policy, &m, &t.conn, go.ids.clone(), req, t.clean).await;
+    if let Err(e) = result {
+        if t.created {
+            // Say what happened to it, not what was hoped: the server that
+            // failed the restore may refuse the drop too.
+            let db = &t.db;
+            let fate = match t
+                .admin
+                .query(
+                    "drop database if exists :\"db\" with (force)",
+                    &[("db", db)],
+                )
+                .await
+            {
+                Ok(_) => format!("the database \"{db}\" drctl created was dropped"),
+                Err(de) => format!(
+                    "the database \"{db}\" drctl created is LEFT BEHIND half-restored (dropping it failed: {de:#}); drop it by hand before retrying"
+                ),
+            };
+            return Err(e.context(format!("restore of {} failed; {fate}", m.id)));
+        }
+        let state = if req.jobs > 1 {
+            "it ran in several transactions, so \"{db}\" may hold part of the backup: empty it before retrying"
+        } else {
+            "pg_restore ran in one transaction, so \"{db}\" is unchanged"
+        };
+        return Err(e.context(format!(
+            "restore of {} failed; {}",
+            m.id,
+            state.replace("{db}", &t.db)
+        )));
+    }
+    Ok(Outcome {
+        plan,
+        created_database: t.created,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        reached_at: None,
+    })
+}
+
+/// What a dump restore refuses before it touches anything: another
+/// method's backup, no or a bad --target, --jobs 0, the policy's own
+/// source without --overwrite-source (with it, the plan says what is
+/// lost), --jobs > 1 with --force. The target, unless a dry run has none.
+async fn refusals(
+    policy: &Policy,
+    req: &Request,
+    m: &Manifest,
+    plan: &mut Plan,
+) -> Result<Option<ConnUrl>> {
     if m.method != Method::Dump {
         bail!(
             "backup {} is a {} backup; this drctl build restores dump backups",
@@ -160,98 +224,70 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             "--jobs > 1 restores in several transactions, so it cannot replace an existing database's contents safely; drop --force and restore into a new database, or use --jobs 1",
         ));
     }
-    let Some(go) = crate::restore::preamble(
-        policy,
-        &m,
-        req.identity.as_ref(),
-        req.dry_run,
-        req.lease_catalog.as_ref(),
-    )
-    .await?
-    else {
-        return Ok(Outcome::dry_run(plan, started));
-    };
-    let ids = &go.ids;
-    let target_url = target_url.expect("required unless dry-run");
+    Ok(target_url)
+}
 
-    // Target checks: nothing is created or changed before they pass.
-    let target = Conn::new(target_url.clone(), None)?;
-    let db = target_url.database();
-    let admin = target.with_database("postgres");
-    let exists = admin
-        .query_one(
-            "select count(*) from pg_database where datname = :'db'",
-            &[("db", &db)],
-        )
-        .await
-        .with_context(|| format!("cannot reach the target server {}", target_url.host()))?
-        == "1";
-    let mut clean = false;
-    if exists {
-        let n: i64 = target
+/// The target database, checked and made ready: nothing is created or
+/// changed before the checks pass.
+struct TargetDb {
+    conn: Conn,
+    admin: Conn,
+    db: String,
+    /// drctl created it (and drops it again if the restore fails).
+    created: bool,
+    /// It existed with relations (--force): pg_restore cleans first.
+    clean: bool,
+}
+
+impl TargetDb {
+    async fn prepare(url: &ConnUrl, m: &Manifest, force: bool) -> Result<TargetDb> {
+        let conn = Conn::new(url.clone(), None)?;
+        let db = url.database();
+        let admin = conn.with_database("postgres");
+        let exists = admin
             .query_one(
-                "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-                 where c.relkind in ('r','p','v','m','S','f') \
-                 and n.nspname not in ('pg_catalog','information_schema') and n.nspname !~ '^pg_toast'",
-                &[],
-            )
-            .await?
-            .parse()
-            .unwrap_or(0);
-        if n > 0 && !req.force {
-            bail!(
-                "target database \"{db}\" already exists and has {n} relations; restore into a new database name, or pass --force to replace its contents"
-            );
-        }
-        clean = n > 0;
-    } else {
-        let enc = m.source.encoding.clone().unwrap_or_else(|| "UTF8".into());
-        admin
-            .query(
-                "create database :\"db\" template template0 encoding :'enc'",
-                &[("db", &db), ("enc", &enc)],
+                "select count(*) from pg_database where datname = :'db'",
+                &[("db", &db)],
             )
             .await
-            .with_context(|| format!("cannot create database \"{db}\""))?;
-    }
-    let created = !exists;
-
-    let result = stream_into(policy, &m, &target, ids.clone(), req, clean).await;
-    if let Err(e) = result {
-        if created {
-            // Say what happened to it, not what was hoped: the server that
-            // failed the restore may refuse the drop too.
-            let fate = match admin
+            .with_context(|| format!("cannot reach the target server {}", url.host()))?
+            == "1";
+        let mut clean = false;
+        if exists {
+            let n: i64 = conn
+                .query_one(
+                    "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                     where c.relkind in ('r','p','v','m','S','f') \
+                     and n.nspname not in ('pg_catalog','information_schema') and n.nspname !~ '^pg_toast'",
+                    &[],
+                )
+                .await?
+                .parse()
+                .unwrap_or(0);
+            if n > 0 && !force {
+                bail!(
+                    "target database \"{db}\" already exists and has {n} relations; restore into a new database name, or pass --force to replace its contents"
+                );
+            }
+            clean = n > 0;
+        } else {
+            let enc = m.source.encoding.clone().unwrap_or_else(|| "UTF8".into());
+            admin
                 .query(
-                    "drop database if exists :\"db\" with (force)",
-                    &[("db", &db)],
+                    "create database :\"db\" template template0 encoding :'enc'",
+                    &[("db", &db), ("enc", &enc)],
                 )
                 .await
-            {
-                Ok(_) => format!("the database \"{db}\" drctl created was dropped"),
-                Err(de) => format!(
-                    "the database \"{db}\" drctl created is LEFT BEHIND half-restored (dropping it failed: {de:#}); drop it by hand before retrying"
-                ),
-            };
-            return Err(e.context(format!("restore of {} failed; {fate}", m.id)));
+                .with_context(|| format!("cannot create database \"{db}\""))?;
         }
-        let state = if req.jobs > 1 {
-            "it ran in several transactions, so \"{db}\" may hold part of the backup: empty it before retrying"
-        } else {
-            "pg_restore ran in one transaction, so \"{db}\" is unchanged"
-        };
-        return Err(e.context(format!(
-            "restore of {} failed; {}",
-            m.id,
-            state.replace("{db}", &db)
-        )));
+        Ok(TargetDb {
+            conn,
+            admin,
+            db,
+            created: !exists,
+            clean,
+        })
     }
-    Ok(Outcome {
-        plan,
-        created_database: created,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        reached_at: None,
-    })
 }
 
 /// Restore the dump: one `pg_restore --single-transaction` fed by one
