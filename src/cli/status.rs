@@ -31,38 +31,7 @@ enum Row {
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let (policies, broken) = if a.policy.is_empty() {
-        let (policies, problems) = ctx.read_dir()?;
-        let mut broken: Vec<Broken> = Vec::new();
-        for p in problems {
-            let name = p
-                .file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            match broken.iter_mut().find(|b| b.policy == name) {
-                Some(b) => b.error = format!("{}; {p}", b.error),
-                None => broken.push(Broken {
-                    policy: name,
-                    error: p.to_string(),
-                }),
-            }
-        }
-        (policies, broken)
-    } else {
-        let mut policies = Vec::new();
-        let mut broken = Vec::new();
-        for name in &a.policy {
-            match ctx.load(name) {
-                Ok(p) => policies.push(p),
-                Err(e) => broken.push(Broken {
-                    policy: name.clone(),
-                    error: format!("{e:#}"),
-                }),
-            }
-        }
-        (policies, broken)
-    };
+    let (policies, broken) = select(ctx, &a.policy)?;
     let catalog = ctx.catalog().await?;
     let all = crate::status::collect(&policies, &catalog, jiff::Timestamp::now()).await?;
     let failed = all.iter().any(|s| s.error.is_some()) || !broken.is_empty();
@@ -84,50 +53,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             "POLICY", "METHOD", "LAST BACKUP", "RPO", "WINDOW", "FAILURES", "LAST DRILL"
         );
         for s in &all {
-            let window = match (&s.window_start, &s.window_end) {
-                (Some(a), Some(b)) => format!("{a} .. {b}"),
-                _ => "-".into(),
-            };
-            println!(
-                "{:<16} {:<9} {:<21} {:>10} {:<44} {:>8}  {:<28} {}",
-                s.policy,
-                s.method.to_string(),
-                s.last_backup_at.as_deref().unwrap_or("never"),
-                s.rpo_seconds
-                    .map(|r| human_duration(jiff::SignedDuration::from_secs(r)))
-                    .unwrap_or_else(|| "-".into()),
-                window,
-                s.failures_since_success,
-                match (&s.last_drill_at, s.last_drill_passed) {
-                    (Some(at), Some(true)) => format!("passed {at}"),
-                    (Some(at), _) => format!("FAILED {at}"),
-                    _ => "never".into(),
-                },
-                s.next_backup_at.as_deref().unwrap_or("-"),
-            );
-            // Earlier ranges and the holes between them: the WINDOW column
-            // is only the newest range.
-            if let Some(ws) = s.windows.as_ref().filter(|w| w.len() > 1) {
-                let all: Vec<String> = ws
-                    .iter()
-                    .map(|w| format!("{} .. {}", w.start, w.end))
-                    .collect();
-                println!("{:<16} windows: {}", "", all.join(", "));
-            }
-            for g in s.wal_gaps.iter().flatten() {
-                println!("{:<16} {g}", "");
-            }
-            if let Some(c) = &s.last_commit_at {
-                println!("{:<16} last commit in the window: {c}", "");
-            }
-            if let Some(a) = &s.archive {
-                println!("{:<16} {}", "", a.describe());
-            }
-            if let Some(e) = &s.error {
-                println!("{:<16} error: {e}", "");
-            } else if let (Some(e), true) = (&s.last_error, s.failures_since_success > 0) {
-                println!("{:<16} last failure: {e}", "");
-            }
+            print_row(s);
         }
         for b in &broken {
             println!("{:<16} error: {}", b.policy, b.error);
@@ -144,4 +70,89 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The policies asked for (or every one in the directory), and those that
+/// do not load, each as its own row.
+fn select(ctx: &Ctx, names: &[String]) -> Result<(Vec<crate::policy::Policy>, Vec<Broken>)> {
+    Ok(if names.is_empty() {
+        let (policies, problems) = ctx.read_dir()?;
+        let mut broken: Vec<Broken> = Vec::new();
+        for p in problems {
+            let name = p
+                .file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match broken.iter_mut().find(|b| b.policy == name) {
+                Some(b) => b.error = format!("{}; {p}", b.error),
+                None => broken.push(Broken {
+                    policy: name,
+                    error: p.to_string(),
+                }),
+            }
+        }
+        (policies, broken)
+    } else {
+        let mut policies = Vec::new();
+        let mut broken = Vec::new();
+        for name in names {
+            match ctx.load(name) {
+                Ok(p) => policies.push(p),
+                Err(e) => broken.push(Broken {
+                    policy: name.clone(),
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
+        (policies, broken)
+    })
+}
+
+/// One policy's lines of the text table.
+fn print_row(s: &crate::status::PolicyStatus) {
+    let window = match (&s.window_start, &s.window_end) {
+        (Some(a), Some(b)) => format!("{a} .. {b}"),
+        _ => "-".into(),
+    };
+    println!(
+        "{:<16} {:<9} {:<21} {:>10} {:<44} {:>8}  {:<28} {}",
+        s.policy,
+        s.method.to_string(),
+        s.last_backup_at.as_deref().unwrap_or("never"),
+        s.rpo_seconds
+            .map(|r| human_duration(jiff::SignedDuration::from_secs(r)))
+            .unwrap_or_else(|| "-".into()),
+        window,
+        s.failures_since_success,
+        match (&s.last_drill_at, s.last_drill_passed) {
+            (Some(at), Some(true)) => format!("passed {at}"),
+            (Some(at), _) => format!("FAILED {at}"),
+            _ => "never".into(),
+        },
+        s.next_backup_at.as_deref().unwrap_or("-"),
+    );
+    // Earlier ranges and the holes between them: the WINDOW column
+    // is only the newest range.
+    if let Some(ws) = s.windows.as_ref().filter(|w| w.len() > 1) {
+        let all: Vec<String> = ws
+            .iter()
+            .map(|w| format!("{} .. {}", w.start, w.end))
+            .collect();
+        println!("{:<16} windows: {}", "", all.join(", "));
+    }
+    for g in s.wal_gaps.iter().flatten() {
+        println!("{:<16} {g}", "");
+    }
+    if let Some(c) = &s.last_commit_at {
+        println!("{:<16} last commit in the window: {c}", "");
+    }
+    if let Some(a) = &s.archive {
+        println!("{:<16} {}", "", a.describe());
+    }
+    if let Some(e) = &s.error {
+        println!("{:<16} error: {e}", "");
+    } else if let (Some(e), true) = (&s.last_error, s.failures_since_success > 0) {
+        println!("{:<16} last failure: {e}", "");
+    }
 }
