@@ -69,9 +69,12 @@ fn secs(t: Timestamp) -> f64 {
 
 /// The exposition text: HELP and TYPE once per family, one sample per
 /// policy that has a value.
-pub fn render(all: &[PolicyMetrics]) -> String {
-    type Get = fn(&PolicyMetrics) -> Option<f64>;
-    let families: [(&str, &str, &str, Get); 13] = [
+type Get = fn(&PolicyMetrics) -> Option<f64>;
+
+/// Every metric family: name, type, help, and how a policy's sample is
+/// read (None: no sample). Long because it is the table itself.
+fn families() -> [(&'static str, &'static str, &'static str, Get); 13] {
+    [
         (
             "drctl_backup_last_success_timestamp_seconds",
             "gauge",
@@ -175,9 +178,12 @@ pub fn render(all: &[PolicyMetrics]) -> String {
                     .map(secs)
             },
         ),
-    ];
+    ]
+}
+
+pub fn render(all: &[PolicyMetrics]) -> String {
     let mut out = String::new();
-    for (name, kind, help, get) in families {
+    for (name, kind, help, get) in families() {
         let samples: Vec<(String, f64)> = all
             .iter()
             .filter_map(|m| get(m).map(|v| (m.status.policy.clone(), v)))
