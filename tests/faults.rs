@@ -712,25 +712,23 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
-#[test]
-fn a_backup_that_agrees_with_its_own_checksums_but_not_with_the_server_fails_pg_verifybackup() {
-    let (d, pg) = physical_with_table(20000);
-    let rel = pg.query("postgres", "SELECT pg_relation_filepath('t')");
-    switch_and_archive(&pg);
-    let id = d.backup("phys");
-    let backup = d.repo_dir().join(format!("phys/backups/{id}"));
-
-    // What a bug between the socket and the repository would store: one
-    // byte of table t changed, then compressed, encrypted and checksummed
-    // as drctl would, the manifest resealed to match.
-    let mpath = backup.join("manifest.json");
-    let mut m = drctl::testing::Manifest::from_json(&std::fs::read(&mpath).unwrap()).unwrap();
+/// What a bug between the socket and the repository would store: one byte
+/// of `file` in backup `id`'s base archive changed (at `at(size)`), then
+/// compressed, encrypted and checksummed as drctl would, the manifest
+/// resealed to match. Returns the originals (path, bytes) to put back.
+fn forge_base(d: &Drctl, id: &str, file: &str, at: impl Fn(u64) -> u64) -> Vec<(PathBuf, Vec<u8>)> {
+    let mpath = d
+        .repo_dir()
+        .join(format!("phys/backups/{id}/manifest.json"));
+    let m_orig = std::fs::read(&mpath).unwrap();
+    let mut m = drctl::testing::Manifest::from_json(&m_orig).unwrap();
     let base = m.objects.iter_mut().find(|o| o.name == "base").unwrap();
     let opath = d.repo_dir().join(&base.key);
+    let o_orig = std::fs::read(&opath).unwrap();
     let ids = drctl::testing::load_identities(&d.identity).unwrap();
     let mut plain = Vec::new();
     drctl::testing::decode(
-        Box::new(std::fs::File::open(&opath).unwrap()),
+        Box::new(std::io::Cursor::new(o_orig.clone())),
         &ids,
         base,
         &mut plain,
@@ -738,15 +736,15 @@ fn a_backup_that_agrees_with_its_own_checksums_but_not_with_the_server_fails_pg_
         &|_| {},
     )
     .unwrap();
-    let mut at = None;
+    let mut pos = None;
     for e in tar::Archive::new(&plain[..]).entries().unwrap() {
         let e = e.unwrap();
-        if e.path().unwrap().to_string_lossy() == rel {
-            at = Some(e.raw_file_position() + e.size() / 2);
+        if e.path().unwrap().to_string_lossy() == file {
+            pos = Some(e.raw_file_position() + at(e.size()));
         }
     }
-    let at = at.unwrap_or_else(|| panic!("{rel} is not in the base archive")) as usize;
-    plain[at] ^= 0x01;
+    let pos = pos.unwrap_or_else(|| panic!("{file} is not in the base archive")) as usize;
+    plain[pos] ^= 0x01;
     let compressed = zstd::encode_all(&plain[..], 3).unwrap();
     let recipient: age::x25519::Recipient = d.recipient.parse().unwrap();
     let mut stored = Vec::new();
@@ -764,28 +762,65 @@ fn a_backup_that_agrees_with_its_own_checksums_but_not_with_the_server_fails_pg_
     base.stored_sha256 = sha256_hex(&stored);
     std::fs::write(&opath, &stored).unwrap();
     std::fs::write(&mpath, m.to_json()).unwrap();
+    vec![(opath, o_orig), (mpath, m_orig)]
+}
 
-    // drctl's own checks pass: only the server's manifest knows better.
-    d.run(&["verify", "phys"]).ok();
-    let v = d.run(&["verify", "phys", "--deep", "--identity", &d.identity_arg()]);
-    assert_eq!(v.code, 1, "{}", v.stdout);
-    assert!(
-        v.stdout.contains("pg_verifybackup") && v.stdout.contains(&rel),
-        "{}",
-        v.stdout
-    );
-    let (server, r) = restore_started(&d, "phys", &["--latest"], &[]);
-    assert_eq!(r.code, 1, "{}", r.stdout);
-    assert!(
-        r.stderr.contains("differ from what the server sent") && r.stderr.contains(&rel),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        !server.dir.exists() || std::fs::read_dir(&server.dir).unwrap().next().is_none(),
-        "the unproven directory was left in place"
-    );
-    chaos_line("verifybackup", 1, (1, 1, 0), 0);
+#[test]
+fn a_backup_that_agrees_with_its_own_checksums_but_not_with_the_server_fails_pg_verifybackup() {
+    let (d, pg) = physical_with_table(20000);
+    let rel = pg.query("postgres", "SELECT pg_relation_filepath('t')");
+    switch_and_archive(&pg);
+    let id = d.backup("phys");
+    let show = d.run(&["show", &id, "--output", "json"]).ok().json();
+    let wal = &show["manifest"]["wal"];
+    let start_seg = wal["start_segment"].as_str().unwrap().to_string();
+    let (hi, lo) = wal["start_lsn"].as_str().unwrap().split_once('/').unwrap();
+    let start = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let in_seg = start % wal["segment_size"].as_u64().unwrap();
+    // A byte of table t (the server's manifest has its SHA256), and a byte
+    // of the first WAL record the backup needs (pg_waldump's CRC check:
+    // WAL that does not parse must never pass as "files checked").
+    let cases = [
+        (
+            rel.clone(),
+            rel.clone(),
+            Box::new(|size: u64| size / 2) as Box<dyn Fn(u64) -> u64>,
+        ),
+        (
+            format!("pg_wal/{start_seg}"),
+            "pg_waldump".to_string(),
+            Box::new(move |_| in_seg + 40),
+        ),
+    ];
+    for (file, named, at) in cases {
+        let originals = forge_base(&d, &id, &file, at);
+        // drctl's own checks pass: only PostgreSQL's tools know better.
+        d.run(&["verify", "phys"]).ok();
+        let v = d.run(&["verify", "phys", "--deep", "--identity", &d.identity_arg()]);
+        assert_eq!(v.code, 1, "{file}: {}", v.stdout);
+        assert!(
+            v.stdout.contains("pg_verifybackup") && v.stdout.contains(&named),
+            "{file}: {}",
+            v.stdout
+        );
+        let (server, r) = restore_started(&d, "phys", &["--latest"], &[]);
+        assert_eq!(r.code, 1, "{file}: {}", r.stdout);
+        assert!(
+            r.stderr.contains("differ from what the server sent") && r.stderr.contains(&named),
+            "{file}: {}",
+            r.stderr
+        );
+        assert!(
+            !server.dir.exists() || std::fs::read_dir(&server.dir).unwrap().next().is_none(),
+            "{file}: the unproven directory was left in place"
+        );
+        for (p, bytes) in originals {
+            std::fs::write(p, bytes).unwrap();
+        }
+    }
+    d.run(&["verify", "phys", "--deep", "--identity", &d.identity_arg()])
+        .ok();
+    chaos_line("verifybackup", 2, (1, 1, 0), 0);
 }
 
 /// A small tmpfs, unmounted when the test ends however it ends.

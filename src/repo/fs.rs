@@ -303,6 +303,46 @@ impl Repository for FsRepo {
         .await?
     }
 
+    async fn leftovers_of(&self, key: &str) -> Result<Vec<Leftover>> {
+        // One directory read, and a stat only of this key's temp files:
+        // a WAL directory can hold many thousand segments.
+        let dest = self.path(key)?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
+                return Ok(Vec::new());
+            };
+            let temp = format!(".{}.tmp-", name.to_string_lossy());
+            let entries = match fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+            };
+            let mut out = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                if !entry.file_name().to_string_lossy().starts_with(&temp) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let path = entry.path();
+                let rel = path.strip_prefix(&root).expect("below root");
+                out.push(Leftover {
+                    key: rel.to_string_lossy().into_owned(),
+                    size: meta.len(),
+                    age: meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .unwrap_or_default(),
+                    upload_id: None,
+                });
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
     async fn remove_leftover(&self, l: &Leftover) -> Result<()> {
         // The key of a temp file starts with a dot in its last part, which
         // object keys never do: check the rest of it like any key.
@@ -314,6 +354,39 @@ impl Repository for FsRepo {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[tokio::test]
+    async fn leftovers_of_a_key_are_its_own_temp_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepo::new("file://t".into(), dir.path().to_path_buf());
+        let wal = dir.path().join("p/wal/00000001");
+        std::fs::create_dir_all(&wal).unwrap();
+        for f in [
+            ".000000010000000000000003.zst.age.tmp-0a1b2c3d",
+            ".000000010000000000000003.json.tmp-0a1b2c3d",
+            ".000000010000000000000004.zst.age.tmp-0a1b2c3d",
+            "000000010000000000000003.zst.age",
+        ] {
+            std::fs::write(wal.join(f), b"x").unwrap();
+        }
+        let key = "p/wal/00000001/000000010000000000000003.zst.age";
+        let found: Vec<String> = repo
+            .leftovers_of(key)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        assert_eq!(
+            found,
+            ["p/wal/00000001/.000000010000000000000003.zst.age.tmp-0a1b2c3d"]
+        );
+        assert!(repo
+            .leftovers_of("p/wal/00000002/x")
+            .await
+            .unwrap()
+            .is_empty());
+    }
 
     #[tokio::test]
     async fn write_is_invisible_until_finish_and_drop_aborts() {

@@ -73,6 +73,14 @@ pub trait Repository: Send + Sync {
     async fn reader(&self, key: &str) -> Result<ObjectReader>;
     /// Interrupted writes under a prefix (see `Leftover`).
     async fn leftovers(&self, prefix: &str) -> Result<Vec<Leftover>>;
+    /// Interrupted writes of one key. Cheap enough for every wal-push: S3
+    /// lists the uploads of that key only (drivers with temp files beside
+    /// the object override this).
+    async fn leftovers_of(&self, key: &str) -> Result<Vec<Leftover>> {
+        let mut found = self.leftovers(key).await?;
+        found.retain(|l| l.key == key);
+        Ok(found)
+    }
     /// Remove one: delete the temp file, abort the upload.
     async fn remove_leftover(&self, l: &Leftover) -> Result<()>;
 }

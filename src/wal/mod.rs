@@ -263,42 +263,8 @@ pub fn missing(segnos: &[u64], from: u64, to: u64, limit: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Whether a repository leftover (`Leftover::key`) was a write of `key`:
-/// the key itself (an unfinished S3 upload) or a file repository's hidden
-/// temp file beside it (`.<name>.tmp-<hex>`).
-pub fn is_leftover_of(leftover: &str, key: &str) -> bool {
-    if leftover == key {
-        return true;
-    }
-    let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
-    let (ldir, lname) = leftover.rsplit_once('/').unwrap_or(("", leftover));
-    ldir == dir
-        && lname
-            .strip_prefix('.')
-            .and_then(|l| l.strip_prefix(name))
-            .is_some_and(|rest| rest.starts_with(".tmp-"))
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn leftovers_of_a_key_are_its_upload_or_its_temp_files_only() {
-        let k = "p/wal/0000000100000000/000000010000000000000003.zst.age";
-        assert!(super::is_leftover_of(k, k));
-        assert!(super::is_leftover_of(
-            "p/wal/0000000100000000/.000000010000000000000003.zst.age.tmp-0a1b2c3d",
-            k
-        ));
-        for other in [
-            "p/wal/0000000100000000/.000000010000000000000004.zst.age.tmp-0a1b2c3d",
-            "p/wal/0000000100000000/.000000010000000000000003.json.tmp-0a1b2c3d",
-            "q/wal/0000000100000000/.000000010000000000000003.zst.age.tmp-0a1b2c3d",
-            "p/wal/0000000100000000/000000010000000000000003.json",
-        ] {
-            assert!(!super::is_leftover_of(other, k), "{other}");
-        }
-    }
-
     use super::*;
     use proptest::prelude::*;
 

@@ -48,23 +48,19 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 /// writes them now; were something to, its commit would fail loudly, never
 /// succeed falsely. Best effort: the prune sweep catches the rest later.
 async fn remove_own_leftovers(repo: &dyn Repository, keys: &[&str]) {
-    let Some((dir, _)) = keys.first().and_then(|k| k.rsplit_once('/')) else {
-        return;
-    };
-    let found = match repo.leftovers(&format!("{dir}/")).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::debug!("cannot list leftovers in {dir}: {e:#}");
-            return;
-        }
-    };
-    for l in found
-        .iter()
-        .filter(|l| keys.iter().any(|k| wal::is_leftover_of(&l.key, k)))
-    {
-        match repo.remove_leftover(l).await {
-            Ok(()) => tracing::info!(key = %l.key, "removed what an interrupted wal-push left"),
-            Err(e) => tracing::warn!(key = %l.key, "cannot remove a leftover: {e:#}"),
+    for key in keys {
+        let found = match repo.leftovers_of(key).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("cannot look for leftovers of {key}: {e:#}");
+                continue;
+            }
+        };
+        for l in &found {
+            match repo.remove_leftover(l).await {
+                Ok(()) => tracing::info!(key = %l.key, "removed what an interrupted wal-push left"),
+                Err(e) => tracing::warn!(key = %l.key, "cannot remove a leftover: {e:#}"),
+            }
         }
     }
 }
