@@ -191,18 +191,23 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
 fn walk_temps(dir: &Path, root: &Path, out: &mut Vec<Leftover>) -> io::Result<()> {
     files(dir, root, &mut |key, name, meta| {
         if name.starts_with('.') && name.contains(".tmp-") {
-            out.push(Leftover {
-                key,
-                size: meta.len(),
-                age: meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| m.elapsed().ok())
-                    .unwrap_or_default(),
-                upload_id: None,
-            });
+            out.push(temp_file(key, meta));
         }
     })
+}
+
+/// A temp file as a leftover: its size, and its age from its last write.
+fn temp_file(key: String, meta: &fs::Metadata) -> Leftover {
+    Leftover {
+        key,
+        size: meta.len(),
+        age: meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default(),
+        upload_id: None,
+    }
 }
 
 #[async_trait]
@@ -327,16 +332,7 @@ impl Repository for FsRepo {
                 let Ok(meta) = entry.metadata() else { continue };
                 let path = entry.path();
                 let rel = path.strip_prefix(&root).expect("below root");
-                out.push(Leftover {
-                    key: rel.to_string_lossy().into_owned(),
-                    size: meta.len(),
-                    age: meta
-                        .modified()
-                        .ok()
-                        .and_then(|m| m.elapsed().ok())
-                        .unwrap_or_default(),
-                    upload_id: None,
-                });
+                out.push(temp_file(rel.to_string_lossy().into_owned(), &meta));
             }
             Ok(out)
         })
