@@ -290,9 +290,9 @@ impl Scratch {
             self.child = Some(child);
             self.port = port;
             let r = if wait {
-                wait_ready(self).await
+                wait_up(self, true).await
             } else {
-                wait_listening(self).await
+                wait_up(self, false).await
             };
             match r {
                 Ok(()) => {
@@ -333,9 +333,19 @@ impl Scratch {
     }
 }
 
-/// Until the postmaster accepts TCP connections (or dies).
-async fn wait_listening(s: &mut Scratch) -> Result<()> {
-    let mut poll = crate::poll::Poll::every(Duration::from_secs(60), Duration::from_millis(50));
+fn last_lines(log: &str) -> String {
+    log.lines().rev().take(3).collect::<Vec<_>>().join(" / ")
+}
+
+/// Until the postmaster accepts TCP connections and, with `answering`,
+/// also answers a query as postgres (or dies).
+async fn wait_up(s: &mut Scratch, answering: bool) -> Result<()> {
+    let (what, pause) = if answering {
+        ("ready", Duration::from_millis(100))
+    } else {
+        ("listening", Duration::from_millis(50))
+    };
+    let mut poll = crate::poll::Poll::every(Duration::from_secs(60), pause);
     loop {
         if !s.alive() {
             bail!("exited: {}", last_lines(&s.log()));
@@ -343,54 +353,33 @@ async fn wait_listening(s: &mut Scratch) -> Result<()> {
         if tokio::net::TcpStream::connect(("127.0.0.1", s.port))
             .await
             .is_ok()
+            && (!answering || answers(s).await)
         {
             return Ok(());
         }
         match poll.next().await {
             Ok(()) => {}
-            Err(crate::poll::Gave::Up) => bail!("not listening within 60s"),
+            Err(crate::poll::Gave::Up) => bail!("not {what} within 60s"),
             Err(crate::poll::Gave::Cancelled) => bail!("cancelled"),
         }
     }
 }
 
-fn last_lines(log: &str) -> String {
-    log.lines().rev().take(3).collect::<Vec<_>>().join(" / ")
-}
-
-async fn wait_ready(s: &mut Scratch) -> Result<()> {
-    let mut poll = crate::poll::Poll::every(Duration::from_secs(60), Duration::from_millis(100));
-    loop {
-        if !s.alive() {
-            bail!("exited: {}", last_lines(&s.log()));
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-            .await
-            .is_ok()
-        {
-            let psql = if s.bindir.join("psql").is_file() {
-                s.bindir.join("psql")
-            } else {
-                PathBuf::from("psql")
-            };
-            let ok = tokio::process::Command::new(psql)
-                .args(["-X", "-q", "-w", "-At", "-c", "select 1"])
-                .arg(format!("--dbname={}", s.url("postgres")))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await
-                .map(|st| st.success())
-                .unwrap_or(false);
-            if ok {
-                return Ok(());
-            }
-        }
-        match poll.next().await {
-            Ok(()) => {}
-            Err(crate::poll::Gave::Up) => bail!("not ready within 60s"),
-            Err(crate::poll::Gave::Cancelled) => bail!("cancelled"),
-        }
-    }
+/// `select 1` through psql as the scratch server's superuser.
+async fn answers(s: &Scratch) -> bool {
+    let psql = if s.bindir.join("psql").is_file() {
+        s.bindir.join("psql")
+    } else {
+        PathBuf::from("psql")
+    };
+    tokio::process::Command::new(psql)
+        .args(["-X", "-q", "-w", "-At", "-c", "select 1"])
+        .arg(format!("--dbname={}", s.url("postgres")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map(|st| st.success())
+        .unwrap_or(false)
 }

@@ -38,12 +38,6 @@ impl Inventory {
         })
     }
 
-    /// A restore plan's result, told about backups left out as corrupt: a
-    /// refusal names them (it may be why), a plan warns of them.
-    pub fn note_left_out<T>(&self, policy: &str, r: anyhow::Result<T>) -> anyhow::Result<T> {
-        crate::error::noted(r, self.left_out(policy))
-    }
-
     pub fn candidates(&self) -> Vec<Candidate> {
         self.complete
             .iter()

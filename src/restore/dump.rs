@@ -45,7 +45,8 @@ pub struct Request {
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
     let repo = crate::repo::open_for(policy).await?;
     let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
-    inv.note_left_out(&policy.name, plan_from(policy, req, &inv))
+    // A refusal names backups left out as corrupt (they may be why).
+    crate::error::noted(plan_from(policy, req, &inv), inv.left_out(&policy.name))
 }
 
 fn plan_from(

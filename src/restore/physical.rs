@@ -121,7 +121,7 @@ pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Rea
     let repo = crate::repo::open_for(policy).await?;
     let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
     let planned = plan_from(policy, req, &*repo, &inv).await;
-    inv.note_left_out(&policy.name, planned)
+    crate::error::noted(planned, inv.left_out(&policy.name))
 }
 
 async fn plan_from(
