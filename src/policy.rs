@@ -357,6 +357,35 @@ impl Ctx<'_> {
     }
 }
 
+/// The policy's TOML table, its unknown sections reported; None when the
+/// text is not TOML.
+fn toml_table(ctx: &mut Ctx<'_>, text: &str) -> Option<toml::Table> {
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid TOML").to_string();
+            let detail = msg.lines().last().unwrap_or("").trim().to_string();
+            ctx.add(
+                "",
+                format!("not valid TOML: {first} {detail}")
+                    .trim_end()
+                    .to_string(),
+            );
+            return None;
+        }
+    };
+    for key in table.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            ctx.add(
+                key.clone(),
+                format!("unknown section (expected one of {})", SECTIONS.join(", ")),
+            );
+        }
+    }
+    Some(table)
+}
+
 /// Parse and validate one policy from its text. The name is the file stem.
 pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
     let mut ctx = Ctx {
@@ -373,29 +402,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
             format!("policy name '{name}' (the file stem) must be 1-64 of [A-Za-z0-9_-], starting with a letter or digit"),
         );
     }
-    let table: toml::Table = match text.parse() {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid TOML").to_string();
-            let detail = msg.lines().last().unwrap_or("").trim().to_string();
-            ctx.add(
-                "",
-                format!("not valid TOML: {first} {detail}")
-                    .trim_end()
-                    .to_string(),
-            );
-            return Err(ctx.problems);
-        }
+    let Some(table) = toml_table(&mut ctx, text) else {
+        return Err(ctx.problems);
     };
-    for key in table.keys() {
-        if !SECTIONS.contains(&key.as_str()) {
-            ctx.add(
-                key.clone(),
-                format!("unknown section (expected one of {})", SECTIONS.join(", ")),
-            );
-        }
-    }
     let source: Option<Source> = ctx.section(&table, "source", true);
     let backup: Option<Backup> = ctx.section(&table, "backup", true);
     let retention: Option<Retention> = ctx.section(&table, "retention", false);

@@ -319,26 +319,8 @@ async fn over_replication(
     let written2 = written.clone();
     let on_server = policy.compression.on_server.unwrap_or(true);
     let result = tokio::task::spawn_blocking(move || -> Result<Streamed> {
-        let start = |zstd| {
-            crate::pg::replication::BaseBackup::start(&params, &label, zstd)
-                .with_context(|| format!("base backup over replication from {params:?}"))
-        };
-        // The server compresses when it can (only compressed bytes cross
-        // the wire, and nothing relays plain bytes); a server built without
-        // zstd refuses the option before its checkpoint, and drctl
-        // compresses instead.
-        let (mut bb, server_zstd) = if on_server {
-            match start(Some((level, threads))) {
-                Ok(bb) => (bb, true),
-                Err(e) if format!("{e:#}").contains("compression") => {
-                    tracing::info!("server-side zstd unavailable ({e:#}); compressing here");
-                    (start(None)?, false)
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            (start(None)?, false)
-        };
+        let (mut bb, server_zstd) =
+            start_base_backup(&params, &label, on_server, (level, threads))?;
         let opts = crate::pipeline::EncodeOptions {
             level,
             threads,
@@ -347,27 +329,7 @@ async fn over_replication(
         let mut objects = Vec::new();
         let mut tablespaces = Vec::new();
         while let Some(h) = bb.next_archive()? {
-            let name = if h.is_manifest {
-                manifest::SERVER_MANIFEST_OBJECT.to_string()
-            } else if h.location.is_empty() {
-                "base".to_string()
-            } else {
-                let oid = h
-                    .name
-                    .strip_suffix(".tar.zst")
-                    .or_else(|| h.name.strip_suffix(".tar"))
-                    .and_then(|o| o.parse().ok())
-                    .with_context(|| {
-                        format!("unexpected archive name {} from the server", h.name)
-                    })?;
-                let t = Tablespace {
-                    oid,
-                    location: h.location.clone(),
-                };
-                let name = t.object_name();
-                tablespaces.push(t);
-                name
-            };
+            let name = object_name(&h, &mut tablespaces)?;
             let key = if h.is_manifest {
                 format!("{prefix}{name}.zst.age")
             } else {
@@ -420,6 +382,60 @@ async fn over_replication(
         }
     }
     result
+}
+
+/// Start BASE_BACKUP. The server compresses when it can (only compressed
+/// bytes cross the wire, and nothing relays plain bytes); a server built
+/// without zstd refuses the option before its checkpoint, and drctl
+/// compresses instead. The bool says whether the server compresses.
+fn start_base_backup(
+    params: &crate::pg::replication::Params,
+    label: &str,
+    on_server: bool,
+    zstd: (i32, u32),
+) -> Result<(crate::pg::replication::BaseBackup, bool)> {
+    let start = |zstd| {
+        crate::pg::replication::BaseBackup::start(params, label, zstd)
+            .with_context(|| format!("base backup over replication from {params:?}"))
+    };
+    if !on_server {
+        return Ok((start(None)?, false));
+    }
+    match start(Some(zstd)) {
+        Ok(bb) => Ok((bb, true)),
+        Err(e) if format!("{e:#}").contains("compression") => {
+            tracing::info!("server-side zstd unavailable ({e:#}); compressing here");
+            Ok((start(None)?, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The manifest object name of one archive the server sends; a
+/// tablespace's archive also adds it to `tablespaces`.
+fn object_name(
+    h: &crate::pg::replication::ArchiveHeader,
+    tablespaces: &mut Vec<Tablespace>,
+) -> Result<String> {
+    if h.is_manifest {
+        return Ok(manifest::SERVER_MANIFEST_OBJECT.to_string());
+    }
+    if h.location.is_empty() {
+        return Ok("base".to_string());
+    }
+    let oid = h
+        .name
+        .strip_suffix(".tar.zst")
+        .or_else(|| h.name.strip_suffix(".tar"))
+        .and_then(|o| o.parse().ok())
+        .with_context(|| format!("unexpected archive name {} from the server", h.name))?;
+    let t = Tablespace {
+        oid,
+        location: h.location.clone(),
+    };
+    let name = t.object_name();
+    tablespaces.push(t);
+    Ok(name)
 }
 
 /// Wait for the WAL the backup needs, then write its manifest.

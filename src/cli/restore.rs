@@ -257,7 +257,12 @@ async fn run_rds(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<E
         Target::Backup(id) => crate::rds::RestorePoint::Backup(id),
         Target::Latest => crate::rds::RestorePoint::Latest,
     };
-    let r = crate::rds::restore(&policy, point, target, a.dry_run, !a.no_wait).await?;
+    let how = crate::rds::Creation {
+        dry_run: a.dry_run,
+        wait: !a.no_wait,
+        ..Default::default()
+    };
+    let r = crate::rds::restore(&policy, point, target, &how).await?;
     if ctx.json() {
         ctx.print_json(&r)?;
         return Ok(ExitCode::SUCCESS);

@@ -32,43 +32,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let mut work: Vec<Work> = Vec::new();
-    let mut inv = crate::repo::inventory::Inventory::default();
-    let mut add = |p: Policy, found: crate::repo::inventory::Inventory| {
-        inv.incomplete.extend(found.incomplete);
-        inv.corrupt.extend(found.corrupt);
-        inv.unsealed.extend(found.unsealed);
-        let wal = p.backup.method == crate::policy::Method::Physical;
-        work.push(Work {
-            policy: p,
-            manifests: found.complete,
-            wal,
-        });
-    };
-    match a.target.as_deref() {
-        Some(t) if crate::policy::valid_name(t) && ctx.policy_names().iter().any(|n| n == t) => {
-            let p = ctx.load(t)?;
-            let found = scan(&p).await?;
-            add(p, found);
-        }
-        Some(t) => {
-            // One backup: its objects, not its policy's whole archive.
-            let (p, m) = super::find_backup(ctx, t).await?;
-            work.push(Work {
-                policy: p,
-                manifests: vec![m],
-                wal: false,
-            });
-        }
-        None => {
-            for p in ctx.load_all()? {
-                if p.repository.is_some() {
-                    let found = scan(&p).await?;
-                    add(p, found);
-                }
-            }
-        }
-    }
+    let (work, inv) = select(ctx, a.target.as_deref()).await?;
     let catalog = ctx.catalog().await?;
     // A manifest that fails its seal is no backup: reported, never verified
     // as one (and never restored from).
@@ -130,6 +94,52 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What to verify: the backups of one policy, of every policy with a
+/// repository, or one backup; and what the scans found besides.
+async fn select(
+    ctx: &Ctx,
+    target: Option<&str>,
+) -> Result<(Vec<Work>, crate::repo::inventory::Inventory)> {
+    let mut work: Vec<Work> = Vec::new();
+    let mut inv = crate::repo::inventory::Inventory::default();
+    let mut add = |p: Policy, found: crate::repo::inventory::Inventory| {
+        inv.incomplete.extend(found.incomplete);
+        inv.corrupt.extend(found.corrupt);
+        inv.unsealed.extend(found.unsealed);
+        let wal = p.backup.method == crate::policy::Method::Physical;
+        work.push(Work {
+            policy: p,
+            manifests: found.complete,
+            wal,
+        });
+    };
+    match target {
+        Some(t) if crate::policy::valid_name(t) && ctx.policy_names().iter().any(|n| n == t) => {
+            let p = ctx.load(t)?;
+            let found = scan(&p).await?;
+            add(p, found);
+        }
+        Some(t) => {
+            // One backup: its objects, not its policy's whole archive.
+            let (p, m) = super::find_backup(ctx, t).await?;
+            work.push(Work {
+                policy: p,
+                manifests: vec![m],
+                wal: false,
+            });
+        }
+        None => {
+            for p in ctx.load_all()? {
+                if p.repository.is_some() {
+                    let found = scan(&p).await?;
+                    add(p, found);
+                }
+            }
+        }
+    }
+    Ok((work, inv))
 }
 
 fn print_report(r: &Verdict) {

@@ -253,36 +253,9 @@ pub async fn run(opts: Options) -> Result<()> {
         );
     }
     if opts.catch_up {
-        let now = Timestamp::now();
-        for e in entries.values_mut() {
-            let Some(s) = &e.schedule else { continue };
-            let rows = shared.catalog.list(Some(&e.policy.name)).await?;
-            let last = rows.iter().filter_map(|r| r.started_at).max();
-            if let Some(due) = last.and_then(|l| s.next_after(l, &e.policy.timezone())) {
-                if due <= now {
-                    tracing::info!(policy = %e.policy.name, missed = %rfc3339(due), "a run was missed while drctl was down; running it now");
-                    e.next = Some(now);
-                }
-            }
-        }
+        catch_up(&shared.catalog, &mut entries).await?;
     }
-    for e in entries.values() {
-        if let (Some(s), Some(n)) = (&e.drill_schedule, e.drill_next) {
-            tracing::info!(policy = %e.policy.name, schedule = %s.expr(), next = %rfc3339(n), "drill scheduled");
-            if opts.identity.is_none()
-                && e.policy.backup.method != crate::policy::Method::RdsSnapshot
-            {
-                tracing::error!(policy = %e.policy.name, "[drill] schedule set but the daemon has no --identity (DRCTL_IDENTITY): its drills will fail");
-            }
-        }
-        match (&e.schedule, e.next) {
-            (Some(s), Some(n)) => {
-                tracing::info!(policy = %e.policy.name, schedule = %s.expr(), next = %rfc3339(n), "scheduled")
-            }
-            _ => tracing::info!(policy = %e.policy.name, "no backup.schedule: not scheduled"),
-        }
-    }
-
+    announce(&entries, &opts);
     if let Some(addr) = opts.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -294,9 +267,13 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::spawn(serve(listener, shared.clone()));
     }
 
-    let sem = Arc::new(Semaphore::new(opts.max_concurrent.max(1)));
-    let mut jobs: JoinSet<((String, JobKind), Result<()>)> = JoinSet::new();
-    let mut running: BTreeSet<(String, JobKind)> = BTreeSet::new();
+    let mut runner = Runner {
+        sem: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
+        opts: &opts,
+        shared: shared.clone(),
+        jobs: JoinSet::new(),
+        running: BTreeSet::new(),
+    };
     let mut over_rpo: BTreeSet<String> = BTreeSet::new();
     let mut archive_failing: BTreeSet<String> = BTreeSet::new();
     let mut last_rpo_check = std::time::Instant::now() - TICK;
@@ -304,57 +281,7 @@ pub async fn run(opts: Options) -> Result<()> {
         let now = Timestamp::now();
         shared.heartbeat.store(now.as_second(), Ordering::Relaxed);
         for e in entries.values_mut() {
-            if let Some(due) = e.drill_next.filter(|n| *n <= now) {
-                e.drill_next = e
-                    .drill_schedule
-                    .as_ref()
-                    .and_then(|s| s.next_after(now, &e.policy.timezone()));
-                let key = (e.policy.name.clone(), JobKind::Drill);
-                let id = run_id();
-                if running.contains(&key) {
-                    tracing::warn!(policy = %key.0, due = %rfc3339(due), "previous drill still going; skipping this one");
-                } else {
-                    tracing::info!(policy = %key.0, run_id = %id, due = %rfc3339(due), "starting scheduled drill");
-                    if !opts.dry_run {
-                        running.insert(key.clone());
-                        let span = tracing::info_span!("drill", policy = %key.0, run_id = %id);
-                        let fut = drill_job(
-                            shared.clone(),
-                            opts.catalog_path.clone(),
-                            sem.clone(),
-                            e.policy.clone(),
-                            opts.identity.clone(),
-                        );
-                        jobs.spawn(async move { (key, fut.await) }.instrument(span));
-                    }
-                }
-            }
-            let Some(next) = e.next.filter(|n| *n <= now) else {
-                continue;
-            };
-            e.next = e
-                .schedule
-                .as_ref()
-                .and_then(|s| s.next_after(now, &e.policy.timezone()));
-            let name = e.policy.name.clone();
-            if running.contains(&(name.clone(), JobKind::Backup)) {
-                tracing::warn!(policy = %name, due = %rfc3339(next), "previous run still going; skipping this one");
-                continue;
-            }
-            let id = run_id();
-            tracing::info!(policy = %name, run_id = %id, due = %rfc3339(next), "starting scheduled backup");
-            if opts.dry_run {
-                continue;
-            }
-            running.insert((name.clone(), JobKind::Backup));
-            let span = tracing::info_span!("job", policy = %name, run_id = %id);
-            let fut = job(
-                shared.clone(),
-                opts.catalog_path.clone(),
-                sem.clone(),
-                e.policy.clone(),
-            );
-            jobs.spawn(async move { ((name, JobKind::Backup), fut.await) }.instrument(span));
+            runner.start_due(e, now);
         }
         if last_rpo_check.elapsed() >= TICK {
             last_rpo_check = std::time::Instant::now();
@@ -371,9 +298,9 @@ pub async fn run(opts: Options) -> Result<()> {
             .min(TICK);
         tokio::select! {
             _ = tokio::time::sleep(until_next) => {}
-            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
-                if let Ok((name, _)) = done {
-                    running.remove(&name);
+            Some(done) = runner.jobs.join_next(), if !runner.jobs.is_empty() => {
+                if let Ok((key, _)) = done {
+                    runner.running.remove(&key);
                 }
             }
             _ = hup.recv() => {
@@ -384,25 +311,140 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => break,
         }
     }
+    runner.drain().await;
+    tracing::info!("stopped");
+    Ok(())
+}
 
-    if !jobs.is_empty() {
+/// Runs missed while the daemon was down (the newest attempt is older than
+/// the schedule's last due time) are due now.
+async fn catch_up(catalog: &Catalog, entries: &mut BTreeMap<String, Entry>) -> Result<()> {
+    let now = Timestamp::now();
+    for e in entries.values_mut() {
+        let Some(s) = &e.schedule else { continue };
+        let rows = catalog.list(Some(&e.policy.name)).await?;
+        let last = rows.iter().filter_map(|r| r.started_at).max();
+        if let Some(due) = last.and_then(|l| s.next_after(l, &e.policy.timezone())) {
+            if due <= now {
+                tracing::info!(policy = %e.policy.name, missed = %rfc3339(due), "a run was missed while drctl was down; running it now");
+                e.next = Some(now);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line per policy: when its backup and drill run next.
+fn announce(entries: &BTreeMap<String, Entry>, opts: &Options) {
+    for e in entries.values() {
+        if let (Some(s), Some(n)) = (&e.drill_schedule, e.drill_next) {
+            tracing::info!(policy = %e.policy.name, schedule = %s.expr(), next = %rfc3339(n), "drill scheduled");
+            if opts.identity.is_none()
+                && e.policy.backup.method != crate::policy::Method::RdsSnapshot
+            {
+                tracing::error!(policy = %e.policy.name, "[drill] schedule set but the daemon has no --identity (DRCTL_IDENTITY): its drills will fail");
+            }
+        }
+        match (&e.schedule, e.next) {
+            (Some(s), Some(n)) => {
+                tracing::info!(policy = %e.policy.name, schedule = %s.expr(), next = %rfc3339(n), "scheduled")
+            }
+            _ => tracing::info!(policy = %e.policy.name, "no backup.schedule: not scheduled"),
+        }
+    }
+}
+
+/// The running jobs, at most one of each kind per policy.
+struct Runner<'a> {
+    opts: &'a Options,
+    shared: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    jobs: JoinSet<((String, JobKind), Result<()>)>,
+    running: BTreeSet<(String, JobKind)>,
+}
+
+impl Runner<'_> {
+    /// Starts the entry's drill and backup if due, and plans their next runs.
+    fn start_due(&mut self, e: &mut Entry, now: Timestamp) {
+        if let Some(due) = e.drill_next.filter(|n| *n <= now) {
+            e.drill_next = e
+                .drill_schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now, &e.policy.timezone()));
+            let fut = drill_job(
+                self.shared.clone(),
+                self.opts.catalog_path.clone(),
+                self.sem.clone(),
+                e.policy.clone(),
+                self.opts.identity.clone(),
+            );
+            self.start(&e.policy.name, JobKind::Drill, due, fut);
+        }
+        if let Some(due) = e.next.filter(|n| *n <= now) {
+            e.next = e
+                .schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now, &e.policy.timezone()));
+            let fut = job(
+                self.shared.clone(),
+                self.opts.catalog_path.clone(),
+                self.sem.clone(),
+                e.policy.clone(),
+            );
+            self.start(&e.policy.name, JobKind::Backup, due, fut);
+        }
+    }
+
+    fn start(
+        &mut self,
+        policy: &str,
+        kind: JobKind,
+        due: Timestamp,
+        fut: impl std::future::Future<Output = Result<()>> + Send + 'static,
+    ) {
+        let key = (policy.to_string(), kind);
+        let what = match kind {
+            JobKind::Backup => "backup",
+            JobKind::Drill => "drill",
+        };
+        if self.running.contains(&key) {
+            tracing::warn!(policy, due = %rfc3339(due), "previous {what} still going; skipping this one");
+            return;
+        }
+        let id = run_id();
+        tracing::info!(policy, run_id = %id, due = %rfc3339(due), "starting scheduled {what}");
+        if self.opts.dry_run {
+            return;
+        }
+        self.running.insert(key.clone());
+        let span = match kind {
+            JobKind::Backup => tracing::info_span!("job", policy, run_id = %id),
+            JobKind::Drill => tracing::info_span!("drill", policy, run_id = %id),
+        };
+        self.jobs
+            .spawn(async move { (key, fut.await) }.instrument(span));
+    }
+
+    /// Gives running jobs the grace period, then cancels them.
+    async fn drain(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
         tracing::info!(
-            jobs = jobs.len(),
+            jobs = self.jobs.len(),
             "stopping: waiting up to {}s for running jobs",
-            opts.grace.as_secs()
+            self.opts.grace.as_secs()
         );
-        let drained = tokio::time::timeout(opts.grace, async {
-            while jobs.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(self.opts.grace, async {
+            while self.jobs.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             tracing::warn!("grace period over: cancelling the running jobs");
             crate::cancel::request();
-            while jobs.join_next().await.is_some() {}
+            while self.jobs.join_next().await.is_some() {}
         }
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Notify once when a policy's RPO goes over `[notify] max_rpo`, again only

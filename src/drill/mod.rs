@@ -233,51 +233,13 @@ async fn drill_dump(
     t0: Instant,
     report: &mut Report,
 ) {
-    let major = m.source.server_version_num / 10000;
-    let (place, url) = match &opts.scratch_url {
-        Some(u) => {
-            let server = match ConnUrl::parse(u) {
-                Ok(url) => Conn::new(url, None),
-                Err(e) => Err(anyhow!("--scratch: {e}")),
-            };
-            match server {
-                Ok(server) => {
-                    let db = format!(
-                        "drctl_drill_{}_{:08x}",
-                        policy.name.replace('-', "_"),
-                        rand::random::<u32>()
-                    );
-                    let url = server.url.with_database(&db).as_str().to_string();
-                    (Place::Given { server, db }, url)
-                }
-                Err(e) => {
-                    report
-                        .checks
-                        .push(CheckResult::fail("restore", format!("{e:#}")));
-                    return;
-                }
-            }
+    let (place, url) = match dump_place(policy, opts, m).await {
+        Ok(p) => p,
+        Err(e) => {
+            report.checks.push(CheckResult::fail("restore", e));
+            return;
         }
-        None => match crate::drill::scratch::start(major, opts.keep).await {
-            Ok(s) => {
-                let db = if m.source.database.is_empty() {
-                    policy.name.clone()
-                } else {
-                    m.source.database.clone()
-                };
-                let url = s.url(&db);
-                (Place::Scratch(s), url)
-            }
-            Err(e) => {
-                report.checks.push(CheckResult::fail(
-                    "restore",
-                    format!("cannot start a scratch server: {e:#}"),
-                ));
-                return;
-            }
-        },
     };
-
     let req = crate::restore::dump::Request {
         target: crate::restore::plan::Target::Backup(m.id.clone()),
         database: Some(url.clone()),
@@ -314,13 +276,51 @@ async fn drill_dump(
             .max(0.0),
     );
     judge(policy, report, t0, target, &restored).await;
+    release(place, &url, opts.keep, report).await;
+}
 
+/// Where a dump drill restores, and that database's URL: a new database on
+/// `--scratch`, or a scratch server of the dump's major version.
+async fn dump_place(
+    policy: &Policy,
+    opts: &Options,
+    m: &Manifest,
+) -> Result<(Place, String), String> {
+    if let Some(u) = &opts.scratch_url {
+        let server = ConnUrl::parse(u)
+            .map_err(|e| anyhow!("--scratch: {e}"))
+            .and_then(|url| Conn::new(url, None))
+            .map_err(|e| format!("{e:#}"))?;
+        let db = format!(
+            "drctl_drill_{}_{:08x}",
+            policy.name.replace('-', "_"),
+            rand::random::<u32>()
+        );
+        let url = server.url.with_database(&db).as_str().to_string();
+        return Ok((Place::Given { server, db }, url));
+    }
+    let major = m.source.server_version_num / 10000;
+    let s = crate::drill::scratch::start(major, opts.keep)
+        .await
+        .map_err(|e| format!("cannot start a scratch server: {e:#}"))?;
+    let db = if m.source.database.is_empty() {
+        policy.name.clone()
+    } else {
+        m.source.database.clone()
+    };
+    let url = s.url(&db);
+    Ok((Place::Scratch(s), url))
+}
+
+/// Stop the scratch server or drop the drill database, unless kept (then
+/// the report says how to reach it).
+async fn release(place: Place, url: &str, keep: bool, report: &mut Report) {
     match place {
         Place::Scratch(s) if s.kept() => {
-            report.scratch = Some(keep_note(&s, &url));
+            report.scratch = Some(keep_note(&s, url));
         }
         Place::Scratch(s) => drop(s),
-        Place::Given { server, db } if !opts.keep => {
+        Place::Given { server, db } if !keep => {
             let admin = server.with_database("postgres");
             if let Err(e) = admin
                 .query(
@@ -469,24 +469,13 @@ async fn drill_physical(
     report: &mut Report,
 ) {
     use crate::restore::plan::Target;
-    let target = match opts.point {
-        Point::Latest => Target::Latest,
-        Point::Time(t) => Target::Time(t),
-        Point::Random => match crate::wal::archive::window(repo, &policy.name).await {
-            // Uniform over every recoverable range, gaps left out.
-            Ok(w) => match random_point(&w.ranges, rand::random::<u64>()) {
-                Some(t) => Target::Time(t),
-                None => Target::Latest,
-            },
-            Err(e) => {
-                report.checks.push(CheckResult::fail(
-                    "restore",
-                    format!("cannot read the recoverable window: {e:#}"),
-                ));
-                budgets(policy, report);
-                return;
-            }
-        },
+    let target = match physical_target(policy, opts.point, repo).await {
+        Ok(t) => t,
+        Err(e) => {
+            report.checks.push(CheckResult::fail("restore", e));
+            budgets(policy, report);
+            return;
+        }
     };
     let aim = match target {
         Target::Time(t) => t,
@@ -533,11 +522,7 @@ async fn drill_physical(
         }
     };
     report.backup_id = Some(outcome.plan.backup_id.clone());
-    let mut scratch = scratch;
-    let launched = scratch.launch(false).await;
-    // Shared by the two closures wait_promoted calls in turn.
-    let cell = std::sync::Mutex::new(scratch);
-    let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
+    let (scratch, promoted) = recover(scratch, &outcome.plan.target_time).await;
     let db = policy
         .source
         .url
@@ -545,37 +530,7 @@ async fn drill_physical(
         .and_then(|u| ConnUrl::parse(u).ok())
         .map(|u| u.database())
         .unwrap_or_else(|| "postgres".into());
-    let admin = ConnUrl::parse(&lock().url("postgres"))
-        .map_err(|e| anyhow!(e))
-        .and_then(|u| Conn::new(u, None));
-    let mut promoted = match (launched, &admin) {
-        (Ok(()), Ok(admin)) => {
-            crate::restore::physical::wait_promoted(
-                admin,
-                || lock().log(),
-                || lock().alive(),
-                &outcome.plan.target_time,
-            )
-            .await
-        }
-        (Err(e), _) => Err(e),
-        (_, Err(e)) => Err(anyhow!("{e:#}")),
-    };
-    // Recovery can also end before the server is seen listening.
-    let ended = promoted
-        .as_ref()
-        .is_err_and(crate::restore::physical::ended_before_target)
-        || (promoted.is_err() && crate::restore::physical::ended_in_log(&lock().log()));
-    let cell = if ended {
-        let scratch = cell.into_inner().unwrap_or_else(|e| e.into_inner());
-        let (scratch, r) = recover_to_end(scratch, &outcome.plan.target_time).await;
-        promoted = r;
-        std::sync::Mutex::new(scratch)
-    } else {
-        cell
-    };
-    let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
-    let url = lock().url(&db);
+    let url = scratch.url(&db);
     let restored = promoted.map_err(|e| format!("{e:#}")).and_then(|reached| {
         let u = ConnUrl::parse(&url)?;
         Ok(Restored {
@@ -594,9 +549,71 @@ async fn drill_physical(
         })
     });
     judge(policy, report, t0, aim, &restored).await;
-    let scratch = cell.into_inner().unwrap_or_else(|e| e.into_inner());
     if scratch.kept() {
         report.scratch = Some(keep_note(&scratch, &url));
+    }
+}
+
+/// The recovery target of a PITR drill; `--random` is uniform over every
+/// recoverable range, gaps left out.
+async fn physical_target(
+    policy: &Policy,
+    point: Point,
+    repo: &dyn crate::repo::Repository,
+) -> Result<crate::restore::plan::Target, String> {
+    use crate::restore::plan::Target;
+    Ok(match point {
+        Point::Latest => Target::Latest,
+        Point::Time(t) => Target::Time(t),
+        Point::Random => {
+            let w = crate::wal::archive::window(repo, &policy.name)
+                .await
+                .map_err(|e| format!("cannot read the recoverable window: {e:#}"))?;
+            match random_point(&w.ranges, rand::random::<u64>()) {
+                Some(t) => Target::Time(t),
+                None => Target::Latest,
+            }
+        }
+    })
+}
+
+/// Start the restored cluster as drctl's child and wait until it reaches
+/// the target and promotes. A recovery that ends before the target (it can
+/// end before the server is seen listening) is run again to the archive's
+/// end. Hands the server back with the point reached.
+async fn recover(
+    mut scratch: crate::drill::scratch::Scratch,
+    target_time: &str,
+) -> (crate::drill::scratch::Scratch, Result<String>) {
+    let launched = scratch.launch(false).await;
+    // Shared by the two closures wait_promoted calls in turn.
+    let cell = std::sync::Mutex::new(scratch);
+    let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
+    let admin = ConnUrl::parse(&lock().url("postgres"))
+        .map_err(|e| anyhow!(e))
+        .and_then(|u| Conn::new(u, None));
+    let promoted = match (launched, &admin) {
+        (Ok(()), Ok(admin)) => {
+            crate::restore::physical::wait_promoted(
+                admin,
+                || lock().log(),
+                || lock().alive(),
+                target_time,
+            )
+            .await
+        }
+        (Err(e), _) => Err(e),
+        (_, Err(e)) => Err(anyhow!("{e:#}")),
+    };
+    let ended = promoted
+        .as_ref()
+        .is_err_and(crate::restore::physical::ended_before_target)
+        || (promoted.is_err() && crate::restore::physical::ended_in_log(&lock().log()));
+    let scratch = cell.into_inner().unwrap_or_else(|e| e.into_inner());
+    if ended {
+        recover_to_end(scratch, target_time).await
+    } else {
+        (scratch, promoted)
     }
 }
 

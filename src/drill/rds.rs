@@ -32,17 +32,7 @@ pub async fn drill(
     report: &mut Report,
 ) {
     let region = rds::region(policy);
-    match rds::sweep_scratch(policy, started, rds::scratch_max_age()).await {
-        Ok(swept) if !swept.is_empty() => tracing::warn!(
-            policy = %policy.name,
-            "deleted scratch instances left by earlier drills: {}",
-            swept.join(", ")
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(policy = %policy.name, "could not look for leftover scratch instances: {e:#}")
-        }
-    }
+    sweep(policy, started).await;
 
     // The restore point: a drctl snapshot, or a time in the instance's window.
     let (point, snapshot_time) = match opts.point {
@@ -74,19 +64,13 @@ pub async fn drill(
 
     let scratch =
         rds::plan::scratch_identifier(&policy.name, &format!("{:08x}", rand::random::<u32>()));
-    let restored = rds::restore_with(
-        policy,
-        point,
-        &scratch,
-        false,
-        true,
-        Some(rds::scratch_tags(&policy.name, started)),
-        policy
-            .drill
-            .as_ref()
-            .and_then(|d| d.instance_class.as_deref()),
-    )
-    .await;
+    let how = rds::Creation {
+        dry_run: false,
+        wait: true,
+        tags: Some(rds::scratch_tags(&policy.name, started)),
+        class: policy.drill.as_ref().and_then(|d| d.instance_class.clone()),
+    };
+    let restored = rds::restore(policy, point, &scratch, &how).await;
     let restored = match restored {
         Ok(r) => match r.ready.as_ref().map(|e| connection(policy, e)) {
             Some(Ok(conn)) => Ok(super::Restored {
@@ -110,10 +94,35 @@ pub async fn drill(
     };
     super::judge(policy, report, t0, target, &restored).await;
     let conn = restored.ok().map(|r| r.conn);
+    release(&region, &scratch, conn.as_ref(), opts.keep, report).await;
+}
 
-    if opts.keep {
+/// Delete scratch instances earlier drills left (killed before cleanup).
+async fn sweep(policy: &Policy, started: Timestamp) {
+    match rds::sweep_scratch(policy, started, rds::scratch_max_age()).await {
+        Ok(swept) if !swept.is_empty() => tracing::warn!(
+            policy = %policy.name,
+            "deleted scratch instances left by earlier drills: {}",
+            swept.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(policy = %policy.name, "could not look for leftover scratch instances: {e:#}")
+        }
+    }
+}
+
+/// Delete the scratch instance (a failed delete is a failed check: it costs
+/// money), or with --keep say how to reach and delete it.
+async fn release(
+    region: &str,
+    scratch: &str,
+    conn: Option<&crate::pg::Conn>,
+    keep: bool,
+    report: &mut Report,
+) {
+    if keep {
         let how = conn
-            .as_ref()
             .map(|c| format!("psql {}   ", c.url))
             .unwrap_or_default();
         report.scratch = Some(format!(
@@ -121,7 +130,7 @@ pub async fn drill(
         ));
         return;
     }
-    report.checks.push(match rds::delete_instance(&region, &scratch).await {
+    report.checks.push(match rds::delete_instance(region, scratch).await {
         Ok(()) => CheckResult::pass(
             "cleanup",
             format!("scratch instance {scratch} deleted (no final snapshot)"),

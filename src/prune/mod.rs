@@ -104,6 +104,29 @@ pub async fn pinned_ids(repo: &dyn Repository, policy: &str) -> Result<BTreeSet<
         .collect())
 }
 
+/// Claim each backup to delete against leases; one a running restore or
+/// drill holds is kept instead. The claims, by backup id.
+pub(crate) fn claim(
+    catalog: &Catalog,
+    policy: &str,
+    decisions: &mut [retention::Decision],
+    dry_run: bool,
+) -> std::collections::BTreeMap<String, crate::lock::Claim> {
+    let mut claims = std::collections::BTreeMap::new();
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        match crate::lock::claim(catalog.path(), policy, &d.id, dry_run) {
+            Some(c) => {
+                claims.insert(d.id.clone(), c);
+            }
+            None => {
+                d.keep = true;
+                d.reasons = vec!["in use by a running restore or drill".into()];
+            }
+        }
+    }
+    claims
+}
+
 pub async fn run(
     policy: &Policy,
     repo: &dyn Repository,
@@ -123,33 +146,10 @@ pub async fn run(
             pinned: pins.contains(&m.id),
         })
         .collect();
-    let mut decisions = if no_rules {
-        items
-            .iter()
-            .rev()
-            .map(|i| retention::Decision {
-                id: i.id.clone(),
-                keep: true,
-                reasons: vec!["no retention rules".into()],
-            })
-            .collect()
-    } else {
-        retention::decide(&items, &rules, &policy.timezone())
-    };
+    let mut decisions = retention::decide_or_keep(&items, &rules, &policy.timezone());
     // Claims are held until the deletions are done, so no restore can
     // lease a backup between this check and its deletion.
-    let mut claims = std::collections::BTreeMap::new();
-    for d in decisions.iter_mut().filter(|d| !d.keep) {
-        match crate::lock::claim(catalog.path(), &policy.name, &d.id, dry_run) {
-            Some(c) => {
-                claims.insert(d.id.clone(), c);
-            }
-            None => {
-                d.keep = true;
-                d.reasons = vec!["in use by a running restore or drill".into()];
-            }
-        }
-    }
+    let mut claims = claim(catalog, &policy.name, &mut decisions, dry_run);
     let backups: Vec<Entry> = decisions
         .into_iter()
         .map(|d| {

@@ -111,6 +111,24 @@ impl Bucket {
 
 /// Decide keep or delete for each item. The result is newest first; ties in
 /// time are broken by id so the answer does not depend on input order.
+/// `decide`, except that with no rules at all every item is kept (restic
+/// refuses to forget without a policy; drctl keeps everything and says so).
+pub fn decide_or_keep(items: &[Item], rules: &Rules, tz: &TimeZone) -> Vec<Decision> {
+    if !rules.is_empty() {
+        return decide(items, rules, tz);
+    }
+    let mut sorted: Vec<&Item> = items.iter().collect();
+    sorted.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
+    sorted
+        .into_iter()
+        .map(|i| Decision {
+            id: i.id.clone(),
+            keep: true,
+            reasons: vec!["no retention rules".into()],
+        })
+        .collect()
+}
+
 pub fn decide(items: &[Item], rules: &Rules, tz: &TimeZone) -> Vec<Decision> {
     let mut sorted: Vec<&Item> = items.iter().collect();
     sorted.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
@@ -201,6 +219,25 @@ mod tests {
         assert_eq!(kept(&d), ["e", "c"]);
         assert_eq!(d[0].reasons, ["newest", "daily"]);
         assert!(d.iter().find(|d| d.id == "d").unwrap().reasons.is_empty());
+    }
+
+    #[test]
+    fn without_rules_everything_is_kept_newest_first() {
+        let items = vec![
+            item("b", "2026-11-21T05:00:00Z"),
+            item("a", "2026-11-20T01:00:00Z"),
+            item("c", "2026-11-22T05:00:00Z"),
+        ];
+        let d = decide_or_keep(&items, &Rules::default(), &TimeZone::UTC);
+        assert_eq!(kept(&d), ["c", "b", "a"]);
+        assert!(d.iter().all(|d| d.reasons == ["no retention rules"]));
+        // With a rule it is retention's verdict.
+        let last = Rules {
+            last: 1,
+            ..Rules::default()
+        };
+        let d = decide_or_keep(&items, &last, &TimeZone::UTC);
+        assert_eq!(kept(&d), ["c"]);
     }
 
     #[test]

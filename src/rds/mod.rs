@@ -352,59 +352,19 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
         .await?;
     let r = async {
         let kind = src.kind();
-        match &src {
-            Source::Instance(i) => {
-                c.create_db_snapshot()
-                    .db_snapshot_identifier(&snap)
-                    .db_instance_identifier(i)
-                    .set_tags(Some(tags(&policy.name, &id)))
-                    .send()
-                    .await
-                    .map_err(|e| aws(&format!("CreateDBSnapshot of {i}"), e))?;
-            }
-            Source::Cluster(cl) => {
-                c.create_db_cluster_snapshot()
-                    .db_cluster_snapshot_identifier(&snap)
-                    .db_cluster_identifier(cl)
-                    .set_tags(Some(tags(&policy.name, &id)))
-                    .send()
-                    .await
-                    .map_err(|e| aws(&format!("CreateDBClusterSnapshot of {cl}"), e))?;
-            }
-        }
+        create_snapshot(&c, &src, &snap, tags(&policy.name, &id)).await?;
         let created = wait_snapshot(&c, kind, &snap).await?;
         let consistent = created.created.unwrap_or(started);
         let mut copy = None;
         if let Some(to) = &policy.source.copy_to_region {
-            let dc = client(Some(to)).await;
-            let what = format!("copying snapshot {snap} to {to}");
-            match kind {
-                SnapshotKind::Instance => {
-                    dc.copy_db_snapshot()
-                        .source_db_snapshot_identifier(&created.arn)
-                        .target_db_snapshot_identifier(&snap)
-                        .copy_tags(true)
-                        .set_tags(Some(tags(&policy.name, &id)))
-                        .set_kms_key_id(policy.source.copy_kms_key_id.clone())
-                        .send()
-                        .await
-                        .map_err(|e| aws(&what, e))?;
-                }
-                SnapshotKind::Cluster => {
-                    dc.copy_db_cluster_snapshot()
-                        .source_db_cluster_snapshot_identifier(&created.arn)
-                        .target_db_cluster_snapshot_identifier(&snap)
-                        .copy_tags(true)
-                        .set_tags(Some(tags(&policy.name, &id)))
-                        .set_kms_key_id(policy.source.copy_kms_key_id.clone())
-                        .send()
-                        .await
-                        .map_err(|e| aws(&what, e))?;
-                }
-            }
-            wait_snapshot(&dc, kind, &snap)
-                .await
-                .with_context(|| format!("copy to {to}"))?;
+            copy_snapshot(
+                policy,
+                kind,
+                &created.arn,
+                (to, &snap),
+                tags(&policy.name, &id),
+            )
+            .await?;
             copy = Some((to.clone(), snap.clone()));
         }
         anyhow::Ok((consistent, copy, created.gib))
@@ -434,6 +394,71 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
             Err(e.context(format!("backup {id} of policy {} failed", policy.name)))
         }
     }
+}
+
+async fn create_snapshot(c: &Client, src: &Source, snap: &str, tags: Vec<Tag>) -> Result<()> {
+    match src {
+        Source::Instance(i) => {
+            c.create_db_snapshot()
+                .db_snapshot_identifier(snap)
+                .db_instance_identifier(i)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map_err(|e| aws(&format!("CreateDBSnapshot of {i}"), e))?;
+        }
+        Source::Cluster(cl) => {
+            c.create_db_cluster_snapshot()
+                .db_cluster_snapshot_identifier(snap)
+                .db_cluster_identifier(cl)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map_err(|e| aws(&format!("CreateDBClusterSnapshot of {cl}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copy the snapshot `arn` into region `to` as `snap`, and wait until the
+/// copy is available.
+async fn copy_snapshot(
+    policy: &Policy,
+    kind: SnapshotKind,
+    arn: &str,
+    (to, snap): (&str, &str),
+    tags: Vec<Tag>,
+) -> Result<()> {
+    let dc = client(Some(to)).await;
+    let what = format!("copying snapshot {snap} to {to}");
+    match kind {
+        SnapshotKind::Instance => {
+            dc.copy_db_snapshot()
+                .source_db_snapshot_identifier(arn)
+                .target_db_snapshot_identifier(snap)
+                .copy_tags(true)
+                .set_tags(Some(tags))
+                .set_kms_key_id(policy.source.copy_kms_key_id.clone())
+                .send()
+                .await
+                .map_err(|e| aws(&what, e))?;
+        }
+        SnapshotKind::Cluster => {
+            dc.copy_db_cluster_snapshot()
+                .source_db_cluster_snapshot_identifier(arn)
+                .target_db_cluster_snapshot_identifier(snap)
+                .copy_tags(true)
+                .set_tags(Some(tags))
+                .set_kms_key_id(policy.source.copy_kms_key_id.clone())
+                .send()
+                .await
+                .map_err(|e| aws(&what, e))?;
+        }
+    }
+    wait_snapshot(&dc, kind, snap)
+        .await
+        .with_context(|| format!("copy to {to}"))?;
+    Ok(())
 }
 
 /// Catalog rows for drctl's available snapshots of the policy, from their
@@ -488,6 +513,7 @@ pub async fn prune(
     };
     all.retain(|s| s.status == "available");
     let rules = Rules::from_policy(&policy.retention);
+    let no_rules = rules.is_empty();
     let items: Vec<Item> = all
         .iter()
         .map(|s| Item {
@@ -496,44 +522,18 @@ pub async fn prune(
             pinned: false,
         })
         .collect();
-    let no_rules = rules.is_empty();
-    let decisions = if no_rules {
-        let mut v: Vec<retention::Decision> = items
-            .iter()
-            .map(|i| retention::Decision {
-                id: i.id.clone(),
-                keep: true,
-                reasons: vec!["no retention rules".into()],
-            })
-            .collect();
-        v.sort_by(|a, b| b.id.cmp(&a.id));
-        v
-    } else {
-        retention::decide(&items, &rules, &policy.timezone())
-    };
+    let mut decisions = retention::decide_or_keep(&items, &rules, &policy.timezone());
+    let mut claims = crate::prune::claim(catalog, &policy.name, &mut decisions, dry_run);
     let mut backups = Vec::new();
-    for mut d in decisions {
+    for d in decisions {
         let s = all.iter().find(|s| s.backup_id == d.id).expect("decided");
-        // A drill restoring from the snapshot holds a lease on it.
-        let claim = if d.keep {
-            None
-        } else {
-            match crate::lock::claim(catalog.path(), &policy.name, &d.id, dry_run) {
-                Some(c) => Some(c),
-                None => {
-                    d.keep = true;
-                    d.reasons = vec!["in use by a running restore or drill".into()];
-                    None
-                }
-            }
-        };
         if !d.keep && !dry_run {
             delete_snapshot(&c, kind, &s.identifier, &region).await?;
             for (copy, dc) in copies.iter().filter(|(x, _)| x.backup_id == d.id) {
                 delete_snapshot(dc, kind, &copy.identifier, &copy.region).await?;
             }
             tracing::info!(policy = %policy.name, snapshot = %s.identifier, "pruned");
-            if let Some(c) = claim {
+            if let Some(c) = claims.remove(&d.id) {
                 c.release_and_remove();
             }
         }
@@ -801,42 +801,39 @@ pub fn region(policy: &Policy) -> String {
     region_of(policy)
 }
 
+/// How a restored instance is made: by hand (`drctl restore`) or as a
+/// drill's tagged scratch instance.
+#[derive(Default)]
+pub struct Creation {
+    pub dry_run: bool,
+    /// Wait until the instance is available.
+    pub wait: bool,
+    /// A drill's scratch tags; None for an operator's restore.
+    pub tags: Option<Vec<Tag>>,
+    /// Another instance class than the source's (drills).
+    pub class: Option<String>,
+}
+
+/// The settings both restore calls give the new instance, written once:
+/// their request builders are distinct types with the same setters.
+macro_rules! placed {
+    ($req:expr, $policy:expr, $how:expr) => {
+        $req.set_tags($how.tags.clone())
+            .set_db_subnet_group_name($policy.source.db_subnet_group.clone())
+            .set_vpc_security_group_ids(
+                Some($policy.source.vpc_security_group_ids.clone()).filter(|v| !v.is_empty()),
+            )
+            .set_db_instance_class($how.class.clone())
+    };
+}
+
 /// Restore into a new instance: never in place, never over an existing one.
 pub async fn restore(
     policy: &Policy,
     point: RestorePoint,
     target: &str,
-    dry_run: bool,
-    wait: bool,
+    how: &Creation,
 ) -> Result<Restore> {
-    restore_tagged(policy, point, target, dry_run, wait, None).await
-}
-
-/// `restore`, with tags on the new instance (a drill's scratch tags).
-pub async fn restore_tagged(
-    policy: &Policy,
-    point: RestorePoint,
-    target: &str,
-    dry_run: bool,
-    wait: bool,
-    tags: Option<Vec<Tag>>,
-) -> Result<Restore> {
-    restore_with(policy, point, target, dry_run, wait, tags, None).await
-}
-
-/// `restore_tagged`, optionally with another instance class (drills).
-pub async fn restore_with(
-    policy: &Policy,
-    point: RestorePoint,
-    target: &str,
-    dry_run: bool,
-    wait: bool,
-    tags: Option<Vec<Tag>>,
-    class: Option<&str>,
-) -> Result<Restore> {
-    let subnet_group = policy.source.db_subnet_group.clone();
-    let security_groups =
-        Some(policy.source.vpc_security_group_ids.clone()).filter(|v| !v.is_empty());
     let Source::Instance(src) = source(policy)? else {
         return Err(crate::error::usage(
             "restoring Aurora clusters is not supported by this drctl build yet",
@@ -864,76 +861,19 @@ pub async fn restore_with(
         window_end: None,
         backup_id: None,
         snapshot: None,
-        dry_run,
-        status: if dry_run { "planned" } else { "creating" }.into(),
+        dry_run: how.dry_run,
+        status: if how.dry_run { "planned" } else { "creating" }.into(),
         endpoint: None,
         ready: None,
     };
     match point {
-        RestorePoint::Time(_) | RestorePoint::Latest => {
-            let w = window(&c, &src).await?;
-            out.window_start = Some(rfc3339(w.earliest));
-            out.window_end = Some(rfc3339(w.latest));
-            let t = match point {
-                RestorePoint::Time(t) => {
-                    plan::check(&w, t).map_err(crate::error::usage)?;
-                    Some(t)
-                }
-                _ => None,
-            };
-            out.target_time = Some(rfc3339(t.unwrap_or(w.latest)));
-            if !dry_run {
-                let mut req = c
-                    .restore_db_instance_to_point_in_time()
-                    .source_db_instance_identifier(&src)
-                    .target_db_instance_identifier(target)
-                    .copy_tags_to_snapshot(true)
-                    .set_tags(tags.clone())
-                    .set_db_subnet_group_name(subnet_group.clone())
-                    .set_vpc_security_group_ids(security_groups.clone())
-                    .set_db_instance_class(class.map(str::to_string));
-                req = match t {
-                    Some(t) => req.restore_time(dt(t)),
-                    None => req.use_latest_restorable_time(true),
-                };
-                req.send().await.map_err(|e| {
-                    aws(&format!("RestoreDBInstanceToPointInTime into {target}"), e)
-                })?;
-            }
-        }
-        RestorePoint::Backup(id) => {
-            let snaps = list_snapshots(&c, SnapshotKind::Instance, &policy.name, &region).await?;
-            let s = snaps
-                .iter()
-                .find(|s| s.backup_id == id || s.identifier == id)
-                .ok_or_else(|| {
-                    crate::error::usage(format!(
-                        "no drctl snapshot {id} of policy {} in {region}; see `drctl list {}`",
-                        policy.name, policy.name
-                    ))
-                })?;
-            out.backup_id = Some(s.backup_id.clone());
-            out.snapshot = Some(s.identifier.clone());
-            out.target_time = s.created.map(rfc3339);
-            if !dry_run {
-                c.restore_db_instance_from_db_snapshot()
-                    .db_instance_identifier(target)
-                    .db_snapshot_identifier(&s.identifier)
-                    .set_tags(tags.clone())
-                    .set_db_subnet_group_name(subnet_group.clone())
-                    .set_vpc_security_group_ids(security_groups.clone())
-                    .set_db_instance_class(class.map(str::to_string))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        aws(&format!("RestoreDBInstanceFromDBSnapshot into {target}"), e)
-                    })?;
-            }
-        }
+        RestorePoint::Time(t) => restore_to_time(&c, policy, Some(t), how, &mut out).await?,
+        RestorePoint::Latest => restore_to_time(&c, policy, None, how, &mut out).await?,
+        RestorePoint::Backup(id) => restore_snapshot(&c, policy, &id, how, &mut out).await?,
     }
-    if !dry_run && wait {
+    if !how.dry_run && how.wait {
         out.ready = wait_instance(&c, target).await.map_err(|e| {
-            if tags.is_none() && crate::cancel::requested() {
+            if how.tags.is_none() && crate::cancel::requested() {
                 e.context(format!(
                     "{target} is still being created in AWS; delete it if you no longer want it"
                 ))
@@ -945,4 +885,81 @@ pub async fn restore_with(
         out.status = "available".into();
     }
     Ok(out)
+}
+
+/// Point-in-time restore of the source instance, to `t` or its latest
+/// restorable time, checked against the window first.
+async fn restore_to_time(
+    c: &Client,
+    policy: &Policy,
+    t: Option<Timestamp>,
+    how: &Creation,
+    out: &mut Restore,
+) -> Result<()> {
+    let w = window(c, &out.source_instance).await?;
+    out.window_start = Some(rfc3339(w.earliest));
+    out.window_end = Some(rfc3339(w.latest));
+    if let Some(t) = t {
+        plan::check(&w, t).map_err(crate::error::usage)?;
+    }
+    out.target_time = Some(rfc3339(t.unwrap_or(w.latest)));
+    if how.dry_run {
+        return Ok(());
+    }
+    let target = &out.target_instance;
+    let req = placed!(
+        c.restore_db_instance_to_point_in_time()
+            .source_db_instance_identifier(&out.source_instance)
+            .target_db_instance_identifier(target)
+            .copy_tags_to_snapshot(true),
+        policy,
+        how
+    );
+    let req = match t {
+        Some(t) => req.restore_time(dt(t)),
+        None => req.use_latest_restorable_time(true),
+    };
+    req.send()
+        .await
+        .map_err(|e| aws(&format!("RestoreDBInstanceToPointInTime into {target}"), e))?;
+    Ok(())
+}
+
+/// Restore one of drctl's snapshots (by backup id or snapshot identifier).
+async fn restore_snapshot(
+    c: &Client,
+    policy: &Policy,
+    id: &str,
+    how: &Creation,
+    out: &mut Restore,
+) -> Result<()> {
+    let region = region_of(policy);
+    let snaps = list_snapshots(c, SnapshotKind::Instance, &policy.name, &region).await?;
+    let s = snaps
+        .iter()
+        .find(|s| s.backup_id == id || s.identifier == id)
+        .ok_or_else(|| {
+            crate::error::usage(format!(
+                "no drctl snapshot {id} of policy {} in {region}; see `drctl list {}`",
+                policy.name, policy.name
+            ))
+        })?;
+    out.backup_id = Some(s.backup_id.clone());
+    out.snapshot = Some(s.identifier.clone());
+    out.target_time = s.created.map(rfc3339);
+    if how.dry_run {
+        return Ok(());
+    }
+    let target = &out.target_instance;
+    placed!(
+        c.restore_db_instance_from_db_snapshot()
+            .db_instance_identifier(target)
+            .db_snapshot_identifier(&s.identifier),
+        policy,
+        how
+    )
+    .send()
+    .await
+    .map_err(|e| aws(&format!("RestoreDBInstanceFromDBSnapshot into {target}"), e))?;
+    Ok(())
 }

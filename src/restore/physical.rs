@@ -172,33 +172,7 @@ async fn plan_from(
             _ => None,
         };
         let r = reach_toward(&m, &archive, target)?;
-        if !r.reaches_stop {
-            bail!(
-                "backup {} cannot be restored: WAL from its start {} to its stop {} is not all in the archive (missing {})",
-                m.id,
-                m.wal.as_ref().map(|w| w.start_segment.as_str()).unwrap_or("?"),
-                m.wal.as_ref().map(|w| w.stop_segment.as_str()).unwrap_or("?"),
-                r.gap_at.as_deref().unwrap_or("?")
-            );
-        }
-        let end = r.end.map_or(m.consistent_at, |e| e.max(m.consistent_at));
-        let target_time = match req.target {
-            Target::Time(t) => {
-                if t > end {
-                    // The window said yes, this backup's WAL says no: the
-                    // archive changed under us, or a timeline ends early.
-                    return Err(usage(format!(
-                        "{} is past the WAL reachable from backup {} (it ends at {}); recoverable window: {}",
-                        rfc3339(t),
-                        m.id,
-                        rfc3339(end),
-                        window.describe()
-                    )));
-                }
-                t
-            }
-            _ => end,
-        };
+        let target_time = target_time(&m, &r, &req.target, &window)?;
         let segs = r.segments_until(match req.target {
             Target::Time(_) => Some(target_time),
             _ => None,
@@ -228,6 +202,40 @@ async fn plan_from(
     crate::error::noted(planned, wal_note)
 }
 
+/// Where replay of backup `m` stops: the target time, or (latest) the end
+/// of the WAL reachable from it. A backup whose own WAL is not all archived
+/// cannot be restored at all.
+fn target_time(
+    m: &Manifest,
+    r: &Reach,
+    target: &Target,
+    window: &crate::wal::archive::Window,
+) -> Result<Timestamp> {
+    if !r.reaches_stop {
+        bail!(
+            "backup {} cannot be restored: WAL from its start {} to its stop {} is not all in the archive (missing {})",
+            m.id,
+            m.wal.as_ref().map(|w| w.start_segment.as_str()).unwrap_or("?"),
+            m.wal.as_ref().map(|w| w.stop_segment.as_str()).unwrap_or("?"),
+            r.gap_at.as_deref().unwrap_or("?")
+        );
+    }
+    let end = r.end.map_or(m.consistent_at, |e| e.max(m.consistent_at));
+    match *target {
+        // The window said yes, this backup's WAL says no: the archive
+        // changed under us, or a timeline ends early.
+        Target::Time(t) if t > end => Err(usage(format!(
+            "{} is past the WAL reachable from backup {} (it ends at {}); recoverable window: {}",
+            rfc3339(t),
+            m.id,
+            rfc3339(end),
+            window.describe()
+        ))),
+        Target::Time(t) => Ok(t),
+        _ => Ok(end),
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -249,9 +257,9 @@ fn sql_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
-    let started = std::time::Instant::now();
-    let (plan, m, _reach) = plan(policy, req).await?;
+/// The data directory to restore into (None only for a dry run without
+/// one); it and every tablespace's directory must be empty or absent.
+fn check_targets(req: &Request, plan: &Plan) -> Result<Option<PathBuf>> {
     let dir = match (&req.target_dir, req.dry_run) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => None,
@@ -282,6 +290,30 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             )));
         }
     }
+    Ok(dir)
+}
+
+fn readable_by_postgres(paths: &[&Path]) -> Result<()> {
+    for p in paths {
+        let ok = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-r"])
+            .arg(p)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(usage(format!(
+                "the postgres user cannot read {}, which restore_command needs; make it readable by postgres (the key only by postgres)",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
+    let started = std::time::Instant::now();
+    let (plan, m, _reach) = plan(policy, req).await?;
+    let dir = check_targets(req, &plan)?;
     let Some(go) = crate::restore::preamble(
         policy,
         &m,
@@ -298,19 +330,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let identity = std::path::absolute(req.identity.clone().expect("checked"))?;
     if is_root() {
         // The server runs restore_command as postgres: it must read these.
-        for p in [&identity, &req.policies_dir] {
-            let ok = std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--", "test", "-r"])
-                .arg(p)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return Err(usage(format!(
-                    "the postgres user cannot read {}, which restore_command needs; make it readable by postgres (the key only by postgres)",
-                    p.display()
-                )));
-            }
-        }
+        readable_by_postgres(&[&identity, &req.policies_dir])?;
     }
     // Every directory written into, and whether drctl created it.
     let mut dirs: Vec<(PathBuf, bool)> = Vec::new();
