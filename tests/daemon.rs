@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ impl Daemon {
         all.extend_from_slice(args);
         let child = d
             .command(&all)
+            // Its own process group: drop ends the daemon even when it
+            // runs under runuser (killing runuser alone orphaned it).
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -66,6 +70,8 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
