@@ -89,6 +89,11 @@ pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Findings> {
         }};
     }
     step!("source answers", source_answers(&conn).await);
+    // Before the write probe: a bucket without Object Lock refuses every
+    // locked write, and this step says why.
+    if let Some(days) = policy.repository.as_ref().and_then(|r| r.object_lock_days) {
+        step!("Object Lock", object_lock(&*repo, &policy.name, days).await);
+    }
     step!(
         "repository writable",
         probe_write(&*repo, &policy.name).await
@@ -146,6 +151,31 @@ async fn probe_write(repo: &dyn Repository, policy: &str) -> StepResult {
         "wrote and removed a probe object in {}",
         repo.url()
     ))
+}
+
+/// A policy that asks for Object Lock needs a bucket that has it, and an
+/// object drctl writes must come back locked: otherwise the backups are not
+/// immutable and the user believes they are.
+async fn object_lock(repo: &dyn Repository, policy: &str, days: u32) -> StepResult {
+    if !repo.lockable().await? {
+        return fail(format!(
+            "{} does not have S3 Object Lock enabled, but repository.object_lock_days = {days} asks for immutable backups; use a bucket created with Object Lock (aws s3api create-bucket --object-lock-enabled-for-bucket) or remove object_lock_days",
+            repo.url()
+        ));
+    }
+    let key = format!("{policy}/.drctl-lock-probe");
+    repo.put_bytes(&key, b"drctl check: Object Lock probe\n".to_vec())
+        .await
+        .map_err(|e| Failed(format!("{e:#}")))?;
+    match repo.locked_until(&key).await? {
+        Some(until) if until > jiff::Timestamp::now() => Ok(format!(
+            "objects written now stay locked until {}",
+            crate::time::parse::rfc3339(until)
+        )),
+        _ => fail(format!(
+            "wrote {key} with a retain-until date but S3 reports it unlocked; check the bucket's Object Lock settings"
+        )),
+    }
 }
 
 /// The words of a shell command line, quotes removed (enough to find

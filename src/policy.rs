@@ -114,7 +114,10 @@ pub struct Repository {
     pub force_path_style: Option<bool>,
     pub storage_class: Option<String>,
     pub sse_kms_key_id: Option<String>,
+    /// S3 Object Lock: every object drctl writes is retained this long.
     pub object_lock_days: Option<u32>,
+    /// "governance" (default) or "compliance".
+    pub object_lock_mode: Option<String>,
     /// Multipart part size in MiB (S3). Memory is about (parts in flight + 2) × this.
     pub part_size_mib: Option<u32>,
     /// Bound on each repository request (connect, and each wait for an
@@ -185,6 +188,33 @@ pub struct Policy {
     pub compression: Compression,
     pub notify: Notify,
     pub drill: Option<Drill>,
+    /// `[[copy]]`: further repositories, in failover order (refused at
+    /// load until every backup and WAL segment reaches them).
+    #[allow(dead_code)]
+    pub copies: Vec<Copy>,
+}
+
+/// How the `[repository]` is named beside its copies.
+pub const PRIMARY: &str = "primary";
+
+/// A second repository (`[[copy]]`): every backup and WAL segment goes
+/// there too.
+#[derive(Debug, Clone)]
+#[allow(dead_code)]
+pub struct Copy {
+    pub name: String,
+    pub repository: Repository,
+    /// Its own retention; None: the policy's.
+    pub retention: Option<Retention>,
+    /// How long wal-push may leave the copy behind before failing.
+    pub max_lag: Option<String>,
+}
+
+#[allow(dead_code)]
+impl Copy {
+    pub fn max_lag(&self) -> std::time::Duration {
+        duration_or(self.max_lag.as_deref(), 15 * 60)
+    }
 }
 
 impl Policy {
@@ -291,6 +321,7 @@ const SECTIONS: &[&str] = &[
     "compression",
     "notify",
     "drill",
+    "copy",
 ];
 
 struct Ctx<'a> {
@@ -434,8 +465,42 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
             ctx.add("encryption", "missing section: [encryption] recipients = [\"age1...\"] (run `drctl init` to make a key pair)");
         }
     }
+    let no_rules = Retention::default();
+    let policy_retention = retention.as_ref().unwrap_or(&no_rules);
     if let Some(r) = &repository {
-        validate_repository(&mut ctx, r);
+        validate_repository(&mut ctx, "repository", r);
+        validate_retention_vs_lock(&mut ctx, ("retention", policy_retention), ("repository", r));
+    }
+    let copies = copies(&mut ctx, &table);
+    for (i, c) in copies.iter().enumerate() {
+        let section = format!("copy[{i}]");
+        validate_repository(&mut ctx, &section, &c.repository);
+        let own = format!("{section}.retention");
+        let (key, r) = match &c.retention {
+            Some(r) => (own.as_str(), r),
+            None => ("retention", policy_retention),
+        };
+        validate_retention_vs_lock(&mut ctx, (key, r), (&section, &c.repository));
+        if repository
+            .as_ref()
+            .is_some_and(|p| p.url == c.repository.url)
+        {
+            ctx.add(
+                format!("{section}.url"),
+                "is the primary [repository]; a copy must be somewhere else",
+            );
+        }
+        if is_rds {
+            ctx.add(&section, "RDS policies copy snapshots with [source] copy_to_region; [[copy]] is for PostgreSQL backups");
+        }
+    }
+    if !copies.is_empty() {
+        // Accepting copies before every backup and WAL segment reaches them
+        // would let a user believe in a second copy that is not there.
+        ctx.add(
+            "copy",
+            "[[copy]] repositories are not implemented by this drctl build yet: backups would go to the primary [repository] only; remove the section",
+        );
     }
     if let Some(e) = &encryption {
         validate_recipients(&mut ctx, &e.recipients);
@@ -475,7 +540,94 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
         compression: compression.unwrap_or_default(),
         notify: notify.unwrap_or_default(),
         drill,
+        copies,
     })
+}
+
+/// The `[[copy]]` tables: each a repository's keys plus `name`, an
+/// optional `retention` and `max_lag`.
+fn copies(ctx: &mut Ctx<'_>, table: &toml::Table) -> Vec<Copy> {
+    let Some(value) = table.get("copy") else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        ctx.add("copy", "write each copy as its own [[copy]] table");
+        return Vec::new();
+    };
+    let mut out: Vec<Copy> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let section = format!("copy[{i}]");
+        let Some(t) = item.as_table() else {
+            ctx.add(section, "must be a table");
+            continue;
+        };
+        let mut t = t.clone();
+        let name = match t.remove("name") {
+            Some(toml::Value::String(n)) if valid_name(&n) && n != PRIMARY => n,
+            Some(toml::Value::String(n)) if n == PRIMARY => {
+                ctx.add(
+                    format!("{section}.name"),
+                    format!("'{PRIMARY}' names the [repository]; choose another name"),
+                );
+                continue;
+            }
+            Some(v) => {
+                ctx.add(
+                    format!("{section}.name"),
+                    format!(
+                        "{v} is not a name: 1-64 of [A-Za-z0-9_-], starting with a letter or digit"
+                    ),
+                );
+                continue;
+            }
+            None => {
+                ctx.add(
+                    format!("{section}.name"),
+                    "required key is missing (it names the copy in list, status and --repo)",
+                );
+                continue;
+            }
+        };
+        if out.iter().any(|c| c.name == name) {
+            ctx.add(
+                format!("{section}.name"),
+                format!("another [[copy]] is already named '{name}'"),
+            );
+        }
+        let max_lag = match t.remove("max_lag") {
+            Some(toml::Value::String(v)) => {
+                check_positive(ctx, &format!("{section}.max_lag"), &v);
+                Some(v)
+            }
+            Some(v) => {
+                ctx.add(
+                    format!("{section}.max_lag"),
+                    format!("{v} is not a duration like \"15m\""),
+                );
+                None
+            }
+            None => None,
+        };
+        let mut parts = toml::Table::new();
+        if let Some(r) = t.remove("retention") {
+            parts.insert(format!("{section}.retention"), r);
+        }
+        parts.insert(section.clone(), toml::Value::Table(t));
+        let retention: Option<Retention> =
+            ctx.section(&parts, &format!("{section}.retention"), false);
+        if let Some(w) = retention.as_ref().and_then(|r| r.keep_within.as_ref()) {
+            check_duration(ctx, &format!("{section}.retention.keep_within"), w);
+        }
+        if let Some(repository) = ctx.section::<Repository>(&parts, &section, true) {
+            out.push(Copy {
+                name,
+                repository,
+                retention,
+                max_lag,
+            });
+        }
+    }
+    out
 }
 
 fn check_duration(ctx: &mut Ctx<'_>, key: &str, value: &str) -> Option<SignedDuration> {
@@ -616,25 +768,106 @@ fn validate_notify(ctx: &mut Ctx<'_>, n: &Notify) {
     }
 }
 
-fn validate_repository(ctx: &mut Ctx<'_>, r: &Repository) {
+fn validate_repository(ctx: &mut Ctx<'_>, section: &str, r: &Repository) {
     if let Err(e) = crate::repo::url::RepoUrl::parse(&r.url) {
-        ctx.add("repository.url", e);
+        ctx.add(format!("{section}.url"), e);
     }
     if let Some(v) = &r.request_timeout {
-        check_positive(ctx, "repository.request_timeout", v);
+        check_positive(ctx, &format!("{section}.request_timeout"), v);
     }
-    if r.object_lock_days.is_some() {
-        // Accepting it would let a user believe backups are immutable.
-        ctx.add(
-            "repository.object_lock_days",
-            "S3 Object Lock is not implemented yet: drctl would write objects without a retain-until date; remove the key (a bucket default retention still applies)",
-        );
-    }
+    validate_lock(ctx, section, r);
     if let Some(p) = r.part_size_mib {
         if !(5..=512).contains(&p) {
             ctx.add(
-                "repository.part_size_mib",
+                format!("{section}.part_size_mib"),
                 "must be between 5 and 512 (S3 parts are at least 5 MiB)",
+            );
+        }
+    }
+}
+
+fn validate_lock(ctx: &mut Ctx<'_>, section: &str, r: &Repository) {
+    if let Some(m) = &r.object_lock_mode {
+        if r.object_lock_days.is_none() {
+            ctx.add(
+                format!("{section}.object_lock_mode"),
+                "needs object_lock_days (how long each object is retained)",
+            );
+        }
+        if !matches!(m.as_str(), "governance" | "compliance") {
+            ctx.add(
+                format!("{section}.object_lock_mode"),
+                format!("'{m}' is not a lock mode; use \"governance\" or \"compliance\""),
+            );
+        }
+    }
+    let Some(days) = r.object_lock_days else {
+        return;
+    };
+    if !(1..=36500).contains(&days) {
+        ctx.add(
+            format!("{section}.object_lock_days"),
+            "must be between 1 and 36500",
+        );
+    }
+    if matches!(
+        crate::repo::url::RepoUrl::parse(&r.url),
+        Ok(crate::repo::url::RepoUrl::File(_))
+    ) {
+        // Accepting it would let a user believe backups are immutable.
+        ctx.add(
+            format!("{section}.object_lock_days"),
+            "Object Lock is an S3 feature: a file repository cannot make objects immutable; use an s3:// repository whose bucket has Object Lock enabled, or remove the key",
+        );
+    }
+}
+
+/// How far back retention reaches, in days, and the rule that reaches
+/// furthest; None when only `keep_last` (a count, not a time) is set.
+pub fn retention_reach(r: &Retention) -> Option<(f64, String)> {
+    let mut rules: Vec<(f64, String)> = Vec::new();
+    let mut add = |n: Option<u32>, days: f64, key: &str| {
+        if let Some(n) = n {
+            rules.push((n as f64 * days, format!("{key} = {n}")));
+        }
+    };
+    add(r.keep_hourly, 1.0 / 24.0, "keep_hourly");
+    add(r.keep_daily, 1.0, "keep_daily");
+    add(r.keep_weekly, 7.0, "keep_weekly");
+    // The shortest month and year: the least retention can promise.
+    add(r.keep_monthly, 28.0, "keep_monthly");
+    add(r.keep_yearly, 365.0, "keep_yearly");
+    if let Some(w) = r
+        .keep_within
+        .as_deref()
+        .and_then(|w| parse_duration(w).ok())
+    {
+        rules.push((
+            w.as_secs_f64() / 86400.0,
+            format!(
+                "keep_within = \"{}\"",
+                r.keep_within.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    rules.into_iter().max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// Retention shorter than the lock deletes nothing it means to: every
+/// backup it lets go is still locked (AWS Backup refuses such a plan too).
+fn validate_retention_vs_lock(
+    ctx: &mut Ctx<'_>,
+    (retention_key, r): (&str, &Retention),
+    (section, repo): (&str, &Repository),
+) {
+    let Some(days) = repo.object_lock_days else {
+        return;
+    };
+    if let Some((reach, rule)) = retention_reach(r) {
+        if reach < days as f64 {
+            ctx.add(
+                retention_key,
+                format!("retention keeps backups for at most {} days ({rule}), shorter than {section}.object_lock_days = {days}: every backup it would delete is still locked; keep at least {days} days (e.g. keep_within = \"{days}d\") or lower object_lock_days", (reach * 10.0).round() / 10.0),
             );
         }
     }
@@ -818,15 +1051,79 @@ expect = "t"
     }
 
     #[test]
-    fn object_lock_is_refused_until_it_acts() {
-        let text = GOOD.replace(
+    fn object_lock_needs_s3_a_mode_and_retention_as_long() {
+        let file = GOOD.replace(
             "url = \"file:///var/lib/drctl/repo\"",
             "url = \"file:///var/lib/drctl/repo\"\nobject_lock_days = 35",
         );
+        let errs = p(&file).unwrap_err();
+        assert_eq!(errs[0].key, "repository.object_lock_days");
+        assert!(errs[0].reason.contains("S3 feature"), "{}", errs[0]);
+
+        let s3 = |lock: &str, retention: &str| {
+            GOOD.replace(
+                "url = \"file:///var/lib/drctl/repo\"",
+                &format!("url = \"s3://bucket/pg\"\n{lock}"),
+            )
+            .replace("[retention]", &format!("[retention]\n{retention}"))
+        };
+        let bad_mode = p(&s3(
+            "object_lock_days = 35\nobject_lock_mode = \"strict\"",
+            "",
+        ))
+        .unwrap_err();
+        assert_eq!(bad_mode[0].key, "repository.object_lock_mode");
+        let no_days = p(&s3("object_lock_mode = \"compliance\"", "")).unwrap_err();
+        assert!(
+            no_days[0].reason.contains("needs object_lock_days"),
+            "{}",
+            no_days[0]
+        );
+
+        // GOOD keeps 7 daily: shorter than 35 days of lock, both named.
+        let short = p(&s3("object_lock_days = 35", "")).unwrap_err();
+        assert_eq!(short[0].key, "retention");
+        assert!(short[0].reason.contains("35"), "{}", short[0]);
+        assert!(short[0].reason.contains("keep_daily = 7"), "{}", short[0]);
+
+        let ok = p(&s3(
+            "object_lock_days = 35\nobject_lock_mode = \"compliance\"",
+            "keep_monthly = 2",
+        ))
+        .unwrap();
+        let r = ok.repository.unwrap();
+        assert_eq!(r.object_lock_days, Some(35));
+        assert_eq!(r.object_lock_mode.as_deref(), Some("compliance"));
+    }
+
+    #[test]
+    fn copies_are_parsed_named_and_refused_until_they_act() {
+        let text = format!(
+            "{GOOD}\n[[copy]]\nname = \"offsite\"\nurl = \"s3://dr/pg\"\nregion = \"us-west-2\"\nmax_lag = \"5m\"\nretention = {{ keep_daily = 30 }}\n"
+        );
         let errs = p(&text).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert_eq!(errs[0].key, "repository.object_lock_days");
+        assert_eq!(errs[0].key, "copy");
         assert!(errs[0].reason.contains("not implemented"), "{}", errs[0]);
+        let mut ctx = Ctx {
+            file: Path::new("policies/orders.toml"),
+            problems: Vec::new(),
+        };
+        let table: toml::Table = text.parse().unwrap();
+        let c = copies(&mut ctx, &table);
+        assert!(ctx.problems.is_empty(), "{:?}", ctx.problems);
+        assert_eq!(c[0].name, "offsite");
+        assert_eq!(c[0].repository.region.as_deref(), Some("us-west-2"));
+        assert_eq!(c[0].max_lag(), std::time::Duration::from_secs(300));
+        assert_eq!(c[0].retention.as_ref().unwrap().keep_daily, Some(30));
+
+        let bad = format!(
+            "{GOOD}\n[[copy]]\nname = \"primary\"\nurl = \"s3://dr/pg\"\n[[copy]]\nname = \"b\"\nurl = \"s3://dr/pg\"\nbogus = 1\n"
+        );
+        let errs = p(&bad).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"copy[0].name"), "{keys:?}");
+        assert!(keys.contains(&"copy[1].bogus"), "{keys:?}");
     }
 
     #[test]

@@ -153,3 +153,128 @@ fn a_multipart_upload_left_by_kill_9_is_aborted_by_the_next_backup() {
     let uploads = s3.get("/drctl-test?uploads");
     assert!(!uploads.contains("<UploadId>"), "left dangling: {uploads}");
 }
+
+/// The value of one HTTP header in a raw response, case-insensitively.
+fn header(response: &str, name: &str) -> Option<String> {
+    response
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+}
+
+/// S3 Object Lock: every object a backup writes carries a retain-until
+/// date; a locked version cannot be deleted; prune keeps a backup retention
+/// lets go while it is locked and says until when; `check` refuses a bucket
+/// without Object Lock; retention shorter than the lock is a policy error.
+#[test]
+fn object_lock_makes_backups_immutable_and_prune_respects_it() {
+    let s3 = S3Server::start();
+    s3.create_bucket("plain");
+    s3.create_locked_bucket("locked");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let d = Drctl::new();
+    let repo = |bucket: &str, days: u32| {
+        format!(
+            "url = \"s3://{bucket}/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\nobject_lock_days = {days}\nobject_lock_mode = \"compliance\"\n",
+            s3.endpoint()
+        )
+    };
+    d.write_policy_repo("unlocked", &pg.url("shop"), &repo("plain", 1), "");
+    let r = d.run(&["check", "unlocked"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("does not have S3 Object Lock enabled"),
+        "{}",
+        r.stderr
+    );
+
+    // Retention shorter than the lock: a policy error naming both.
+    d.write_policy_repo("short", &pg.url("shop"), &repo("locked", 35), "");
+    let text = std::fs::read_to_string(d.path().join("policies/short.toml"))
+        .unwrap()
+        .replace("keep_last = 3", "keep_daily = 7");
+    d.write_policy_text("short", &text);
+    let r = d.run(&["policy", "check", "short"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("object_lock_days = 35"), "{all}");
+    assert!(all.contains("keep_daily = 7"), "{all}");
+    std::fs::remove_file(d.path().join("policies/short.toml")).unwrap();
+    std::fs::remove_file(d.path().join("policies/unlocked.toml")).unwrap();
+
+    d.write_policy_repo("shop", &pg.url("shop"), &repo("locked", 1), "");
+    let text = std::fs::read_to_string(d.path().join("policies/shop.toml"))
+        .unwrap()
+        .replace("keep_last = 3", "keep_last = 1");
+    d.write_policy_text("shop", &text);
+    let r = d.run(&["check", "shop"]).ok();
+    assert!(
+        r.stdout
+            .contains("ok   Object Lock: objects written now stay locked until"),
+        "{}",
+        r.stdout
+    );
+
+    let old = d.backup("shop");
+    let new = d.backup("shop");
+    for name in ["manifest.json", "data.zst.age"] {
+        let got = s3.head(&format!("/locked/pg/shop/backups/{old}/{name}"));
+        assert_eq!(
+            header(&got, "x-amz-object-lock-mode").as_deref(),
+            Some("COMPLIANCE"),
+            "{name}: {got}"
+        );
+        let until = header(&got, "x-amz-object-lock-retain-until-date").expect("retain-until");
+        let until: jiff::Timestamp = until.parse().unwrap_or_else(|e| panic!("{until}: {e}"));
+        let left = until.duration_since(jiff::Timestamp::now()).as_secs();
+        assert!(
+            (86_000..=86_400).contains(&left),
+            "{name} locked for {left}s"
+        );
+    }
+    // The lock acts: the stored version cannot be deleted.
+    let data = format!("/locked/pg/shop/backups/{old}/data.zst.age");
+    let version = header(&s3.head(&data), "x-amz-version-id").expect("versioned");
+    let refused = s3.delete(&format!("{data}?versionId={version}"));
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(s3.head(&data).starts_with("HTTP/1.1 200"));
+
+    // keep_last = 1 lets the older backup go; its lock keeps it, and says so.
+    let reason = |r: &serde_json::Value| {
+        r.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == old.as_str())
+            .map(|e| {
+                (
+                    e["action"].clone(),
+                    e["reasons"][0].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .unwrap()
+    };
+    let dry = d
+        .run(&["prune", "shop", "--dry-run", "--output", "json"])
+        .ok()
+        .json();
+    let (action, why) = reason(&dry);
+    assert_eq!(action, "keep");
+    assert!(why.starts_with("locked until 20"), "{why}");
+    let done = d.run(&["prune", "shop", "--output", "json"]).ok().json();
+    assert_eq!(reason(&done).0, "keep");
+    let listed: Vec<String> = d
+        .list("shop")
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(listed.contains(&old) && listed.contains(&new), "{listed:?}");
+    assert!(s3
+        .head(&format!("/locked/pg/shop/backups/{old}/manifest.json"))
+        .starts_with("HTTP/1.1 200"));
+    d.run(&["verify", "shop"]).ok();
+}

@@ -88,6 +88,12 @@ pub fn print_report(r: &Pruned) {
             r.wal_files
         ));
     }
+    if r.wal_locked > 0 {
+        line.push_str(&format!(
+            ", {} WAL files kept under Object Lock",
+            r.wal_locked
+        ));
+    }
     if r.dry_run {
         line.push_str(" — dry run, nothing changed");
     }

@@ -60,8 +60,15 @@ pub struct Pruned {
     pub wal_files: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal_kept_from: Option<String>,
+    /// WAL files retention lets go that stay under S3 Object Lock.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub wal_locked: u64,
     /// True when the policy has no [retention] rules: everything is kept.
     pub no_rules: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn pin_key(policy: &str, id: &str) -> String {
@@ -150,6 +157,11 @@ pub async fn run(
     // Claims are held until the deletions are done, so no restore can
     // lease a backup between this check and its deletion.
     let mut claims = claim(catalog, &policy.name, &mut decisions, dry_run);
+    // Asked once: a bucket without Object Lock holds no locked object.
+    let lockable = repo.lockable().await?;
+    if lockable {
+        hold_locked(repo, &policy.name, &mut decisions, &mut claims).await?;
+    }
     let backups: Vec<Entry> = decisions
         .into_iter()
         .map(|d| {
@@ -172,7 +184,19 @@ pub async fn run(
         .filter_map(|e| inv.find(&e.id))
         .filter(|m| m.method == Method::Physical)
         .collect();
-    let (wal_keys, wal_kept_from) = wal_before(repo, &policy.name, &kept).await?;
+    let (mut wal_keys, wal_kept_from) = wal_before(repo, &policy.name, &kept).await?;
+    let mut wal_locked = 0;
+    if lockable {
+        let mut free = Vec::with_capacity(wal_keys.len());
+        for k in wal_keys {
+            if locked(repo, &k).await?.is_some() {
+                wal_locked += 1;
+            } else {
+                free.push(k);
+            }
+        }
+        wal_keys = free;
+    }
     let wal_files = wal_keys.iter().filter(|k| k.ends_with(".json")).count() as u64;
 
     let swept = sweep(&policy.name, repo, &inv, dry_run).await?;
@@ -206,8 +230,53 @@ pub async fn run(
         leftover_bytes: swept.leftover_bytes,
         wal_files,
         wal_kept_from,
+        wal_locked,
         no_rules,
     })
+}
+
+/// When the object's lock ends, if it has not yet.
+async fn locked(repo: &dyn Repository, key: &str) -> Result<Option<Timestamp>> {
+    let until = repo
+        .locked_until(key)
+        .await
+        .with_context(|| format!("cannot read the Object Lock of {key}"))?;
+    Ok(until.filter(|u| *u > Timestamp::now()))
+}
+
+/// Keep every backup retention lets go whose objects are still under S3
+/// Object Lock, saying until when: deleting them would only hide them
+/// behind delete markers (or be refused).
+async fn hold_locked(
+    repo: &dyn Repository,
+    policy: &str,
+    decisions: &mut [retention::Decision],
+    claims: &mut std::collections::BTreeMap<String, crate::lock::Claim>,
+) -> Result<()> {
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        let mut keys: Vec<String> = repo
+            .list(&manifest::backup_prefix(policy, &d.id))
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.push(manifest::manifest_key(policy, &d.id));
+        keys.dedup();
+        let mut until: Option<Timestamp> = None;
+        for k in &keys {
+            until = until.max(locked(repo, k).await?);
+        }
+        if let Some(u) = until {
+            d.keep = true;
+            d.reasons = vec![if u == Timestamp::MAX {
+                "under an Object Lock legal hold".to_string()
+            } else {
+                format!("locked until {}", rfc3339(u))
+            }];
+            claims.remove(&d.id);
+        }
+    }
+    Ok(())
 }
 
 /// What a sweep removed (or, dry run, would remove).

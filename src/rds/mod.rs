@@ -565,6 +565,7 @@ pub async fn prune(
         leftover_bytes: 0,
         wal_files: 0,
         wal_kept_from: None,
+        wal_locked: 0,
         no_rules,
     })
 }

@@ -83,6 +83,17 @@ pub trait Repository: Send + Sync {
     }
     /// Remove one: delete the temp file, abort the upload.
     async fn remove_leftover(&self, l: &Leftover) -> Result<()>;
+    /// When an object's S3 Object Lock ends: its retain-until date
+    /// (`Timestamp::MAX` under a legal hold). None when it is not locked, is
+    /// absent, or the store has no locks. Prune deletes nothing before it.
+    async fn locked_until(&self, _key: &str) -> Result<Option<jiff::Timestamp>> {
+        Ok(None)
+    }
+    /// Whether any object here can be locked (an S3 bucket with Object Lock
+    /// enabled): only then is `locked_until` worth asking.
+    async fn lockable(&self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

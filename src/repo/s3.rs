@@ -17,7 +17,8 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+    CompletedMultipartUpload, CompletedPart, ObjectLockEnabled, ObjectLockLegalHoldStatus,
+    ObjectLockMode, ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -36,6 +37,8 @@ struct Target {
     bucket: String,
     storage_class: Option<StorageClass>,
     sse_kms_key_id: Option<String>,
+    /// Object Lock asked for by the policy: mode and days retained.
+    lock: Option<(ObjectLockMode, u32)>,
 }
 
 pub struct S3Repo {
@@ -132,6 +135,13 @@ impl S3Repo {
                 bucket,
                 storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
                 sse_kms_key_id: cfg.sse_kms_key_id.clone(),
+                lock: cfg.object_lock_days.map(|d| {
+                    let mode = match cfg.object_lock_mode.as_deref() {
+                        Some("compliance") => ObjectLockMode::Compliance,
+                        _ => ObjectLockMode::Governance,
+                    };
+                    (mode, d)
+                }),
             },
         })
     }
@@ -143,6 +153,14 @@ impl S3Repo {
 }
 
 impl Target {
+    /// Retain-until for an object written now, when the policy locks.
+    fn retain_until(&self) -> Option<(ObjectLockMode, aws_smithy_types::DateTime)> {
+        self.lock.as_ref().map(|(mode, days)| {
+            let until = jiff::Timestamp::now().as_second() + i64::from(*days) * 86400;
+            (mode.clone(), aws_smithy_types::DateTime::from_secs(until))
+        })
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let mut req = self
             .client
@@ -152,6 +170,11 @@ impl Target {
             .body(ByteStream::from(data));
         if let Some(sc) = &self.storage_class {
             req = req.storage_class(sc.clone());
+        }
+        if let Some((mode, until)) = self.retain_until() {
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
         }
         if let Some(k) = &self.sse_kms_key_id {
             req = req
@@ -173,6 +196,11 @@ impl Target {
             .key(key);
         if let Some(sc) = &self.storage_class {
             req = req.storage_class(sc.clone());
+        }
+        if let Some((mode, until)) = self.retain_until() {
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
         }
         if let Some(k) = &self.sse_kms_key_id {
             req = req
@@ -644,6 +672,51 @@ impl Repository for S3Repo {
             .map_err(sdk_err)
             .with_context(|| format!("DELETE s3://{}/{key}", self.t.bucket))?;
         Ok(())
+    }
+
+    async fn locked_until(&self, key: &str) -> Result<Option<jiff::Timestamp>> {
+        let key = self.full_key(key)?;
+        match self
+            .t
+            .client
+            .head_object()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                if out.object_lock_legal_hold_status == Some(ObjectLockLegalHoldStatus::On) {
+                    // Held until someone lifts the hold: no date ends it.
+                    return Ok(Some(jiff::Timestamp::MAX));
+                }
+                Ok(out
+                    .object_lock_retain_until_date
+                    .and_then(|d| jiff::Timestamp::new(d.secs(), d.subsec_nanos() as i32).ok()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(sdk_err(e)).with_context(|| format!("HEAD s3://{}/{key}", self.t.bucket)),
+        }
+    }
+
+    async fn lockable(&self) -> Result<bool> {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
+        match self
+            .t
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.t.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .object_lock_configuration
+                .and_then(|c| c.object_lock_enabled)
+                == Some(ObjectLockEnabled::Enabled)),
+            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => Ok(false),
+            Err(e) => Err(sdk_err(e))
+                .with_context(|| format!("GetObjectLockConfiguration s3://{}", self.t.bucket)),
+        }
     }
 
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {

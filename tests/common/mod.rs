@@ -360,15 +360,23 @@ fn moto_binary() -> PathBuf {
 }
 
 fn http(port: u16, method: &str, path: &str) -> std::io::Result<String> {
+    http_with(port, method, path, "")
+}
+
+const MOTO_AUTH: &str = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n";
+
+/// `headers`: extra header lines, each ending in \r\n.
+fn http_with(port: u16, method: &str, path: &str, headers: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+    // Object bodies are binary: the headers are what callers read.
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 impl S3Server {
@@ -412,13 +420,30 @@ impl S3Server {
         assert!(r.starts_with("HTTP/1.1 200"), "create bucket: {r}");
     }
 
-    /// Raw S3 API GET (unsigned; moto accepts it).
+    /// A bucket with S3 Object Lock enabled (and so versioning).
+    pub fn create_locked_bucket(&self, bucket: &str) {
+        let r = http_with(
+            self.port,
+            "PUT",
+            &format!("/{bucket}"),
+            "x-amz-bucket-object-lock-enabled: true\r\n",
+        )
+        .unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "create locked bucket: {r}");
+    }
+
+    /// Raw S3 API GET. The signature is not checked (moto does not
+    /// enforce auth), but an anonymous request would be refused objects.
     pub fn get(&self, path: &str) -> String {
-        http(self.port, "GET", path).unwrap()
+        http_with(self.port, "GET", path, MOTO_AUTH).unwrap()
+    }
+
+    pub fn head(&self, path: &str) -> String {
+        http_with(self.port, "HEAD", path, MOTO_AUTH).unwrap()
     }
 
     pub fn delete(&self, path: &str) -> String {
-        http(self.port, "DELETE", path).unwrap()
+        http_with(self.port, "DELETE", path, MOTO_AUTH).unwrap()
     }
 }
 
