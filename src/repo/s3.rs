@@ -150,6 +150,27 @@ impl S3Repo {
         check_key(key)?;
         Ok(format!("{}{key}", self.prefix))
     }
+
+    /// HeadObject; None when the object is absent.
+    async fn head_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
+        let key = self.full_key(key)?;
+        match self
+            .t
+            .client
+            .head_object()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(sdk_err(e)).with_context(|| format!("HEAD s3://{}/{key}", self.t.bucket)),
+        }
+    }
 }
 
 impl Target {
@@ -546,20 +567,10 @@ impl Repository for S3Repo {
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
-        let key = self.full_key(key)?;
-        match self
-            .t
-            .client
-            .head_object()
-            .bucket(&self.t.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(out.content_length.unwrap_or(0).max(0) as u64)),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(sdk_err(e)).with_context(|| format!("HEAD s3://{}/{key}", self.t.bucket)),
-        }
+        Ok(self
+            .head_object(key)
+            .await?
+            .map(|out| out.content_length.unwrap_or(0).max(0) as u64))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -675,28 +686,16 @@ impl Repository for S3Repo {
     }
 
     async fn locked_until(&self, key: &str) -> Result<Option<jiff::Timestamp>> {
-        let key = self.full_key(key)?;
-        match self
-            .t
-            .client
-            .head_object()
-            .bucket(&self.t.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
-            Ok(out) => {
-                if out.object_lock_legal_hold_status == Some(ObjectLockLegalHoldStatus::On) {
-                    // Held until someone lifts the hold: no date ends it.
-                    return Ok(Some(jiff::Timestamp::MAX));
-                }
-                Ok(out
-                    .object_lock_retain_until_date
-                    .and_then(|d| jiff::Timestamp::new(d.secs(), d.subsec_nanos() as i32).ok()))
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(sdk_err(e)).with_context(|| format!("HEAD s3://{}/{key}", self.t.bucket)),
+        let Some(out) = self.head_object(key).await? else {
+            return Ok(None);
+        };
+        if out.object_lock_legal_hold_status == Some(ObjectLockLegalHoldStatus::On) {
+            // Held until someone lifts the hold: no date ends it.
+            return Ok(Some(jiff::Timestamp::MAX));
         }
+        Ok(out
+            .object_lock_retain_until_date
+            .and_then(|d| jiff::Timestamp::new(d.secs(), d.subsec_nanos() as i32).ok()))
     }
 
     async fn lockable(&self) -> Result<bool> {
