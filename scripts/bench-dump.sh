@@ -72,18 +72,25 @@ recipients = ["$recipient"]
 [compression]
 level = 3
 TOML
-t0=$(now)
-"$drctl" --catalog "$work/out/drctl.db" backup bench > drctl.out &
-pid=$!
-peak=0
-while kill -0 "$pid" 2>/dev/null; do
-    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-    [[ -n "$hwm" && "$hwm" -gt "$peak" ]] && peak=$hwm
-    sleep 0.05
-done
-wait "$pid"
-t1=$(now)
-t_drctl=$(calc "$t1 - $t0")
+# One drctl backup of policy $1: sets t_run (seconds) and peak (KiB, VmHWM
+# of the drctl process alone).
+run_drctl() {
+    local t0 t1 pid hwm
+    t0=$(now)
+    "$drctl" --catalog "$work/out/drctl.db" backup "$1" > drctl.out &
+    pid=$!
+    peak=0
+    while kill -0 "$pid" 2>/dev/null; do
+        hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        [[ -n "$hwm" && "$hwm" -gt "$peak" ]] && peak=$hwm
+        sleep 0.05
+    done
+    wait "$pid"
+    t1=$(now)
+    t_run=$(calc "$t1 - $t0")
+}
+run_drctl bench
+t_drctl=$t_run
 cat drctl.out
 
 stored_pipe=$(stat -c %s pipe.zst.age)
@@ -97,4 +104,26 @@ printf '%-46s %8.2f %8.2f %12s\n' "drctl backup (file repository)" "$t_drctl" "$
 printf '\ndrctl / pg_dump:                %.2fx (target <= 1.10)\n' "$(calc "$t_drctl / $t_dump")"
 printf 'drctl / shell pipeline:         %.2fx (target <= 1.00)\n' "$(calc "$t_drctl / $t_pipe")"
 printf 'drctl / pipeline without gzip:  %.2fx\n' "$(calc "$t_drctl / $t_pipe0")"
-printf 'drctl peak RSS:                 %d MiB (target <= 64)\n' "$((peak / 1024))"
+drctl_peak=$peak
+printf 'drctl peak RSS:                 %d MiB (target <= 64)\n' "$((drctl_peak / 1024))"
+
+# The same backup into a primary and one [[copy]] (both file repositories:
+# what is measured is drctl's fan-out, not a remote store). Without and
+# with a copy in turn, three pairs; the median of the per-pair ratios.
+for p in nocopy withcopy; do
+    sed "s#file://$work/out/repo#file://$work/out/repo-$p#" policies/bench.toml > "policies/$p.toml"
+done
+printf '\n[[copy]]\nname = "second"\nurl = "file://%s/out/repo-second"\n' "$work" >> policies/withcopy.toml
+ratios=()
+copy_peak=0
+for i in 1 2 3; do
+    run_drctl nocopy
+    t_no=$t_run
+    run_drctl withcopy
+    [[ $peak -gt $copy_peak ]] && copy_peak=$peak
+    ratios+=("$(calc "$t_run / $t_no")")
+    printf 'pair %d: without a copy %.2f s, with one copy %.2f s\n' "$i" "$t_no" "$t_run"
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | sed -n 2p)
+printf 'with one copy / without:        %.2fx (median of 3 pairs; target <= 1.15)\n' "$median"
+printf 'drctl peak RSS with one copy:   %d MiB (target <= 64)\n' "$((copy_peak / 1024))"

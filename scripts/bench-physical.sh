@@ -116,6 +116,42 @@ for round in 1 2; do
     t_pgbr_backup=$(min "$t_pgbr_backup" "$(calc "$t1 - $t0")")
 done
 
+echo "==> full backups with one [[copy]] and without (three pairs, in turn)"
+# The copy is a second file repository: what is measured is drctl's fan-out
+# (one BASE_BACKUP, every byte to two stores), not a remote store.
+cp "$work/policies/bench.toml" "$work/nocopy.toml"
+cp "$work/policies/bench.toml" "$work/withcopy.toml"
+printf '\n[[copy]]\nname = "second"\nurl = "file://%s/drctl-copy"\n' "$work" >> "$work/withcopy.toml"
+pg mkdir -p "$work/drctl-copy"
+copy_ratios=(); copy_peak=0
+for pair in 1 2 3; do
+    for mode in nocopy withcopy; do
+        pg cp "$work/$mode.toml" "$work/policies/bench.toml"
+        q "$url" "checkpoint" >/dev/null
+        t0=$(now)
+        pg "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" backup bench >/dev/null &
+        bpid=$!; peak=0
+        while kill -0 "$bpid" 2>/dev/null; do
+            # As root, drctl is runuser's child: its VmHWM, not runuser's.
+            cpid=$bpid
+            [[ ${#as_pg[@]} -gt 0 ]] && cpid=$(pgrep -P "$bpid" | head -1 || true)
+            hwm=$(awk '/VmHWM/ {print $2}' "/proc/${cpid:-$bpid}/status" 2>/dev/null || true)
+            [[ -n "$hwm" && "$hwm" -gt "$peak" ]] && peak=$hwm
+            sleep 0.05
+        done
+        wait "$bpid"
+        t1=$(now)
+        if [[ $mode == nocopy ]]; then t_no=$(calc "$t1 - $t0"); else
+            t_with=$(calc "$t1 - $t0")
+            [[ $peak -gt $copy_peak ]] && copy_peak=$peak
+        fi
+    done
+    echo "pair $pair: without a copy $t_no s, with one copy $t_with s"
+    copy_ratios+=("$(calc "$t_with / $t_no")")
+done
+pg cp "$work/nocopy.toml" "$work/policies/bench.toml"
+copy_ratio=$(printf '%s\n' "${copy_ratios[@]}" | sort -n | sed -n 2p)
+
 echo "==> writes, a target time, more writes"
 q "$url" "create table marker(batch int, at timestamptz default clock_timestamp())"
 pgbench -n -T 10 -c 2 "$url" >/dev/null
@@ -210,3 +246,5 @@ printf '\nper 16 MiB segment over %d segments       p50 ms    p99 ms\n' "$n"
 printf '%-36s %9.1f %9.1f  (target p50 <= 30 ms)\n' "drctl wal-push" "$(calc "$p50 / 1000")" "$(calc "$p99 / 1000")"
 printf '%-36s %9.1f %9.1f\n' "pgbackrest archive-push" "$(calc "$pp50 / 1000")" "$(calc "$pp99 / 1000")"
 printf '%-36s %9.2f\n' "ratio p50" "$(calc "$p50 / $pp50")"
+printf '\nfull backup with one copy / without: %.2f (median of 3 pairs; target <= 1.15)\n' "$copy_ratio"
+printf 'drctl peak RSS with one copy:        %d MiB (target <= 64)\n' "$((copy_peak / 1024))"

@@ -11,6 +11,7 @@ pub(crate) mod cancel;
 pub(crate) mod catalog;
 pub(crate) mod check;
 pub(crate) mod cli;
+pub(crate) mod copy;
 pub(crate) mod daemon;
 pub(crate) mod drill;
 pub(crate) mod error;

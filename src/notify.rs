@@ -22,6 +22,8 @@ pub enum Event {
     DrillFailed,
     ArchiveFailing,
     ArchiveRecovered,
+    /// A `[[copy]]` did not receive a backup or WAL the primary holds.
+    CopyFailed,
 }
 
 impl Event {
@@ -34,6 +36,7 @@ impl Event {
             Event::DrillFailed => "restore drill failed",
             Event::ArchiveFailing => "WAL archiving failing",
             Event::ArchiveRecovered => "WAL archiving recovered",
+            Event::CopyFailed => "copy failed",
         }
     }
 }

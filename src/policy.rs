@@ -188,10 +188,10 @@ pub struct Policy {
     pub compression: Compression,
     pub notify: Notify,
     pub drill: Option<Drill>,
-    /// `[[copy]]`: further repositories, in failover order (refused at
-    /// load until every backup and WAL segment reaches them).
-    #[allow(dead_code)]
+    /// `[[copy]]`: further repositories, in failover order.
     pub copies: Vec<Copy>,
+    /// Set by `pinned`: the one repository this policy value reads.
+    pub pinned_to: Option<String>,
 }
 
 /// How the `[repository]` is named beside its copies.
@@ -200,7 +200,6 @@ pub const PRIMARY: &str = "primary";
 /// A second repository (`[[copy]]`): every backup and WAL segment goes
 /// there too.
 #[derive(Debug, Clone)]
-#[allow(dead_code)]
 pub struct Copy {
     pub name: String,
     pub repository: Repository,
@@ -210,7 +209,6 @@ pub struct Copy {
     pub max_lag: Option<String>,
 }
 
-#[allow(dead_code)]
 impl Copy {
     pub fn max_lag(&self) -> std::time::Duration {
         duration_or(self.max_lag.as_deref(), 15 * 60)
@@ -218,6 +216,32 @@ impl Copy {
 }
 
 impl Policy {
+    /// The policy as seen from one of its repositories (`--repo NAME`):
+    /// that repository alone, with its own retention when it has one.
+    pub fn pinned(&self, name: &str) -> anyhow::Result<Policy> {
+        let mut p = self.clone();
+        p.copies.clear();
+        p.pinned_to = Some(name.to_string());
+        if name == PRIMARY {
+            return Ok(p);
+        }
+        let Some(c) = self.copies.iter().find(|c| c.name == name) else {
+            let names: Vec<&str> = std::iter::once(PRIMARY)
+                .chain(self.copies.iter().map(|c| c.name.as_str()))
+                .collect();
+            return Err(crate::error::usage(format!(
+                "policy {} has no repository named '{name}'; its repositories: {}",
+                self.name,
+                names.join(", ")
+            )));
+        };
+        p.repository = Some(c.repository.clone());
+        if let Some(r) = &c.retention {
+            p.retention = r.clone();
+        }
+        Ok(p)
+    }
+
     /// The policy's source database (`[source] url`, required).
     pub fn source_conn(&self) -> anyhow::Result<crate::pg::Conn> {
         let url = self.source.url.as_deref().ok_or_else(|| {
@@ -494,14 +518,6 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
             ctx.add(&section, "RDS policies copy snapshots with [source] copy_to_region; [[copy]] is for PostgreSQL backups");
         }
     }
-    if !copies.is_empty() {
-        // Accepting copies before every backup and WAL segment reaches them
-        // would let a user believe in a second copy that is not there.
-        ctx.add(
-            "copy",
-            "[[copy]] repositories are not implemented by this drctl build yet: backups would go to the primary [repository] only; remove the section",
-        );
-    }
     if let Some(e) = &encryption {
         validate_recipients(&mut ctx, &e.recipients);
     }
@@ -541,6 +557,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
         notify: notify.unwrap_or_default(),
         drill,
         copies,
+        pinned_to: None,
     })
 }
 
@@ -1097,14 +1114,17 @@ expect = "t"
     }
 
     #[test]
-    fn copies_are_parsed_named_and_refused_until_they_act() {
+    fn copies_are_parsed_and_named() {
         let text = format!(
             "{GOOD}\n[[copy]]\nname = \"offsite\"\nurl = \"s3://dr/pg\"\nregion = \"us-west-2\"\nmax_lag = \"5m\"\nretention = {{ keep_daily = 30 }}\n"
         );
-        let errs = p(&text).unwrap_err();
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert_eq!(errs[0].key, "copy");
-        assert!(errs[0].reason.contains("not implemented"), "{}", errs[0]);
+        let policy = p(&text).unwrap();
+        assert_eq!(policy.copies.len(), 1);
+        assert_eq!(
+            policy.pinned("offsite").unwrap().repository.unwrap().url,
+            "s3://dr/pg"
+        );
+        assert!(policy.pinned("nowhere").is_err());
         let mut ctx = Ctx {
             file: Path::new("policies/orders.toml"),
             problems: Vec::new(),

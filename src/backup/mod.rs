@@ -38,6 +38,9 @@ impl Made {
 
 pub struct BackupOutcome {
     pub made: Made,
+    /// Copies that did not get the backup (name → what happened); the
+    /// backup is complete in the primary all the same.
+    pub copy_failures: std::collections::BTreeMap<String, String>,
     pub pruned: Option<crate::prune::Pruned>,
     pub prune_error: Option<String>,
 }
@@ -45,14 +48,16 @@ pub struct BackupOutcome {
 pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Result<BackupOutcome> {
     let _lock = crate::lock::acquire(catalog_path, &policy.name, "backup")?;
     let rds = policy.backup.method == Method::RdsSnapshot;
+    let mut copy_failures = std::collections::BTreeMap::new();
     let made = if rds {
         crate::rds::backup(policy, catalog)
             .await
             .map(|b| Made::Rds(Box::new(b)))
     } else {
-        into_repository(policy, catalog)
-            .await
-            .map(|m| Made::Repository(Box::new(m)))
+        into_repository(policy, catalog).await.map(|(m, failed)| {
+            copy_failures = failed;
+            Made::Repository(Box::new(m))
+        })
     };
     let made = match made {
         Ok(m) => m,
@@ -80,7 +85,13 @@ pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Res
         ),
     };
     notify::send(policy, Event::BackupSucceeded, &summary).await;
+    if !copy_failures.is_empty() {
+        let msg = copy_failure_message(made.id(), &policy.name, &copy_failures);
+        tracing::error!(policy = %policy.name, "{msg}");
+        notify::send(policy, Event::CopyFailed, &msg).await;
+    }
     let mut out = BackupOutcome {
+        copy_failures,
         made,
         pruned: None,
         prune_error: None,
@@ -90,8 +101,16 @@ pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Res
             if rds {
                 return crate::rds::prune(policy, catalog, false).await;
             }
-            let repo = crate::repo::open_for(policy).await?;
-            crate::prune::run(policy, &*repo, catalog, false).await
+            // The primary's report; a copy's failure is this prune's error.
+            let mut primary = None;
+            for (name, r) in crate::prune::everywhere(policy, catalog, false).await {
+                match r {
+                    Ok(r) if name == crate::policy::PRIMARY => primary = Some(r),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(primary.expect("the primary is pruned first"))
         }
         .await;
         match r {
@@ -107,9 +126,27 @@ pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Res
     Ok(out)
 }
 
-/// A dump or physical backup into the policy's repository; returns its
-/// committed manifest. The caller holds the policy lock.
-async fn into_repository(policy: &Policy, catalog: &Catalog) -> Result<Manifest> {
+/// What to say when copies missed a backup, and how to bring them level.
+pub fn copy_failure_message(
+    id: &str,
+    policy: &str,
+    failures: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let each: Vec<String> = failures.iter().map(|(n, e)| format!("{n}: {e}")).collect();
+    format!(
+        "backup {id} is complete in the primary repository but not in {} ({}); run `drctl copy {policy}` once the copy answers",
+        failures.keys().cloned().collect::<Vec<_>>().join(", "),
+        each.join("; ")
+    )
+}
+
+/// A dump or physical backup into the policy's repository (and through it
+/// every copy); returns its committed manifest and the copies that missed
+/// it. The caller holds the policy lock.
+async fn into_repository(
+    policy: &Policy,
+    catalog: &Catalog,
+) -> Result<(Manifest, std::collections::BTreeMap<String, String>)> {
     let method = policy.backup.method;
     let conn = policy.source_conn()?;
     let recipients = crate::pipeline::parse_recipients(policy.recipients()).map_err(|e| {
@@ -118,7 +155,7 @@ async fn into_repository(policy: &Policy, catalog: &Catalog) -> Result<Manifest>
             policy.path.display()
         ))
     })?;
-    let repo = crate::repo::open_for(policy).await?;
+    let (repo, failures) = crate::repo::open_for_writing(policy).await?;
     crate::repo::ensure_initialized(&*repo).await?;
     // What killed runs left goes before this run adds its own (the caller
     // holds the policy lock: nothing of this policy is in flight).
@@ -145,7 +182,7 @@ async fn into_repository(policy: &Policy, catalog: &Catalog) -> Result<Manifest>
         Ok(m) => {
             catalog.upsert_complete(&m, repo.url()).await?;
             tracing::info!(policy = %policy.name, backup = %id, "backup complete");
-            Ok(m)
+            Ok((m, failures.all()))
         }
         Err(e) => {
             let msg = format!("{e:#}");

@@ -66,5 +66,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             super::prune::print_report(r);
         }
     }
+    if !out.copy_failures.is_empty() {
+        // The backup is durable in the primary; a missing second copy is
+        // still a failed job.
+        eprintln!(
+            "drctl: error: {}",
+            crate::backup::copy_failure_message(out.made.id(), &policy.name, &out.copy_failures)
+        );
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }

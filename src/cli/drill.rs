@@ -40,11 +40,20 @@ pub struct Args {
     /// age identity file (private key)
     #[arg(long, env = "DRCTL_IDENTITY", value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Read this repository only ("primary" or a [[copy]] name); default:
+    /// the primary, failing over to the copies in order
+    #[arg(long, value_name = "NAME")]
+    repo: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    if a.repo.is_some() && a.policy.is_none() {
+        return Err(usage(
+            "--repo names one policy's repository: name the policy too",
+        ));
+    }
     let policies = match &a.policy {
-        Some(p) => vec![ctx.load(p)?],
+        Some(p) => vec![super::pin(ctx.load(p)?, a.repo.as_deref())?],
         None => {
             let all: Vec<_> = ctx
                 .load_all()?

@@ -4,6 +4,7 @@
 mod backup;
 mod catalog_cmd;
 mod check;
+mod copy;
 mod daemon;
 mod drill;
 mod init;
@@ -89,6 +90,8 @@ enum Command {
     Daemon(daemon::Args),
     /// Apply retention: delete what no rule keeps (--dry-run shows it)
     Prune(prune::Args),
+    /// Bring [[copy]] repositories level with the primary (objects as stored)
+    Copy(copy::Args),
     /// Keep a backup whatever the retention rules say
     Pin(pin::Args),
     /// Let the retention rules decide about a pinned backup again
@@ -122,6 +125,14 @@ pub struct Ctx {
     pub policies_dir: PathBuf,
     pub catalog_path: PathBuf,
     pub output: Output,
+}
+
+/// `--repo NAME`: the policy as seen from that one repository.
+pub fn pin(policy: Policy, repo: Option<&str>) -> Result<Policy> {
+    match repo {
+        Some(r) => policy.pinned(r),
+        None => Ok(policy),
+    }
 }
 
 impl Ctx {
@@ -423,6 +434,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup::run(&ctx, a).await,
         Command::List(a) => list::run(&ctx, a).await,
         Command::Prune(a) => prune::run(&ctx, a).await,
+        Command::Copy(a) => copy::run(&ctx, a).await,
         Command::Daemon(a) => daemon::run(&ctx, a).await,
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
@@ -455,7 +467,7 @@ pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::repo::ma
     }
     for policy in candidates {
         let Some(_) = policy.repository else { continue };
-        let repo = crate::repo::open_for(&policy).await?;
+        let repo = crate::repo::open_for_reading(&policy).await?;
         let key = crate::repo::manifest::manifest_key(&policy.name, id);
         if let Some(bytes) = repo.get_bytes(&key).await? {
             let m = crate::repo::manifest::Manifest::from_json(&bytes)

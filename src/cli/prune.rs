@@ -30,14 +30,22 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     };
     let catalog = ctx.catalog().await?;
     let mut reports = Vec::new();
+    let mut failed = Vec::new();
     for policy in &policies {
         let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "prune")?;
         if policy.backup.method == crate::policy::Method::RdsSnapshot {
             reports.push(crate::rds::prune(policy, &catalog, a.dry_run).await?);
             continue;
         }
-        let repo = crate::repo::open_for(policy).await?;
-        reports.push(crate::prune::run(policy, &*repo, &catalog, a.dry_run).await?);
+        for (name, r) in crate::prune::everywhere(policy, &catalog, a.dry_run).await {
+            match r {
+                Ok(r) => reports.push(r),
+                // The primary's failure fails the command as before; a
+                // copy's is reported after the rest is done.
+                Err(e) if name == crate::policy::PRIMARY => return Err(e),
+                Err(e) => failed.push(format!("{e:#}")),
+            }
+        }
     }
     if ctx.json() {
         let all: Vec<Entry> = reports.into_iter().flat_map(json_entries).collect();
@@ -47,7 +55,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             print_report(r);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    for e in &failed {
+        eprintln!("drctl: error: prune of {e}");
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The contract's array: backups, and incomplete ones as deletions.
@@ -62,6 +77,7 @@ fn json_entries(r: Pruned) -> Vec<Entry> {
             action: "delete",
             reasons: vec!["incomplete".into()],
             stored_bytes: 0,
+            repository: r.repository.clone(),
         });
     }
     v
@@ -71,7 +87,12 @@ pub fn print_report(r: &Pruned) {
     let kept = r.backups.iter().filter(|e| e.action == "keep").count();
     let deleted = r.backups.len() - kept;
     let verb = if r.dry_run { "would delete" } else { "deleted" };
-    let mut line = format!("prune {}: {kept} kept, {deleted} {verb}", r.policy);
+    let place = r
+        .repository
+        .as_deref()
+        .map(|c| format!(" (copy {c})"))
+        .unwrap_or_default();
+    let mut line = format!("prune {}{place}: {kept} kept, {deleted} {verb}", r.policy);
     if !r.incomplete.is_empty() {
         line.push_str(&format!(", {} incomplete {verb}", r.incomplete.len()));
     }

@@ -39,6 +39,10 @@ pub struct Args {
     /// age identity file (private key)
     #[arg(long, env = "DRCTL_IDENTITY", value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Read this repository only ("primary" or a [[copy]] name); default:
+    /// the primary, failing over to the copies in order
+    #[arg(long, value_name = "NAME")]
+    repo: Option<String>,
     /// pg_restore parallelism
     #[arg(long, default_value_t = 1)]
     jobs: u32,
@@ -79,7 +83,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let policy = ctx.load(&a.policy)?;
+    let policy = super::pin(ctx.load(&a.policy)?, a.repo.as_deref())?;
     let physical = policy.backup.method == crate::policy::Method::Physical;
     let rds = policy.backup.method == crate::policy::Method::RdsSnapshot;
     if rds {

@@ -20,6 +20,10 @@ pub struct Args {
     /// age identity file (for --deep)
     #[arg(long, env = "DRCTL_IDENTITY", value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Read this repository only ("primary" or a [[copy]] name); default:
+    /// the primary, failing over to the copies in order
+    #[arg(long, value_name = "NAME")]
+    repo: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
@@ -32,7 +36,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let (work, inv) = select(ctx, a.target.as_deref()).await?;
+    let (work, inv) = select(ctx, a.target.as_deref(), a.repo.as_deref()).await?;
     let catalog = ctx.catalog().await?;
     // A manifest that fails its seal is no backup: reported, never verified
     // as one (and never restored from).
@@ -101,6 +105,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
 async fn select(
     ctx: &Ctx,
     target: Option<&str>,
+    repo: Option<&str>,
 ) -> Result<(Vec<Work>, crate::repo::inventory::Inventory)> {
     let mut work: Vec<Work> = Vec::new();
     let mut inv = crate::repo::inventory::Inventory::default();
@@ -117,9 +122,14 @@ async fn select(
     };
     match target {
         Some(t) if crate::policy::valid_name(t) && ctx.policy_names().iter().any(|n| n == t) => {
-            let p = ctx.load(t)?;
+            let p = super::pin(ctx.load(t)?, repo)?;
             let found = scan(&p).await?;
             add(p, found);
+        }
+        _ if repo.is_some() => {
+            return Err(usage(
+                "--repo names one policy's repository: pass the policy name (drctl verify POLICY --repo NAME)",
+            ));
         }
         Some(t) => {
             // One backup: its objects, not its policy's whole archive.

@@ -33,6 +33,10 @@ pub struct Args {
     /// Segments to fetch ahead in the background while PostgreSQL replays (0: off)
     #[arg(long, default_value_t = 4)]
     prefetch: u32,
+    /// Read this repository only ("primary" or a [[copy]] name); default:
+    /// the primary, failing over to the copies in order
+    #[arg(long, value_name = "NAME")]
+    repo: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
@@ -50,7 +54,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
 }
 
 async fn fetch(ctx: &Ctx, a: &Args) -> Result<ExitCode> {
-    let policy = ctx.load(&a.policy)?;
+    let policy = super::pin(ctx.load(&a.policy)?, a.repo.as_deref())?;
     let path = a.identity.as_ref().ok_or_else(|| {
         anyhow::anyhow!(
             "restore_command needs the private key: pass --identity FILE or set DRCTL_IDENTITY"
@@ -112,6 +116,7 @@ fn spawn_prefetch(ctx: &Ctx, a: &Args, identity: &std::path::Path, spool: &std::
         .arg(spool)
         .arg("--identity")
         .arg(identity)
+        .args(a.repo.iter().flat_map(|r| ["--repo", r.as_str()]))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

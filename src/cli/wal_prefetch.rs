@@ -19,10 +19,12 @@ pub struct Args {
     count: u32,
     #[arg(long, env = "DRCTL_IDENTITY")]
     identity: PathBuf,
+    #[arg(long)]
+    repo: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
-    let policy = ctx.load(&a.policy)?;
+    let policy = super::pin(ctx.load(&a.policy)?, a.repo.as_deref())?;
     let ids = crate::pipeline::load_identities(&a.identity)?;
     let n = crate::wal::fetch::prefetch(&policy, &a.name, a.count, &a.spool, &ids).await?;
     tracing::info!(fetched = n, "prefetched");

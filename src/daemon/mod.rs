@@ -224,7 +224,15 @@ async fn job(
                 seconds = started.elapsed().as_secs_f64(),
                 "scheduled backup complete"
             );
-            Ok(())
+            if out.copy_failures.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(crate::backup::copy_failure_message(
+                    out.made.id(),
+                    &policy.name,
+                    &out.copy_failures
+                )))
+            }
         }
         Err(e) => {
             tracing::error!("scheduled backup failed: {e:#}");

@@ -151,7 +151,7 @@ pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<R
         rds::drill(policy, opts, started, t0, &mut report).await;
         return finish(policy, catalog, report, started, t0).await;
     }
-    let repo = crate::repo::open_for(policy).await?;
+    let repo = crate::repo::open_for_reading(policy).await?;
     let inv = crate::repo::inventory::scan(&*repo, Some(&policy.name)).await?;
     let physical = policy.backup.method == Method::Physical;
     match choose(&inv.complete, opts.point, started, |n| {

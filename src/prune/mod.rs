@@ -42,11 +42,17 @@ pub struct Entry {
     /// The rules that keep it; empty when none does.
     pub reasons: Vec<String>,
     pub stored_bytes: u64,
+    /// The [[copy]] it is in; absent for the primary repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Pruned {
     pub policy: String,
+    /// The [[copy]] pruned; absent for the primary repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     pub method: Method,
     pub dry_run: bool,
     pub backups: Vec<Entry>,
@@ -65,6 +71,43 @@ pub struct Pruned {
     pub wal_locked: u64,
     /// True when the policy has no [retention] rules: everything is kept.
     pub no_rules: bool,
+}
+
+/// The copy a pinned policy reads, None for the primary.
+fn copy_name(policy: &Policy) -> Option<String> {
+    policy
+        .pinned_to
+        .clone()
+        .filter(|n| n != crate::policy::PRIMARY)
+}
+
+/// Prune the primary with the policy's retention and each copy with its
+/// own (or the policy's). A copy that fails does not hide the others.
+pub async fn everywhere(
+    policy: &Policy,
+    catalog: &Catalog,
+    dry_run: bool,
+) -> Vec<(String, Result<Pruned>)> {
+    let mut out = Vec::new();
+    let primary = async {
+        let repo = crate::repo::open_for(policy).await?;
+        run(policy, &*repo, catalog, dry_run).await
+    }
+    .await;
+    out.push((crate::policy::PRIMARY.to_string(), primary));
+    for c in &policy.copies {
+        let r = async {
+            let pinned = policy.pinned(&c.name)?;
+            let repo = crate::repo::open_for(&pinned).await?;
+            run(&pinned, &*repo, catalog, dry_run).await
+        }
+        .await;
+        out.push((
+            c.name.clone(),
+            r.map_err(|e| e.context(format!("copy {}", c.name))),
+        ));
+    }
+    out
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -174,6 +217,7 @@ pub async fn run(
                 action: if d.keep { "keep" } else { "delete" },
                 reasons: d.reasons,
                 stored_bytes: m.stored_bytes(),
+                repository: copy_name(policy),
             }
         })
         .collect();
@@ -218,10 +262,14 @@ pub async fn run(
             .filter(|e| e.action == "keep")
             .map(|e| e.id.clone())
             .collect();
-        catalog.forget_missing(&policy.name, &present).await?;
+        // The catalog records the primary; a copy's prune leaves it be.
+        if copy_name(policy).is_none() {
+            catalog.forget_missing(&policy.name, &present).await?;
+        }
     }
     Ok(Pruned {
         policy: policy.name.clone(),
+        repository: copy_name(policy),
         method: policy.backup.method,
         dry_run,
         backups,

@@ -545,6 +545,7 @@ pub async fn prune(
             action: if d.keep { "keep" } else { "delete" },
             reasons: d.reasons,
             stored_bytes: (s.allocated_gib as u64) << 30,
+            repository: None,
         });
     }
     if !dry_run {
@@ -557,6 +558,7 @@ pub async fn prune(
     }
     Ok(crate::prune::Pruned {
         policy: policy.name.clone(),
+        repository: None,
         method: policy.backup.method,
         dry_run,
         backups,

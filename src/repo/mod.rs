@@ -4,9 +4,11 @@
 //! `Write`/`Read` objects because zstd and age stream synchronously; they
 //! must be used (and dropped) on blocking threads (`spawn_blocking`).
 
+pub mod failover;
 pub mod fs;
 pub mod inventory;
 pub mod manifest;
+pub mod mirror;
 pub mod s3;
 pub mod seal;
 pub mod url;
@@ -125,6 +127,62 @@ pub async fn open_for(policy: &policy::Policy) -> Result<Arc<dyn Repository>> {
         ))
     })?;
     open(cfg).await
+}
+
+/// Every repository of a policy, named, primary first, then its copies in
+/// order.
+pub async fn open_all(policy: &policy::Policy) -> Result<Vec<mirror::Named>> {
+    let mut out = vec![mirror::Named {
+        name: policy::PRIMARY.to_string(),
+        repo: open_for(policy).await?,
+    }];
+    for c in &policy.copies {
+        out.push(mirror::Named {
+            name: c.name.clone(),
+            repo: open(&c.repository).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// What restores, wal-fetch and drills read: the primary, failing over to
+/// the copies (see `failover`). Just the primary when there are none.
+pub async fn open_for_reading(policy: &policy::Policy) -> Result<Arc<dyn Repository>> {
+    if policy.copies.is_empty() {
+        return open_for(policy).await;
+    }
+    Ok(Arc::new(failover::Failover::new(open_all(policy).await?)))
+}
+
+/// What a backup or wal-push writes through: the primary, and every copy
+/// by way of a `mirror::Mirror`. A copy that cannot be opened or
+/// initialized is a failure from the start; the primary's is an error.
+pub async fn open_for_writing(
+    policy: &policy::Policy,
+) -> Result<(Arc<dyn Repository>, mirror::Failures)> {
+    let primary = open_for(policy).await?;
+    let failures = mirror::Failures::default();
+    if policy.copies.is_empty() {
+        return Ok((primary, failures));
+    }
+    let mut copies = Vec::new();
+    for c in &policy.copies {
+        let opened = async {
+            let r = open(&c.repository).await?;
+            ensure_initialized(&*r).await?;
+            anyhow::Ok(r)
+        }
+        .await;
+        match opened {
+            Ok(repo) => copies.push(mirror::Named {
+                name: c.name.clone(),
+                repo,
+            }),
+            Err(e) => failures.record(&c.name, &e),
+        }
+    }
+    let mirror = mirror::Mirror::new(primary, copies, failures.clone());
+    Ok((Arc::new(mirror), failures))
 }
 
 pub async fn open(cfg: &policy::Repository) -> Result<Arc<dyn Repository>> {

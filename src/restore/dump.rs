@@ -43,7 +43,7 @@ pub struct Request {
 }
 
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest)> {
-    let repo = crate::repo::open_for(policy).await?;
+    let repo = crate::repo::open_for_reading(policy).await?;
     let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
     // A refusal names backups left out as corrupt (they may be why).
     crate::error::noted(plan_from(policy, req, &inv), inv.left_out(&policy.name))
@@ -302,7 +302,7 @@ async fn stream_into(
     req: &Request,
     clean: bool,
 ) -> Result<()> {
-    let repo = crate::repo::open_for(policy).await?;
+    let repo = crate::repo::open_for_reading(policy).await?;
     let mut common: Vec<String> = vec!["-w".into(), "--exit-on-error".into()];
     if req.no_owner {
         common.push("--no-owner".into());

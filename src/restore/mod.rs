@@ -115,7 +115,7 @@ pub async fn check_identity(
     ids: &[age::x25519::Identity],
     id_path: &std::path::Path,
 ) -> Result<()> {
-    let repo = crate::repo::open_for(policy).await?;
+    let repo = crate::repo::open_for_reading(policy).await?;
     let obj = m.objects.first().context("manifest lists no objects")?;
     let reader = repo.reader(&obj.key).await?;
     let ids = ids.to_vec();

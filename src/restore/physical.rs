@@ -118,7 +118,7 @@ pub fn place_tablespaces(
 }
 
 pub async fn plan(policy: &Policy, req: &Request) -> Result<(Plan, Manifest, Reach)> {
-    let repo = crate::repo::open_for(policy).await?;
+    let repo = crate::repo::open_for_reading(policy).await?;
     let inv = inventory::scan(&*repo, Some(&policy.name)).await?;
     let planned = plan_from(policy, req, &*repo, &inv).await;
     crate::error::noted(planned, inv.left_out(&policy.name))
@@ -346,7 +346,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             .with_context(|| format!("cannot set the mode of {}", d.display()))?;
     }
     let prepared = async {
-        let repo = crate::repo::open_for(policy).await?;
+        let repo = crate::repo::open_for_reading(policy).await?;
         extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
         verify_restored(&m, &dir).await?;
         write_recovery(policy, req, &plan, &dir, &identity)
@@ -648,11 +648,17 @@ fn write_recovery(
 ) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the drctl executable")?;
     let restore_command = format!(
-        "{} --policies {} wal-fetch {} %f %p --identity {}",
+        "{} --policies {} wal-fetch {} %f %p --identity {}{}",
         shell_word(&exe.display().to_string()),
         shell_word(&req.policies_dir.display().to_string()),
         policy.name,
-        shell_word(&identity.display().to_string())
+        shell_word(&identity.display().to_string()),
+        // A restore pinned to one repository fetches its WAL there too.
+        policy
+            .pinned_to
+            .as_deref()
+            .map(|r| format!(" --repo {r}"))
+            .unwrap_or_default()
     );
     let mut conf = format!(
         "\n# drctl restore of backup {} ({})\nrestore_command = {}\nrecovery_target_timeline = '{}'\n",

@@ -108,7 +108,7 @@ pub async fn fetch(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500 << attempt.min(4))).await;
         }
-        let repo = match crate::repo::open_for(policy).await {
+        let repo = match crate::repo::open_for_reading(policy).await {
             Ok(r) => r,
             Err(e) => {
                 last = Some(e);
@@ -203,7 +203,7 @@ pub async fn prefetch(
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let repo = crate::repo::open_for(policy).await?;
+        let repo = crate::repo::open_for_reading(policy).await?;
         let mut fetched = 0;
         for next in following(name, count, wal::DEFAULT_SEGMENT_SIZE) {
             let dest = spool.join(&next);

@@ -1,0 +1,77 @@
+//! `drctl copy POLICY [--to NAME] [--backup ID]`: bring copies level with
+//! the primary, objects as stored (no key needed).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::error::usage;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Policy name
+    policy: String,
+    /// Only this copy ([[copy]] name) [default: every copy]
+    #[arg(long, value_name = "NAME")]
+    to: Option<String>,
+    /// Only this backup (and no WAL)
+    #[arg(long, value_name = "ID")]
+    backup: Option<String>,
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    let policy = ctx.load(&a.policy)?;
+    if policy.copies.is_empty() {
+        return Err(usage(format!(
+            "policy {} has no [[copy]] repositories to copy to",
+            policy.name
+        )));
+    }
+    if let Some(to) = &a.to {
+        // The same message as --repo for a name the policy lacks.
+        if to == crate::policy::PRIMARY || policy.pinned(to).is_err() {
+            let names: Vec<&str> = policy.copies.iter().map(|c| c.name.as_str()).collect();
+            return Err(usage(format!(
+                "policy {} has no copy named '{to}'; its copies: {}",
+                policy.name,
+                names.join(", ")
+            )));
+        }
+    }
+    // Backups must not be pruned or written meanwhile.
+    let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "copy")?;
+    let mut all = crate::repo::open_all(&policy).await?.into_iter();
+    let primary = all.next().expect("the primary comes first");
+    let mut reports = Vec::new();
+    for to in all.filter(|c| a.to.as_ref().is_none_or(|t| *t == c.name)) {
+        reports.push(crate::copy::level(&policy, &*primary.repo, &to, a.backup.as_deref()).await);
+    }
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    if ctx.json() {
+        ctx.print_json(&reports)?;
+    } else {
+        for r in &reports {
+            println!(
+                "copy {} of policy {}: {} backups{} copied, {}",
+                r.copy,
+                r.policy,
+                r.backups.len(),
+                if a.backup.is_some() {
+                    String::new()
+                } else {
+                    format!(" and {} WAL files", r.wal_files)
+                },
+                crate::progress::human_bytes(r.bytes)
+            );
+            if let Some(e) = &r.error {
+                eprintln!("drctl: error: copy {} is not level: {e}", r.copy);
+            }
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

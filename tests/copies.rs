@@ -1,0 +1,341 @@
+//! Second copies (`[[copy]]`) against real PostgreSQL 15 and the loopback
+//! S3 server: one read of the database written to every repository,
+//! restores and WAL that fail over when the primary is gone, a copy that
+//! is down failing the backup and `drctl copy` bringing it level.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{wait_archived, Drctl, PgCluster, Restored, S3Server, SAMPLE_SQL};
+
+/// The `[[copy]]` section for bucket `bucket` on `endpoint`.
+fn copy_section(name: &str, bucket: &str, endpoint: &str) -> String {
+    format!(
+        "\n[[copy]]\nname = \"{name}\"\nurl = \"s3://{bucket}/pg\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\nforce_path_style = true\nrequest_timeout = \"5s\"\n"
+    )
+}
+
+fn add_to_policy(d: &Drctl, name: &str, text: &str) {
+    let p = d.path().join("policies").join(format!("{name}.toml"));
+    let all = std::fs::read_to_string(&p).unwrap() + text;
+    d.write_policy_text(name, &all);
+}
+
+fn restore_dump(d: &Drctl, pg: &PgCluster, db: &str, extra: &[&str]) -> common::Run {
+    let id = d.identity_arg();
+    let url = pg.url(db);
+    let mut args = vec![
+        "restore",
+        "shop",
+        "--latest",
+        "--target",
+        &url,
+        "--identity",
+        &id,
+    ];
+    args.extend_from_slice(extra);
+    d.run(&args)
+}
+
+#[test]
+fn one_backup_writes_every_repository_and_restores_from_the_copy_when_the_primary_is_gone() {
+    let s3 = S3Server::start();
+    s3.create_bucket("offsite");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let before = pg.fingerprint("shop");
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    add_to_policy(
+        &d,
+        "shop",
+        &copy_section("offsite", "offsite", &s3.endpoint()),
+    );
+    d.run(&["policy", "check", "shop"]).ok();
+
+    let id = d.backup("shop");
+    // The copy holds the same committed backup: its manifest is the
+    // primary's, and its objects pass that manifest's checksums (the
+    // encrypted bytes are identical, so the database was read once).
+    let local = std::fs::read_to_string(
+        d.repo_dir()
+            .join(format!("shop/backups/{id}/manifest.json")),
+    )
+    .unwrap();
+    let remote = s3.get(&format!("/offsite/pg/shop/backups/{id}/manifest.json"));
+    assert!(remote.ends_with(&local), "{remote}");
+    d.run(&["verify", "shop", "--repo", "offsite"]).ok();
+    d.run(&["verify", "shop", "--repo", "primary"]).ok();
+
+    // The primary repository is lost: restores read the copy.
+    std::fs::remove_dir_all(d.repo_dir()).unwrap();
+    let r = restore_dump(&d, &pg, "from_copy", &[]).ok();
+    assert!(r.stdout.contains(&id), "{}", r.stdout);
+    assert_eq!(pg.fingerprint("from_copy"), before);
+    // A drill proves the copy restores.
+    let id_arg = d.identity_arg();
+    let drill = d
+        .run(&[
+            "drill",
+            "shop",
+            "--repo",
+            "offsite",
+            "--output",
+            "json",
+            "--identity",
+            &id_arg,
+        ])
+        .ok()
+        .json();
+    assert_eq!(drill["passed"], true, "{drill}");
+    assert_eq!(drill["backup_id"], id.as_str());
+    // --repo pins one: the primary has nothing left to give.
+    let r = restore_dump(&d, &pg, "pinned", &["--repo", "primary"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    let r = restore_dump(&d, &pg, "nowhere", &["--repo", "elsewhere"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no repository named 'elsewhere'"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_copy_that_is_down_fails_the_backup_and_drctl_copy_brings_it_level() {
+    let s3 = S3Server::start();
+    s3.create_bucket("offsite");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let before = pg.fingerprint("shop");
+    let mut d = Drctl::new();
+    d.extra_env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
+    d.write_policy("shop", &pg.url("shop"), "");
+    let policy = std::fs::read_to_string(d.path().join("policies/shop.toml")).unwrap();
+    // Nothing listens there: the copy is down.
+    let down = format!("http://127.0.0.1:{}", common::free_port());
+    d.write_policy_text(
+        "shop",
+        &format!("{policy}{}", copy_section("offsite", "offsite", &down)),
+    );
+    let r = d.run(&["backup", "shop"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("complete in the primary repository but not in offsite"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("drctl copy shop"), "{}", r.stderr);
+    // The primary has it, committed.
+    let listed = d.list("shop");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(listed[0]["status"], "complete");
+
+    // The copy answers again: `drctl copy` brings it level, and only once.
+    d.write_policy_text(
+        "shop",
+        &format!(
+            "{policy}{}",
+            copy_section("offsite", "offsite", &s3.endpoint())
+        ),
+    );
+    let r = d.run(&["copy", "shop", "--output", "json"]).ok().json();
+    assert_eq!(r[0]["copy"], "offsite");
+    assert_eq!(r[0]["backups"][0], id.as_str());
+    assert!(r[0]["error"].is_null(), "{r}");
+    let again = d.run(&["copy", "shop", "--output", "json"]).ok().json();
+    assert!(
+        again[0]["backups"].as_array().unwrap().is_empty(),
+        "{again}"
+    );
+    d.run(&["verify", "shop", "--repo", "offsite"]).ok();
+    let r = restore_dump(&d, &pg, "from_copy", &["--repo", "offsite"]).ok();
+    assert!(r.stdout.contains(&id), "{}", r.stdout);
+    assert_eq!(pg.fingerprint("from_copy"), before);
+
+    // A flipped byte in the primary is caught on the way, not copied.
+    let data = d.repo_dir().join(format!("shop/backups/{id}/data.zst.age"));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&data, bytes).unwrap();
+    let r = d.run(&["copy", "shop", "--to", "offsite2"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    add_to_policy(
+        &d,
+        "shop",
+        &copy_section("second", "second", &s3.endpoint()),
+    );
+    s3.create_bucket("second");
+    let r = d.run(&["copy", "shop", "--to", "second"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("sha256"), "{}", r.stderr);
+    let listing = s3.get("/second?list-type=2&prefix=pg/shop/backups/");
+    assert!(!listing.contains("data.zst.age"), "{listing}");
+}
+
+#[test]
+fn point_in_time_restore_and_wal_fetch_fail_over_to_the_copy() {
+    let s3 = S3Server::start();
+    s3.create_bucket("offsite");
+    let d = Drctl::for_owner();
+    // archive_command runs in the server's environment: give it the test
+    // credentials through a file (never on a command line).
+    let creds = d.path().join("aws-credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let archive = format!(
+        "archive_command = 'AWS_SHARED_CREDENTIALS_FILE={} AWS_EC2_METADATA_DISABLED=true {} --policies {} wal-push pitr %p'",
+        creds.display(),
+        Drctl::bin(),
+        d.path().join("policies").display()
+    );
+    let pg = PgCluster::start_conf(&["archive_mode = on".into(), archive]);
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    add_to_policy(
+        &d,
+        "pitr",
+        &copy_section("offsite", "offsite", &s3.endpoint()),
+    );
+    pg.psql(
+        "postgres",
+        "CREATE TABLE batches (batch int, id int); INSERT INTO batches SELECT 0, g FROM generate_series(1, 100) g;",
+    );
+    let id = d.backup("pitr");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 1, g FROM generate_series(1, 1000) g;",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = pg.query(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 2, g FROM generate_series(1, 1000) g;",
+    );
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+    // Every archived segment reached the copy, sidecar and all.
+    let listing = s3.get("/offsite?list-type=2&prefix=pg/pitr/wal/");
+    assert!(listing.contains(&format!("{seg}.json")), "{listing}");
+    assert!(listing.contains(&format!("{seg}.zst.age")), "{listing}");
+    assert!(!s3
+        .get("/offsite?list-type=2&prefix=pg/pitr/copies/")
+        .contains("<Key>"));
+
+    std::fs::remove_dir_all(d.repo_dir()).unwrap();
+    // wal-fetch alone, as restore_command runs it: from the copy.
+    let out = d.path().join("fetched");
+    let r = d.run(&[
+        "wal-fetch",
+        "pitr",
+        &seg,
+        &out.display().to_string(),
+        "--identity",
+        &d.identity_arg(),
+        "--prefetch",
+        "0",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 16 << 20);
+
+    let server = Restored::new();
+    let r = d.run(&[
+        "restore",
+        "pitr",
+        "--to",
+        &target,
+        "--target-dir",
+        &server.dir.display().to_string(),
+        "--identity",
+        &d.identity_arg(),
+        "--start",
+        "--port",
+        &server.port.to_string(),
+    ]);
+    let r = r.ok();
+    assert!(r.stdout.contains(&id), "{}", r.stdout);
+    let got = Command::new(common::pg_tool("psql"))
+        .args(["-X", "-A", "-t", "-w"])
+        .arg(format!("--dbname={}", server.url("postgres")))
+        .args([
+            "-c",
+            "SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) || ' ' || count(*) FROM batches",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "0,1 1100");
+}
+
+#[test]
+fn wal_push_keeps_a_backlog_for_a_copy_that_is_down_and_fails_past_max_lag() {
+    let s3 = S3Server::start();
+    s3.create_bucket("offsite");
+    let mut d = Drctl::new();
+    d.extra_env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
+    d.write_physical_policy("pitr", "postgres://postgres@127.0.0.1:1/postgres");
+    let policy = std::fs::read_to_string(d.path().join("policies/pitr.toml")).unwrap();
+    let down = format!("http://127.0.0.1:{}", common::free_port());
+    let with_copy = |endpoint: &str| {
+        format!(
+            "{policy}{}max_lag = \"2s\"\n",
+            copy_section("offsite", "offsite", endpoint)
+        )
+    };
+    d.write_policy_text("pitr", &with_copy(&down));
+    let history = |tli: u32| {
+        let p = d.path().join(format!("{tli:08X}.history"));
+        std::fs::write(
+            &p,
+            format!("{}\t0/3000000\tno recovery target specified\n", tli - 1),
+        )
+        .unwrap();
+        p.display().to_string()
+    };
+    let backlog = d.repo_dir().join("pitr/copies/offsite/wal-backlog");
+    let pending = || std::fs::read_dir(&backlog).map(|r| r.count()).unwrap_or(0);
+
+    // The copy is down: the primary has the file, the copy owes it.
+    let first = history(2);
+    d.run(&["wal-push", "pitr", &first]).ok();
+    assert_eq!(pending(), 1);
+    // Past max_lag the push fails loudly, though the primary holds it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = history(3);
+    let r = d.run(&["wal-push", "pitr", &second]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("copy offsite has not taken WAL"),
+        "{}",
+        r.stderr
+    );
+    assert!(d
+        .repo_dir()
+        .join("pitr/wal/00000003/00000003.history.json")
+        .exists());
+    assert_eq!(pending(), 2);
+
+    // It answers again: PostgreSQL's retry drains the backlog.
+    d.write_policy_text("pitr", &with_copy(&s3.endpoint()));
+    d.run(&["wal-push", "pitr", &second]).ok();
+    assert_eq!(pending(), 0);
+    let listing = s3.get("/offsite?list-type=2&prefix=pg/pitr/wal/");
+    for name in ["00000002.history", "00000003.history"] {
+        assert!(listing.contains(&format!("{name}.json")), "{listing}");
+        assert!(listing.contains(&format!("{name}.zst.age")), "{listing}");
+    }
+}
