@@ -129,7 +129,9 @@ for pair in 1 2 3; do
         pg cp "$work/$mode.toml" "$work/policies/bench.toml"
         q "$url" "checkpoint" >/dev/null
         t0=$(now)
-        pg "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" backup bench >/dev/null &
+        # Not through pg(): a backgrounded function is a subshell, and
+        # drctl would be its grandchild.
+        "${as_pg[@]}" "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" backup bench >/dev/null &
         bpid=$!; peak=0
         while kill -0 "$bpid" 2>/dev/null; do
             # As root, drctl is runuser's child: its VmHWM, not runuser's.

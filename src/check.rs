@@ -98,6 +98,20 @@ pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Findings> {
         "repository writable",
         probe_write(&*repo, &policy.name).await
     );
+    // Every copy takes every write: each must answer and accept one now.
+    for c in &policy.copies {
+        let copy = crate::repo::open(&c.repository).await?;
+        if let Some(days) = c.repository.object_lock_days {
+            step!(
+                format!("copy {}: Object Lock", c.name),
+                object_lock(&*copy, &policy.name, days).await
+            );
+        }
+        step!(
+            format!("copy {} writable", c.name),
+            probe_write(&*copy, &policy.name).await
+        );
+    }
     if !physical {
         return Ok(report);
     }

@@ -137,14 +137,25 @@ pub struct Copied {
     pub error: Option<String>,
 }
 
-/// Bring `to` level with the primary: every complete backup (or just
-/// `only`) and every archived WAL file it lacks, then clear its WAL
-/// backlog.
+/// What `level` brings over.
+#[derive(Clone, Copy)]
+pub enum Scope<'a> {
+    /// One backup.
+    Backup(&'a str),
+    /// Every complete backup the copy lacks (a backup job's catch-up; WAL
+    /// is wal-push's).
+    Backups,
+    /// Every backup and every archived WAL file, then the WAL backlog.
+    Everything,
+}
+
+/// Bring `to` level with the primary, as far as `scope` says.
 pub async fn level(
     policy: &Policy,
     from: &dyn Repository,
     to: &Named,
-    only: Option<&str>,
+    scope: Scope<'_>,
+    catalog: &crate::catalog::Catalog,
 ) -> Copied {
     let mut out = Copied {
         policy: policy.name.clone(),
@@ -154,7 +165,7 @@ pub async fn level(
         bytes: 0,
         error: None,
     };
-    if let Err(e) = level_into(policy, from, to, only, &mut out).await {
+    if let Err(e) = level_into(policy, from, to, scope, catalog, &mut out).await {
         out.error = Some(format!("{e:#}"));
     }
     out
@@ -164,9 +175,14 @@ async fn level_into(
     policy: &Policy,
     from: &dyn Repository,
     to: &Named,
-    only: Option<&str>,
+    scope: Scope<'_>,
+    catalog: &crate::catalog::Catalog,
     out: &mut Copied,
 ) -> Result<()> {
+    let only = match scope {
+        Scope::Backup(id) => Some(id),
+        _ => None,
+    };
     crate::repo::ensure_initialized(&*to.repo).await?;
     let inv = crate::repo::inventory::scan(from, Some(&policy.name)).await?;
     if let Some(id) = only {
@@ -179,15 +195,20 @@ async fn level_into(
     }
     let there = crate::repo::inventory::scan(&*to.repo, Some(&policy.name)).await?;
     for m in &inv.complete {
-        if only.is_some_and(|id| id != m.id) || there.find(&m.id).is_some() {
+        if only.is_some_and(|id| id != m.id) {
             continue;
         }
-        out.bytes += backup(from, &to.repo, m)
-            .await
-            .with_context(|| format!("copying backup {} to {}", m.id, to.name))?;
-        out.backups.push(m.id.clone());
+        if there.find(&m.id).is_none() {
+            out.bytes += backup(from, &to.repo, m)
+                .await
+                .with_context(|| format!("copying backup {} to {}", m.id, to.name))?;
+            out.backups.push(m.id.clone());
+        }
+        catalog.record_copy(&policy.name, &m.id, &to.name).await?;
     }
-    if only.is_some() || policy.backup.method != crate::policy::Method::Physical {
+    if !matches!(scope, Scope::Everything)
+        || policy.backup.method != crate::policy::Method::Physical
+    {
         return Ok(());
     }
     let wal_prefix = format!("{}/wal/", policy.name);
@@ -288,6 +309,13 @@ pub async fn wal_to_copies(
     }
     let mut late = Vec::new();
     for (c, e) in behind {
+        // A copy that answered and refused (permissions, a full disk, a
+        // missing bucket) is a failure now; only one that cannot be reached
+        // may lag, up to max_lag.
+        if !unreachable(&e) {
+            late.push(format!("copy {} refused the file: {e:#}", c.name));
+            continue;
+        }
         let oldest = oldest_backlog(primary, &policy.name, &c.name).await?;
         let lag = oldest.map(|t| jiff::Timestamp::now().duration_since(t).unsigned_abs());
         tracing::warn!(policy = %policy.name, copy = %c.name, "WAL not copied yet: {e:#}");
@@ -308,6 +336,22 @@ pub async fn wal_to_copies(
         );
     }
     Ok(())
+}
+
+/// Whether a copy's failure is that it could not be reached (connection,
+/// timeout) rather than an answer refusing the write. The S3 SDK reports
+/// the first as a dispatch failure or a timeout.
+fn unreachable(e: &anyhow::Error) -> bool {
+    let s = format!("{e:#}").to_ascii_lowercase();
+    [
+        "dispatch failure",
+        "timeout",
+        "timed out",
+        "no answer within",
+        "connection refused",
+    ]
+    .iter()
+    .any(|m| s.contains(m))
 }
 
 /// When the oldest file still owed to a copy was archived.

@@ -48,12 +48,61 @@ pub struct PolicyStatus {
     /// Physical: WAL archiving health.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveHealth>,
+    /// Each `[[copy]]` against the primary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyStatus>,
     /// Why part of this could not be determined (the repository was not
     /// readable, say): an unknown state is a failure, not a success.
     pub error: Option<String>,
 }
 
 pub use crate::pg::archiver::ArchiveHealth;
+
+/// Where one `[[copy]]` stands against the primary.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CopyStatus {
+    pub name: String,
+    /// The newest backup the copy holds.
+    pub last_backup_id: Option<String>,
+    pub last_backup_at: Option<String>,
+    /// Complete backups of the primary the copy does not hold.
+    pub missing_backups: u32,
+    /// How far the copy's newest backup is behind the primary's (0: level;
+    /// None: it holds none).
+    pub lag_seconds: Option<i64>,
+    /// WAL files the copy is owed (physical policies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_backlog: Option<u64>,
+}
+
+/// A copy's standing from the policy's catalog rows and, per backup id,
+/// the copies that hold it.
+pub fn copy_status(
+    name: &str,
+    rows: &[BackupRow],
+    holds: &std::collections::HashMap<String, Vec<String>>,
+) -> CopyStatus {
+    let complete: Vec<&BackupRow> = rows.iter().filter(|r| r.status == "complete").collect();
+    let has = |r: &&&BackupRow| {
+        holds
+            .get(&r.id)
+            .is_some_and(|c| c.iter().any(|c| c == name))
+    };
+    let newest_primary = complete.iter().filter_map(|r| r.consistent_at).max();
+    let newest_copy = complete.iter().filter(has).max_by_key(|r| r.consistent_at);
+    CopyStatus {
+        name: name.to_string(),
+        last_backup_id: newest_copy.map(|r| r.id.clone()),
+        last_backup_at: newest_copy.and_then(|r| r.consistent_at).map(rfc3339),
+        missing_backups: complete.iter().filter(|r| !has(r)).count() as u32,
+        lag_seconds: newest_copy.and_then(|r| r.consistent_at).map(|c| {
+            newest_primary
+                .map_or(0, |p| p.duration_since(c).as_secs())
+                .max(0)
+        }),
+        wal_backlog: None,
+    }
+}
 
 /// What a policy's source says about its archiver, bounded in time: None
 /// when it does not answer.
@@ -116,6 +165,7 @@ pub fn summarize(
         last_drill_rpo_seconds: None,
         next_backup_at: next.map(rfc3339),
         archive: None,
+        copies: Vec::new(),
         error: None,
     }
 }
@@ -128,6 +178,7 @@ pub async fn collect(
     let mut out = Vec::new();
     let mut all = catalog.status_rows().await?;
     let drills = catalog.last_drills().await?;
+    let holds = catalog.copies(None).await?;
     for p in policies {
         let rows = all.remove(&p.name).unwrap_or_default();
         let mut window = None;
@@ -169,6 +220,19 @@ pub async fn collect(
                     ..ArchiveHealth::default()
                 },
             });
+        }
+        for c in &p.copies {
+            let mut cs = copy_status(&c.name, &rows, &holds);
+            if p.backup.method == Method::Physical {
+                let owed = async {
+                    let repo = crate::repo::open_for(p).await?;
+                    let prefix = crate::copy::backlog_prefix(&p.name, &c.name);
+                    anyhow::Ok(repo.list(&prefix).await?.len() as u64)
+                }
+                .await;
+                cs.wal_backlog = owed.ok();
+            }
+            s.copies.push(cs);
         }
         if let Some((last, _)) = drills.get(&p.name) {
             s.last_drill_at = Some(rfc3339(last.finished_at));
@@ -212,6 +276,36 @@ mod tests {
             "[source]\nkind = \"postgres\"\nurl = \"postgres://u@h/db\"\n[backup]\nmethod = \"dump\"\nschedule = \"0 2 * * *\"\n[repository]\nurl = \"file:///tmp/r\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_copy_is_level_or_behind_by_what_it_lacks() {
+        let rows = vec![
+            row(
+                "b3",
+                "complete",
+                "2026-11-22T03:00:00Z",
+                Some("2026-11-22T03:00:05Z"),
+            ),
+            row("b2", "failed", "2026-11-22T02:00:00Z", None),
+            row(
+                "b1",
+                "complete",
+                "2026-11-22T01:00:00Z",
+                Some("2026-11-22T01:00:05Z"),
+            ),
+        ];
+        let mut holds = std::collections::HashMap::new();
+        holds.insert("b1".to_string(), vec!["offsite".to_string()]);
+        let c = copy_status("offsite", &rows, &holds);
+        assert_eq!(c.last_backup_id.as_deref(), Some("b1"));
+        assert_eq!(c.missing_backups, 1);
+        assert_eq!(c.lag_seconds, Some(7200));
+        let none = copy_status("other", &rows, &holds);
+        assert_eq!((none.missing_backups, none.lag_seconds), (2, None));
+        holds.insert("b3".to_string(), vec!["offsite".to_string()]);
+        let level = copy_status("offsite", &rows, &holds);
+        assert_eq!((level.missing_backups, level.lag_seconds), (0, Some(0)));
     }
 
     #[test]

@@ -69,6 +69,10 @@ fn one_backup_writes_every_repository_and_restores_from_the_copy_when_the_primar
     assert!(remote.ends_with(&local), "{remote}");
     d.run(&["verify", "shop", "--repo", "offsite"]).ok();
     d.run(&["verify", "shop", "--repo", "primary"]).ok();
+    assert_eq!(
+        d.list("shop")[0]["repositories"],
+        serde_json::json!(["primary", "offsite"])
+    );
 
     // The primary repository is lost: restores read the copy.
     std::fs::remove_dir_all(d.repo_dir()).unwrap();
@@ -102,6 +106,14 @@ fn one_backup_writes_every_repository_and_restores_from_the_copy_when_the_primar
         "{}",
         r.stderr
     );
+
+    // A rebuilt catalog knows where each backup lives: only the copy now.
+    std::fs::remove_file(d.catalog()).unwrap();
+    d.run(&["catalog", "rebuild"]).ok();
+    let listed = d.list("shop");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["repositories"], serde_json::json!(["offsite"]));
 }
 
 #[test]
@@ -122,6 +134,9 @@ fn a_copy_that_is_down_fails_the_backup_and_drctl_copy_brings_it_level() {
         "shop",
         &format!("{policy}{}", copy_section("offsite", "offsite", &down)),
     );
+    let r = d.run(&["check", "shop"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("copy offsite writable"), "{}", r.stderr);
     let r = d.run(&["backup", "shop"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(
@@ -136,6 +151,14 @@ fn a_copy_that_is_down_fails_the_backup_and_drctl_copy_brings_it_level() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     let id = listed[0]["id"].as_str().unwrap().to_string();
     assert_eq!(listed[0]["status"], "complete");
+    assert_eq!(listed[0]["repositories"], serde_json::json!(["primary"]));
+    let copy_of = |d: &Drctl| {
+        let s = d.run(&["status", "shop", "--output", "json"]).json();
+        s[0]["copies"][0].clone()
+    };
+    let behind = copy_of(&d);
+    assert_eq!(behind["name"], "offsite", "{behind}");
+    assert_eq!(behind["missing_backups"], 1, "{behind}");
 
     // The copy answers again: `drctl copy` brings it level, and only once.
     d.write_policy_text(
@@ -154,10 +177,40 @@ fn a_copy_that_is_down_fails_the_backup_and_drctl_copy_brings_it_level() {
         again[0]["backups"].as_array().unwrap().is_empty(),
         "{again}"
     );
+    let level = copy_of(&d);
+    assert_eq!(level["missing_backups"], 0, "{level}");
+    assert_eq!(level["lag_seconds"], 0, "{level}");
+    assert_eq!(
+        d.list("shop")[0]["repositories"],
+        serde_json::json!(["primary", "offsite"])
+    );
     d.run(&["verify", "shop", "--repo", "offsite"]).ok();
     let r = restore_dump(&d, &pg, "from_copy", &["--repo", "offsite"]).ok();
     assert!(r.stdout.contains(&id), "{}", r.stdout);
     assert_eq!(pg.fingerprint("from_copy"), before);
+
+    // Down again for one run; the next run catches the copy up.
+    d.write_policy_text(
+        "shop",
+        &format!("{policy}{}", copy_section("offsite", "offsite", &down)),
+    );
+    assert_eq!(d.run(&["backup", "shop"]).code, 1);
+    d.write_policy_text(
+        "shop",
+        &format!(
+            "{policy}{}",
+            copy_section("offsite", "offsite", &s3.endpoint())
+        ),
+    );
+    d.backup("shop");
+    let level = copy_of(&d);
+    assert_eq!(level["missing_backups"], 0, "{level}");
+    let listed = d.list("shop");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(listed
+        .iter()
+        .all(|b| b["repositories"] == serde_json::json!(["primary", "offsite"])));
+    d.run(&["verify", "shop", "--repo", "offsite"]).ok();
 
     // A flipped byte in the primary is caught on the way, not copied.
     let data = d.repo_dir().join(format!("shop/backups/{id}/data.zst.age"));
@@ -212,6 +265,14 @@ fn point_in_time_restore_and_wal_fetch_fail_over_to_the_copy() {
         "CREATE TABLE batches (batch int, id int); INSERT INTO batches SELECT 0, g FROM generate_series(1, 100) g;",
     );
     let id = d.backup("pitr");
+    // One BASE_BACKUP fed both: the copy's manifest is the primary's.
+    let local = std::fs::read_to_string(
+        d.repo_dir()
+            .join(format!("pitr/backups/{id}/manifest.json")),
+    )
+    .unwrap();
+    let remote = s3.get(&format!("/offsite/pg/pitr/backups/{id}/manifest.json"));
+    assert!(remote.ends_with(&local), "{remote}");
     std::thread::sleep(Duration::from_millis(1100));
     pg.psql(
         "postgres",
@@ -338,4 +399,65 @@ fn wal_push_keeps_a_backlog_for_a_copy_that_is_down_and_fails_past_max_lag() {
         assert!(listing.contains(&format!("{name}.json")), "{listing}");
         assert!(listing.contains(&format!("{name}.zst.age")), "{listing}");
     }
+
+    // A copy that answers and refuses (its bucket is gone) fails the push
+    // at once: only an unreachable copy may lag.
+    let text = with_copy(&s3.endpoint()).replace("s3://offsite/pg", "s3://no-such-bucket/pg");
+    d.write_policy_text("pitr", &text);
+    let r = d.run(&["wal-push", "pitr", &history(4)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("copy offsite refused the file"),
+        "{}",
+        r.stderr
+    );
+    assert!(d
+        .repo_dir()
+        .join("pitr/wal/00000004/00000004.history.json")
+        .exists());
+}
+
+#[test]
+fn two_buckets_one_backup_and_the_copy_restores_when_the_primary_bucket_is_emptied() {
+    let s3 = S3Server::start();
+    s3.create_bucket("main");
+    s3.create_bucket("offsite");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let before = pg.fingerprint("shop");
+    let d = Drctl::new();
+    d.write_policy_repo(
+        "shop",
+        &pg.url("shop"),
+        &format!(
+            "url = \"s3://main/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\n",
+            s3.endpoint()
+        ),
+        &copy_section("offsite", "offsite", &s3.endpoint()),
+    );
+    d.run(&["check", "shop"]).ok();
+    let id = d.backup("shop");
+    let main = s3.get(&format!("/main/pg/shop/backups/{id}/manifest.json"));
+    let copy = s3.get(&format!("/offsite/pg/shop/backups/{id}/manifest.json"));
+    let body = |r: &str| r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    assert!(
+        !body(&main).is_empty() && body(&main) == body(&copy),
+        "{main}\n{copy}"
+    );
+
+    // Every object of the primary bucket deleted.
+    let listing = s3.get("/main?list-type=2");
+    let keys: Vec<&str> = listing
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .collect();
+    assert!(keys.len() >= 3, "{listing}");
+    for k in keys {
+        assert!(s3.delete(&format!("/main/{k}")).starts_with("HTTP/1.1 204"));
+    }
+    assert!(!s3.get("/main?list-type=2").contains("<Key>"));
+    restore_dump(&d, &pg, "from_copy", &[]).ok();
+    assert_eq!(pg.fingerprint("from_copy"), before);
 }

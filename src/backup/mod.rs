@@ -126,6 +126,38 @@ pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Res
     Ok(out)
 }
 
+/// A copy that took this backup also gets the earlier ones it missed
+/// (while it was down): the next run catches it up. A copy that fails
+/// here is one more failure of the job.
+async fn catch_up(policy: &Policy, catalog: &Catalog, failures: &crate::repo::mirror::Failures) {
+    if policy.copies.is_empty() {
+        return;
+    }
+    let all = match crate::repo::open_all(policy).await {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::warn!(policy = %policy.name, "cannot open the repositories to catch copies up: {e:#}");
+            return;
+        }
+    };
+    let (primary, copies) = all.split_first().expect("the primary comes first");
+    for c in copies.iter().filter(|c| !failures.has(&c.name)) {
+        let r = crate::copy::level(
+            policy,
+            &*primary.repo,
+            c,
+            crate::copy::Scope::Backups,
+            catalog,
+        )
+        .await;
+        if let Some(e) = r.error {
+            failures.record(&c.name, &anyhow::anyhow!("catching up: {e}"));
+        } else if !r.backups.is_empty() {
+            tracing::info!(policy = %policy.name, copy = %c.name, backups = ?r.backups, "copy caught up");
+        }
+    }
+}
+
 /// What to say when copies missed a backup, and how to bring them level.
 pub fn copy_failure_message(
     id: &str,
@@ -181,6 +213,10 @@ async fn into_repository(
     match result {
         Ok(m) => {
             catalog.upsert_complete(&m, repo.url()).await?;
+            for c in policy.copies.iter().filter(|c| !failures.has(&c.name)) {
+                catalog.record_copy(&policy.name, &m.id, &c.name).await?;
+            }
+            catch_up(policy, catalog, &failures).await;
             tracing::info!(policy = %policy.name, backup = %id, "backup complete");
             Ok((m, failures.all()))
         }

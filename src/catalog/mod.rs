@@ -401,6 +401,63 @@ impl Catalog {
         Ok(n)
     }
 
+    /// Copy `copy` holds backup `id` (its manifest is committed there).
+    pub async fn record_copy(&self, policy: &str, id: &str, copy: &str) -> Result<()> {
+        sqlx::query(
+            "insert into backup_copies (backup_id, policy, copy, at) values (?, ?, ?, ?) \
+             on conflict (backup_id, copy) do nothing",
+        )
+        .bind(id)
+        .bind(policy)
+        .bind(copy)
+        .bind(rfc3339_micros(Timestamp::now()))
+        .execute(&self.pool)
+        .await
+        .context("recording a copy in the catalog")?;
+        Ok(())
+    }
+
+    /// Forget copy rows of `copy` for backups it no longer holds.
+    pub async fn forget_copy_missing(
+        &self,
+        policy: &str,
+        copy: &str,
+        present: &[String],
+    ) -> Result<()> {
+        let rows = sqlx::query("select backup_id from backup_copies where policy = ? and copy = ?")
+            .bind(policy)
+            .bind(copy)
+            .fetch_all(&self.pool)
+            .await?;
+        for r in rows {
+            let id: String = r.get(0);
+            if !present.contains(&id) {
+                sqlx::query("delete from backup_copies where backup_id = ? and copy = ?")
+                    .bind(&id)
+                    .bind(copy)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per backup id of the policy (every policy: None), the copies that
+    /// hold it, by name.
+    pub async fn copies(&self, policy: Option<&str>) -> Result<HashMap<String, Vec<String>>> {
+        let rows = sqlx::query(
+            "select backup_id, copy from backup_copies where ?1 is null or policy = ?1 order by copy",
+        )
+        .bind(policy)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for r in rows {
+            out.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        Ok(out)
+    }
+
     pub async fn record_verify(&self, id: &str, deep: bool, ok: bool, detail: &str) -> Result<()> {
         sqlx::query(
             "insert into verifications (backup_id, at, deep, ok, detail) values (?, ?, ?, ?, ?)",

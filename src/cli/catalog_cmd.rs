@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::Ctx;
 
@@ -50,6 +50,33 @@ pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
         for policy in policies {
             for id in crate::prune::pinned_ids(&*repo, policy).await? {
                 catalog.set_pinned(&id, true).await?;
+            }
+        }
+    }
+    // Every copy: where each backup lives, and the backups only a copy
+    // still has (the primary lost) come back as rows too.
+    for p in &policies {
+        for c in &p.copies {
+            let repo = crate::repo::open(&c.repository).await?;
+            let inv = crate::repo::inventory::scan(&*repo, Some(&p.name))
+                .await
+                .with_context(|| format!("copy {} of policy {}", c.name, p.name))?;
+            let ids = by_policy.entry(p.name.clone()).or_default();
+            let mut present = Vec::new();
+            for m in &inv.complete {
+                if !ids.contains(&m.id) {
+                    catalog.upsert_complete(m, repo.url()).await?;
+                    ids.push(m.id.clone());
+                    complete += 1;
+                }
+                catalog.record_copy(&p.name, &m.id, &c.name).await?;
+                present.push(m.id.clone());
+            }
+            catalog
+                .forget_copy_missing(&p.name, &c.name, &present)
+                .await?;
+            if !seen_repos.contains(&c.repository.url) {
+                seen_repos.push(c.repository.url.clone());
             }
         }
     }

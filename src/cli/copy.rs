@@ -43,9 +43,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "copy")?;
     let mut all = crate::repo::open_all(&policy).await?.into_iter();
     let primary = all.next().expect("the primary comes first");
+    let catalog = ctx.catalog().await?;
+    let scope = match &a.backup {
+        Some(id) => crate::copy::Scope::Backup(id),
+        None => crate::copy::Scope::Everything,
+    };
     let mut reports = Vec::new();
     for to in all.filter(|c| a.to.as_ref().is_none_or(|t| *t == c.name)) {
-        reports.push(crate::copy::level(&policy, &*primary.repo, &to, a.backup.as_deref()).await);
+        reports.push(crate::copy::level(&policy, &*primary.repo, &to, scope, &catalog).await);
     }
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
     if ctx.json() {

@@ -35,6 +35,10 @@ pub struct Entry {
     /// archived WAL (the end of its recoverable window).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recoverable_until: Option<String>,
+    /// Where a complete backup lives: "primary" and the [[copy]] names
+    /// that hold it (policies with copies only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
 }
 
 impl Entry {
@@ -52,6 +56,7 @@ impl Entry {
             pinned: r.pinned,
             error: r.error.clone(),
             recoverable_until: None,
+            repositories: Vec::new(),
         }
     }
 
@@ -69,6 +74,7 @@ impl Entry {
             pinned: false,
             error: None,
             recoverable_until: None,
+            repositories: Vec::new(),
         }
     }
 }
@@ -81,6 +87,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let rows = catalog.list(a.policy.as_deref()).await?;
     let mut entries: Vec<Entry> = rows.iter().map(Entry::from_row).collect();
     let windows = windows(ctx, &mut entries).await;
+    repositories(ctx, &catalog, &rows, &mut entries).await?;
     if ctx.json() {
         ctx.print_json(&entries)?;
         return Ok(ExitCode::SUCCESS);
@@ -113,6 +120,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 .unwrap_or_else(|| "-".into()),
             if e.pinned { "  pinned" } else { "" }
         );
+        if !e.repositories.is_empty() {
+            println!("{:<22} in: {}", "", e.repositories.join(", "));
+        }
         if let (Some(err), "failed") = (&e.error, e.status.as_str()) {
             println!("{:<22} error: {}", "", err.lines().next().unwrap_or(""));
         }
@@ -121,6 +131,41 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         println!("recoverable window of {policy}: {w}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fill `repositories` for the complete backups of policies with copies:
+/// the primary unless the row came from a copy (a rebuild after the
+/// primary was lost), and every copy the catalog says holds it.
+async fn repositories(
+    ctx: &Ctx,
+    catalog: &crate::catalog::Catalog,
+    rows: &[crate::catalog::BackupRow],
+    entries: &mut [Entry],
+) -> Result<()> {
+    let copies = catalog.copies(None).await?;
+    let mut policies: std::collections::HashMap<String, Option<crate::policy::Policy>> =
+        Default::default();
+    for (e, r) in entries.iter_mut().zip(rows) {
+        let policy = policies
+            .entry(r.policy.clone())
+            .or_insert_with(|| ctx.load(&r.policy).ok());
+        let Some(p) = policy.as_ref().filter(|p| !p.copies.is_empty()) else {
+            continue;
+        };
+        if e.status != "complete" {
+            continue;
+        }
+        let from_copy = p
+            .copies
+            .iter()
+            .any(|c| r.repository.as_deref() == Some(c.repository.url.as_str()));
+        if !from_copy {
+            e.repositories.push(crate::policy::PRIMARY.to_string());
+        }
+        e.repositories
+            .extend(copies.get(&e.id).into_iter().flatten().cloned());
+    }
+    Ok(())
 }
 
 /// Fill `recoverable_until` for physical backups from the WAL archive and

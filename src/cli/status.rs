@@ -150,6 +150,21 @@ fn print_row(s: &crate::status::PolicyStatus) {
     if let Some(a) = &s.archive {
         println!("{:<16} {}", "", a.describe());
     }
+    for c in &s.copies {
+        let wal = match c.wal_backlog {
+            Some(n) if n > 0 => format!(", owed {n} WAL files"),
+            _ => String::new(),
+        };
+        let standing = match (c.missing_backups, c.lag_seconds) {
+            (0, _) if wal.is_empty() => "level with the primary".to_string(),
+            (0, _) => "all backups".to_string(),
+            (n, Some(l)) => {
+                format!("BEHIND: {n} backups missing, newest {l}s older than the primary's")
+            }
+            (n, None) => format!("BEHIND: holds none of {n} backups"),
+        };
+        println!("{:<16} copy {}: {standing}{wal}", "", c.name);
+    }
     if let Some(e) = &s.error {
         println!("{:<16} error: {e}", "");
     } else if let (Some(e), true) = (&s.last_error, s.failures_since_success > 0) {

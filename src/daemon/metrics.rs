@@ -243,6 +243,7 @@ mod tests {
             last_commit_at: None,
             wal_gaps: None,
             archive: None,
+            copies: Vec::new(),
             failures_since_success: 1,
             last_error: None,
             last_drill_at: None,

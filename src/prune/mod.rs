@@ -262,10 +262,16 @@ pub async fn run(
             .filter(|e| e.action == "keep")
             .map(|e| e.id.clone())
             .collect();
-        // The catalog records the primary; a copy's prune leaves it be.
-        if copy_name(policy).is_none() {
-            catalog.forget_missing(&policy.name, &present).await?;
-        }
+        // The catalog's rows are the primary's; a copy has its own list.
+        match copy_name(policy) {
+            None => catalog.forget_missing(&policy.name, &present).await?,
+            Some(c) => {
+                catalog
+                    .forget_copy_missing(&policy.name, &c, &present)
+                    .await?;
+                0
+            }
+        };
     }
     Ok(Pruned {
         policy: policy.name.clone(),

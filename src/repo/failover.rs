@@ -55,7 +55,11 @@ impl Failover {
             tracing::warn!(copy = %r.name, "copy does not answer about {key}: {e:#}");
             return None;
         }
-        Some(e.context(format!("repository {} ({})", r.name, r.repo.url())))
+        Some(e.context(format!(
+            "repository {} ({}) does not answer, so whether it holds {key} is unknown (to read one copy alone and take its word, pass --repo NAME)",
+            r.name,
+            r.repo.url()
+        )))
     }
 
     async fn lister(&self) -> Result<&Named> {

@@ -197,15 +197,26 @@ impl ObjectWriter for TeeWriter {
             copies,
             failures,
         } = *self;
-        // The primary first: if it fails, the copies are dropped unfinished
-        // (aborted), and the object exists nowhere.
-        let size = primary.finish()?;
-        for (name, w) in copies {
-            if let Err(e) = w.finish() {
-                failures.record(&name, &e);
+        // Every store makes its object durable at once (an fsync or a
+        // multipart completion each): in turn, their waits would add up.
+        // The primary's result decides; a copy that commits an object the
+        // primary then fails to holds an incomplete backup, which its own
+        // sweep removes (manifests still go primary first, in put_bytes).
+        std::thread::scope(|s| {
+            let copies: Vec<_> = copies
+                .into_iter()
+                .map(|(name, w)| (name, s.spawn(move || w.finish())))
+                .collect();
+            let size = primary.finish();
+            for (name, h) in copies {
+                match h.join() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => failures.record(&name, &e),
+                    Err(_) => failures.record(&name, &anyhow::anyhow!("copy writer panicked")),
+                }
             }
-        }
-        Ok(size)
+            size
+        })
     }
 }
 
