@@ -127,7 +127,9 @@ fn a_copy_that_is_down_fails_the_backup_and_drctl_copy_brings_it_level() {
     let mut d = Drctl::new();
     d.extra_env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
     d.write_policy("shop", &pg.url("shop"), "");
-    let policy = std::fs::read_to_string(d.path().join("policies/shop.toml")).unwrap();
+    let (hook, got) = common::webhook();
+    let policy = std::fs::read_to_string(d.path().join("policies/shop.toml")).unwrap()
+        + &format!("\n[notify]\nwebhook_url = \"{hook}\"\n");
     // Nothing listens there: the copy is down.
     let down = format!("http://127.0.0.1:{}", common::free_port());
     d.write_policy_text(
@@ -146,6 +148,15 @@ fn a_copy_that_is_down_fails_the_backup_and_drctl_copy_brings_it_level() {
         r.stderr
     );
     assert!(r.stderr.contains("drctl copy shop"), "{}", r.stderr);
+    let events: Vec<serde_json::Value> = got.lock().unwrap().clone();
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "copy_failed")
+        .unwrap_or_else(|| panic!("no copy_failed webhook: {events:?}"));
+    assert!(
+        failed["message"].as_str().unwrap().contains("offsite"),
+        "{failed}"
+    );
     // The primary has it, committed.
     let listed = d.list("shop");
     assert_eq!(listed.len(), 1, "{listed:?}");
