@@ -354,27 +354,26 @@ fn unreachable(e: &anyhow::Error) -> bool {
     .any(|m| s.contains(m))
 }
 
-/// When the oldest file still owed to a copy was archived.
+/// When the oldest file still owed to a copy was archived. Marker names
+/// sort as WAL does (timeline, then segment), so the first is the oldest:
+/// one read, however long the backlog.
 async fn oldest_backlog(
     primary: &dyn Repository,
     policy: &str,
     copy: &str,
 ) -> Result<Option<jiff::Timestamp>> {
     let prefix = backlog_prefix(policy, copy);
-    let mut oldest = None;
-    for m in primary.list(&prefix).await? {
-        let side = m
-            .key
-            .strip_prefix(&prefix)
-            .unwrap_or(&m.key)
-            .replace('~', "/");
-        if let Some(body) = primary.get_bytes(&side).await? {
-            if let Ok(s) = crate::wal::Sidecar::from_json(&body) {
-                if let Ok(t) = s.pushed_at.parse::<jiff::Timestamp>() {
-                    oldest = Some(oldest.map_or(t, |o: jiff::Timestamp| o.min(t)));
-                }
-            }
-        }
-    }
-    Ok(oldest)
+    let Some(first) = primary.list(&prefix).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let side = first
+        .key
+        .strip_prefix(&prefix)
+        .unwrap_or(&first.key)
+        .replace('~', "/");
+    let Some(body) = primary.get_bytes(&side).await? else {
+        return Ok(None);
+    };
+    let s = crate::wal::Sidecar::from_json(&body).map_err(|e| anyhow::anyhow!("{side}: {e}"))?;
+    Ok(s.pushed_at.parse().ok())
 }
