@@ -197,7 +197,54 @@ pub fn render(all: &[PolicyMetrics]) -> String {
             let _ = writeln!(out, "{name}{{policy=\"{}\"}} {}", label(&policy), value(v));
         }
     }
+    render_copies(all, &mut out);
     out
+}
+
+/// One series per policy and `[[copy]]`: how far each copy is behind.
+fn render_copies(all: &[PolicyMetrics], out: &mut String) {
+    type CopyGet = fn(&crate::status::CopyStatus) -> Option<f64>;
+    let families: [(&str, &str, CopyGet); 3] = [
+        (
+            "drctl_copy_missing_backups",
+            "Complete backups of the primary repository the copy does not hold.",
+            |c| Some(c.missing_backups as f64),
+        ),
+        (
+            "drctl_copy_lag_seconds",
+            "How far the copy's newest backup is behind the primary's.",
+            |c| c.lag_seconds.map(|l| l as f64),
+        ),
+        (
+            "drctl_copy_wal_backlog",
+            "WAL files archived in the primary that the copy is owed.",
+            |c| c.wal_backlog.map(|n| n as f64),
+        ),
+    ];
+    for (name, help, get) in families {
+        let samples: Vec<(&str, &str, f64)> = all
+            .iter()
+            .flat_map(|m| {
+                m.status.copies.iter().filter_map(move |c| {
+                    get(c).map(|v| (m.status.policy.as_str(), c.name.as_str(), v))
+                })
+            })
+            .collect();
+        if samples.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (policy, copy, v) in samples {
+            let _ = writeln!(
+                out,
+                "{name}{{policy=\"{}\",copy=\"{}\"}} {}",
+                label(policy),
+                label(copy),
+                value(v)
+            );
+        }
+    }
 }
 
 pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<PolicyMetrics>> {
@@ -264,11 +311,16 @@ mod tests {
         };
         let mut unknown = st("unknown", None);
         unknown.error = Some("repository unreachable".into());
-        let text = render(&[
-            m(st("orders", Some(60))),
-            m(st("we\"ird", None)),
-            m(unknown),
-        ]);
+        let mut copied = st("orders", Some(60));
+        copied.copies = vec![crate::status::CopyStatus {
+            name: "offsite".into(),
+            last_backup_id: None,
+            last_backup_at: None,
+            missing_backups: 2,
+            lag_seconds: None,
+            wal_backlog: Some(7),
+        }];
+        let text = render(&[m(copied), m(st("we\"ird", None)), m(unknown)]);
         assert!(!text.contains("drctl_rpo_seconds{policy=\"unknown\"}"));
         assert_eq!(text.matches("# TYPE drctl_rpo_seconds gauge").count(), 1);
         assert!(text.contains("drctl_rpo_seconds{policy=\"orders\"} 60\n"));
@@ -279,5 +331,9 @@ mod tests {
         ));
         assert!(text.contains("# TYPE drctl_backup_failures_total counter"));
         assert!(!text.contains("drctl_wal_archive_last_segment_timestamp_seconds"));
+        assert!(text.contains("drctl_copy_missing_backups{policy=\"orders\",copy=\"offsite\"} 2\n"));
+        assert!(text.contains("drctl_copy_wal_backlog{policy=\"orders\",copy=\"offsite\"} 7\n"));
+        // No lag known: no sample, and no family without samples.
+        assert!(!text.contains("drctl_copy_lag_seconds"));
     }
 }
