@@ -130,7 +130,24 @@ pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Res
 /// (while it was down): the next run catches it up. A copy that fails
 /// here is one more failure of the job.
 async fn catch_up(policy: &Policy, catalog: &Catalog, failures: &crate::repo::mirror::Failures) {
-    if policy.copies.is_empty() {
+    // The catalog says which backups each copy holds: a copy that is level
+    // costs no listing (scanning both repositories on every run would cost
+    // a read per backup).
+    let (Ok(rows), Ok(holds)) = (
+        catalog.list(Some(&policy.name)).await,
+        catalog.copies(Some(&policy.name)).await,
+    ) else {
+        return;
+    };
+    let behind = |name: &str| {
+        !failures.has(name)
+            && rows.iter().filter(|r| r.status == "complete").any(|r| {
+                !holds
+                    .get(&r.id)
+                    .is_some_and(|h| h.iter().any(|c| c == name))
+            })
+    };
+    if !policy.copies.iter().any(|c| behind(&c.name)) {
         return;
     }
     let all = match crate::repo::open_all(policy).await {
@@ -141,7 +158,7 @@ async fn catch_up(policy: &Policy, catalog: &Catalog, failures: &crate::repo::mi
         }
     };
     let (primary, copies) = all.split_first().expect("the primary comes first");
-    for c in copies.iter().filter(|c| !failures.has(&c.name)) {
+    for c in copies.iter().filter(|c| behind(&c.name)) {
         let r = crate::copy::level(
             policy,
             &*primary.repo,
