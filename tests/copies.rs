@@ -17,6 +17,18 @@ fn copy_section(name: &str, bucket: &str, endpoint: &str) -> String {
     )
 }
 
+/// The copy in bucket `offsite` holds the file primary's manifest of `id`,
+/// byte for byte.
+fn same_manifest(d: &Drctl, s3: &S3Server, policy: &str, id: &str) {
+    let local = std::fs::read_to_string(
+        d.repo_dir()
+            .join(format!("{policy}/backups/{id}/manifest.json")),
+    )
+    .unwrap();
+    let remote = s3.get(&format!("/offsite/pg/{policy}/backups/{id}/manifest.json"));
+    assert!(remote.ends_with(&local), "{remote}");
+}
+
 fn add_to_policy(d: &Drctl, name: &str, text: &str) {
     let p = d.path().join("policies").join(format!("{name}.toml"));
     let all = std::fs::read_to_string(&p).unwrap() + text;
@@ -60,13 +72,7 @@ fn one_backup_writes_every_repository_and_restores_from_the_copy_when_the_primar
     // The copy holds the same committed backup: its manifest is the
     // primary's, and its objects pass that manifest's checksums (the
     // encrypted bytes are identical, so the database was read once).
-    let local = std::fs::read_to_string(
-        d.repo_dir()
-            .join(format!("shop/backups/{id}/manifest.json")),
-    )
-    .unwrap();
-    let remote = s3.get(&format!("/offsite/pg/shop/backups/{id}/manifest.json"));
-    assert!(remote.ends_with(&local), "{remote}");
+    same_manifest(&d, &s3, "shop", &id);
     d.run(&["verify", "shop", "--repo", "offsite"]).ok();
     d.run(&["verify", "shop", "--repo", "primary"]).ok();
     assert_eq!(
@@ -277,13 +283,7 @@ fn point_in_time_restore_and_wal_fetch_fail_over_to_the_copy() {
     );
     let id = d.backup("pitr");
     // One BASE_BACKUP fed both: the copy's manifest is the primary's.
-    let local = std::fs::read_to_string(
-        d.repo_dir()
-            .join(format!("pitr/backups/{id}/manifest.json")),
-    )
-    .unwrap();
-    let remote = s3.get(&format!("/offsite/pg/pitr/backups/{id}/manifest.json"));
-    assert!(remote.ends_with(&local), "{remote}");
+    same_manifest(&d, &s3, "pitr", &id);
     std::thread::sleep(Duration::from_millis(1100));
     pg.psql(
         "postgres",

@@ -62,6 +62,28 @@ impl Failover {
         )))
     }
 
+    /// Ask each repository in turn; the first that has it answers. None
+    /// only when that is known (see `unknown`).
+    async fn first_found<'a, T, F, Fut>(&'a self, key: &str, ask: F) -> Result<Option<T>>
+    where
+        F: Fn(&'a Named) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let authority = self.authority().await?;
+        let mut unknown = None;
+        for (i, r) in self.repos.iter().enumerate() {
+            match ask(r).await {
+                Ok(Some(v)) => return Ok(Some(v)),
+                Ok(None) => {}
+                Err(e) => unknown = self.unknown(i, authority, key, e).or(unknown),
+            }
+        }
+        match unknown {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
     async fn lister(&self) -> Result<&Named> {
         Ok(&self.repos[self.authority().await?])
     }
@@ -104,35 +126,11 @@ impl Repository for Failover {
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let authority = self.authority().await?;
-        let mut unknown = None;
-        for (i, r) in self.repos.iter().enumerate() {
-            match r.repo.get_bytes(key).await {
-                Ok(Some(b)) => return Ok(Some(b)),
-                Ok(None) => {}
-                Err(e) => unknown = self.unknown(i, authority, key, e).or(unknown),
-            }
-        }
-        match unknown {
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
+        self.first_found(key, |r| r.repo.get_bytes(key)).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
-        let authority = self.authority().await?;
-        let mut unknown = None;
-        for (i, r) in self.repos.iter().enumerate() {
-            match r.repo.head(key).await {
-                Ok(Some(n)) => return Ok(Some(n)),
-                Ok(None) => {}
-                Err(e) => unknown = self.unknown(i, authority, key, e).or(unknown),
-            }
-        }
-        match unknown {
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
+        self.first_found(key, |r| r.repo.head(key)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
