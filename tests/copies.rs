@@ -411,6 +411,30 @@ fn wal_push_keeps_a_backlog_for_a_copy_that_is_down_and_fails_past_max_lag() {
         assert!(listing.contains(&format!("{name}.zst.age")), "{listing}");
     }
 
+    // A new copy is brought level with every archived WAL file by
+    // `drctl copy`, and a second run finds nothing to do.
+    s3.create_bucket("second");
+    d.write_policy_text(
+        "pitr",
+        &format!(
+            "{}{}",
+            with_copy(&s3.endpoint()),
+            copy_section("second", "second", &s3.endpoint())
+        ),
+    );
+    let r = d
+        .run(&["copy", "pitr", "--to", "second", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(r[0]["wal_files"], 2, "{r}");
+    let r = d.run(&["copy", "pitr", "--output", "json"]).ok().json();
+    assert!(
+        r.as_array().unwrap().iter().all(|c| c["wal_files"] == 0),
+        "{r}"
+    );
+    let listing = s3.get("/second?list-type=2&prefix=pg/pitr/wal/");
+    assert!(listing.contains("00000003.history.zst.age"), "{listing}");
+
     // A copy that answers and refuses (its bucket is gone) fails the push
     // at once: only an unreachable copy may lag.
     let text = with_copy(&s3.endpoint()).replace("s3://offsite/pg", "s3://no-such-bucket/pg");
