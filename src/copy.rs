@@ -255,6 +255,22 @@ const COPY_WAIT: Duration = Duration::from_secs(30);
 /// The same for a copy that already has a backlog.
 const BEHIND_WAIT: Duration = Duration::from_secs(5);
 
+/// `wal_to_copies` for the file wal-push was given.
+pub async fn after_push(policy: &Policy, path: &std::path::Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| crate::error::usage(format!("{} names no file", path.display())))?;
+    let w = crate::wal::parse(name).map_err(crate::error::usage)?;
+    let primary = crate::repo::open_for(policy).await?;
+    wal_to_copies(
+        policy,
+        &*primary,
+        &crate::wal::sidecar_key(&policy.name, &w),
+    )
+    .await
+}
+
 /// After wal-push made `side_key` durable in the primary: give it, and
 /// whatever each copy missed before, to every copy. A copy that fails keeps
 /// a backlog in the primary; past its `max_lag` that is an error (the

@@ -31,5 +31,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             tracing::info!(path = %a.path.display(), "already archived with identical content")
         }
     }
+    // Durable in the primary; now every copy (a retry of a file already
+    // archived tries the copies again: that is how a lagging copy's
+    // failure clears).
+    if !policy.copies.is_empty() {
+        crate::copy::after_push(&policy, &a.path).await?;
+    }
     Ok(ExitCode::SUCCESS)
 }

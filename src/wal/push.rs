@@ -86,10 +86,6 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
         let p = path.to_path_buf();
         let (n, sha) = tokio::task::spawn_blocking(move || sha256_file(&p)).await??;
         if n == old.plain_bytes && sha == old.plain_sha256 {
-            // A retry after a copy fell too far behind tries it again.
-            if !policy.copies.is_empty() {
-                crate::copy::wal_to_copies(policy, &*repo, &side_key).await?;
-            }
             return Ok(Pushed::AlreadyArchived);
         }
         bail!(
@@ -162,8 +158,5 @@ pub async fn push(policy: &Policy, path: &Path) -> Result<Pushed> {
     repo.put_bytes(&side_key, side.to_json())
         .await
         .with_context(|| format!("cannot commit {} in {}", w.name, repo.url()))?;
-    if !policy.copies.is_empty() {
-        crate::copy::wal_to_copies(policy, &*repo, &side_key).await?;
-    }
     Ok(Pushed::Archived(Box::new(side)))
 }
