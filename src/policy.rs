@@ -884,7 +884,15 @@ fn validate_retention_vs_lock(
         if reach < days as f64 {
             ctx.add(
                 retention_key,
-                format!("retention keeps backups for at most {} days ({rule}), shorter than {section}.object_lock_days = {days}: every backup it would delete is still locked; keep at least {days} days (e.g. keep_within = \"{days}d\") or lower object_lock_days", (reach * 10.0).round() / 10.0),
+                format!(
+                    "retention keeps backups for at most {} days ({rule}), shorter than {section}.object_lock_days = {days}: every backup it would delete is still locked; keep at least {days} days (e.g. keep_within = \"{days}d\"{}) or lower object_lock_days",
+                    (reach * 10.0).round() / 10.0,
+                    if retention_key == "retention" && section != "repository" {
+                        format!(", or give {section} its own retention")
+                    } else {
+                        String::new()
+                    }
+                ),
             );
         }
     }
