@@ -353,6 +353,17 @@ fn point_in_time_restore_and_wal_fetch_fail_over_to_the_copy() {
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "0,1 1100");
 }
 
+/// wal-push of timeline `tli`'s history file exits 1 saying `why`, and
+/// the primary holds the file all the same.
+#[track_caller]
+fn push_fails_but_primary_holds(d: &Drctl, path: &str, tli: u32, why: &str) {
+    let r = d.run(&["wal-push", "pitr", path]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains(why), "{}", r.stderr);
+    let side = format!("pitr/wal/{tli:08X}/{tli:08X}.history.json");
+    assert!(d.repo_dir().join(side).exists());
+}
+
 #[test]
 fn wal_push_keeps_a_backlog_for_a_copy_that_is_down_and_fails_past_max_lag() {
     let s3 = S3Server::start();
@@ -388,17 +399,7 @@ fn wal_push_keeps_a_backlog_for_a_copy_that_is_down_and_fails_past_max_lag() {
     // Past max_lag the push fails loudly, though the primary holds it.
     std::thread::sleep(Duration::from_millis(2500));
     let second = history(3);
-    let r = d.run(&["wal-push", "pitr", &second]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("copy offsite has not taken WAL"),
-        "{}",
-        r.stderr
-    );
-    assert!(d
-        .repo_dir()
-        .join("pitr/wal/00000003/00000003.history.json")
-        .exists());
+    push_fails_but_primary_holds(&d, &second, 3, "copy offsite has not taken WAL");
     assert_eq!(pending(), 2);
 
     // It answers again: PostgreSQL's retry drains the backlog.
@@ -439,17 +440,7 @@ fn wal_push_keeps_a_backlog_for_a_copy_that_is_down_and_fails_past_max_lag() {
     // at once: only an unreachable copy may lag.
     let text = with_copy(&s3.endpoint()).replace("s3://offsite/pg", "s3://no-such-bucket/pg");
     d.write_policy_text("pitr", &text);
-    let r = d.run(&["wal-push", "pitr", &history(4)]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("copy offsite refused the file"),
-        "{}",
-        r.stderr
-    );
-    assert!(d
-        .repo_dir()
-        .join("pitr/wal/00000004/00000004.history.json")
-        .exists());
+    push_fails_but_primary_holds(&d, &history(4), 4, "copy offsite refused the file");
 }
 
 #[test]
