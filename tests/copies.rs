@@ -237,6 +237,9 @@ fn a_copy_that_is_down_fails_the_backup_and_drctl_copy_brings_it_level() {
     std::fs::write(&data, bytes).unwrap();
     let r = d.run(&["copy", "shop", "--to", "offsite2"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = d.run(&["copy", "shop", "--backup", "20200101T000000Z-0000"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no complete backup"), "{}", r.stderr);
     add_to_policy(
         &d,
         "shop",

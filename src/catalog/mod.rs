@@ -109,15 +109,20 @@ impl Catalog {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
+        // Connecting sets WAL mode, which needs the database to itself and
+        // gets SQLITE_BUSY at once (no busy wait) while another process
+        // migrates: so connect under the migration lock too. Seen as
+        // "database is locked" with 8 processes opening a new catalog on a
+        // loaded machine.
+        let owned = path.to_path_buf();
+        let guard = tokio::task::spawn_blocking(move || crate::lock::migration_lock(&owned))
+            .await
+            .context("migration lock thread")??;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
             .with_context(|| format!("cannot open catalog {}", path.display()))?;
-        let owned = path.to_path_buf();
-        let guard = tokio::task::spawn_blocking(move || crate::lock::migration_lock(&owned))
-            .await
-            .context("migration lock thread")??;
         MIGRATOR
             .run(&pool)
             .await

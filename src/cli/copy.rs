@@ -43,6 +43,15 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "copy")?;
     let mut all = crate::repo::open_all(&policy).await?.into_iter();
     let primary = all.next().expect("the primary comes first");
+    if let Some(id) = &a.backup {
+        let inv = crate::repo::inventory::scan(&*primary.repo, Some(&policy.name)).await?;
+        if inv.find(id).is_none() {
+            return Err(usage(format!(
+                "no complete backup {id} of policy {} in the primary repository; see `drctl list {}`",
+                policy.name, policy.name
+            )));
+        }
+    }
     let catalog = ctx.catalog().await?;
     let scope = match &a.backup {
         Some(id) => crate::copy::Scope::Backup(id),
