@@ -482,12 +482,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
     }
     let is_rds = source.as_ref().is_some_and(|s| s.kind == SourceKind::Rds);
     if !is_rds && source.is_some() {
-        if repository.is_none() {
-            ctx.add("repository", "missing section: a postgres policy needs [repository] url = \"file:///...\" or \"s3://bucket/prefix\"");
-        }
-        if encryption.is_none() {
-            ctx.add("encryption", "missing section: [encryption] recipients = [\"age1...\"] (run `drctl init` to make a key pair)");
-        }
+        require_storage(&mut ctx, repository.is_some(), encryption.is_some());
     }
     let no_rules = Retention::default();
     let policy_retention = retention.as_ref().unwrap_or(&no_rules);
@@ -496,28 +491,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
         validate_retention_vs_lock(&mut ctx, ("retention", policy_retention), ("repository", r));
     }
     let copies = copies(&mut ctx, &table);
-    for (i, c) in copies.iter().enumerate() {
-        let section = format!("copy[{i}]");
-        validate_repository(&mut ctx, &section, &c.repository);
-        let own = format!("{section}.retention");
-        let (key, r) = match &c.retention {
-            Some(r) => (own.as_str(), r),
-            None => ("retention", policy_retention),
-        };
-        validate_retention_vs_lock(&mut ctx, (key, r), (&section, &c.repository));
-        if repository
-            .as_ref()
-            .is_some_and(|p| p.url == c.repository.url)
-        {
-            ctx.add(
-                format!("{section}.url"),
-                "is the primary [repository]; a copy must be somewhere else",
-            );
-        }
-        if is_rds {
-            ctx.add(&section, "RDS policies copy snapshots with [source] copy_to_region; [[copy]] is for PostgreSQL backups");
-        }
-    }
+    validate_copies(
+        &mut ctx,
+        &copies,
+        repository.as_ref(),
+        policy_retention,
+        is_rds,
+    );
     if let Some(e) = &encryption {
         validate_recipients(&mut ctx, &e.recipients);
     }
@@ -559,6 +539,46 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
         copies,
         pinned_to: None,
     })
+}
+
+/// A postgres policy stores encrypted backups: both sections are needed.
+fn require_storage(ctx: &mut Ctx<'_>, repository: bool, encryption: bool) {
+    if !repository {
+        ctx.add("repository", "missing section: a postgres policy needs [repository] url = \"file:///...\" or \"s3://bucket/prefix\"");
+    }
+    if !encryption {
+        ctx.add("encryption", "missing section: [encryption] recipients = [\"age1...\"] (run `drctl init` to make a key pair)");
+    }
+}
+
+/// Each `[[copy]]`: its repository keys, its lock against the retention
+/// that applies to it, and that it is not the primary.
+fn validate_copies(
+    ctx: &mut Ctx<'_>,
+    copies: &[Copy],
+    primary: Option<&Repository>,
+    policy_retention: &Retention,
+    is_rds: bool,
+) {
+    for (i, c) in copies.iter().enumerate() {
+        let section = format!("copy[{i}]");
+        validate_repository(ctx, &section, &c.repository);
+        let own = format!("{section}.retention");
+        let (key, r) = match &c.retention {
+            Some(r) => (own.as_str(), r),
+            None => ("retention", policy_retention),
+        };
+        validate_retention_vs_lock(ctx, (key, r), (&section, &c.repository));
+        if primary.is_some_and(|p| p.url == c.repository.url) {
+            ctx.add(
+                format!("{section}.url"),
+                "is the primary [repository]; a copy must be somewhere else",
+            );
+        }
+        if is_rds {
+            ctx.add(&section, "RDS policies copy snapshots with [source] copy_to_region; [[copy]] is for PostgreSQL backups");
+        }
+    }
 }
 
 /// The `[[copy]]` tables: each a repository's keys plus `name`, an

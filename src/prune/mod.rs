@@ -190,11 +190,7 @@ pub async fn run(
     let items: Vec<Item> = inv
         .complete
         .iter()
-        .map(|m| Item {
-            id: m.id.clone(),
-            at: m.consistent_at,
-            pinned: pins.contains(&m.id),
-        })
+        .map(|m| Item::of(m, pins.contains(&m.id)))
         .collect();
     let mut decisions = retention::decide_or_keep(&items, &rules, &policy.timezone());
     // Claims are held until the deletions are done, so no restore can
@@ -231,15 +227,7 @@ pub async fn run(
     let (mut wal_keys, wal_kept_from) = wal_before(repo, &policy.name, &kept).await?;
     let mut wal_locked = 0;
     if lockable {
-        let mut free = Vec::with_capacity(wal_keys.len());
-        for k in wal_keys {
-            if locked(repo, &k).await?.is_some() {
-                wal_locked += 1;
-            } else {
-                free.push(k);
-            }
-        }
-        wal_keys = free;
+        (wal_keys, wal_locked) = unlocked(repo, wal_keys).await?;
     }
     let wal_files = wal_keys.iter().filter(|k| k.ends_with(".json")).count() as u64;
 
@@ -287,6 +275,20 @@ pub async fn run(
         wal_locked,
         no_rules,
     })
+}
+
+/// The keys whose objects are not under Object Lock, and how many are.
+async fn unlocked(repo: &dyn Repository, keys: Vec<String>) -> Result<(Vec<String>, u64)> {
+    let mut free = Vec::with_capacity(keys.len());
+    let mut held = 0;
+    for k in keys {
+        if locked(repo, &k).await?.is_some() {
+            held += 1;
+        } else {
+            free.push(k);
+        }
+    }
+    Ok((free, held))
 }
 
 /// When the object's lock ends, if it has not yet.

@@ -113,6 +113,17 @@ impl Bucket {
 /// time are broken by id so the answer does not depend on input order.
 /// `decide`, except that with no rules at all every item is kept (restic
 /// refuses to forget without a policy; drctl keeps everything and says so).
+impl Item {
+    /// A committed backup as retention sees it.
+    pub fn of(m: &crate::repo::manifest::Manifest, pinned: bool) -> Item {
+        Item {
+            id: m.id.clone(),
+            at: m.consistent_at,
+            pinned,
+        }
+    }
+}
+
 pub fn decide_or_keep(items: &[Item], rules: &Rules, tz: &TimeZone) -> Vec<Decision> {
     if !rules.is_empty() {
         return decide(items, rules, tz);
