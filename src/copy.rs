@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::policy::Policy;
 use crate::repo::manifest;
@@ -30,31 +29,29 @@ pub async fn object(
     key: &str,
     expect: Option<&str>,
 ) -> Result<u64> {
-    let mut reader = from.reader(key).await?;
+    let reader = from.reader(key).await?;
     let mut writer = to.writer(key).await?;
     let expect = expect.map(str::to_string);
     let key = key.to_string();
     tokio::task::spawn_blocking(move || -> Result<u64> {
-        let mut h = Sha256::new();
+        let mut hashed = crate::pipeline::HashReader::new(reader);
         let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
         loop {
+            // A copy can be long: the first SIGTERM must end it.
             if crate::cancel::requested() {
                 bail!("cancelled");
             }
-            let got = reader
+            let got = hashed
                 .read(&mut buf)
                 .with_context(|| format!("reading {key}"))?;
             if got == 0 {
                 break;
             }
-            h.update(&buf[..got]);
             writer
                 .write_all(&buf[..got])
                 .with_context(|| format!("writing {key}"))?;
-            n += got as u64;
         }
-        let sha = hex::encode(h.finalize());
+        let (n, sha) = hashed.finish();
         if let Some(e) = expect {
             if sha != e {
                 // Dropping the writer aborts it: nothing lands.
@@ -140,8 +137,8 @@ pub struct Copied {
 /// What `level` brings over.
 #[derive(Clone, Copy)]
 pub enum Scope<'a> {
-    /// One backup.
-    Backup(&'a str),
+    /// One backup, as the caller found it in the primary.
+    Backup(&'a manifest::Manifest),
     /// Every complete backup the copy lacks (a backup job's catch-up; WAL
     /// is wal-push's).
     Backups,
@@ -179,25 +176,17 @@ async fn level_into(
     catalog: &crate::catalog::Catalog,
     out: &mut Copied,
 ) -> Result<()> {
-    let only = match scope {
-        Scope::Backup(id) => Some(id),
-        _ => None,
-    };
     crate::repo::ensure_initialized(&*to.repo).await?;
-    let inv = crate::repo::inventory::scan(from, Some(&policy.name)).await?;
-    if let Some(id) = only {
-        if inv.find(id).is_none() {
-            return Err(crate::error::usage(format!(
-                "no complete backup {id} of policy {} in the primary repository; see `drctl list {}`",
-                policy.name, policy.name
-            )));
+    let inv;
+    let wanted: &[manifest::Manifest] = match scope {
+        Scope::Backup(m) => std::slice::from_ref(m),
+        _ => {
+            inv = crate::repo::inventory::scan(from, Some(&policy.name)).await?;
+            &inv.complete
         }
-    }
+    };
     let there = crate::repo::inventory::scan(&*to.repo, Some(&policy.name)).await?;
-    for m in &inv.complete {
-        if only.is_some_and(|id| id != m.id) {
-            continue;
-        }
+    for m in wanted {
         if there.find(&m.id).is_none() {
             out.bytes += backup(from, &to.repo, m)
                 .await

@@ -221,16 +221,16 @@ pub async fn collect(
                 },
             });
         }
+        // The primary holds each copy's WAL backlog: opened once for all.
+        let primary = match p.backup.method {
+            Method::Physical if !p.copies.is_empty() => crate::repo::open_for(p).await.ok(),
+            _ => None,
+        };
         for c in &p.copies {
             let mut cs = copy_status(&c.name, &rows, &holds);
-            if p.backup.method == Method::Physical {
-                let owed = async {
-                    let repo = crate::repo::open_for(p).await?;
-                    let prefix = crate::copy::backlog_prefix(&p.name, &c.name);
-                    anyhow::Ok(repo.list(&prefix).await?.len() as u64)
-                }
-                .await;
-                cs.wal_backlog = owed.ok();
+            if let Some(repo) = &primary {
+                let prefix = crate::copy::backlog_prefix(&p.name, &c.name);
+                cs.wal_backlog = repo.list(&prefix).await.ok().map(|l| l.len() as u64);
             }
             s.copies.push(cs);
         }

@@ -29,8 +29,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         )));
     }
     if let Some(to) = &a.to {
-        // The same message as --repo for a name the policy lacks.
-        if to == crate::policy::PRIMARY || policy.pinned(to).is_err() {
+        if !policy.copies.iter().any(|c| c.name == *to) {
             let names: Vec<&str> = policy.copies.iter().map(|c| c.name.as_str()).collect();
             return Err(usage(format!(
                 "policy {} has no copy named '{to}'; its copies: {}",
@@ -43,18 +42,24 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "copy")?;
     let mut all = crate::repo::open_all(&policy).await?.into_iter();
     let primary = all.next().expect("the primary comes first");
-    if let Some(id) = &a.backup {
-        let inv = crate::repo::inventory::scan(&*primary.repo, Some(&policy.name)).await?;
-        if inv.find(id).is_none() {
-            return Err(usage(format!(
-                "no complete backup {id} of policy {} in the primary repository; see `drctl list {}`",
-                policy.name, policy.name
-            )));
+    // One backup: found once here (an unknown id is the caller's mistake),
+    // not again per copy.
+    let one = match &a.backup {
+        Some(id) => {
+            let inv = crate::repo::inventory::scan(&*primary.repo, Some(&policy.name)).await?;
+            let m = inv.find(id).cloned().ok_or_else(|| {
+                usage(format!(
+                    "no complete backup {id} of policy {} in the primary repository; see `drctl list {}`",
+                    policy.name, policy.name
+                ))
+            })?;
+            Some(m)
         }
-    }
+        None => None,
+    };
     let catalog = ctx.catalog().await?;
-    let scope = match &a.backup {
-        Some(id) => crate::copy::Scope::Backup(id),
+    let scope = match &one {
+        Some(m) => crate::copy::Scope::Backup(m),
         None => crate::copy::Scope::Everything,
     };
     let mut reports = Vec::new();
