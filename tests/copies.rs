@@ -17,6 +17,18 @@ fn copy_section(name: &str, bucket: &str, endpoint: &str) -> String {
     )
 }
 
+/// An S3 server with bucket `offsite`, and a cluster with database `shop`
+/// loaded with the sample data; its fingerprint.
+fn shop_and_offsite() -> (S3Server, PgCluster, Vec<String>) {
+    let s3 = S3Server::start();
+    s3.create_bucket("offsite");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let before = pg.fingerprint("shop");
+    (s3, pg, before)
+}
+
 /// The copy in bucket `offsite` holds the file primary's manifest of `id`,
 /// byte for byte.
 fn same_manifest(d: &Drctl, s3: &S3Server, policy: &str, id: &str) {
@@ -53,12 +65,7 @@ fn restore_dump(d: &Drctl, pg: &PgCluster, db: &str, extra: &[&str]) -> common::
 
 #[test]
 fn one_backup_writes_every_repository_and_restores_from_the_copy_when_the_primary_is_gone() {
-    let s3 = S3Server::start();
-    s3.create_bucket("offsite");
-    let pg = PgCluster::start();
-    pg.createdb("shop");
-    pg.psql("shop", SAMPLE_SQL);
-    let before = pg.fingerprint("shop");
+    let (s3, pg, before) = shop_and_offsite();
     let d = Drctl::new();
     d.write_policy("shop", &pg.url("shop"), "");
     add_to_policy(
@@ -124,12 +131,7 @@ fn one_backup_writes_every_repository_and_restores_from_the_copy_when_the_primar
 
 #[test]
 fn a_copy_that_is_down_fails_the_backup_and_drctl_copy_brings_it_level() {
-    let s3 = S3Server::start();
-    s3.create_bucket("offsite");
-    let pg = PgCluster::start();
-    pg.createdb("shop");
-    pg.psql("shop", SAMPLE_SQL);
-    let before = pg.fingerprint("shop");
+    let (s3, pg, before) = shop_and_offsite();
     let mut d = Drctl::new();
     d.extra_env.push(("AWS_MAX_ATTEMPTS".into(), "1".into()));
     d.write_policy("shop", &pg.url("shop"), "");
@@ -293,10 +295,7 @@ fn point_in_time_restore_and_wal_fetch_fail_over_to_the_copy() {
         "INSERT INTO batches SELECT 1, g FROM generate_series(1, 1000) g;",
     );
     std::thread::sleep(Duration::from_millis(1100));
-    let target = pg.query(
-        "postgres",
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    );
+    let target = pg.now_utc();
     std::thread::sleep(Duration::from_millis(1100));
     pg.psql(
         "postgres",
@@ -448,13 +447,8 @@ fn wal_push_keeps_a_backlog_for_a_copy_that_is_down_and_fails_past_max_lag() {
 
 #[test]
 fn two_buckets_one_backup_and_the_copy_restores_when_the_primary_bucket_is_emptied() {
-    let s3 = S3Server::start();
+    let (s3, pg, before) = shop_and_offsite();
     s3.create_bucket("main");
-    s3.create_bucket("offsite");
-    let pg = PgCluster::start();
-    pg.createdb("shop");
-    pg.psql("shop", SAMPLE_SQL);
-    let before = pg.fingerprint("shop");
     let d = Drctl::new();
     d.write_policy_repo(
         "shop",

@@ -370,10 +370,7 @@ fn pitr_drill_to_a_time_between_batches_passes_a_count_check() {
         "INSERT INTO batches SELECT 1, g FROM generate_series(1, 1000) g; DROP TABLE scratchpad;",
     );
     std::thread::sleep(Duration::from_millis(1100));
-    let between = pg.query(
-        "postgres",
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    );
+    let between = pg.now_utc();
     std::thread::sleep(Duration::from_millis(1100));
     pg.psql(
         "postgres",

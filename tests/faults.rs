@@ -60,13 +60,6 @@ fn switch_and_archive(pg: &PgCluster) -> String {
     seg
 }
 
-fn server_now(pg: &PgCluster) -> String {
-    pg.query(
-        "postgres",
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    )
-}
-
 /// Spawned in its own process group, so that kill -9 reaches drctl also
 /// when it runs under runuser as the cluster owner.
 fn spawn(d: &Drctl, args: &[&str]) -> Child {
@@ -195,7 +188,7 @@ fn s3_faults_on_a_quarter_of_requests_are_retried_and_every_restore_is_equal() {
         "CREATE TABLE after AS SELECT g FROM generate_series(1, 5000) g; UPDATE big SET a = 'changed' WHERE id % 11 = 0;",
     );
     let want = pg.fingerprint("postgres");
-    let to = server_now(&pg);
+    let to = pg.now_utc();
     switch_and_archive(&pg);
     let shop = pg.fingerprint("shop");
     let (backup_requests, backup_faults) = proxy.counts();
@@ -525,7 +518,7 @@ fn a_flipped_byte_in_each_kind_of_stored_file_is_caught_by_verify_deep_verify_an
         "CREATE TABLE after AS SELECT g FROM generate_series(1, 1000) g;",
     );
     let want = pg.fingerprint("postgres");
-    let to = server_now(&pg);
+    let to = pg.now_utc();
     let seg = switch_and_archive(&pg);
     // A real timeline 2 with its history file: a restored copy that keeps
     // archiving into the policy.

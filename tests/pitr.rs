@@ -59,13 +59,6 @@ fn restore_with(d: &Drctl, to: &[&str], start: bool) -> (Restored, common::Run) 
     (server, r)
 }
 
-fn server_now(pg: &PgCluster) -> String {
-    pg.query(
-        "postgres",
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    )
-}
-
 #[test]
 fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
     let d = Drctl::for_owner();
@@ -75,7 +68,7 @@ fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
         "postgres",
         "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
     );
-    let before_backup = server_now(&pg);
+    let before_backup = pg.now_utc();
     std::thread::sleep(Duration::from_millis(1100));
     let id = d.backup("pitr");
     let show = d.run(&["show", &id, "--output", "json"]).ok().json();
@@ -104,7 +97,7 @@ fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
             ),
         );
         std::thread::sleep(Duration::from_millis(1100));
-        after.push(server_now(&pg));
+        after.push(pg.now_utc());
         last_seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     }
     wait_archived(&pg, &last_seg);
@@ -488,16 +481,16 @@ fn with_base_backup(d: &Drctl) -> PgCluster {
 fn a_target_after_the_last_commit_on_a_quiet_database_restores_that_state() {
     let d = Drctl::for_owner();
     let pg = with_base_backup(&d);
-    let before_commit = server_now(&pg);
+    let before_commit = pg.now_utc();
     pg.psql(
         "postgres",
         "INSERT INTO batches SELECT 1, g, 'last' FROM generate_series(1, 10) g",
     );
-    let after_commit = server_now(&pg);
+    let after_commit = pg.now_utc();
     // Nothing is written after this; T lies in the quiet stretch, and the
     // archive holds WAL written after T (the switch that archived it).
     std::thread::sleep(Duration::from_millis(1100));
-    let t = server_now(&pg);
+    let t = pg.now_utc();
     std::thread::sleep(Duration::from_millis(1100));
     let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     wait_archived(&pg, &seg);
@@ -578,7 +571,7 @@ fn a_target_on_production_s_timeline_is_not_diverted_by_a_copy_s_timeline() {
             &format!("INSERT INTO batches SELECT {b}, g, 'x' FROM generate_series(1, 1000) g"),
         );
         std::thread::sleep(Duration::from_millis(1100));
-        let t = server_now(&pg);
+        let t = pg.now_utc();
         let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
         wait_archived(&pg, &seg);
         t

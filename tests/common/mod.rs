@@ -232,6 +232,14 @@ impl PgCluster {
         fingerprint_url(&self.url(db))
     }
 
+    /// The server's clock now, in UTC to the microsecond (a --to target).
+    pub fn now_utc(&self) -> String {
+        self.query(
+            "postgres",
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+    }
+
     pub fn createdb(&self, db: &str) {
         self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
     }
