@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-export PATH="/usr/lib/postgresql/15/bin:$PATH"
+# No PostgreSQL bin folder on PATH: drctl runs with a service's PATH in the
+# tests and finds the server's tools itself; the harness names them by path.
 export DRCTL_TEST_MOTO="$PWD/.venv/bin/moto_server"
 export DRCTL_TEST_PROMTOOL="$PWD/.venv/bin/promtool"
 cargo test --all-targets "$@"

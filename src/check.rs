@@ -8,7 +8,7 @@
 //! depends on the one before.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
@@ -135,6 +135,14 @@ pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Findings> {
             d
         })
     );
+    if let Some(seg) = &switched {
+        for c in &policy.copies {
+            step!(
+                format!("WAL switch reaches copy {}", c.name),
+                lands_in_copy(&*repo, policy, c, seg).await
+            );
+        }
+    }
     step!(
         "archived WAL decodes",
         decodes(&*repo, &policy.name, switched.as_deref(), opts.identity).await
@@ -303,21 +311,6 @@ pub struct OsUser {
     pub uid: u32,
 }
 
-fn user_by_uid(uid: u32) -> Option<String> {
-    // SAFETY: getpwuid returns static storage or null; copied out at once.
-    unsafe {
-        let pw = libc::getpwuid(uid);
-        if pw.is_null() {
-            return None;
-        }
-        Some(
-            std::ffi::CStr::from_ptr((*pw).pw_name)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
-}
-
 /// archive_command runs as the server's OS user: the owner of its data
 /// directory, when that directory is on this host.
 async fn archiving_user(conn: &Conn) -> (String, Option<OsUser>) {
@@ -328,7 +321,7 @@ async fn archiving_user(conn: &Conn) -> (String, Option<OsUser>) {
     match dir {
         Ok(d) => match std::fs::metadata(&d) {
             Ok(m) => {
-                let name = user_by_uid(m.uid()).unwrap_or_else(|| m.uid().to_string());
+                let name = crate::lock::user_name(m.uid()).unwrap_or_else(|| m.uid().to_string());
                 (
                     format!("archive_command runs as {name} (owner of {d})"),
                     Some(OsUser { name, uid: m.uid() }),
@@ -357,7 +350,7 @@ fn can_write(user: &OsUser, dir: &Path) -> std::io::Result<bool> {
         return Ok(unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0);
     }
     if me == 0 {
-        let st = std::process::Command::new("runuser")
+        let st = std::process::Command::new(crate::pg::tools::runuser())
             .args(["-u", &user.name, "--", "test", "-w"])
             .arg(dir)
             .arg("-a")
@@ -431,12 +424,19 @@ fn user_can_write(policy: &Policy, user: Option<&OsUser>) -> StepResult {
     Ok(format!("{} can write {}", user.name, wal_dir.display()))
 }
 
-/// The archiver's failure count and last failed segment.
-async fn archiver_failures(conn: &Conn) -> std::result::Result<(u64, Option<String>), Failed> {
+/// The archiver's failure count, last failed segment, and whether it has
+/// stalled (segments waiting, no word from it).
+async fn archiver_failures(
+    conn: &Conn,
+) -> std::result::Result<(u64, Option<String>, bool), Failed> {
     let h = crate::pg::archiver::health(conn)
         .await
         .ok_or_else(|| Failed("pg_stat_archiver does not answer".into()))?;
-    Ok((h.failed_count.unwrap_or(0), h.last_failed_wal))
+    Ok((
+        h.failed_count.unwrap_or(0),
+        h.last_failed_wal,
+        h.stalled == Some(true),
+    ))
 }
 
 /// Force a segment switch and wait, up to archive_timeout, for that
@@ -447,7 +447,7 @@ async fn switch_lands(
     repo: &dyn Repository,
     policy: &Policy,
 ) -> std::result::Result<(String, String), Failed> {
-    let (failed_before, _) = archiver_failures(conn).await?;
+    let (failed_before, _, _) = archiver_failures(conn).await?;
     // A WAL record, so the switch below is never a no-op on an idle server.
     if let Err(e) = conn
         .query_one("select pg_create_restore_point('drctl check')", &[])
@@ -479,10 +479,14 @@ async fn switch_lands(
                 seg,
             ));
         }
-        let (failed, last_failed) = archiver_failures(conn).await?;
+        let (failed, last_failed, stalled) = archiver_failures(conn).await?;
         if failed > failed_before && last_failed.as_deref() == Some(seg.as_str()) {
             let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
             return fail(format!("archive_command failed on {seg}; {why}"));
+        }
+        if stalled {
+            let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
+            return fail(format!("{seg} is not archived: {why}"));
         }
         match poll.next().await {
             Ok(()) => {}
@@ -493,6 +497,51 @@ async fn switch_lands(
                     "{seg} did not reach {} within archive_timeout ({}s); {why}",
                     repo.url(),
                     timeout.as_secs()
+                ));
+            }
+        }
+    }
+}
+
+/// wal-push hands each segment to every copy after the primary; the
+/// forced one must be there too, or the check names the copy. drctl check
+/// may run as root with credentials the archiving user lacks: only what
+/// wal-push (as that user) delivered counts.
+async fn lands_in_copy(
+    primary: &dyn Repository,
+    policy: &Policy,
+    c: &crate::policy::Copy,
+    seg: &str,
+) -> StepResult {
+    let w = wal::parse(seg).map_err(|e| Failed(format!("segment {seg}: {e}")))?;
+    let key = wal::sidecar_key(&policy.name, &w);
+    let copy = crate::repo::open(&c.repository).await?;
+    let t0 = Instant::now();
+    // wal-push gives the copy the file right after the primary: a few
+    // seconds at most, unless it queued it.
+    let mut poll = crate::poll::Poll::new(Duration::from_secs(15).min(policy.archive_timeout()));
+    loop {
+        if copy.head(&key).await?.is_some() {
+            return Ok(format!(
+                "{seg} in {} after {:.1}s",
+                copy.url(),
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+        match poll.next().await {
+            Ok(()) => {}
+            Err(crate::poll::Gave::Cancelled) => return fail("cancelled"),
+            Err(crate::poll::Gave::Up) => {
+                let backlog = primary
+                    .list(&crate::copy::backlog_prefix(&policy.name, &c.name))
+                    .await
+                    .map(|l| l.len())
+                    .unwrap_or(0);
+                return fail(format!(
+                    "{seg} is in the primary but not in copy {} ({}); wal-push queued it ({backlog} files owed to this copy): archive_command runs as the server's OS user with that user's environment, which must reach the copy too (credentials, network); its error is in the server log; then `drctl copy {}`",
+                    c.name,
+                    copy.url(),
+                    policy.name
                 ));
             }
         }

@@ -348,6 +348,11 @@ pub async fn wal_to_copies(
 /// the first as a dispatch failure or a timeout.
 fn unreachable(e: &anyhow::Error) -> bool {
     let s = format!("{e:#}").to_ascii_lowercase();
+    // No credentials (the archiving user's environment lacks them) comes
+    // as a dispatch failure too, but no wait will fix it: a refusal.
+    if s.contains("credential") {
+        return false;
+    }
     [
         "dispatch failure",
         "timeout",

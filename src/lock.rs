@@ -209,3 +209,26 @@ mod tests {
         assert!(free(id));
     }
 }
+
+/// The name of the user with `uid`.
+pub fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: getpwuid returns static storage or null; copied out at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+/// Who this process runs as, by name.
+pub fn whoami() -> String {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    user_name(uid).unwrap_or_else(|| uid.to_string())
+}

@@ -73,6 +73,9 @@ pub struct Source {
     pub db_subnet_group: Option<String>,
     #[serde(default)]
     pub vpc_security_group_ids: Vec<String>,
+    /// Where the PostgreSQL programs of the source's major live, when not
+    /// in `/usr/lib/postgresql/N/bin` (pg::tools says the order).
+    pub pg_bindir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +219,11 @@ impl Copy {
 }
 
 impl Policy {
+    /// The path of PostgreSQL's `program` for a server of `major`.
+    pub fn pg_tool(&self, program: &str, major: u32) -> anyhow::Result<std::path::PathBuf> {
+        crate::pg::tools::find(program, major, self.source.pg_bindir.as_deref())
+    }
+
     /// The policy as seen from one of its repositories (`--repo NAME`):
     /// that repository alone, with its own retention when it has one.
     pub fn pinned(&self, name: &str) -> anyhow::Result<Policy> {
@@ -708,6 +716,19 @@ fn validate_source(ctx: &mut Ctx<'_>, s: &Source) {
                     "only valid with kind = \"rds\"",
                 );
             }
+            if let Some(d) = &s.pg_bindir {
+                if !d.is_absolute() {
+                    ctx.add(
+                        "source.pg_bindir",
+                        "must be an absolute path (e.g. /usr/lib/postgresql/16/bin)",
+                    );
+                } else if !d.is_dir() {
+                    ctx.add(
+                        "source.pg_bindir",
+                        format!("{} is not a directory", d.display()),
+                    );
+                }
+            }
         }
         SourceKind::Rds => {
             if s.instance.is_none() == s.cluster.is_none() {
@@ -759,6 +780,11 @@ fn validate_backup(ctx: &mut Ctx<'_>, b: &Backup, kind: Option<SourceKind>) {
     }
     if b.jobs == Some(0) {
         ctx.add("backup.jobs", "must be at least 1");
+    } else if b.jobs.is_some() && b.method != Method::Dump {
+        ctx.add(
+            "backup.jobs",
+            "is pg_restore's parallelism for dump policies (restores and drills); a physical or RDS backup has no use for it: remove it",
+        );
     }
     if let Some(v) = &b.archive_timeout {
         check_positive(ctx, "backup.archive_timeout", v);

@@ -148,8 +148,10 @@ pub fn summarize(
         last_backup_at: newest.map(rfc3339),
         last_backup_id: last.map(|r| r.id.clone()),
         rpo_seconds: end.map(|e| now.duration_since(e).as_secs().max(0)),
-        window_start: start.map(rfc3339),
-        window_end: end.map(rfc3339),
+        // Dumps: rounded up, inside the window (physical ranges are
+        // printed inwards by the archive's own rule below).
+        window_start: start.map(crate::time::parse::rfc3339_ceil),
+        window_end: end.map(crate::time::parse::rfc3339_ceil),
         windows: None,
         last_commit_at: None,
         wal_gaps: None,

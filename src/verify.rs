@@ -29,6 +29,7 @@ pub async fn verify(
     repo: &dyn Repository,
     m: &Manifest,
     identities: Option<&[age::x25519::Identity]>,
+    bindir: Option<&std::path::Path>,
 ) -> Result<Verdict> {
     let mut problems = Vec::new();
     // Deep, a physical backup with the server's manifest is extracted into
@@ -69,10 +70,23 @@ pub async fn verify(
             Some(ids) => {
                 let ids = ids.to_vec();
                 let entry = obj.clone();
-                let is_dump = m.method == Method::Dump;
-                let r =
-                    tokio::task::spawn_blocking(move || deep_one(reader, &ids, &entry, is_dump))
-                        .await?;
+                let pg_restore = match m.method {
+                    Method::Dump => {
+                        let major = m.source.server_version_num / 10000;
+                        match crate::pg::tools::find("pg_restore", major, bindir) {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                problems.push(format!("{}: {e:#}", obj.key));
+                                continue;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let r = tokio::task::spawn_blocking(move || {
+                    deep_one(reader, &ids, &entry, pg_restore.as_deref())
+                })
+                .await?;
                 if let Err(e) = r {
                     problems.push(format!("{}: {e}", obj.key));
                 }
@@ -80,7 +94,7 @@ pub async fn verify(
         }
     }
     if let (true, true, Some(ids)) = (extract, problems.is_empty(), identities) {
-        if let Err(e) = extract_and_prove(repo, m, ids).await {
+        if let Err(e) = extract_and_prove(repo, m, ids, bindir).await {
             problems.push(format!("{e:#}"));
         }
     }
@@ -100,6 +114,7 @@ async fn extract_and_prove(
     repo: &dyn Repository,
     m: &Manifest,
     ids: &[age::x25519::Identity],
+    bindir: Option<&std::path::Path>,
 ) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("drctl-verify-")
@@ -124,7 +139,7 @@ async fn extract_and_prove(
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     crate::restore::physical::extract(repo, m, &places, ids, &dir).await?;
-    crate::restore::physical::verify_restored(m, &dir).await
+    crate::restore::physical::verify_restored(m, &dir, bindir).await
 }
 
 /// The WAL archive of a physical policy: every committed file's object is
@@ -180,7 +195,7 @@ pub async fn verify_wal(
             }
             Some(ids) => {
                 let ids = ids.to_vec();
-                tokio::task::spawn_blocking(move || deep_one(reader, &ids, &entry, false)).await?
+                tokio::task::spawn_blocking(move || deep_one(reader, &ids, &entry, None)).await?
             }
         };
         if let Err(e) = checked {
@@ -248,7 +263,13 @@ pub async fn policy(
     let repo = crate::repo::open_for(&work.policy).await?;
     let mut out = Vec::new();
     for m in &work.manifests {
-        let r = verify(&*repo, m, identities).await?;
+        let r = verify(
+            &*repo,
+            m,
+            identities,
+            work.policy.source.pg_bindir.as_deref(),
+        )
+        .await?;
         catalog
             .record_verify(&r.id, r.deep, r.ok, &r.problems.join("; "))
             .await?;
@@ -335,20 +356,20 @@ fn deep_one(
     reader: Box<dyn std::io::Read + Send>,
     ids: &[age::x25519::Identity],
     entry: &crate::repo::manifest::ObjectEntry,
-    is_dump: bool,
+    pg_restore: Option<&std::path::Path>,
 ) -> Result<(), String> {
-    if !is_dump {
+    let Some(pg_restore) = pg_restore else {
         return pipeline::decode(reader, ids, entry, &mut std::io::sink(), false, &|_| {})
             .map(|_| ())
             .map_err(|e| e.to_string());
-    }
-    let mut child = std::process::Command::new("pg_restore")
+    };
+    let mut child = std::process::Command::new(pg_restore)
         .arg("--list")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run pg_restore: {e}"))?;
+        .map_err(|e| format!("cannot run {}: {e}", pg_restore.display()))?;
     let mut stdin = child.stdin.take().expect("piped");
     let r = pipeline::decode(reader, ids, entry, &mut stdin, true, &|_| {});
     drop(stdin);

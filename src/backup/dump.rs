@@ -19,9 +19,10 @@ pub(crate) async fn backup(
     id: &str,
     started: Timestamp,
 ) -> Result<Manifest> {
-    let pg_dump_version = pg::tool_version("pg_dump").await?;
     let mut snap = dump::export_snapshot(conn).await?;
-    let child = dump::spawn_pg_dump(conn, &snap.id)?;
+    let pg_dump = policy.pg_tool("pg_dump", snap.source.server_version_num / 10000)?;
+    let pg_dump_version = pg::tool_version(&pg_dump).await?;
+    let child = dump::spawn_pg_dump(conn, &pg_dump, &snap.id)?;
     let data_key = format!("{}data.zst.age", manifest::backup_prefix(&policy.name, id));
     let encoder =
         store::encode_child(policy, repo, &data_key, recipients, child, "pg_dump").await?;

@@ -218,7 +218,8 @@ pub async fn backup(
     let streamed = if own_client {
         over_replication(policy, conn, repo, recipients, id).await?
     } else {
-        with_pg_basebackup(policy, conn, &**repo, recipients, id).await?
+        let tool = policy.pg_tool("pg_basebackup", source.server_version_num / 10000)?;
+        with_pg_basebackup(policy, conn, &tool, &**repo, recipients, id).await?
     };
     let keys: Vec<String> = streamed.objects.iter().map(|o| o.key.clone()).collect();
     match finish(
@@ -241,11 +242,12 @@ pub async fn backup(
 async fn with_pg_basebackup(
     policy: &Policy,
     conn: &Conn,
+    tool: &std::path::Path,
     repo: &dyn Repository,
     recipients: &[age::x25519::Recipient],
     id: &str,
 ) -> Result<Streamed> {
-    let mut cmd = conn.std_command("pg_basebackup");
+    let mut cmd = conn.std_command(tool);
     // -X fetch puts the WAL from start to stop into the tar, so every base
     // backup restores on its own; the archive is still awaited below so
     // that the chain for point-in-time recovery has no hole.
@@ -258,7 +260,7 @@ async fn with_pg_basebackup(
         .stderr(Stdio::piped());
     let child = cmd
         .spawn()
-        .context("cannot run pg_basebackup (install the PostgreSQL client tools)")?;
+        .with_context(|| format!("cannot run {}", tool.display()))?;
     let key = format!(
         "{}base.tar.zst.age",
         manifest::backup_prefix(&policy.name, id)
@@ -281,7 +283,7 @@ async fn with_pg_basebackup(
         objects: vec![object_entry("base", key, d)],
         tablespaces: Vec::new(),
         points: parse_points(&stderr),
-        tool: Some(crate::pg::tool_version("pg_basebackup").await?),
+        tool: Some(crate::pg::tool_version(tool).await?),
         // Writing a tar to stdout, pg_basebackup puts its manifest into
         // the base archive.
         server_manifest: manifest::ServerManifest::InBase,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use jiff::Timestamp;
 use serde::Serialize;
 use sqlx::sqlite::{
@@ -97,6 +97,74 @@ impl Catalog {
     }
 
     pub async fn open(path: &Path) -> Result<Catalog> {
+        Self::open_rw(path).await.map_err(|e| {
+            if !denied(&e) {
+                return e;
+            }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            anyhow!(
+                "cannot write the catalog {} or its locks in {} as {} ({e:#}); run drctl as the user that owns them ({}), or give them to this one: chown -R {} {}",
+                path.display(),
+                dir.join("locks").display(),
+                crate::lock::whoami(),
+                owner_of(path).or_else(|| owner_of(dir)).unwrap_or_else(|| "?".into()),
+                crate::lock::whoami(),
+                dir.display()
+            )
+        })
+    }
+
+    /// For commands that only read (status, list, show): a user who may
+    /// read the catalog but not write it or its locks (the archiving user
+    /// looking at a catalog root made, a monitoring account) still gets an
+    /// answer, from a read-only connection that takes no lock.
+    pub async fn open_for_reading(path: &Path) -> Result<Catalog> {
+        match Self::open_rw(path).await {
+            Err(e) if denied(&e) && path.is_file() => {
+                tracing::debug!("catalog not writable, reading it only: {e:#}");
+                Self::open_read_only(path).await
+            }
+            r => r,
+        }
+    }
+
+    async fn open_read_only(path: &Path) -> Result<Catalog> {
+        let url = format!("sqlite://{}", path.display());
+        let ro = SqliteConnectOptions::from_str(&url)?
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = match SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(ro)
+            .await
+        {
+            Ok(p) => p,
+            // A WAL database needs its -shm beside it; when this user
+            // cannot create it, read the file as it stands.
+            Err(_) => SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(SqliteConnectOptions::from_str(&url)?.immutable(true))
+                .await
+                .with_context(|| format!("cannot read catalog {}", path.display()))?,
+        };
+        let have: Option<i64> = sqlx::query_scalar("select max(version) from _sqlx_migrations")
+            .fetch_one(&pool)
+            .await
+            .with_context(|| format!("cannot read catalog {}", path.display()))?;
+        let want = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        if have.unwrap_or(0) < want {
+            bail!(
+                "catalog {} was made by an older drctl and this user cannot migrate it; run any drctl command once as its owner",
+                path.display()
+            );
+        }
+        Ok(Catalog {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    async fn open_rw(path: &Path) -> Result<Catalog> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).with_context(|| {
@@ -135,7 +203,30 @@ impl Catalog {
         cat.repair_orphans().await?;
         Ok(cat)
     }
+}
 
+/// A permission problem anywhere in the chain (a lock file, the database
+/// file, its folder).
+fn denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+            || {
+                let t = c.to_string();
+                t.contains("Permission denied")
+                    || t.contains("readonly database")
+                    || t.contains("unable to open database file")
+            }
+    })
+}
+
+fn owner_of(p: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(p).ok()?.uid();
+    Some(crate::lock::user_name(uid).unwrap_or_else(|| uid.to_string()))
+}
+
+impl Catalog {
     /// A `running` row whose process is gone on this host died mid-run
     /// (kill -9, power loss): it failed.
     async fn repair_orphans(&self) -> Result<()> {

@@ -42,6 +42,35 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "copy")?;
     let mut all = crate::repo::open_all(&policy).await?.into_iter();
     let primary = all.next().expect("the primary comes first");
+    // "Nothing to copy" only from a primary that provably exists.
+    if !crate::repo::has_marker(&*primary.repo).await? {
+        let catalog = ctx.catalog_for_reading().await?;
+        let held = catalog.copies(Some(&policy.name)).await.unwrap_or_default();
+        let mut by_copy: std::collections::BTreeMap<&str, usize> = Default::default();
+        for repos in held.values() {
+            for r in repos.iter().filter(|r| *r != crate::policy::PRIMARY) {
+                *by_copy.entry(r.as_str()).or_default() += 1;
+            }
+        }
+        let holders = if by_copy.is_empty() {
+            "the catalog knows of no copy holding its backups".to_string()
+        } else {
+            let list: Vec<String> = by_copy
+                .iter()
+                .map(|(c, n)| format!("{c} ({n} backups)"))
+                .collect();
+            format!(
+                "its backups are still held by {}: restore with --repo {}",
+                list.join(", "),
+                by_copy.keys().next().expect("non-empty")
+            )
+        };
+        anyhow::bail!(
+            "the primary repository {} of policy {} is missing (no drctl-repo.json there: a folder gone, a wrong URL or bucket); nothing was copied; {holders}",
+            primary.repo.url(),
+            policy.name
+        );
+    }
     // One backup: found once here (an unknown id is the caller's mistake),
     // not again per copy.
     let one = match &a.backup {

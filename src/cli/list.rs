@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::catalog::BackupRow;
 use crate::progress::human_bytes;
 use crate::repo::manifest::Manifest;
-use crate::time::parse::rfc3339;
+use crate::time::parse::{rfc3339, rfc3339_ceil};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -50,7 +50,8 @@ impl Entry {
             status: r.status.clone(),
             started_at: r.started_at.map(rfc3339),
             finished_at: r.finished_at.map(rfc3339),
-            consistent_at: r.consistent_at.map(rfc3339),
+            // Rounded up: a time copied from here selects this backup.
+            consistent_at: r.consistent_at.map(rfc3339_ceil),
             stored_bytes: r.stored_bytes,
             source_bytes: r.source_bytes,
             pinned: r.pinned,
@@ -68,7 +69,7 @@ impl Entry {
             status: "complete".into(),
             started_at: Some(rfc3339(m.started_at)),
             finished_at: Some(rfc3339(m.finished_at)),
-            consistent_at: Some(rfc3339(m.consistent_at)),
+            consistent_at: Some(rfc3339_ceil(m.consistent_at)),
             stored_bytes: Some(m.stored_bytes() as i64),
             source_bytes: Some(m.source_bytes() as i64),
             pinned: false,
@@ -83,7 +84,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     if let Some(p) = &a.policy {
         ctx.load(p)?;
     }
-    let catalog = ctx.catalog().await?;
+    let catalog = ctx.catalog_for_reading().await?;
     let rows = catalog.list(a.policy.as_deref()).await?;
     let mut entries: Vec<Entry> = rows.iter().map(Entry::from_row).collect();
     let windows = windows(ctx, &mut entries).await;

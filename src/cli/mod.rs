@@ -144,6 +144,11 @@ impl Ctx {
         Catalog::open(&self.catalog_path).await
     }
 
+    /// The catalog for a command that only reads it.
+    pub async fn catalog_for_reading(&self) -> Result<Catalog> {
+        Catalog::open_for_reading(&self.catalog_path).await
+    }
+
     /// Load every policy; any problem in any file is a usage error.
     pub fn load_all(&self) -> Result<Vec<Policy>> {
         let (policies, problems) = self.read_dir()?;

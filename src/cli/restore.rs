@@ -13,7 +13,7 @@ use crate::restore::plan::Target;
 use crate::time::parse::{parse_time, rfc3339_exact};
 
 #[derive(Debug, clap::Args)]
-#[command(group(ArgGroup::new("point").required(true).args(["to", "backup", "latest"])))]
+#[command(group(ArgGroup::new("point").required(true).multiple(true).args(["to", "backup", "latest"])))]
 #[command(group(ArgGroup::new("dest").args(["target", "target_dir", "target_instance"])))]
 pub struct Args {
     /// Policy name
@@ -21,11 +21,12 @@ pub struct Args {
     /// Restore the state as of TIME (RFC 3339, 'YYYY-MM-DD HH:MM[:SS]' local, '2h-ago', 'now')
     #[arg(long, value_name = "TIME")]
     to: Option<String>,
-    /// Restore this backup
+    /// Restore this backup: its consistent state (physical: recovery_target
+    /// 'immediate'), or with --to, replayed from it up to TIME
     #[arg(long, value_name = "ID")]
     backup: Option<String>,
     /// Restore the newest backup
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["to", "backup"])]
     latest: bool,
     /// Target database (created if absent): postgres://user@host:5432/newdb
     #[arg(long, value_name = "URL")]
@@ -43,9 +44,9 @@ pub struct Args {
     /// the primary, failing over to the copies in order
     #[arg(long, value_name = "NAME")]
     repo: Option<String>,
-    /// pg_restore parallelism
-    #[arg(long, default_value_t = 1)]
-    jobs: u32,
+    /// pg_restore parallelism [default: the policy's [backup] jobs, else 1]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
     /// Print the plan and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -69,7 +70,7 @@ pub struct Args {
     /// Start the restored server (physical restores)
     #[arg(long)]
     start: bool,
-    /// Port for --start
+    /// Port for --start (default: a free port, printed; never 5432)
     #[arg(long, requires = "start")]
     port: Option<u16>,
     /// Restore a tablespace elsewhere: OLD is its OID or its directory on the
@@ -101,11 +102,23 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             policy.name
         )));
     }
+    if !physical && a.to.is_some() && a.backup.is_some() {
+        return Err(usage(format!(
+            "policy {} takes dumps: a dump restores to its own snapshot; pass --backup ID or --to TIME, not both",
+            policy.name
+        )));
+    }
     if !physical
         && (a.target_dir.is_some() || a.start || !a.tablespace_map.is_empty() || a.keep_archiving)
     {
         return Err(usage(format!(
             "policy {} takes dumps: restore them into a database with --target postgres://host/newdb",
+            policy.name
+        )));
+    }
+    if physical && a.jobs.is_some() {
+        return Err(usage(format!(
+            "policy {} takes physical backups: --jobs is pg_restore's parallelism for dump policies",
             policy.name
         )));
     }
@@ -122,7 +135,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         target,
         database: a.target.clone(),
         identity: a.identity.clone(),
-        jobs: a.jobs,
+        jobs: a.jobs.or(policy.backup.jobs).unwrap_or(1),
         dry_run: a.dry_run,
         lease_catalog: Some(ctx.catalog_path.clone()),
         force: a.force,
@@ -180,6 +193,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
     let policies_dir = std::path::absolute(&ctx.policies_dir)?;
     let req = crate::restore::physical::Request {
         target,
+        from_backup: a.to.as_ref().and(a.backup.clone()),
         target_dir: a.target_dir.clone(),
         identity: a.identity.clone(),
         dry_run: a.dry_run,
@@ -213,7 +227,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
             println!(
                 "restored {} into {dir} and recovered: {r} (server running on port {}, {archiving})",
                 outcome.plan.backup_id,
-                a.port.unwrap_or(5432)
+                outcome.port.map_or("?".into(), |p| p.to_string())
             );
             if !a.keep_archiving {
                 println!(

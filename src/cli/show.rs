@@ -16,7 +16,7 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let (_policy, m) = super::find_backup(ctx, &a.id).await?;
-    let catalog = ctx.catalog().await?;
+    let catalog = ctx.catalog_for_reading().await?;
     let verification = catalog.last_verify(&m.id).await?;
     let pinned = catalog
         .get(&m.id)
@@ -39,7 +39,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     );
     println!("started:        {}", rfc3339(m.started_at));
     println!("finished:       {}", rfc3339(m.finished_at));
-    println!("consistent at:  {}", rfc3339(m.consistent_at));
+    println!(
+        "consistent at:  {}",
+        crate::time::parse::rfc3339_exact(m.consistent_at)
+    );
     println!(
         "source:         {} on {} (PostgreSQL {})",
         m.source.database, m.source.host, m.source.server_version

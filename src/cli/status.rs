@@ -32,7 +32,7 @@ enum Row {
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let (policies, broken) = select(ctx, &a.policy)?;
-    let catalog = ctx.catalog().await?;
+    let catalog = ctx.catalog_for_reading().await?;
     let all = crate::status::collect(&policies, &catalog, jiff::Timestamp::now()).await?;
     let failed = all.iter().any(|s| s.error.is_some()) || !broken.is_empty();
     if ctx.json() {

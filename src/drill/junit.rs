@@ -110,6 +110,7 @@ mod tests {
             started_at: "2026-11-22T11:00:00Z".into(),
             rto_seconds: Some(4.25),
             rpo_seconds: Some(2700.0),
+            last_commit_at: None,
             duration_seconds: 6.5,
             checks: vec![CheckResult::pass("restore", "ok"), bad],
             error: None,

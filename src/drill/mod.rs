@@ -27,7 +27,7 @@ use crate::catalog::{Catalog, DrillRow};
 use crate::pg::{Conn, ConnUrl};
 use crate::policy::{Method, Policy};
 use crate::repo::manifest::Manifest;
-use crate::time::parse::rfc3339;
+use crate::time::parse::{rfc3339, rfc3339_exact};
 use check::CheckResult;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,6 +59,10 @@ pub struct Report {
     pub started_at: String,
     pub rto_seconds: Option<f64>,
     pub rpo_seconds: Option<f64>,
+    /// Point-in-time drills: the last transaction the restore replayed
+    /// (RPO counts from what the archive covers, not from this).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_commit_at: Option<String>,
     pub duration_seconds: f64,
     pub checks: Vec<CheckResult>,
     /// Why the drill could not run at all (no backup to drill, say).
@@ -121,6 +125,7 @@ pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<R
         started_at: rfc3339(started),
         rto_seconds: None,
         rpo_seconds: None,
+        last_commit_at: None,
         duration_seconds: 0.0,
         checks: Vec::new(),
         error: None,
@@ -244,7 +249,8 @@ async fn drill_dump(
         target: crate::restore::plan::Target::Backup(m.id.clone()),
         database: Some(url.clone()),
         identity: opts.identity.clone(),
-        jobs: 1,
+        // The same parallelism a restore would use: the drill measures it.
+        jobs: policy.backup.jobs.unwrap_or(1),
         dry_run: false,
         force: false,
         overwrite_source: false,
@@ -300,7 +306,7 @@ async fn dump_place(
         return Ok((Place::Given { server, db }, url));
     }
     let major = m.source.server_version_num / 10000;
-    let s = crate::drill::scratch::start(major, opts.keep)
+    let s = crate::drill::scratch::start(major, policy.source.pg_bindir.as_deref(), opts.keep)
         .await
         .map_err(|e| format!("cannot start a scratch server: {e:#}"))?;
     let db = if m.source.database.is_empty() {
@@ -374,6 +380,10 @@ enum Newest {
     At(Timestamp),
     /// What the server replayed, or this when it does not say.
     Replayed(Option<Timestamp>),
+    /// A point-in-time restore: how far the archive provably covers. A
+    /// quiet stretch before the target lost nothing; the last commit is
+    /// reported on its own.
+    Covered(Option<Timestamp>),
 }
 
 /// What every drill does once its restore step is done, in one order: RTO
@@ -405,6 +415,11 @@ async fn judge(
                     let newest = match r.newest {
                         Newest::At(t) => Some(t),
                         Newest::Replayed(fallback) => replayed_until(&r.conn).await.or(fallback),
+                        Newest::Covered(end) => {
+                            let last = replayed_until(&r.conn).await;
+                            report.last_commit_at = last.map(rfc3339_exact);
+                            end.map(|e| e.min(target))
+                        }
                     };
                     report.rpo_seconds =
                         newest.map(|at| target.duration_since(at).as_secs_f64().max(0.0));
@@ -483,23 +498,25 @@ async fn drill_physical(
     };
     report.target_time = Some(rfc3339(aim));
     let major = newest.source.server_version_num / 10000;
-    let scratch = match crate::drill::scratch::create(major, opts.keep) {
-        Ok(s) => s,
-        Err(e) => {
-            report.checks.push(CheckResult::fail(
-                "restore",
-                format!("cannot prepare a scratch directory: {e:#}"),
-            ));
-            budgets(policy, report);
-            return;
-        }
-    };
+    let scratch =
+        match crate::drill::scratch::create(major, policy.source.pg_bindir.as_deref(), opts.keep) {
+            Ok(s) => s,
+            Err(e) => {
+                report.checks.push(CheckResult::fail(
+                    "restore",
+                    format!("cannot prepare a scratch directory: {e:#}"),
+                ));
+                budgets(policy, report);
+                return;
+            }
+        };
     let map: Vec<String> = newest
         .tablespaces
         .iter()
         .map(|t| format!("{}={}/ts-{}", t.oid, scratch.dir().display(), t.oid))
         .collect();
     let req = crate::restore::physical::Request {
+        from_backup: None,
         target,
         target_dir: Some(scratch.data_dir()),
         identity: opts.identity.clone(),
@@ -541,7 +558,13 @@ async fn drill_physical(
             ),
             silent: format!("recovered, but database {db} does not answer"),
             patience: None,
-            newest: Newest::Replayed(outcome.plan.consistent_at.parse().ok()),
+            newest: Newest::Covered(
+                outcome
+                    .plan
+                    .archive_end
+                    .as_deref()
+                    .and_then(|e| e.parse().ok()),
+            ),
             rows_of: complete
                 .iter()
                 .find(|m| m.id == outcome.plan.backup_id && m.row_counts != "off")

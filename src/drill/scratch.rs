@@ -95,40 +95,9 @@ fn postgres_ids() -> Result<(u32, u32)> {
 }
 
 /// The directory holding initdb and postgres of `major`.
-pub fn server_bindir(major: u32) -> Result<PathBuf> {
-    let mut candidates = vec![PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))];
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        if out.status.success() {
-            candidates.push(PathBuf::from(
-                String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            ));
-        }
-    }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        candidates.push(dir);
-    }
-    for dir in candidates {
-        let postgres = dir.join("postgres");
-        if !dir.join("initdb").is_file() || !postgres.is_file() {
-            continue;
-        }
-        let Ok(out) = Command::new(&postgres).arg("--version").output() else {
-            continue;
-        };
-        // "postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)"
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let found = text
-            .split_whitespace()
-            .nth(2)
-            .and_then(|v| v.split('.').next())
-            .and_then(|v| v.parse::<u32>().ok());
-        if found == Some(major) {
-            return Ok(dir);
-        }
-    }
-    Err(anyhow!(
-        "no PostgreSQL {major} server binaries (initdb, postgres) found for the scratch server; install postgresql-{major} or pass --scratch postgres://..."
-    ))
+pub fn server_bindir(major: u32, bindir: Option<&Path>) -> Result<PathBuf> {
+    crate::pg::tools::bindir_with(&["postgres", "initdb", "pg_ctl"], major, bindir)
+        .map_err(|e| anyhow!("{e:#}; or pass --scratch postgres://..."))
 }
 
 /// Remove scratch directories left by drctl processes that no longer exist
@@ -174,9 +143,9 @@ fn owner(program: &Path, ids: Option<(u32, u32)>) -> Command {
 /// A new, empty scratch directory (owned by `postgres` when we are root).
 /// `keep`: the server started in it stays after drctl exits (no
 /// parent-death signal; the sweep leaves it alone).
-pub fn create(major: u32, keep: bool) -> Result<Scratch> {
+pub fn create(major: u32, bindir: Option<&Path>, keep: bool) -> Result<Scratch> {
     sweep_stale();
-    let bindir = server_bindir(major)?;
+    let bindir = server_bindir(major, bindir)?;
     let dir = std::env::temp_dir().join(format!(
         "{PREFIX}{}-{:08x}",
         std::process::id(),
@@ -207,8 +176,8 @@ pub fn create(major: u32, keep: bool) -> Result<Scratch> {
 }
 
 /// initdb and start a fresh scratch server of `major`.
-pub async fn start(major: u32, keep: bool) -> Result<Scratch> {
-    let mut s = create(major, keep)?;
+pub async fn start(major: u32, bindir: Option<&Path>, keep: bool) -> Result<Scratch> {
+    let mut s = create(major, bindir, keep)?;
     let data = s.data_dir();
     let out = owner(&s.bindir.join("initdb"), s.ids)
         .arg("-D")

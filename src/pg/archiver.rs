@@ -21,7 +21,22 @@ pub struct ArchiveHealth {
     pub failing: Option<bool>,
     /// "server" (pg_stat_archiver) or "repository" (newest segment).
     pub from: &'static str,
+    /// Segments waiting in pg_wal/archive_status (`.ready`), when this
+    /// role may list them (superuser or pg_monitor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_ready_at: Option<String>,
+    /// A segment has waited longer than `STALL_AFTER` and the archiver has
+    /// reported nothing, success or failure, for as long: archive_command
+    /// does not run at all (exit 127 from a missing program ends the
+    /// archiver before pg_stat_archiver counts a failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<bool>,
 }
+
+/// How long a `.ready` segment may wait with no word from the archiver.
+pub const STALL_AFTER_SECS: u64 = 20;
 
 impl ArchiveHealth {
     /// From pg_stat_archiver's row: archived wal and time, failed count,
@@ -41,7 +56,21 @@ impl ArchiveHealth {
             last_failed_at: failed_at,
             failing: Some(failing),
             from: "server",
+            ..Default::default()
         }
+    }
+
+    /// Add what pg_ls_archive_statusdir() says: ready count, oldest ready
+    /// time, stalled ("t"/"f").
+    fn with_ready(mut self, row: &[String]) -> ArchiveHealth {
+        self.ready_count = row.first().and_then(|v| v.parse().ok());
+        self.oldest_ready_at = row.get(1).filter(|v| !v.is_empty()).cloned();
+        let stalled = row.get(2).map(|v| v == "t");
+        self.stalled = stalled;
+        if stalled == Some(true) {
+            self.failing = Some(true);
+        }
+        self
     }
 
     /// One line for text output and notifications.
@@ -51,6 +80,11 @@ impl ArchiveHealth {
             _ => "nothing archived yet".into(),
         };
         match self.failing {
+            Some(true) if self.stalled == Some(true) => format!(
+                "archive_command NOT RUNNING: {} segments waiting, the oldest ready since {}, and the archiver has reported neither success nor failure for over {STALL_AFTER_SECS}s (a program that cannot run: check archive_command's path and the server log); {last}",
+                self.ready_count.unwrap_or(0),
+                self.oldest_ready_at.as_deref().unwrap_or("?")
+            ),
             Some(true) => format!(
                 "archive_command FAILING: {} failures, last on {} at {}; {last}",
                 self.failed_count.unwrap_or(0),
@@ -77,7 +111,23 @@ pub async fn health(conn: &Conn) -> Option<ArchiveHealth> {
         .await
         .ok()?
         .ok()?;
-    rows.first().map(|r| ArchiveHealth::from_server(r))
+    let h = ArchiveHealth::from_server(rows.first()?);
+    // The server's own clock judges the ages: no skew with drctl's host.
+    let sql = format!(
+            "select count(*)::text, \
+             coalesce(to_char(min(r.modification) at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''), \
+             (count(*) > 0 and min(r.modification) < now() - interval '{STALL_AFTER_SECS} seconds' \
+              and coalesce((select greatest(last_archived_time, last_failed_time) from pg_stat_archiver), '-infinity') \
+                  < now() - interval '{STALL_AFTER_SECS} seconds')::text \
+             from pg_ls_archive_statusdir() r where r.name like '%.ready'"
+    );
+    let ready = conn.query(&sql, &[]);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ready).await {
+        Ok(Ok(rows)) if !rows.is_empty() => Some(h.with_ready(&rows[0])),
+        // Not allowed to list (neither superuser nor pg_monitor): what
+        // pg_stat_archiver says is all there is.
+        _ => Some(h),
+    }
 }
 
 /// What the server says about its archiver, for an error message: the
@@ -90,6 +140,16 @@ pub async fn status(conn: &Conn) -> Option<String> {
         .await
         .ok()?;
     let archived = h.last_archived_wal.as_deref().unwrap_or("none");
+    if h.stalled == Some(true) {
+        let why = match last_archive_error(conn).await {
+            Some(line) => format!("the server log says: {line}"),
+            None => "run it by hand as the server's OS user to see why".into(),
+        };
+        return Some(format!(
+            "{}; archive_command = '{command}': {why}",
+            h.describe()
+        ));
+    }
     Some(match (h.failed_count.unwrap_or(0), &h.last_failed_wal) {
         (failed, Some(wal)) if failed > 0 => {
             let why = match last_archive_error(conn).await {

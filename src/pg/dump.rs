@@ -105,8 +105,8 @@ pub async fn count_tables(conn: &Conn, mode: RowCounts) -> Result<Vec<TableCount
 }
 
 /// Start `pg_dump -Fc -Z0` (zstd compresses later) on the exported snapshot.
-pub fn spawn_pg_dump(conn: &Conn, snapshot: &str) -> Result<Child> {
-    let mut cmd = conn.std_command("pg_dump");
+pub fn spawn_pg_dump(conn: &Conn, pg_dump: &std::path::Path, snapshot: &str) -> Result<Child> {
+    let mut cmd = conn.std_command(pg_dump);
     cmd.args(["-Fc", "-Z0", "-w"])
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!("--dbname={}", conn.url))
@@ -114,5 +114,5 @@ pub fn spawn_pg_dump(conn: &Conn, snapshot: &str) -> Result<Child> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.spawn()
-        .context("cannot run pg_dump (install the PostgreSQL client tools)")
+        .with_context(|| format!("cannot run {}", pg_dump.display()))
 }

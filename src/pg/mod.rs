@@ -7,6 +7,7 @@
 pub mod archiver;
 pub mod dump;
 pub mod replication;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -206,7 +207,7 @@ impl Conn {
     }
 
     /// A libpq tool ready to run against this connection (async).
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new(program);
         c.envs(self.envs());
         c.kill_on_drop(true);
@@ -214,7 +215,7 @@ impl Conn {
     }
 
     /// The same for tools fed from a blocking pipeline thread.
-    pub fn std_command(&self, program: &str) -> std::process::Command {
+    pub fn std_command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
         let mut c = std::process::Command::new(program);
         c.envs(self.envs());
         c
@@ -376,12 +377,12 @@ impl Session {
 }
 
 /// `pg_dump (PostgreSQL) 15.18` -> `15.18`.
-pub async fn tool_version(program: &str) -> Result<String> {
+pub async fn tool_version(program: &std::path::Path) -> Result<String> {
     let out = Command::new(program)
         .arg("--version")
         .output()
         .await
-        .with_context(|| format!("cannot run {program} (install the PostgreSQL client tools)"))?;
+        .with_context(|| format!("cannot run {}", program.display()))?;
     Ok(version_word(&String::from_utf8_lossy(&out.stdout)))
 }
 

@@ -193,6 +193,17 @@ pub async fn open(cfg: &policy::Repository) -> Result<Arc<dyn Repository>> {
     })
 }
 
+/// Whether `repo` provably is a drctl repository: its marker reads. An
+/// absent marker means a folder gone, a wrong URL or bucket: an empty
+/// listing there proves nothing.
+pub async fn has_marker(repo: &dyn Repository) -> Result<bool> {
+    Ok(repo
+        .get_bytes(REPO_MARKER)
+        .await
+        .with_context(|| format!("cannot read repository {}", repo.url()))?
+        .is_some())
+}
+
 /// Create the repository marker when absent; check its format when present.
 pub async fn ensure_initialized(repo: &dyn Repository) -> Result<()> {
     match repo

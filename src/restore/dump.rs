@@ -168,6 +168,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         created_database: t.created,
         duration_seconds: started.elapsed().as_secs_f64(),
         reached_at: None,
+        port: None,
     })
 }
 
@@ -303,6 +304,8 @@ async fn stream_into(
     clean: bool,
 ) -> Result<()> {
     let repo = crate::repo::open_for_reading(policy).await?;
+    let tool = policy.pg_tool("pg_restore", m.source.server_version_num / 10000)?;
+    let tool = &tool;
     let mut common: Vec<String> = vec!["-w".into(), "--exit-on-error".into()];
     if req.no_owner {
         common.push("--no-owner".into());
@@ -321,11 +324,12 @@ async fn stream_into(
         if clean {
             args.extend(["--clean".into(), "--if-exists".into()]);
         }
-        feed(&repo, m, target, &ids, args, false, "restore").await?;
+        feed(tool, &repo, m, target, &ids, args, false, "restore").await?;
         return Ok(());
     }
 
     let toc = feed(
+        tool,
         &repo,
         m,
         target,
@@ -341,6 +345,7 @@ async fn stream_into(
         "parallel restore: pre-data, data, post-data"
     );
     feed(
+        tool,
         &repo,
         m,
         target,
@@ -364,9 +369,10 @@ async fn stream_into(
         args.insert(3, f.path().display().to_string());
         files.push(f);
         let (repo, m, target, ids) = (repo.clone(), m.clone(), target.clone(), ids.clone());
+        let tool = tool.clone();
         set.spawn(async move {
             let label = if i == 0 { "restore data" } else { "" };
-            feed(&repo, &m, &target, &ids, args, true, label).await
+            feed(&tool, &repo, &m, &target, &ids, args, true, label).await
         });
     }
     let mut first_err = None;
@@ -383,6 +389,7 @@ async fn stream_into(
         return Err(e);
     }
     feed(
+        tool,
         &repo,
         m,
         target,
@@ -399,7 +406,9 @@ async fn stream_into(
 /// stdout. With `drain`, pg_restore may stop reading early (`--list`, one
 /// section, a share of the data); the rest is still read so every checksum
 /// is checked. An empty `label` hides progress.
+#[allow(clippy::too_many_arguments)]
 async fn feed(
+    tool: &std::path::Path,
     repo: &std::sync::Arc<dyn crate::repo::Repository>,
     m: &Manifest,
     target: &Conn,
@@ -414,14 +423,14 @@ async fn feed(
         .context("manifest lists no objects")?
         .clone();
     let reader = repo.reader(&obj.key).await?;
-    let mut cmd = target.std_command("pg_restore");
+    let mut cmd = target.std_command(tool);
     cmd.args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .context("cannot run pg_restore (install the PostgreSQL client tools)")?;
+        .with_context(|| format!("cannot run {}", tool.display()))?;
     let id = m.id.clone();
     let ids = ids.to_vec();
     tokio::task::spawn_blocking(move || -> Result<String> {

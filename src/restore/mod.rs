@@ -47,6 +47,10 @@ pub struct Plan {
     /// recorded commits; a target after it restores that commit's state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_commit_at: Option<String>,
+    /// Physical: how far the archived WAL reaches from this backup (exact):
+    /// what a restore can provably recover, commits or not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_end: Option<String>,
     /// Physical: where each tablespace of the backup goes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tablespaces: Vec<TablespacePlacement>,
@@ -83,6 +87,7 @@ impl Plan {
             window_end: None,
             windows: None,
             last_commit_at: None,
+            archive_end: None,
             tablespaces: Vec::new(),
             overwrites_source: None,
         }
@@ -98,6 +103,9 @@ pub struct Outcome {
     /// Physical with --start: the point recovery reached, per the server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reached_at: Option<String>,
+    /// Physical with --start: the port the restored server listens on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// Resolve `--identity` / `DRCTL_IDENTITY` and load it.
@@ -186,6 +194,7 @@ impl Outcome {
             created_database: false,
             duration_seconds: started.elapsed().as_secs_f64(),
             reached_at: None,
+            port: None,
         }
     }
 }

@@ -32,6 +32,9 @@ use crate::wal::archive::{
 
 pub struct Request {
     pub target: Target,
+    /// `--backup ID` with `--to`: replay from this backup, not the newest
+    /// one before the target.
+    pub from_backup: Option<String>,
     pub target_dir: Option<PathBuf>,
     pub identity: Option<PathBuf>,
     pub dry_run: bool,
@@ -158,10 +161,23 @@ async fn plan_from(
         if let Target::Time(t) = req.target {
             check_in_window(t, &window)?;
         }
-        let choice = plan::choose(&cands, &req.target).map_err(|e| match req.target {
-            Target::Latest => anyhow!(e),
-            _ => usage(e),
-        })?;
+        let choice = match (&req.from_backup, &req.target) {
+            (Some(id), Target::Time(t)) => {
+                let c = plan::choose(&cands, &Target::Backup(id.clone())).map_err(usage)?;
+                if c.consistent_at > *t {
+                    return Err(usage(format!(
+                        "backup {id} is consistent only at {}, after --to {}; pick an earlier backup or leave out --backup",
+                        rfc3339(c.consistent_at),
+                        rfc3339(*t)
+                    )));
+                }
+                c
+            }
+            _ => plan::choose(&cands, &req.target).map_err(|e| match req.target {
+                Target::Latest => anyhow!(e),
+                _ => usage(e),
+            })?,
+        };
         let m = (*physical
             .iter()
             .find(|m| m.id == choice.id)
@@ -173,10 +189,12 @@ async fn plan_from(
         };
         let r = reach_toward(&m, &archive, target)?;
         let target_time = target_time(&m, &r, &req.target, &window)?;
-        let segs = r.segments_until(match req.target {
-            Target::Time(_) => Some(target_time),
-            _ => None,
-        });
+        let segs = match req.target {
+            Target::Time(_) => r.segments_until(Some(target_time)),
+            // The backup's own WAL, start to stop, and not a segment more.
+            Target::Backup(_) => through_stop(r.segments_until(None), &m),
+            Target::Latest => r.segments_until(None),
+        };
         let tablespaces = place_tablespaces(&m.tablespaces, &req.tablespace_map).map_err(usage)?;
         Ok((
             Plan {
@@ -191,6 +209,9 @@ async fn plan_from(
                     .newest()
                     .and_then(|r| r.last_commit)
                     .map(crate::time::parse::rfc3339_exact),
+                archive_end: r
+                    .end
+                    .map(|e| crate::time::parse::rfc3339_exact(e.max(m.consistent_at))),
                 tablespaces,
                 ..Plan::new(policy, &m, target_time, req.dry_run)
             },
@@ -232,8 +253,20 @@ fn target_time(
             window.describe()
         ))),
         Target::Time(t) => Ok(t),
-        _ => Ok(end),
+        // A named backup means its consistent state, not the end of the archive.
+        Target::Backup(_) => Ok(m.consistent_at),
+        Target::Latest => Ok(end),
     }
+}
+
+/// `segs` cut after the backup's stop segment.
+fn through_stop(mut segs: Vec<String>, m: &Manifest) -> Vec<String> {
+    if let Some(stop) = m.wal.as_ref().map(|w| &w.stop_segment) {
+        if let Some(i) = segs.iter().position(|s| s == stop) {
+            segs.truncate(i + 1);
+        }
+    }
+    segs
 }
 
 pub fn is_root() -> bool {
@@ -243,10 +276,10 @@ pub fn is_root() -> bool {
 
 /// Run a PostgreSQL server tool as the cluster owner: `postgres` when we are
 /// root (the server refuses root), else ourselves.
-fn owner_command(program: &str) -> std::process::Command {
+fn owner_command(program: &Path) -> std::process::Command {
     if is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--", program]);
+        let mut c = std::process::Command::new(crate::pg::tools::runuser());
+        c.args(["-u", "postgres", "--"]).arg(program);
         c
     } else {
         std::process::Command::new(program)
@@ -295,7 +328,7 @@ fn check_targets(req: &Request, plan: &Plan) -> Result<Option<PathBuf>> {
 
 fn readable_by_postgres(paths: &[&Path]) -> Result<()> {
     for p in paths {
-        let ok = std::process::Command::new("runuser")
+        let ok = std::process::Command::new(crate::pg::tools::runuser())
             .args(["-u", "postgres", "--", "test", "-r"])
             .arg(p)
             .status()
@@ -326,6 +359,16 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         return Ok(Outcome::dry_run(plan, started));
     };
     let dir = std::path::absolute(dir.expect("required unless dry-run"))?;
+    // The tools of the backup's major, found before a byte is written.
+    let major = m.source.server_version_num / 10000;
+    if m.server_manifest.is_some() {
+        policy.pg_tool("pg_verifybackup", major)?;
+    }
+    let pg_ctl = if req.start {
+        Some(policy.pg_tool("pg_ctl", major)?)
+    } else {
+        None
+    };
     let ids = &go.ids;
     let identity = std::path::absolute(req.identity.clone().expect("checked"))?;
     if is_root() {
@@ -348,7 +391,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let prepared = async {
         let repo = crate::repo::open_for_reading(policy).await?;
         extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
-        verify_restored(&m, &dir).await?;
+        verify_restored(&m, &dir, policy.source.pg_bindir.as_deref()).await?;
         write_recovery(policy, req, &plan, &dir, &identity)
     }
     .await;
@@ -361,17 +404,41 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         return Err(e);
     }
     // A server that was started keeps its directory (and log) for a look.
-    let reached_at = if req.start {
-        Some(start_and_wait(&dir, req.port, &plan, req.keep_archiving).await?)
-    } else {
-        None
+    let (reached_at, port) = match &pg_ctl {
+        Some(pg_ctl) => {
+            // Never PostgreSQL's default: on a host that runs the
+            // production server (or a standby) the restore would collide
+            // with it or be taken for it.
+            let port = match req.port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            let r = start_and_wait(pg_ctl, &dir, port, &plan, req.keep_archiving).await?;
+            (Some(r), Some(port))
+        }
+        None => (None, None),
     };
     Ok(Outcome {
         plan,
         created_database: false,
         duration_seconds: started.elapsed().as_secs_f64(),
         reached_at,
+        port,
     })
+}
+
+/// A loopback port no server listens on, over TCP or on /tmp's socket.
+fn free_port() -> Result<u16> {
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free port for the restored server; pass --port")?
+            .port();
+        if !Path::new(&format!("/tmp/.s.PGSQL.{port}")).exists() {
+            return Ok(port);
+        }
+    }
+    bail!("cannot find a free port for the restored server; pass --port")
 }
 
 /// Prove a freshly extracted directory with PostgreSQL's own tool: every
@@ -379,7 +446,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
 /// manifest, and the WAL from start to stop parsed by pg_waldump. A
 /// difference fails naming the file. Backups taken before drctl asked for
 /// the server's manifest have none to check against: a note says so.
-pub async fn verify_restored(m: &Manifest, dir: &Path) -> Result<()> {
+pub async fn verify_restored(m: &Manifest, dir: &Path, bindir: Option<&Path>) -> Result<()> {
     if m.server_manifest.is_none() {
         tracing::info!(
             backup = %m.id,
@@ -387,8 +454,15 @@ pub async fn verify_restored(m: &Manifest, dir: &Path) -> Result<()> {
         );
         return Ok(());
     }
+    // pg_verifybackup runs pg_waldump from its own folder: both come from
+    // the backup's major.
+    let tool = crate::pg::tools::find(
+        "pg_verifybackup",
+        m.source.server_version_num / 10000,
+        bindir,
+    )?;
     let run = |parse_wal: bool| {
-        let mut c = tokio::process::Command::new("pg_verifybackup");
+        let mut c = tokio::process::Command::new(&tool);
         c.arg("--quiet");
         if !parse_wal {
             c.arg("--no-parse-wal");
@@ -399,7 +473,10 @@ pub async fn verify_restored(m: &Manifest, dir: &Path) -> Result<()> {
             .output()
     };
     let out = run(true).await.map_err(|e| {
-        anyhow!("cannot run pg_verifybackup to check the restored directory (install the PostgreSQL 15 client tools): {e}")
+        anyhow!(
+            "cannot run {} to check the restored directory: {e}",
+            tool.display()
+        )
     })?;
     // Only a missing (or other-version) pg_waldump, which comes with the
     // server package, falls back to checking the files alone: WAL that
@@ -667,13 +744,21 @@ fn write_recovery(
         sql_quote(&restore_command),
         recovery_timeline(plan)
     );
-    if let Target::Time(t) = req.target {
-        // PostgreSQL rejects some ISO forms; this one it accepts.
-        let utc = t.to_zoned(jiff::tz::TimeZone::UTC);
-        conf.push_str(&format!(
-            "recovery_target_time = '{}+00'\nrecovery_target_action = 'promote'\n",
-            utc.strftime("%Y-%m-%d %H:%M:%S%.6f")
-        ));
+    match req.target {
+        Target::Time(t) => {
+            // PostgreSQL rejects some ISO forms; this one it accepts.
+            let utc = t.to_zoned(jiff::tz::TimeZone::UTC);
+            conf.push_str(&format!(
+                "recovery_target_time = '{}+00'\nrecovery_target_action = 'promote'\n",
+                utc.strftime("%Y-%m-%d %H:%M:%S%.6f")
+            ));
+        }
+        // The backup's consistent point, as pgBackRest's --type=immediate:
+        // nothing written after the backup is replayed.
+        Target::Backup(_) => {
+            conf.push_str("recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n")
+        }
+        Target::Latest => {}
     }
     if !req.keep_archiving {
         // The source's ALTER SYSTEM settings came along in this file; the
@@ -749,12 +834,12 @@ fn shell_word(s: &str) -> String {
 /// the production archive), wait for recovery to finish and promote, and
 /// return the time it reached.
 async fn start_and_wait(
+    pg_ctl: &Path,
     dir: &Path,
-    port: Option<u16>,
+    port: u16,
     plan: &Plan,
     keep_archiving: bool,
 ) -> Result<String> {
-    let port = port.unwrap_or(5432);
     let log = dir.join("drctl-recovery.log");
     let archiving = if keep_archiving {
         ""
@@ -765,21 +850,21 @@ async fn start_and_wait(
         "-p {port}{archiving} -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c logging_collector=off"
     );
     let start = || {
-        owner_command("pg_ctl")
+        owner_command(pg_ctl)
             .arg("-D")
             .arg(dir)
             .args(["-o", &opts, "-l"])
             .arg(&log)
             .args(["-w", "-t", "3600", "start"])
             .output()
-            .context("cannot run pg_ctl (is the PostgreSQL server installed?)")
+            .with_context(|| format!("cannot run {}", pg_ctl.display()))
     };
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let url = crate::pg::ConnUrl::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
         .map_err(|e| anyhow!(e))?;
     let conn = crate::pg::Conn::new(url, None)?;
     let alive = || {
-        owner_command("pg_ctl")
+        owner_command(pg_ctl)
             .arg("-D")
             .arg(dir)
             .arg("status")
@@ -923,6 +1008,9 @@ fn last_error(log: &str) -> Option<String> {
 /// The point recovery reached, from the server's own log.
 pub fn reached(log: &str) -> Option<String> {
     for l in log.lines().rev() {
+        if l.contains("recovery stopping after reaching consistency") {
+            return Some("the backup's consistent point (recovery_target 'immediate')".into());
+        }
         if let Some(i) = l.find("recovery stopping before commit of transaction") {
             if let Some(t) = l[i..].split(", time ").nth(1) {
                 return Some(format!("before a commit at {}", t.trim()));

@@ -38,7 +38,15 @@ pub fn window(c: &[Candidate]) -> Option<(Timestamp, Timestamp)> {
 pub fn describe_window(c: &[Candidate]) -> String {
     match window(c) {
         None => "no complete backups".into(),
-        Some((a, b)) => format!("{} backups from {} to {}", c.len(), rfc3339(a), rfc3339(b)),
+        // Rounded up: a time copied from here is at or after a backup's
+        // consistent point, so it is accepted (and after the newest one,
+        // restores the newest).
+        Some((a, b)) => format!(
+            "{} backups from {} to {}",
+            c.len(),
+            crate::time::parse::rfc3339_ceil(a),
+            crate::time::parse::rfc3339_ceil(b)
+        ),
     }
 }
 
@@ -120,6 +128,18 @@ pub fn describe_gap(gap: SignedDuration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_printed_window_start_is_accepted() {
+        let cands = vec![c("a", "2026-12-02T16:14:22.383Z")];
+        let w = describe_window(&cands);
+        assert_eq!(
+            w,
+            "1 backups from 2026-12-02T16:14:23Z to 2026-12-02T16:14:23Z"
+        );
+        let start: Timestamp = "2026-12-02T16:14:23Z".parse().unwrap();
+        assert!(choose(&cands, &Target::Time(start)).is_ok());
+    }
 
     #[test]
     fn future_targets_are_refused_naming_now() {

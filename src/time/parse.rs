@@ -83,6 +83,17 @@ pub fn rfc3339(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// UTC rounded up to the whole second: the printed start of a window is
+/// then inside it, so a time copied from the output is accepted.
+pub fn rfc3339_ceil(ts: Timestamp) -> String {
+    if ts.subsec_nanosecond() == 0 {
+        rfc3339(ts)
+    } else {
+        let up = Timestamp::from_second(ts.as_second() + 1).unwrap_or(ts);
+        rfc3339(up)
+    }
+}
+
 /// UTC with the fraction of a second when there is one: for echoing a
 /// user's target time without rounding it.
 pub fn rfc3339_exact(ts: Timestamp) -> String {

@@ -716,13 +716,13 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// PATH with the PostgreSQL 15 binaries first, so pg_dump/pg_restore match
-/// the test servers.
+/// The PATH a service has (systemd, cron, deploy/): drctl must find
+/// PostgreSQL's tools in /usr/lib/postgresql/N/bin by itself, as on a
+/// stock Debian host.
+pub const SERVICE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 pub fn test_path() -> String {
-    format!(
-        "{PG_BIN}:{}",
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
-    )
+    SERVICE_PATH.to_string()
 }
 
 /// A webhook endpoint on loopback: records every JSON body it is sent.
