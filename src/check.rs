@@ -482,6 +482,22 @@ async fn switch_lands(
         let (failed, last_failed, stalled) = archiver_failures(conn).await?;
         if failed > failed_before && last_failed.as_deref() == Some(seg.as_str()) {
             let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
+            // Durable in the primary, and still failed: a copy refused it.
+            if repo.head(&key).await?.is_some() {
+                let mut lacking = Vec::new();
+                for c in &policy.copies {
+                    let copy = crate::repo::open(&c.repository).await?;
+                    if !copy.head(&key).await.is_ok_and(|h| h.is_some()) {
+                        lacking.push(format!("copy {} ({})", c.name, copy.url()));
+                    }
+                }
+                if !lacking.is_empty() {
+                    return fail(format!(
+                        "archive_command failed on {seg} after the primary took it: {} does not have it; archive_command runs as the server's OS user with that user's environment (credentials, network), which must reach every copy; {why}",
+                        lacking.join(", ")
+                    ));
+                }
+            }
             return fail(format!("archive_command failed on {seg}; {why}"));
         }
         if stalled {

@@ -58,7 +58,23 @@ fn open_rw(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                format!(
+                    "; the locks beside the catalog belong to another user: run drctl as their owner, or chown -R {} {}",
+                    whoami(),
+                    dir.parent().unwrap_or(dir).display()
+                )
+            } else {
+                String::new()
+            };
+            anyhow::Error::new(e).context(format!(
+                "cannot open the lock file {} as {}{hint}",
+                path.display(),
+                whoami()
+            ))
+        })
 }
 
 fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
@@ -164,6 +180,29 @@ pub fn acquire(catalog: &Path, policy: &str, what: &str) -> Result<PolicyLock> {
     Ok(PolicyLock { _file: file })
 }
 
+/// The name of the user with `uid`.
+pub fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: getpwuid returns static storage or null; copied out at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+/// Who this process runs as, by name.
+pub fn whoami() -> String {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    user_name(uid).unwrap_or_else(|| uid.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,27 +247,4 @@ mod tests {
         c.release_and_remove();
         assert!(free(id));
     }
-}
-
-/// The name of the user with `uid`.
-pub fn user_name(uid: u32) -> Option<String> {
-    // SAFETY: getpwuid returns static storage or null; copied out at once.
-    unsafe {
-        let pw = libc::getpwuid(uid);
-        if pw.is_null() {
-            return None;
-        }
-        Some(
-            std::ffi::CStr::from_ptr((*pw).pw_name)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
-}
-
-/// Who this process runs as, by name.
-pub fn whoami() -> String {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    user_name(uid).unwrap_or_else(|| uid.to_string())
 }

@@ -138,6 +138,8 @@ async fn extract_and_prove(
     {
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
+    crate::restore::physical::check_space(m, &dir, &places)
+        .context("verify --deep extracts the backup under TMPDIR (set TMPDIR to a larger place)")?;
     crate::restore::physical::extract(repo, m, &places, ids, &dir).await?;
     crate::restore::physical::verify_restored(m, &dir, bindir).await
 }
@@ -263,6 +265,9 @@ pub async fn policy(
     let repo = crate::repo::open_for(&work.policy).await?;
     let mut out = Vec::new();
     for m in &work.manifests {
+        if crate::cancel::requested() {
+            anyhow::bail!("cancelled");
+        }
         let r = verify(
             &*repo,
             m,

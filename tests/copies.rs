@@ -484,3 +484,41 @@ fn two_buckets_one_backup_and_the_copy_restores_when_the_primary_bucket_is_empti
     restore_dump(&d, &pg, "from_copy", &[]).ok();
     assert_eq!(pg.fingerprint("from_copy"), before);
 }
+
+/// `drctl check` run with credentials the archiving user lacks: the
+/// server's wal-push cannot reach the copy (a refusal, not an outage), and
+/// check fails naming the copy instead of passing on the primary alone.
+#[test]
+fn check_fails_naming_a_copy_the_archiving_user_cannot_reach() {
+    let s3 = S3Server::start();
+    s3.create_bucket("offsite");
+    let d = Drctl::for_owner();
+    let archive = format!(
+        "archive_command = 'AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_CONFIG_FILE=/nonexistent AWS_EC2_METADATA_DISABLED=true {} --policies {} wal-push pitr %p'",
+        Drctl::bin(),
+        d.path().join("policies").display()
+    );
+    let pg = PgCluster::start_conf(&["archive_mode = on".into(), archive]);
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    add_to_policy(
+        &d,
+        "pitr",
+        &copy_section("offsite", "offsite", &s3.endpoint()),
+    );
+    let r = d.run(&["check", "pitr"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("ok   copy offsite writable")
+            && r.stdout.contains("FAIL WAL switch reaches")
+            && r.stdout.contains("offsite (s3://offsite/pg)"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("passed"), "{}", r.stdout);
+    // wal-push failed on the copy's refusal rather than queueing quietly.
+    let v = d.run(&["status", "--output", "json"]).json();
+    assert!(
+        v[0]["archive"]["failed_count"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+}

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use common::proxy::FaultProxy;
-use common::{archiving_cluster, wait_archived, Drctl, PgCluster, Restored, S3Server};
+use common::{archiving_cluster, wait_archived, Drctl, PgCluster, Restored, S3Server, SmallDisk};
 
 fn seed(test: &str) -> u64 {
     let s = std::env::var("DRCTL_FAULT_SEED")
@@ -814,49 +814,6 @@ fn a_backup_that_agrees_with_its_own_checksums_but_not_with_the_server_fails_pg_
     d.run(&["verify", "phys", "--deep", "--identity", &d.identity_arg()])
         .ok();
     chaos_line("verifybackup", 2, (1, 1, 0), 0);
-}
-
-/// A small tmpfs, unmounted when the test ends however it ends.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let st = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0777"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        SmallDisk { dir }
-    }
-
-    fn used_bytes(&self) -> u64 {
-        // SAFETY: a zeroed statvfs filled in by the call.
-        unsafe {
-            let mut s: libc::statvfs = std::mem::zeroed();
-            let p = std::ffi::CString::new(self.dir.path().to_str().unwrap()).unwrap();
-            assert_eq!(libc::statvfs(p.as_ptr(), &mut s), 0);
-            (s.f_blocks - s.f_bfree) * s.f_frsize
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 #[test]

@@ -97,21 +97,7 @@ impl Catalog {
     }
 
     pub async fn open(path: &Path) -> Result<Catalog> {
-        Self::open_rw(path).await.map_err(|e| {
-            if !denied(&e) {
-                return e;
-            }
-            let dir = path.parent().unwrap_or(Path::new("."));
-            anyhow!(
-                "cannot write the catalog {} or its locks in {} as {} ({e:#}); run drctl as the user that owns them ({}), or give them to this one: chown -R {} {}",
-                path.display(),
-                dir.join("locks").display(),
-                crate::lock::whoami(),
-                owner_of(path).or_else(|| owner_of(dir)).unwrap_or_else(|| "?".into()),
-                crate::lock::whoami(),
-                dir.display()
-            )
-        })
+        Self::open_rw(path).await.map_err(|e| explain(path, e))
     }
 
     /// For commands that only read (status, list, show): a user who may
@@ -122,8 +108,11 @@ impl Catalog {
         match Self::open_rw(path).await {
             Err(e) if denied(&e) && path.is_file() => {
                 tracing::debug!("catalog not writable, reading it only: {e:#}");
-                Self::open_read_only(path).await
+                Self::open_read_only(path)
+                    .await
+                    .map_err(|e| explain(path, e))
             }
+            Err(e) => Err(explain(path, e)),
             r => r,
         }
     }
@@ -133,20 +122,28 @@ impl Catalog {
         let ro = SqliteConnectOptions::from_str(&url)?
             .read_only(true)
             .busy_timeout(Duration::from_secs(30));
-        let pool = match SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(ro)
-            .await
-        {
+        let pool = match Self::migrated(ro, path).await {
             Ok(p) => p,
             // A WAL database needs its -shm beside it; when this user
             // cannot create it, read the file as it stands.
-            Err(_) => SqlitePoolOptions::new()
-                .max_connections(2)
-                .connect_with(SqliteConnectOptions::from_str(&url)?.immutable(true))
-                .await
-                .with_context(|| format!("cannot read catalog {}", path.display()))?,
+            Err(e) => {
+                tracing::debug!("read-only catalog: {e:#}; reading it as immutable");
+                Self::migrated(SqliteConnectOptions::from_str(&url)?.immutable(true), path).await?
+            }
         };
+        Ok(Catalog {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A pool on `opts` whose catalog has every migration this drctl knows.
+    async fn migrated(opts: SqliteConnectOptions, path: &Path) -> Result<SqlitePool> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("cannot read catalog {}", path.display()))?;
         let have: Option<i64> = sqlx::query_scalar("select max(version) from _sqlx_migrations")
             .fetch_one(&pool)
             .await
@@ -158,10 +155,7 @@ impl Catalog {
                 path.display()
             );
         }
-        Ok(Catalog {
-            pool,
-            path: path.to_path_buf(),
-        })
+        Ok(pool)
     }
 
     async fn open_rw(path: &Path) -> Result<Catalog> {
@@ -203,6 +197,39 @@ impl Catalog {
         cat.repair_orphans().await?;
         Ok(cat)
     }
+}
+
+/// What to do about a catalog that cannot be opened: rebuild a damaged
+/// one, or run as (or chown to) the user that owns it.
+fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    if damaged(&e) {
+        return e.context(format!(
+            "the catalog {} is damaged; `drctl catalog rebuild` recreates it from the repositories (it keeps the damaged file aside)",
+            path.display()
+        ));
+    }
+    if !denied(&e) {
+        return e;
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    anyhow!(
+        "cannot write the catalog {} or its locks in {} as {}: {}; run drctl as the user that owns them ({}), or give them to this one: chown -R {} {}",
+        path.display(),
+        dir.join("locks").display(),
+        crate::lock::whoami(),
+        e.root_cause(),
+        owner_of(path).or_else(|| owner_of(dir)).unwrap_or_else(|| "?".into()),
+        crate::lock::whoami(),
+        dir.display()
+    )
+}
+
+/// SQLite's words for a file that is not (or no longer) a database.
+pub fn damaged(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let t = c.to_string();
+        t.contains("file is not a database") || t.contains("malformed") || t.contains("disk image")
+    })
 }
 
 /// A permission problem anywhere in the chain (a lock file, the database

@@ -15,7 +15,34 @@ pub enum CatalogCmd {
 pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
     let CatalogCmd::Rebuild = cmd;
     let policies = ctx.load_all()?;
-    let catalog = ctx.catalog().await?;
+    let catalog = match ctx.catalog().await {
+        Err(e) if crate::catalog::damaged(&e) => {
+            // The repositories are the source of truth: start afresh and
+            // keep the damaged file for a look.
+            let aside = ctx.catalog_path.with_extension(format!(
+                "damaged-{}",
+                jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+            ));
+            std::fs::rename(&ctx.catalog_path, &aside).with_context(|| {
+                format!(
+                    "cannot move the damaged catalog {} aside",
+                    ctx.catalog_path.display()
+                )
+            })?;
+            for ext in ["-wal", "-shm"] {
+                let mut p = ctx.catalog_path.clone().into_os_string();
+                p.push(ext);
+                let _ = std::fs::remove_file(p);
+            }
+            eprintln!(
+                "drctl: the catalog {} was damaged; moved it to {} and rebuilding a new one (backups come back from the repositories; run and drill history does not)",
+                ctx.catalog_path.display(),
+                aside.display()
+            );
+            ctx.catalog().await?
+        }
+        r => r?,
+    };
     let mut seen_repos: Vec<String> = Vec::new();
     let (mut complete, mut incomplete, mut forgotten) = (0usize, 0usize, 0u64);
     let mut by_policy: std::collections::BTreeMap<String, Vec<String>> = Default::default();

@@ -463,7 +463,7 @@ pub async fn find_backup(ctx: &Ctx, id: &str) -> Result<(Policy, crate::repo::ma
             "'{id}' is neither a policy nor a backup id (like 20261122T101500Z-3f9a)"
         )));
     }
-    let catalog = ctx.catalog().await?;
+    let catalog = ctx.catalog_for_reading().await?;
     let mut candidates: Vec<Policy> = Vec::new();
     if let Some((row, _)) = catalog.get(id).await? {
         candidates.push(ctx.load(&row.policy)?);

@@ -65,7 +65,7 @@ impl ArchiveHealth {
     fn with_ready(mut self, row: &[String]) -> ArchiveHealth {
         self.ready_count = row.first().and_then(|v| v.parse().ok());
         self.oldest_ready_at = row.get(1).filter(|v| !v.is_empty()).cloned();
-        let stalled = row.get(2).map(|v| v == "t");
+        let stalled = row.get(2).map(|v| v == "true" || v == "t");
         self.stalled = stalled;
         if stalled == Some(true) {
             self.failing = Some(true);

@@ -274,13 +274,40 @@ impl TargetDb {
             clean = n > 0;
         } else {
             let enc = m.source.encoding.clone().unwrap_or_else(|| "UTF8".into());
-            admin
+            let made = admin
                 .query(
                     "create database :\"db\" template template0 encoding :'enc'",
                     &[("db", &db), ("enc", &enc)],
                 )
-                .await
-                .with_context(|| format!("cannot create database \"{db}\""))?;
+                .await;
+            if let Err(e) = made {
+                // A create cut short (SIGTERM reaching psql) may have
+                // committed all the same: it was absent a moment ago, so
+                // it is ours to drop.
+                let there = admin
+                    .query_one(
+                        "select count(*) from pg_database where datname = :'db'",
+                        &[("db", &db)],
+                    )
+                    .await
+                    .is_ok_and(|n| n == "1");
+                let dropped = there
+                    && admin
+                        .query("drop database if exists :\"db\"", &[("db", &db)])
+                        .await
+                        .is_ok();
+                let again = if dropped {
+                    "; it was dropped again"
+                } else {
+                    ""
+                };
+                let what = if crate::cancel::requested() {
+                    "cancelled while creating"
+                } else {
+                    "cannot create"
+                };
+                bail!("{what} database \"{db}\" ({e:#}){again}");
+            }
         }
         Ok(TargetDb {
             conn,

@@ -389,6 +389,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             .with_context(|| format!("cannot set the mode of {}", d.display()))?;
     }
     let prepared = async {
+        check_space(&m, &dir, &plan.tablespaces)?;
         let repo = crate::repo::open_for_reading(policy).await?;
         extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
         verify_restored(&m, &dir, policy.source.pg_bindir.as_deref()).await?;
@@ -397,13 +398,16 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     .await;
     if let Err(e) = prepared {
         // A half-extracted or unproven directory must not be mistaken for
-        // a restore.
-        for (d, created) in &dirs {
-            let _ = clear_dir(d, *created);
+        // a restore, and must not block the retry.
+        let note = clear_all(&dirs);
+        if crate::cancel::requested() {
+            bail!("cancelled; {note}");
         }
-        return Err(e);
+        return Err(e.context(note));
     }
-    // A server that was started keeps its directory (and log) for a look.
+    // A server that was started keeps its directory (and log) for a look,
+    // unless the restore was cancelled: then what drctl started stops and
+    // what it extracted goes.
     let (reached_at, port) = match &pg_ctl {
         Some(pg_ctl) => {
             // Never PostgreSQL's default: on a host that runs the
@@ -413,8 +417,24 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
                 Some(p) => p,
                 None => free_port()?,
             };
-            let r = start_and_wait(pg_ctl, &dir, port, &plan, req.keep_archiving).await?;
-            (Some(r), Some(port))
+            let r = start_and_wait(pg_ctl, &dir, port, &plan, req.keep_archiving).await;
+            match r {
+                Ok(r) => (Some(r), Some(port)),
+                Err(_) if crate::cancel::requested() => {
+                    let stopped = stop_server(pg_ctl, &dir);
+                    bail!("cancelled; {stopped}{}", clear_all(&dirs));
+                }
+                Err(e) if e.downcast_ref::<AsksForPassword>().is_some() => {
+                    let stopped = stop_server(pg_ctl, &dir);
+                    bail!(
+                        "{}; {stopped}{} ({:#})",
+                        AsksForPassword,
+                        clear_all(&dirs),
+                        e
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         None => (None, None),
     };
@@ -425,6 +445,98 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         reached_at,
         port,
     })
+}
+
+/// Refuse before extracting into a filesystem too small for the backup:
+/// its archives' plain size (what the manifest records) is about what the
+/// files take once extracted.
+pub fn check_space(m: &Manifest, dir: &Path, places: &[TablespacePlacement]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut need: BTreeMap<u64, (PathBuf, u64)> = BTreeMap::new();
+    for obj in &m.objects {
+        let into = match obj.name.strip_prefix("tablespace-") {
+            _ if obj.name == "base" => dir.to_path_buf(),
+            Some(oid) => places
+                .iter()
+                .find(|p| p.oid.to_string() == oid)
+                .map(|p| PathBuf::from(&p.restore_to))
+                .unwrap_or_else(|| dir.to_path_buf()),
+            None => continue,
+        };
+        let dev = std::fs::metadata(&into)
+            .with_context(|| format!("cannot read {}", into.display()))?
+            .dev();
+        need.entry(dev).or_insert((into, 0)).1 += obj.plain_bytes;
+    }
+    for (d, bytes) in need.into_values() {
+        let free = free_bytes(&d)?;
+        // Tar headers and padding make the archive a little larger than
+        // the files it holds.
+        if free < bytes / 100 * 95 {
+            bail!(
+                "No space left on device for backup {}: {} has {} free, the backup needs about {}; free space there or restore elsewhere",
+                m.id,
+                d.display(),
+                crate::progress::human_bytes(free),
+                crate::progress::human_bytes(bytes)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn free_bytes(d: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(d.as_os_str().as_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot read the free space of {}", d.display()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Empty what a failed or cancelled restore wrote (removing directories it
+/// created), and say what became of it.
+fn clear_all(dirs: &[(PathBuf, bool)]) -> String {
+    let mut out = Vec::new();
+    for (d, created) in dirs {
+        // A writer that has not quite stopped can refill a directory
+        // while it is removed: one more pass.
+        let r = clear_dir(d, *created).or_else(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            clear_dir(d, *created)
+        });
+        out.push(match (r, created) {
+            (Ok(()), true) => format!("removed {}", d.display()),
+            (Ok(()), false) => format!("emptied {} again", d.display()),
+            (Err(e), _) => format!("could not clear {}: {e}; remove it by hand", d.display()),
+        });
+    }
+    out.join(", ")
+}
+
+/// Stop a restored server drctl started (immediate: it is thrown away).
+fn stop_server(pg_ctl: &Path, dir: &Path) -> String {
+    if !dir.join("postmaster.pid").exists() {
+        return String::new();
+    }
+    let ok = owner_command(pg_ctl)
+        .arg("-D")
+        .arg(dir)
+        .args(["-m", "immediate", "-w", "-t", "5", "stop"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        "stopped the restored server, ".into()
+    } else {
+        format!(
+            "could not stop the restored server in {} (stop it with pg_ctl -D {} stop), ",
+            dir.display(),
+            dir.display()
+        )
+    }
 }
 
 /// A loopback port no server listens on, over TCP or on /tmp's socket.
@@ -492,6 +604,10 @@ pub async fn verify_restored(m: &Manifest, dir: &Path, bindir: Option<&Path>) ->
     } else {
         out
     };
+    if !out.status.success() && crate::cancel::requested() {
+        // pg_verifybackup was stopped, not refuted: no word on the backup.
+        bail!("cancelled while pg_verifybackup checked {}", dir.display());
+    }
     if !out.status.success() {
         bail!(
             "backup {}: the restored files differ from what the server sent (pg_verifybackup {}): {}",
@@ -905,7 +1021,13 @@ async fn start_and_wait(
     }
     // Segments prefetched past the target are of no further use.
     let _ = std::fs::remove_dir_all(dir.join("drctl-prefetch"));
-    r.map_err(|e| anyhow!("{e:#} (server log: {})", log.display()))
+    r.map_err(|e| {
+        if e.downcast_ref::<AsksForPassword>().is_some() {
+            e
+        } else {
+            anyhow!("{e:#} (server log: {})", log.display())
+        }
+    })
 }
 
 /// PostgreSQL found no commit after the target in all the WAL the archive
@@ -971,6 +1093,9 @@ pub async fn wait_promoted(
         match conn.query_one("select pg_is_in_recovery()", &[]).await {
             Ok(v) if v == "f" => break,
             Ok(_) => {}
+            Err(e) if asks_for_password(&e) && alive() => {
+                return Err(anyhow::Error::new(AsksForPassword).context(format!("{e:#}")));
+            }
             Err(e) => {
                 if !alive() {
                     // It may have stopped for running out of WAL: the log
@@ -996,6 +1121,19 @@ pub async fn wait_promoted(
         }
     }
     Ok(reached(&log_text()).unwrap_or_else(|| "end of the archive".into()))
+}
+
+/// The restored server runs but drctl cannot log in to watch it promote:
+/// no wait will change that.
+#[derive(Debug, thiserror::Error)]
+#[error("the restored server is up but asks for a password for user postgres (its pg_hba.conf came from the source): set PGPASSWORD or ~/.pgpass and restore again")]
+pub struct AsksForPassword;
+
+fn asks_for_password(e: &anyhow::Error) -> bool {
+    let t = format!("{e:#}");
+    t.contains("password authentication failed")
+        || t.contains("no password supplied")
+        || t.contains("fe_sendauth")
 }
 
 fn last_error(log: &str) -> Option<String> {

@@ -23,6 +23,9 @@ pub fn pg_tool(name: &str) -> PathBuf {
     }
 }
 
+/// util-linux keeps runuser in /usr/sbin, off a service's PATH.
+pub const RUNUSER: &str = "/usr/sbin/runuser";
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -31,7 +34,7 @@ pub fn is_root() -> bool {
 /// (PostgreSQL refuses to run as root), else ourselves.
 pub fn as_owner(program: &Path) -> Command {
     if is_root() {
-        let mut c = Command::new("runuser");
+        let mut c = Command::new(RUNUSER);
         c.args(["-u", "postgres", "--"]).arg(program);
         c
     } else {
@@ -829,5 +832,48 @@ impl Restored {
 impl Drop for Restored {
     fn drop(&mut self) {
         stop_server(&self.dir);
+    }
+}
+
+/// A small tmpfs, unmounted when the test ends however it ends.
+pub struct SmallDisk {
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0777"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        SmallDisk { dir }
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        // SAFETY: a zeroed statvfs filled in by the call.
+        unsafe {
+            let mut s: libc::statvfs = std::mem::zeroed();
+            let p = std::ffi::CString::new(self.dir.path().to_str().unwrap()).unwrap();
+            assert_eq!(libc::statvfs(p.as_ptr(), &mut s), 0);
+            (s.f_blocks - s.f_bfree) * s.f_frsize
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }

@@ -1,0 +1,514 @@
+//! Incident hazards seen on a stock host (issue 22), each run as a service
+//! runs drctl: as the postgres user where the server's archive_command is
+//! involved, with PATH=/usr/local/bin:/usr/bin:/bin (no PostgreSQL bin
+//! folder: drctl finds pg_verifybackup, pg_waldump and pg_ctl itself).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{archiving_cluster, wait_archived, Drctl, PgCluster, Restored, SAMPLE_SQL};
+
+fn psql_port(port: u16, sql: &str) -> String {
+    let out = Command::new(common::pg_tool("psql"))
+        .args(["-X", "-A", "-t", "-w"])
+        .arg(format!(
+            "--dbname=postgres://postgres@127.0.0.1:{port}/postgres"
+        ))
+        .args(["-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn ts(v: &serde_json::Value) -> jiff::Timestamp {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+        .parse()
+        .unwrap()
+}
+
+/// `--backup ID` means that backup's consistent state: a DELETE after it is
+/// not replayed, the plan's WAL ends at the backup's stop segment, and
+/// `--start` without `--port` runs the server on a free port it prints.
+#[test]
+fn restore_of_a_named_backup_stops_at_it_on_a_free_port() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE orders (id int); INSERT INTO orders SELECT g FROM generate_series(1, 100) g;",
+    );
+    let id = d.backup("pitr");
+    // The bad DELETE, after the backup, archived.
+    pg.psql("postgres", "DELETE FROM orders WHERE id > 10;");
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+
+    let m = d.run(&["show", &id, "--output", "json"]).ok().json()["manifest"].clone();
+    let plan = d
+        .run(&[
+            "restore",
+            "pitr",
+            "--backup",
+            &id,
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(ts(&plan["target_time"]), ts(&m["consistent_at"]), "{plan}");
+    let segs = plan["wal_segments"].as_array().unwrap();
+    assert_eq!(segs.last().unwrap(), &m["wal"]["stop_segment"], "{plan}");
+    assert!(
+        segs.iter().all(|s| s.as_str() < Some(seg.as_str())),
+        "{plan}"
+    );
+
+    let server = Restored::new();
+    let dir = server.dir.display().to_string();
+    let key = d.identity_arg();
+    let r = d
+        .run(&[
+            "restore",
+            "pitr",
+            "--backup",
+            &id,
+            "--target-dir",
+            &dir,
+            "--identity",
+            &key,
+            "--start",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    let port = r["port"].as_u64().expect("the port is reported") as u16;
+    assert_ne!(port, 5432, "{r}");
+    assert_eq!(psql_port(port, "SELECT count(*) FROM orders"), "100", "{r}");
+    assert!(
+        r["reached_at"]
+            .as_str()
+            .is_some_and(|s| !s.contains("end of the archive")),
+        "{r}"
+    );
+}
+
+/// archive_command naming a program that does not exist (exit 127) ends
+/// PostgreSQL's archiver before pg_stat_archiver counts a failure: check
+/// fails saying archiving does not run, and status calls it failing.
+#[test]
+fn an_archive_command_that_cannot_run_is_failing_not_ok() {
+    let d = Drctl::for_owner();
+    let cmd = format!(
+        "archive_command = '/nonexistent/drctl --policies {} wal-push pitr %p'",
+        d.path().join("policies").display()
+    );
+    let pg = PgCluster::start_conf(&["archive_mode = on".into(), cmd]);
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    let t0 = Instant::now();
+    let r = d.run(&["check", "pitr"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("NOT RUNNING"), "{all}");
+    assert!(!all.contains("no failures"), "{all}");
+    assert!(t0.elapsed() < Duration::from_secs(58), "{all}");
+
+    let v = d.run(&["status", "--output", "json"]).json();
+    let a = &v.as_array().unwrap()[0]["archive"];
+    assert_eq!(a["failing"], true, "{v}");
+    assert_eq!(a["stalled"], true, "{v}");
+    assert!(a["ready_count"].as_u64().unwrap() >= 1, "{v}");
+    let text = d.run(&["status"]).stdout;
+    assert!(text.contains("archive_command NOT RUNNING"), "{text}");
+}
+
+/// The runbook's fix for archive permissions (run drctl as postgres from
+/// then on) met a catalog root made: read-only commands still answer, and
+/// a write names the files and the chown.
+#[test]
+fn a_catalog_made_by_root_is_readable_by_the_archiving_user() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let mut d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let id = d.backup("shop");
+    // Others may read the work dir (the policies, the catalog); the
+    // catalog, its folder and its locks stay root's.
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    d.as_owner = true;
+    let v = d.run(&["status", "--output", "json"]).ok().json();
+    assert_eq!(v[0]["last_backup_id"], id.as_str(), "{v}");
+    let listed = d.list("shop");
+    assert_eq!(listed[0]["id"], id.as_str());
+    d.run(&["show", &id]).ok();
+    let r = d.run(&["pin", &id]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot write the catalog")
+            && r.stderr.contains("chown -R postgres")
+            && r.stderr.contains("(root)"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `drctl copy` from a primary whose folder is gone copies nothing and
+/// fails, naming the copy that still holds the backups.
+#[test]
+fn copy_from_a_missing_primary_fails_naming_the_copy() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let d = Drctl::new();
+    let offsite = d.path().join("offsite");
+    d.write_policy(
+        "shop",
+        &pg.url("shop"),
+        &format!(
+            "\n[[copy]]\nname = \"offsite\"\nurl = \"file://{}\"\n",
+            offsite.display()
+        ),
+    );
+    d.backup("shop");
+    std::fs::remove_dir_all(d.repo_dir()).unwrap();
+    let r = d.run(&["copy", "shop", "--to", "offsite"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("is missing") && r.stderr.contains("offsite (1 backups)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("0 backups"), "{}", r.stdout);
+}
+
+/// A time copied from `list` or from a refusal's window is accepted; a
+/// policy's `[backup] jobs` runs pg_restore in parallel (and is refused
+/// where nothing would use it).
+#[test]
+fn printed_dump_times_are_accepted_and_jobs_act() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let before = pg.fingerprint("shop");
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let p = d.path().join("policies/shop.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("method = \"dump\"", "method = \"dump\"\njobs = 2");
+    d.write_policy_text("shop", &text);
+    d.backup("shop");
+    // Rounded up, the newest point can be a fraction of a second ahead of
+    // now, which a restore refuses as a time in the future.
+    std::thread::sleep(Duration::from_millis(1100));
+    let at = d.list("shop")[0]["consistent_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.run(&["restore", "shop", "--to", &at, "--dry-run"]).ok();
+    // The window in a refusal is just as usable.
+    let early = d.run(&[
+        "restore",
+        "shop",
+        "--to",
+        "2020-01-01T00:00:00Z",
+        "--dry-run",
+    ]);
+    assert_eq!(early.code, 2, "{}", early.stderr);
+    let from = early
+        .stderr
+        .split("1 backups from ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{}", early.stderr))
+        .to_string();
+    d.run(&["restore", "shop", "--to", &from, "--dry-run"]).ok();
+
+    let key = d.identity_arg();
+    let url = pg.url("shop_restored");
+    let r = d
+        .run(&[
+            "-v",
+            "restore",
+            "shop",
+            "--latest",
+            "--target",
+            &url,
+            "--identity",
+            &key,
+        ])
+        .ok();
+    assert!(r.stderr.contains("parallel restore"), "{}", r.stderr);
+    assert_eq!(pg.fingerprint("shop_restored"), before);
+
+    d.write_physical_policy("phys", &pg.url("postgres"));
+    let p = d.path().join("policies/phys.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("method = \"physical\"", "method = \"physical\"\njobs = 4");
+    d.write_policy_text("phys", &text);
+    let r = d.run(&["policy", "check", "phys"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("backup.jobs"), "{}", r.stderr);
+}
+
+/// Spawn drctl `args`; SIGTERM it once `ready()` holds; its exit code,
+/// stderr and how long it took after the signal.
+fn term_when(
+    d: &Drctl,
+    args: &[&str],
+    ready: impl Fn() -> bool,
+) -> (Option<i32>, String, Duration) {
+    use std::io::Read;
+    let mut child = d
+        .command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let e = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "drctl ended ({st}) before the moment: {}",
+                e.join().unwrap()
+            );
+        }
+        assert!(Instant::now() < deadline, "the moment never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // drctl itself, not runuser around it (runuser forwards the signal
+    // but SIGKILLs its child 2 s later, which would cut the cleanup short
+    // in a way no service manager does).
+    let pid = if common::is_root() {
+        let out = Command::new("pgrep")
+            .args(["-P", &child.id().to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    } else {
+        child.id() as i32
+    };
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, e.join().unwrap(), t.elapsed())
+}
+
+fn pid_alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// SIGTERM during extraction, and again once the restored server runs:
+/// each time drctl ends within seconds, stops the server it started,
+/// removes what it extracted, calls it a cancel (never corruption), and
+/// the same command then succeeds.
+#[test]
+fn a_cancelled_restore_stops_its_server_and_leaves_nothing_behind() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 300000) g;",
+    );
+    d.backup("pitr");
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+    let key = d.identity_arg();
+    let server = Restored::new();
+    let dir = server.dir.clone();
+    let dir_s = dir.display().to_string();
+    let args = [
+        "restore",
+        "pitr",
+        "--latest",
+        "--target-dir",
+        &dir_s,
+        "--identity",
+        &key,
+        "--start",
+    ];
+
+    // 1: in the middle of extraction.
+    let (code, err, took) = term_when(&d, &args, || dir.join("base").exists());
+    assert!(code.is_some_and(|c| c != 0), "{code:?} {err}");
+    assert!(took < Duration::from_secs(10), "{took:?} {err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(!err.contains("differ"), "{err}");
+    assert!(!dir.exists(), "left behind after SIGTERM: {err}");
+
+    // 2: once the restored server runs.
+    let pidfile = dir.join("postmaster.pid");
+    let (code, err, took) = term_when(&d, &args, || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.lines().count() > 1)
+    });
+    assert!(code.is_some_and(|c| c != 0), "{code:?} {err}");
+    assert!(took < Duration::from_secs(10), "{took:?} {err}");
+    assert!(
+        err.contains("cancelled") && err.contains("stopped the restored server"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "left behind after SIGTERM: {err}");
+    let procs = Command::new("pgrep")
+        .args(["-f", &format!("postgres -D {dir_s}")])
+        .output()
+        .unwrap();
+    assert!(procs.stdout.is_empty(), "a restored server still runs");
+
+    // The retry is not blocked.
+    let r = d.run(&args).ok();
+    assert!(r.stdout.contains("server running on port"), "{}", r.stdout);
+    let _ = pid_alive;
+}
+
+/// A restored cluster whose pg_hba.conf (from the source) wants a password
+/// drctl does not have: named at once, the server stopped, nothing left.
+#[test]
+fn a_restored_server_that_wants_a_password_is_named_not_waited_on() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    // On disk only: the source keeps trusting its loopback until a reload
+    // it never gets; the backup carries the file.
+    let hba = pg.data_dir().join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    d.backup("pitr");
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+    let server = Restored::new();
+    let dir_s = server.dir.display().to_string();
+    let key = d.identity_arg();
+    let t0 = Instant::now();
+    let r = d.run(&[
+        "restore",
+        "pitr",
+        "--latest",
+        "--target-dir",
+        &dir_s,
+        "--identity",
+        &key,
+        "--start",
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert!(
+        r.stderr.contains("asks for a password") && r.stderr.contains("PGPASSWORD"),
+        "{}",
+        r.stderr
+    );
+    assert!(!server.dir.exists(), "{}", r.stderr);
+}
+
+/// A catalog cut to half its size: every command names it and the way
+/// back, and `drctl catalog rebuild` brings the backups back.
+#[test]
+fn a_damaged_catalog_points_to_rebuild_which_restores_it() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let id = d.backup("shop");
+    // The damage where no write-ahead log covers it (a catalog copied
+    // without its -wal, a disk error).
+    for ext in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(d.catalog().with_extension(ext));
+    }
+    let len = std::fs::metadata(d.catalog()).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.catalog())
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    std::fs::write(d.catalog(), {
+        let mut b = std::fs::read(d.catalog()).unwrap();
+        b[..100].fill(0x5a);
+        b
+    })
+    .unwrap();
+    let r = d.run(&["list", "shop"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("drctl catalog rebuild"), "{}", r.stderr);
+    let r = d.run(&["catalog", "rebuild"]).ok();
+    assert!(r.stderr.contains("damaged"), "{}", r.stderr);
+    assert_eq!(d.list("shop")[0]["id"], id.as_str());
+}
+
+/// A physical restore into a filesystem too small for it is refused
+/// before a byte is written, naming the space it has and needs.
+#[test]
+fn a_restore_onto_a_small_disk_says_no_space_before_writing() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let disk = common::SmallDisk::mount("20m");
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 200000) g;",
+    );
+    d.backup("pitr");
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+    let target = disk.dir.path().join("data");
+    let key = d.identity_arg();
+    let r = d.run(&[
+        "restore",
+        "pitr",
+        "--latest",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--identity",
+        &key,
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("No space left on device") && r.stderr.contains("needs about"),
+        "{}",
+        r.stderr
+    );
+    assert!(!target.exists(), "{}", r.stderr);
+    assert!(disk.used_bytes() < 1 << 20);
+}
