@@ -27,6 +27,26 @@ fn psql_port(port: u16, sql: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// A physical policy `pitr` on a cluster that archives into it, loaded
+/// with `sql`.
+fn pitr_with(sql: &str) -> (Drctl, PgCluster) {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    pg.psql("postgres", sql);
+    (d, pg)
+}
+
+/// Close the current WAL segment and wait until the server archived it.
+fn archive_now(pg: &PgCluster) -> String {
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(pg, &seg);
+    seg
+}
+
+const ROWS_300K: &str =
+    "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 300000) g;";
+
 fn ts(v: &serde_json::Value) -> jiff::Timestamp {
     v.as_str()
         .unwrap_or_else(|| panic!("not a time: {v}"))
@@ -39,18 +59,13 @@ fn ts(v: &serde_json::Value) -> jiff::Timestamp {
 /// `--start` without `--port` runs the server on a free port it prints.
 #[test]
 fn restore_of_a_named_backup_stops_at_it_on_a_free_port() {
-    let d = Drctl::for_owner();
-    let pg = archiving_cluster(&d, "pitr");
-    d.write_physical_policy("pitr", &pg.url("postgres"));
-    pg.psql(
-        "postgres",
+    let (d, pg) = pitr_with(
         "CREATE TABLE orders (id int); INSERT INTO orders SELECT g FROM generate_series(1, 100) g;",
     );
     let id = d.backup("pitr");
     // The bad DELETE, after the backup, archived.
     pg.psql("postgres", "DELETE FROM orders WHERE id > 10;");
-    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
-    wait_archived(&pg, &seg);
+    let seg = archive_now(&pg);
 
     let m = d.run(&["show", &id, "--output", "json"]).ok().json()["manifest"].clone();
     let plan = d
@@ -338,16 +353,9 @@ fn pid_alive(pid: i32) -> bool {
 /// the same command then succeeds.
 #[test]
 fn a_cancelled_restore_stops_its_server_and_leaves_nothing_behind() {
-    let d = Drctl::for_owner();
-    let pg = archiving_cluster(&d, "pitr");
-    d.write_physical_policy("pitr", &pg.url("postgres"));
-    pg.psql(
-        "postgres",
-        "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 300000) g;",
-    );
+    let (d, pg) = pitr_with(ROWS_300K);
     d.backup("pitr");
-    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
-    wait_archived(&pg, &seg);
+    archive_now(&pg);
     let key = d.identity_arg();
     let server = Restored::new();
     let dir = server.dir.clone();
@@ -399,9 +407,7 @@ fn a_cancelled_restore_stops_its_server_and_leaves_nothing_behind() {
 /// drctl does not have: named at once, the server stopped, nothing left.
 #[test]
 fn a_restored_server_that_wants_a_password_is_named_not_waited_on() {
-    let d = Drctl::for_owner();
-    let pg = archiving_cluster(&d, "pitr");
-    d.write_physical_policy("pitr", &pg.url("postgres"));
+    let (d, pg) = pitr_with("SELECT 1");
     // On disk only: the source keeps trusting its loopback until a reload
     // it never gets; the backup carries the file.
     let hba = pg.data_dir().join("pg_hba.conf");
@@ -411,8 +417,7 @@ fn a_restored_server_that_wants_a_password_is_named_not_waited_on() {
     )
     .unwrap();
     d.backup("pitr");
-    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
-    wait_archived(&pg, &seg);
+    archive_now(&pg);
     let server = Restored::new();
     let dir_s = server.dir.display().to_string();
     let key = d.identity_arg();
@@ -482,16 +487,9 @@ fn a_restore_onto_a_small_disk_says_no_space_before_writing() {
         return;
     }
     let disk = common::SmallDisk::mount("20m");
-    let d = Drctl::for_owner();
-    let pg = archiving_cluster(&d, "pitr");
-    d.write_physical_policy("pitr", &pg.url("postgres"));
-    pg.psql(
-        "postgres",
-        "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 200000) g;",
-    );
+    let (d, pg) = pitr_with(ROWS_300K);
     d.backup("pitr");
-    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
-    wait_archived(&pg, &seg);
+    archive_now(&pg);
     let target = disk.dir.path().join("data");
     let key = d.identity_arg();
     let r = d.run(&[
@@ -511,4 +509,60 @@ fn a_restore_onto_a_small_disk_says_no_space_before_writing() {
     );
     assert!(!target.exists(), "{}", r.stderr);
     assert!(disk.used_bytes() < 1 << 20);
+}
+
+/// `drctl init --owner postgres` run as root gives the archiving user what
+/// it needs (policies, catalog and locks, a file repository), keeps the
+/// identity, and says when the catalog's folder is not that user's.
+#[test]
+fn init_gives_the_archiving_user_its_files() {
+    use std::os::unix::fs::MetadataExt;
+    if !common::is_root() {
+        eprintln!("skipped: giving files to postgres needs root");
+        return;
+    }
+    let mut d = Drctl::new();
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let repo = format!("file://{}", d.repo_dir().display());
+    let r = d
+        .run(&[
+            "init",
+            "--name",
+            "shop",
+            "--repo",
+            &repo,
+            "--identity-file",
+            "key.txt",
+            "--owner",
+            "postgres",
+        ])
+        .ok();
+    assert!(r.stderr.contains("postgres cannot write"), "{}", r.stderr);
+    let uid = |p: &std::path::Path| std::fs::metadata(p).unwrap().uid();
+    let postgres = {
+        let out = Command::new("id")
+            .args(["-u", "postgres"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    for p in [
+        d.path().join("policies"),
+        d.path().join("policies/shop.toml"),
+        d.catalog(),
+        d.path().join("locks"),
+        d.repo_dir(),
+    ] {
+        assert_eq!(uid(&p), postgres, "{}", p.display());
+    }
+    assert_eq!(uid(&d.path().join("key.txt")), 0);
+    d.as_owner = true;
+    d.run(&["status"]).ok();
 }

@@ -25,6 +25,12 @@ pub struct Args {
     /// Where to write the private key (reused if it exists)
     #[arg(long, default_value = "drctl-identity.txt")]
     identity_file: PathBuf,
+    /// Give the policies, the catalog (and its locks) and a file
+    /// repository to this OS user: the one archive_command runs as
+    /// (postgres), who then runs every drctl command. The identity stays
+    /// with whoever ran init.
+    #[arg(long, value_name = "USER")]
+    owner: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
@@ -93,6 +99,59 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         let repo = crate::repo::open_for(&policy).await?;
         crate::repo::ensure_initialized(&*repo).await?;
     }
+    // The catalog and its locks exist from the start, so they are made by
+    // (or given to) the right user rather than by whoever runs first.
+    drop(ctx.catalog().await?);
+    let mut owned = vec![ctx.policies_dir.clone()];
+    if let Some(dir) = ctx.catalog_path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        owned.push(dir.join("locks"));
+        for ext in ["", "-wal", "-shm"] {
+            let mut p = ctx.catalog_path.clone().into_os_string();
+            p.push(ext);
+            owned.push(PathBuf::from(p));
+        }
+    }
+    if let Some(path) = repo_url.strip_prefix("file://") {
+        owned.push(PathBuf::from(path));
+    }
+    match &a.owner {
+        Some(user) => {
+            give_to(user, &owned)?;
+            let dir = ctx
+                .catalog_path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let writable = std::process::Command::new(crate::pg::tools::runuser())
+                .args(["-u", user, "--", "test", "-w"])
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !writable {
+                eprintln!(
+                    "note: {user} cannot write {}, where SQLite keeps the catalog's -wal and -shm files: keep the catalog in a folder {user} owns (install -d -o {user} /var/lib/drctl; --catalog /var/lib/drctl/drctl.db or DRCTL_CATALOG)",
+                    dir.display()
+                );
+            }
+        }
+        None if crate::restore::physical::is_root() && repo_url.starts_with("file://") => {
+            eprintln!(
+                "note: made as root; archive_command runs as the server's OS user, which must own the repository and should run drctl from then on: `drctl init --owner postgres`, or chown -R postgres {}",
+                owned
+                    .iter()
+                    .filter(|p| p.exists())
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        None => {}
+    }
     if ctx.json() {
         ctx.print_json(&serde_json::json!({
             "policy": policy_path, "identity": a.identity_file, "recipient": public, "repository": repo_url,
@@ -111,4 +170,26 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// chown -R `user` each path that exists.
+fn give_to(user: &str, paths: &[PathBuf]) -> Result<()> {
+    let there: Vec<&PathBuf> = paths.iter().filter(|p| p.exists()).collect();
+    let st = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{user}:"))
+        .args(&there)
+        .status()
+        .context("cannot run chown")?;
+    if !st.success() {
+        anyhow::bail!(
+            "cannot give {} to {user} (run drctl init as root, and check the user exists)",
+            there
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }
