@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -213,33 +212,6 @@ fn sigterm_ends_a_dump_backup_blocked_on_a_lock_within_10s() {
     assert_eq!(d.list("shop")[0]["status"], "failed");
 }
 
-/// An "S3 endpoint" that accepts connections, reads and never answers: a
-/// hung proxy or a stopped server. Lives as long as the test.
-fn silent_server() -> (u16, std::thread::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let h = std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let mut held = Vec::new();
-        l.set_nonblocking(true).unwrap();
-        // Bounded: the test is over long before this.
-        while t0.elapsed() < Duration::from_secs(240) {
-            match l.accept() {
-                Ok((s, _)) => {
-                    s.set_read_timeout(Some(Duration::from_millis(10))).ok();
-                    held.push(s);
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-            let mut buf = [0u8; 4096];
-            for s in &mut held {
-                let _ = s.read(&mut buf);
-            }
-        }
-    });
-    (port, h)
-}
-
 fn silent_s3_policy(d: &Drctl, name: &str, port: u16, method: &str) {
     d.write_policy_repo(
         name,
@@ -258,7 +230,7 @@ fn silent_s3_policy(d: &Drctl, name: &str, port: u16, method: &str) {
 
 #[test]
 fn a_repository_that_never_answers_fails_every_command_in_bounded_time() {
-    let (port, _srv) = silent_server();
+    let (port, _srv) = common::silent_server();
     let d = Drctl::new();
     silent_s3_policy(&d, "shop", port, "dump");
     silent_s3_policy(&d, "pitr", port, "physical");
@@ -311,7 +283,7 @@ fn a_repository_that_never_answers_fails_every_command_in_bounded_time() {
 
 #[test]
 fn sigterm_ends_every_command_waiting_on_a_silent_repository_within_10s() {
-    let (port, _srv) = silent_server();
+    let (port, _srv) = common::silent_server();
     let d = Drctl::new();
     silent_s3_policy(&d, "pitr", port, "physical");
     silent_s3_policy(&d, "shop", port, "dump");

@@ -566,3 +566,112 @@ fn init_gives_the_archiving_user_its_files() {
     d.as_owner = true;
     d.run(&["status"]).ok();
 }
+
+/// Exit code (None: killed at the limit), time taken, stderr.
+type Timed = (Option<i32>, Duration, String);
+
+/// Run drctl `args` to its end (at most `limit`).
+fn timed(c: Command, limit: Duration) -> Timed {
+    let t0 = Instant::now();
+    let mut c = c;
+    let mut child = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                out.status.code(),
+                t0.elapsed(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, t0.elapsed(), String::new());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A silent S3 (accepts, never answers) with request_timeout = 5s and the
+/// SDK's default attempts: every command ends within request_timeout ×
+/// attempts plus the attempt in flight, wal-fetch answers 126 within two
+/// request_timeouts, and a silent [[copy]] costs a backup at most the same
+/// bound, after which the copy is recorded as behind.
+#[test]
+fn a_silent_repository_costs_a_command_its_bound_and_no_more() {
+    let (port, _srv) = common::silent_server();
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let d = Drctl::new();
+    let silent = format!(
+        "url = \"s3://bucket/p\"\nendpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\nforce_path_style = true\nrequest_timeout = \"5s\"\n"
+    );
+    d.write_policy_repo("gone", &pg.url("shop"), &silent, "");
+    d.write_policy(
+        "shop",
+        &pg.url("shop"),
+        &format!(
+            "\n[[copy]]\nname = \"offsite\"\nurl = \"s3://bucket/p\"\nendpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\nforce_path_style = true\nrequest_timeout = \"5s\"\n"
+        ),
+    );
+    let dest = d.path().join("RECOVERYXLOG");
+    let key = d.identity_arg();
+    let limit = Duration::from_secs(120);
+    // At once, as an incident would have them.
+    let runs: Vec<(&str, std::thread::JoinHandle<Timed>)> = vec![
+        ("backup", d.command(&["backup", "gone"])),
+        ("verify", d.command(&["verify", "gone"])),
+        (
+            "wal-fetch",
+            d.command(&[
+                "wal-fetch",
+                "gone",
+                "000000010000000000000002",
+                dest.to_str().unwrap(),
+                "--identity",
+                &key,
+            ]),
+        ),
+        ("copy-backup", d.command(&["backup", "shop"])),
+    ]
+    .into_iter()
+    .map(|(n, c)| (n, std::thread::spawn(move || timed(c, limit))))
+    .collect();
+    for (name, h) in runs {
+        let (code, took, err) = h.join().unwrap();
+        eprintln!("{name}: exit {code:?} after {took:?}");
+        // 5 s × 6 attempts of silence, then the attempt in flight and the
+        // retry backoff it waited in, and start-up (before: 41-51 s, the
+        // copy 86 s, wal-fetch 151 s).
+        let bound = if name == "wal-fetch" {
+            Duration::from_secs(10 + 5)
+        } else {
+            Duration::from_secs(30 + 5 + 20)
+        };
+        assert!(took < bound, "{name} took {took:?}: {err}");
+        match name {
+            "wal-fetch" => assert_eq!(code, Some(126), "{err}"),
+            _ => assert_eq!(code, Some(1), "{name}: {err}"),
+        }
+        if name != "wal-fetch" {
+            assert!(err.contains("has not answered for"), "{name}: {err}");
+        }
+    }
+    // The primary has the backup; the copy is behind, for `drctl copy`.
+    let listed = d.list("shop");
+    assert_eq!(listed[0]["status"], "complete", "{listed:?}");
+    let st = d.run(&["status", "--output", "json"]).json();
+    let shop = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["policy"] == "shop")
+        .unwrap();
+    assert_eq!(shop["copies"][0]["missing_backups"], 1, "{shop}");
+}

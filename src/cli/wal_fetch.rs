@@ -40,6 +40,9 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    // Recovery waits on each segment: a silent repository answers 126
+    // within two request_timeouts, not after every retry.
+    crate::repo::silence::set_silent_timeouts(1);
     let r = tokio::select! {
         r = fetch(ctx, &a) => r,
         () = crate::cancel::cancelled() => Err(anyhow::anyhow!("interrupted")),

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod mirror;
 pub mod s3;
 pub mod seal;
+pub mod silence;
 pub mod url;
 
 pub use url::RepoUrl;

@@ -85,18 +85,17 @@ impl S3Repo {
             loader = loader.endpoint_url(ep);
         }
         let sdk = loader.load().await;
+        // AWS_MAX_ATTEMPTS is the standard knob; drctl's default is more
+        // patient than the SDK's 3 because a failed upload costs a whole
+        // backup.
+        let attempts = std::env::var("AWS_MAX_ATTEMPTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &u32| n >= 1)
+            .unwrap_or(6);
         let mut b = aws_sdk_s3::config::Builder::from(&sdk).retry_config(
             RetryConfig::standard()
-                // AWS_MAX_ATTEMPTS is the standard knob; drctl's default is
-                // more patient than the SDK's 3 because a failed upload
-                // costs a whole backup.
-                .with_max_attempts(
-                    std::env::var("AWS_MAX_ATTEMPTS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .filter(|&n: &u32| n >= 1)
-                        .unwrap_or(6),
-                )
+                .with_max_attempts(attempts)
                 .with_max_backoff(Duration::from_secs(20)),
         );
         // A server that accepts and never answers must fail the request
@@ -104,6 +103,11 @@ impl S3Repo {
         // first byte of its answer (which includes sending a part's body),
         // and a body that stops flowing are each bounded, then retried.
         let bound = cfg.request_timeout();
+        // And the requests together: see repo::silence.
+        b = b.interceptor(super::silence::Silence::of(
+            &cfg.url,
+            super::silence::bound(bound, attempts),
+        ));
         b = b
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()

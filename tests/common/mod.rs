@@ -877,3 +877,30 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// An "S3 endpoint" that accepts connections, reads and never answers: a
+/// hung proxy or a stopped server. Lives as long as the test.
+pub fn silent_server() -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut held = Vec::new();
+        l.set_nonblocking(true).unwrap();
+        // Bounded: the test is over long before this.
+        while t0.elapsed() < Duration::from_secs(240) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_read_timeout(Some(Duration::from_millis(10))).ok();
+                    held.push(s);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+            let mut buf = [0u8; 4096];
+            for s in &mut held {
+                let _ = s.read(&mut buf);
+            }
+        }
+    });
+    (port, h)
+}
