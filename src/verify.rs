@@ -275,6 +275,10 @@ pub async fn policy(
             work.policy.source.pg_bindir.as_deref(),
         )
         .await?;
+        // A verify cut short proves nothing either way: not recorded.
+        if crate::cancel::requested() {
+            anyhow::bail!("cancelled");
+        }
         catalog
             .record_verify(&r.id, r.deep, r.ok, &r.problems.join("; "))
             .await?;

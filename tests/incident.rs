@@ -316,7 +316,7 @@ fn term_when(
     // drctl itself, not runuser around it (runuser forwards the signal
     // but SIGKILLs its child 2 s later, which would cut the cleanup short
     // in a way no service manager does).
-    let pid = if common::is_root() {
+    let pid = if d.as_owner && common::is_root() {
         let out = Command::new("pgrep")
             .args(["-P", &child.id().to_string()])
             .output()
@@ -674,4 +674,66 @@ fn a_silent_repository_costs_a_command_its_bound_and_no_more() {
         .find(|p| p["policy"] == "shop")
         .unwrap();
     assert_eq!(shop["copies"][0]["missing_backups"], 1, "{shop}");
+}
+
+/// SIGTERM in the middle of `verify --deep` (extracting a physical backup
+/// under TMPDIR): it ends well before the 8 s watchdog, leaves no scratch
+/// extraction, and records no verdict.
+#[test]
+fn a_cancelled_deep_verify_leaves_no_scratch_and_no_verdict() {
+    let (mut d, pg) = pitr_with(ROWS_300K);
+    let id = d.backup("pitr");
+    archive_now(&pg);
+    let tmp = d.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    common::give_to_owner(&tmp);
+    d.extra_env
+        .push(("TMPDIR".into(), tmp.display().to_string()));
+    let key = d.identity_arg();
+    let scratch = || {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("drctl-verify-"))
+            .count()
+    };
+    let (code, err, took) = term_when(
+        &d,
+        &["verify", "pitr", "--deep", "--identity", &key],
+        || scratch() > 0,
+    );
+    assert!(code.is_some_and(|c| c != 0), "{code:?} {err}");
+    assert!(took < Duration::from_secs(6), "{took:?} {err}");
+    assert_eq!(scratch(), 0, "{err}");
+    let show = d.run(&["show", &id, "--output", "json"]).ok().json();
+    assert!(show["verification"].is_null(), "{show}");
+}
+
+/// SIGTERM once a dump restore has created its database: the database is
+/// dropped again, and the retry is not blocked.
+#[test]
+fn a_cancelled_dump_restore_drops_the_database_it_created() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    pg.psql("shop", ROWS_300K);
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    d.backup("shop");
+    let key = d.identity_arg();
+    let url = pg.url("shop_restored");
+    let args = [
+        "restore",
+        "shop",
+        "--latest",
+        "--target",
+        &url,
+        "--identity",
+        &key,
+    ];
+    let (code, err, took) = term_when(&d, &args, || pg.database_exists("shop_restored"));
+    assert!(code.is_some_and(|c| c != 0), "{code:?} {err}");
+    assert!(took < Duration::from_secs(10), "{took:?} {err}");
+    assert!(!pg.database_exists("shop_restored"), "{err}");
+    d.run(&args).ok();
 }

@@ -100,6 +100,11 @@ impl Catalog {
         Self::open_rw(path).await.map_err(|e| explain(path, e))
     }
 
+    /// Close the connections (SQLite checkpoints and removes -wal/-shm).
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
     /// For commands that only read (status, list, show): a user who may
     /// read the catalog but not write it or its locks (the archiving user
     /// looking at a catalog root made, a monitoring account) still gets an

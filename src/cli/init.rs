@@ -101,7 +101,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     }
     // The catalog and its locks exist from the start, so they are made by
     // (or given to) the right user rather than by whoever runs first.
-    drop(ctx.catalog().await?);
+    ctx.catalog().await?.close().await;
     let mut owned = vec![ctx.policies_dir.clone()];
     if let Some(dir) = ctx.catalog_path.parent() {
         let dir = if dir.as_os_str().is_empty() {
@@ -175,13 +175,18 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
 /// chown -R `user` each path that exists.
 fn give_to(user: &str, paths: &[PathBuf]) -> Result<()> {
     let there: Vec<&PathBuf> = paths.iter().filter(|p| p.exists()).collect();
-    let st = std::process::Command::new("chown")
-        .arg("-R")
-        .arg(format!("{user}:"))
-        .args(&there)
-        .status()
-        .context("cannot run chown")?;
-    if !st.success() {
+    let mut failed = false;
+    for p in &there {
+        let st = std::process::Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(p)
+            .status()
+            .context("cannot run chown")?;
+        // A file SQLite removed meanwhile (-wal, -shm) needs no owner.
+        failed |= !st.success() && p.exists();
+    }
+    if failed {
         anyhow::bail!(
             "cannot give {} to {user} (run drctl init as root, and check the user exists)",
             there
