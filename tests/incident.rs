@@ -737,3 +737,36 @@ fn a_cancelled_dump_restore_drops_the_database_it_created() {
     assert!(!pg.database_exists("shop_restored"), "{err}");
     d.run(&args).ok();
 }
+
+/// The same silent endpoint with the default request_timeout (60 s):
+/// recovery's restore_command still answers 126 within two of them.
+#[test]
+fn wal_fetch_from_a_silent_repository_answers_within_its_bound_by_default() {
+    let (port, _srv) = common::silent_server();
+    let d = Drctl::new();
+    d.write_policy_repo(
+        "gone",
+        "postgres://postgres@127.0.0.1:1/postgres",
+        &format!(
+            "url = \"s3://bucket/p\"\nendpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\nforce_path_style = true\n"
+        ),
+        "",
+    );
+    let dest = d.path().join("RECOVERYXLOG");
+    let key = d.identity_arg();
+    let (code, took, err) = timed(
+        d.command(&[
+            "wal-fetch",
+            "gone",
+            "000000010000000000000002",
+            dest.to_str().unwrap(),
+            "--identity",
+            &key,
+        ]),
+        Duration::from_secs(200),
+    );
+    eprintln!("wal-fetch: exit {code:?} after {took:?}");
+    assert_eq!(code, Some(126), "{err}");
+    assert!(took < Duration::from_secs(120), "{took:?}: {err}");
+    assert!(!dest.exists());
+}

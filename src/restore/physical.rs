@@ -396,6 +396,12 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         write_recovery(policy, req, &plan, &dir, &identity)
     }
     .await;
+    // A cancel that came while the last step finished is still a cancel:
+    // nothing half-wanted is left behind, whatever step noticed it.
+    let prepared = prepared.and_then(|()| match crate::cancel::requested() {
+        true => Err(anyhow!("cancelled")),
+        false => Ok(()),
+    });
     if let Err(e) = prepared {
         // A half-extracted or unproven directory must not be mistaken for
         // a restore, and must not block the retry.
@@ -418,6 +424,10 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
                 None => free_port()?,
             };
             let r = start_and_wait(pg_ctl, &dir, port, &plan, req.keep_archiving).await;
+            let r = r.and_then(|r| match crate::cancel::requested() {
+                true => Err(anyhow!("cancelled")),
+                false => Ok(r),
+            });
             match r {
                 Ok(r) => (Some(r), Some(port)),
                 Err(_) if crate::cancel::requested() => {
