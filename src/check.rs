@@ -201,8 +201,8 @@ async fn object_lock(repo: &dyn Repository, policy: &str, days: u32) -> StepResu
 }
 
 /// The words of a shell command line, quotes removed (enough to find
-/// drctl's own arguments in archive_command).
-fn words(cmd: &str) -> Vec<String> {
+/// drctl's own arguments in archive_command, and to run the runbook's).
+pub fn words(cmd: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quote = None;

@@ -38,6 +38,7 @@ pub use cli::main;
 /// pipeline's decoder and key loading (to forge a backup that agrees with
 /// its own checksums), and cron schedules (deploy files).
 pub mod testing {
+    pub use crate::check::words as shell_words;
     pub use crate::pipeline::{decode, load_identities};
     pub use crate::repo::manifest::Manifest;
     pub use crate::time::schedule::Schedule;

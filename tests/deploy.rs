@@ -393,31 +393,6 @@ fn runbook_commands() -> Vec<String> {
     out
 }
 
-/// Words of a command line as a shell splits it (quotes, no expansion).
-fn shell_words(line: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quote, mut any) = (Vec::new(), String::new(), None, false);
-    for c in line.chars() {
-        match (quote, c) {
-            (None, '"' | '\'') => (quote, any) = (Some(c), true),
-            (Some(q), c) if c == q => quote = None,
-            (None, c) if c.is_whitespace() => {
-                if any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            (_, c) => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        out.push(cur);
-    }
-    out
-}
-
 /// docs/runbook-pitr.md's shell blocks, run in order as the users they
 /// name, with only the host's places swapped for the test's (the restore
 /// directory, the key, the port, the example time, /var/lib/drctl and
@@ -473,7 +448,7 @@ fn the_runbook_runs_as_written() {
             continue; // this cluster has none: tests/tablespaces.rs
         }
         let line = swap(&line);
-        let words = shell_words(&line);
+        let words = drctl::testing::shell_words(&line);
         let (code, out, err) = if words[0] == "drctl" {
             // The on-call engineer, as the archiving user.
             let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
