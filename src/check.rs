@@ -480,24 +480,13 @@ async fn switch_lands(
             ));
         }
         let (failed, last_failed, stalled) = archiver_failures(conn).await?;
-        if failed > failed_before && last_failed.as_deref() == Some(seg.as_str()) {
+        // Durable in the primary and failed all the same (a copy refused
+        // it) is the primary's success: the copy steps name the copy.
+        if failed > failed_before
+            && last_failed.as_deref() == Some(seg.as_str())
+            && repo.head(&key).await?.is_none()
+        {
             let why = crate::pg::archiver::status(conn).await.unwrap_or_default();
-            // Durable in the primary, and still failed: a copy refused it.
-            if repo.head(&key).await?.is_some() {
-                let mut lacking = Vec::new();
-                for c in &policy.copies {
-                    let copy = crate::repo::open(&c.repository).await?;
-                    if !copy.head(&key).await.is_ok_and(|h| h.is_some()) {
-                        lacking.push(format!("copy {} ({})", c.name, copy.url()));
-                    }
-                }
-                if !lacking.is_empty() {
-                    return fail(format!(
-                        "archive_command failed on {seg} after the primary took it: {} does not have it; archive_command runs as the server's OS user with that user's environment (credentials, network), which must reach every copy; {why}",
-                        lacking.join(", ")
-                    ));
-                }
-            }
             return fail(format!("archive_command failed on {seg}; {why}"));
         }
         if stalled {
@@ -554,7 +543,7 @@ async fn lands_in_copy(
                     .map(|l| l.len())
                     .unwrap_or(0);
                 return fail(format!(
-                    "{seg} is in the primary but not in copy {} ({}); wal-push queued it ({backlog} files owed to this copy): archive_command runs as the server's OS user with that user's environment, which must reach the copy too (credentials, network); its error is in the server log; then `drctl copy {}`",
+                    "{seg} is in the primary but not in copy {} ({}); wal-push did not deliver it ({backlog} files owed to this copy): archive_command runs as the server's OS user with that user's environment, which must reach the copy too (credentials, network); its error is in the server log; then `drctl copy {}`",
                     c.name,
                     copy.url(),
                     policy.name

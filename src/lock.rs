@@ -32,12 +32,17 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_default()
 }
 
-fn locks_dir(catalog: &Path) -> PathBuf {
+/// The folder the catalog lives in.
+pub fn catalog_dir(catalog: &Path) -> &Path {
     catalog
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
-        .join("locks")
+}
+
+/// Where the policy locks, leases and the migration lock live.
+pub fn locks_dir(catalog: &Path) -> PathBuf {
+    catalog_dir(catalog).join("locks")
 }
 
 pub fn lock_path(catalog: &Path, policy: &str) -> PathBuf {

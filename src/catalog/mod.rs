@@ -204,6 +204,15 @@ impl Catalog {
     }
 }
 
+/// The catalog's files: the database, and SQLite's -wal and -shm beside it.
+pub fn files(path: &Path) -> [std::path::PathBuf; 3] {
+    ["", "-wal", "-shm"].map(|ext| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(ext);
+        p.into()
+    })
+}
+
 /// What to do about a catalog that cannot be opened: rebuild a damaged
 /// one, or run as (or chown to) the user that owns it.
 fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
@@ -216,11 +225,11 @@ fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
     if !denied(&e) {
         return e;
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = crate::lock::catalog_dir(path);
     anyhow!(
         "cannot write the catalog {} or its locks in {} as {}: {}; run drctl as the user that owns them ({}), or give them to this one: chown -R {} {}",
         path.display(),
-        dir.join("locks").display(),
+        crate::lock::locks_dir(path).display(),
         crate::lock::whoami(),
         e.root_cause(),
         owner_of(path).or_else(|| owner_of(dir)).unwrap_or_else(|| "?".into()),

@@ -29,10 +29,8 @@ pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
                     ctx.catalog_path.display()
                 )
             })?;
-            for ext in ["-wal", "-shm"] {
-                let mut p = ctx.catalog_path.clone().into_os_string();
-                p.push(ext);
-                let _ = std::fs::remove_file(p);
+            for side in &crate::catalog::files(&ctx.catalog_path)[1..] {
+                let _ = std::fs::remove_file(side);
             }
             eprintln!(
                 "drctl: the catalog {} was damaged; moved it to {} and rebuilding a new one (backups come back from the repositories; run and drill history does not)",

@@ -102,31 +102,18 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     // The catalog and its locks exist from the start, so they are made by
     // (or given to) the right user rather than by whoever runs first.
     ctx.catalog().await?.close().await;
-    let mut owned = vec![ctx.policies_dir.clone()];
-    if let Some(dir) = ctx.catalog_path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            std::path::Path::new(".")
-        } else {
-            dir
-        };
-        owned.push(dir.join("locks"));
-        for ext in ["", "-wal", "-shm"] {
-            let mut p = ctx.catalog_path.clone().into_os_string();
-            p.push(ext);
-            owned.push(PathBuf::from(p));
-        }
-    }
+    let mut owned = vec![
+        ctx.policies_dir.clone(),
+        crate::lock::locks_dir(&ctx.catalog_path),
+    ];
+    owned.extend(crate::catalog::files(&ctx.catalog_path));
     if let Some(path) = repo_url.strip_prefix("file://") {
         owned.push(PathBuf::from(path));
     }
     match &a.owner {
         Some(user) => {
             give_to(user, &owned)?;
-            let dir = ctx
-                .catalog_path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
+            let dir = crate::lock::catalog_dir(&ctx.catalog_path);
             let writable = std::process::Command::new(crate::pg::tools::runuser())
                 .args(["-u", user, "--", "test", "-w"])
                 .arg(dir)

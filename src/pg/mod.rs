@@ -387,7 +387,7 @@ pub async fn tool_version(program: &std::path::Path) -> Result<String> {
 }
 
 /// "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> "15.18".
-fn version_word(text: &str) -> String {
+pub(crate) fn version_word(text: &str) -> String {
     let mut words = text.split_whitespace();
     let after = words.clone().skip_while(|w| *w != "(PostgreSQL)").nth(1);
     after

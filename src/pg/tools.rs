@@ -184,10 +184,11 @@ fn major_of(p: &Path) -> Option<u32> {
 }
 
 fn major_in(text: &str) -> Option<u32> {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let i = words.iter().position(|w| *w == "(PostgreSQL)")?;
-    let v = words.get(i + 1)?;
-    v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    super::version_word(text)
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

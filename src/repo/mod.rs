@@ -198,20 +198,18 @@ pub async fn open(cfg: &policy::Repository) -> Result<Arc<dyn Repository>> {
 /// absent marker means a folder gone, a wrong URL or bucket: an empty
 /// listing there proves nothing.
 pub async fn has_marker(repo: &dyn Repository) -> Result<bool> {
-    Ok(repo
-        .get_bytes(REPO_MARKER)
+    Ok(marker(repo).await?.is_some())
+}
+
+async fn marker(repo: &dyn Repository) -> Result<Option<Vec<u8>>> {
+    repo.get_bytes(REPO_MARKER)
         .await
-        .with_context(|| format!("cannot read repository {}", repo.url()))?
-        .is_some())
+        .with_context(|| format!("cannot read repository {}", repo.url()))
 }
 
 /// Create the repository marker when absent; check its format when present.
 pub async fn ensure_initialized(repo: &dyn Repository) -> Result<()> {
-    match repo
-        .get_bytes(REPO_MARKER)
-        .await
-        .with_context(|| format!("cannot read repository {}", repo.url()))?
-    {
+    match marker(repo).await? {
         Some(bytes) => {
             let m: RepoMarker = serde_json::from_slice(&bytes).with_context(|| {
                 format!(

@@ -396,19 +396,14 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         write_recovery(policy, req, &plan, &dir, &identity)
     }
     .await;
-    // A cancel that came while the last step finished is still a cancel:
-    // nothing half-wanted is left behind, whatever step noticed it.
-    let prepared = prepared.and_then(|()| match crate::cancel::requested() {
-        true => Err(anyhow!("cancelled")),
-        false => Ok(()),
-    });
+    // A half-extracted or unproven directory must not be mistaken for a
+    // restore, and must not block the retry. A cancel that came while the
+    // last step finished is still a cancel, whatever step noticed it.
+    if crate::cancel::requested() {
+        bail!("cancelled; {}", clear_all(&dirs));
+    }
     if let Err(e) = prepared {
-        // A half-extracted or unproven directory must not be mistaken for
-        // a restore, and must not block the retry.
         let note = clear_all(&dirs);
-        if crate::cancel::requested() {
-            bail!("cancelled; {note}");
-        }
         return Err(e.context(note));
     }
     // A server that was started keeps its directory (and log) for a look,
@@ -424,16 +419,13 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
                 None => free_port()?,
             };
             let r = start_and_wait(pg_ctl, &dir, port, &plan, req.keep_archiving).await;
-            let r = r.and_then(|r| match crate::cancel::requested() {
-                true => Err(anyhow!("cancelled")),
-                false => Ok(r),
-            });
             match r {
-                Ok(r) => (Some(r), Some(port)),
-                Err(_) if crate::cancel::requested() => {
+                // Cancelled, even if recovery finished meanwhile.
+                _ if crate::cancel::requested() => {
                     let stopped = stop_server(pg_ctl, &dir);
                     bail!("cancelled; {stopped}{}", clear_all(&dirs));
                 }
+                Ok(r) => (Some(r), Some(port)),
                 Err(e) if e.downcast_ref::<AsksForPassword>().is_some() => {
                     let stopped = stop_server(pg_ctl, &dir);
                     bail!(
