@@ -14,26 +14,28 @@ scripts/install-deps.sh --no-test-deps
 echo "==> building drctl (release)"
 cargo build --release --quiet
 drctl="$root/target/release/drctl"
+# The server's own tools by path; drctl runs with a service's PATH and
+# finds the ones it needs itself, as on a stock Debian host.
 pgbin=/usr/lib/postgresql/15/bin
-export PATH="$pgbin:$PATH"
+export PATH=/usr/local/bin:/usr/bin:/bin
 
 work=$(mktemp -d /tmp/drctl-quickstart.XXXXXX)
 as_pg=()
 if [[ $(id -u) -eq 0 ]]; then
     chown postgres:postgres "$work"
     chmod 755 "$work"
-    as_pg=(runuser -u postgres --)
+    as_pg=(/usr/sbin/runuser -u postgres --)
 fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cleanup() {
-    "${as_pg[@]}" pg_ctl -D "$work/pgdata" -m fast -w stop >/dev/null 2>&1 || true
+    "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pgdata" -m fast -w stop >/dev/null 2>&1 || true
     if [[ "${KEEP:-0}" == 1 ]]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
 echo "==> starting a throwaway PostgreSQL 15 on 127.0.0.1:$port"
-"${as_pg[@]}" initdb -D "$work/pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-"${as_pg[@]}" pg_ctl -D "$work/pgdata" -l "$work/pgdata/server.log" -w \
+"${as_pg[@]}" "$pgbin/initdb" -D "$work/pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+"${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pgdata" -l "$work/pgdata/server.log" -w \
     -o "-p $port -k $work -c listen_addresses=127.0.0.1" start >/dev/null
 src="postgres://postgres@127.0.0.1:$port"
 psql_() { psql -X -q -v ON_ERROR_STOP=1 -At --dbname="$src/$1" "${@:2}"; }
