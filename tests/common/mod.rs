@@ -23,6 +23,24 @@ pub fn pg_tool(name: &str) -> PathBuf {
     }
 }
 
+/// The bin folder of PostgreSQL `major`: Debian's for 15, the ones
+/// scripts/install-deps.sh unpacks into .cache/pg/N/ for 16-18.
+pub fn pg_bin(major: u32) -> PathBuf {
+    if major == 15 {
+        return PathBuf::from(PG_BIN);
+    }
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/pg")
+        .join(major.to_string())
+        .join("bin");
+    assert!(
+        bin.join("postgres").exists(),
+        "no PostgreSQL {major} in {}: run scripts/install-deps.sh",
+        bin.display()
+    );
+    bin
+}
+
 /// util-linux keeps runuser in /usr/sbin, off a service's PATH.
 pub const RUNUSER: &str = "/usr/sbin/runuser";
 
@@ -95,6 +113,9 @@ pub fn give_to_owner(path: &Path) {
 /// A throwaway PostgreSQL 15 cluster.
 pub struct PgCluster {
     pub port: u16,
+    pub major: u32,
+    /// The server's bin folder.
+    pub bin: PathBuf,
     data: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -116,6 +137,12 @@ impl PgCluster {
 
     /// Both: hba rules and postgresql.conf lines.
     pub fn start_full(hba: &[&str], conf: &[String]) -> PgCluster {
+        Self::start_major(15, hba, conf)
+    }
+
+    /// A cluster of PostgreSQL `major` (see `pg_bin`).
+    pub fn start_major(major: u32, hba: &[&str], conf: &[String]) -> PgCluster {
+        let bin = pg_bin(major);
         let dir = tempfile::Builder::new()
             .prefix("drctl-pg-")
             .tempdir()
@@ -130,7 +157,7 @@ impl PgCluster {
         }
         let data = dir.path().join("data");
         check(
-            as_owner(&pg_tool("initdb"))
+            as_owner(&bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
                 .args([
@@ -164,7 +191,7 @@ impl PgCluster {
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
                 dir.path().display()
             );
-            let out = as_owner(&pg_tool("pg_ctl"))
+            let out = as_owner(&bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&data)
                 .args(["-o", &opts, "-l"])
@@ -175,6 +202,8 @@ impl PgCluster {
             if out.status.success() {
                 return PgCluster {
                     port,
+                    major,
+                    bin,
                     data,
                     _dir: dir,
                 };
@@ -295,7 +324,7 @@ WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let _ = as_owner(&pg_tool("pg_ctl"))
+        let _ = as_owner(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
             .args(["-m", "immediate", "-w", "stop"])

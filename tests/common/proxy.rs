@@ -5,7 +5,10 @@
 //! connection without an answer (what a reset looks like to a client), or
 //! stall before passing it on. Decisions come from a seeded RNG; at least
 //! `rate` of all requests are faulted while faults are on, and the number
-//! of faults and the lifetime of every connection are bounded.
+//! of faults and the lifetime of every connection are bounded. One request
+//! (method and target) is faulted at most `MAX_STREAK` times in a row: drctl
+//! makes 6 attempts, and a test of its retries must not fail on the 1 in
+//! 10,000 requests a 30% rate would fault six times running.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -33,6 +36,9 @@ const KINDS: [Fault; 4] = [
 /// Most faults one proxy injects, however long a test runs.
 const MAX_FAULTS: u64 = 2000;
 
+/// Most faults in a row for one request.
+const MAX_STREAK: u32 = 3;
+
 struct Shared {
     upstream: u16,
     rate_per_mille: AtomicU64,
@@ -41,6 +47,8 @@ struct Shared {
     requests: AtomicU64,
     faulted_requests: AtomicU64,
     counted: Mutex<std::collections::BTreeMap<Fault, u64>>,
+    /// Faults in a row, by request line.
+    streaks: Mutex<std::collections::HashMap<String, u32>>,
     stop: AtomicBool,
 }
 
@@ -64,6 +72,7 @@ impl FaultProxy {
             requests: AtomicU64::new(0),
             faulted_requests: AtomicU64::new(0),
             counted: Mutex::new(Default::default()),
+            streaks: Mutex::new(Default::default()),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -125,12 +134,30 @@ impl Drop for FaultProxy {
     }
 }
 
-fn decide(s: &Shared) -> Option<Fault> {
+fn decide(s: &Shared, head: &str) -> Option<Fault> {
     let n = s.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let rate = s.rate_per_mille.load(Ordering::Relaxed);
     if rate == 0 {
         return None;
     }
+    let line = head.lines().next().unwrap_or_default().to_string();
+    let mut streaks = s.streaks.lock().unwrap();
+    let streak = streaks.entry(line.clone()).or_default();
+    if *streak >= MAX_STREAK {
+        streaks.remove(&line);
+        return None;
+    }
+    let fault = decide_at(s, n, rate);
+    match fault {
+        Some(_) => *streaks.get_mut(&line).unwrap() += 1,
+        None => {
+            streaks.remove(&line);
+        }
+    }
+    fault
+}
+
+fn decide_at(s: &Shared, n: u64, rate: u64) -> Option<Fault> {
     let total: u64 = s.counted.lock().unwrap().values().sum();
     if total >= MAX_FAULTS {
         return None;
@@ -184,7 +211,7 @@ fn serve(mut client: TcpStream, s: &Shared) {
     let Some((head, early)) = read_head(&mut client) else {
         return;
     };
-    match decide(s) {
+    match decide(s, &head) {
         Some(kind @ (Fault::Status500 | Fault::Status503)) => {
             // Read the body first, so the client sees an answer, not a reset.
             let mut left = content_length(&head).saturating_sub(early.len() as u64);
