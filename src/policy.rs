@@ -94,6 +94,15 @@ pub struct Backup {
     /// Physical backups: how long to wait for the WAL the backup needs to
     /// reach the archive before failing (default 60s).
     pub archive_timeout: Option<String>,
+    /// Physical backups: take incrementals on the newest backup of the
+    /// chain unless a full is due (see `full_every`, `max_chain`).
+    #[serde(default)]
+    pub incremental: bool,
+    /// With `incremental`: a full at least this often (default 7d).
+    pub full_every: Option<String>,
+    /// With `incremental`: at most this many incrementals on one full
+    /// (default 6).
+    pub max_chain: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -288,6 +297,16 @@ impl Policy {
     /// `[backup] archive_timeout`, validated at load.
     pub fn archive_timeout(&self) -> std::time::Duration {
         duration_or(self.backup.archive_timeout.as_deref(), 60)
+    }
+
+    /// `[backup] full_every`, validated at load.
+    pub fn full_every(&self) -> std::time::Duration {
+        duration_or(self.backup.full_every.as_deref(), 7 * 86400)
+    }
+
+    /// `[backup] max_chain`: incrementals on one full.
+    pub fn max_chain(&self) -> u32 {
+        self.backup.max_chain.unwrap_or(6)
     }
 
     pub fn timezone(&self) -> jiff::tz::TimeZone {
@@ -788,6 +807,33 @@ fn validate_backup(ctx: &mut Ctx<'_>, b: &Backup, kind: Option<SourceKind>) {
     }
     if let Some(v) = &b.archive_timeout {
         check_positive(ctx, "backup.archive_timeout", v);
+    }
+    let physical = b.method == Method::Physical;
+    if b.incremental && !physical {
+        ctx.add(
+            "backup.incremental",
+            "incremental backups are physical (a dump is whole by nature): use method = \"physical\" or remove it",
+        );
+    }
+    for (key, set) in [
+        ("backup.full_every", b.full_every.is_some()),
+        ("backup.max_chain", b.max_chain.is_some()),
+    ] {
+        if set && !b.incremental {
+            ctx.add(
+                key,
+                "only means something with incremental = true: set that or remove it",
+            );
+        }
+    }
+    if let Some(v) = &b.full_every {
+        check_positive(ctx, "backup.full_every", v);
+    }
+    if b.max_chain == Some(0) {
+        ctx.add(
+            "backup.max_chain",
+            "must be at least 1 (to take only fulls, remove incremental = true)",
+        );
     }
 }
 

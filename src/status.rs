@@ -269,6 +269,8 @@ mod tests {
             repository: None,
             error: (status == "failed").then(|| format!("{id} broke\ndetail")),
             pinned: false,
+            kind: "full".into(),
+            parent: None,
         }
     }
 

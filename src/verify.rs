@@ -28,6 +28,7 @@ pub struct Verdict {
 pub async fn verify(
     repo: &dyn Repository,
     m: &Manifest,
+    chain: &[Manifest],
     identities: Option<&[age::x25519::Identity]>,
     bindir: Option<&std::path::Path>,
 ) -> Result<Verdict> {
@@ -94,7 +95,7 @@ pub async fn verify(
         }
     }
     if let (true, true, Some(ids)) = (extract, problems.is_empty(), identities) {
-        if let Err(e) = extract_and_prove(repo, m, ids, bindir).await {
+        if let Err(e) = extract_and_prove(repo, m, chain, ids, bindir).await {
             problems.push(format!("{e:#}"));
         }
     }
@@ -109,10 +110,12 @@ pub async fn verify(
 
 /// Restore a physical backup into a scratch directory under `TMPDIR` (it
 /// needs the backup's plain size there), run pg_verifybackup on it, and
-/// remove it.
+/// remove it. An incremental is restored with its `chain` (full first),
+/// combined as a restore would.
 async fn extract_and_prove(
     repo: &dyn Repository,
     m: &Manifest,
+    chain: &[Manifest],
     ids: &[age::x25519::Identity],
     bindir: Option<&std::path::Path>,
 ) -> Result<()> {
@@ -121,6 +124,17 @@ async fn extract_and_prove(
         .tempdir()
         .context("cannot create a scratch directory for verify --deep (set TMPDIR)")?;
     let dir = scratch.path().join("data");
+    if chain.len() > 1 {
+        std::fs::create_dir_all(&dir)?;
+        crate::restore::physical::check_bytes(
+            &m.id,
+            &dir,
+            crate::restore::chain::bytes_needed(chain),
+        )
+        .context("verify --deep combines the chain under TMPDIR (set TMPDIR to a larger place)")?;
+        crate::restore::chain::restore(bindir, repo, chain, ids, &dir).await?;
+        return crate::restore::physical::verify_restored(m, &dir, bindir).await;
+    }
     let places: Vec<crate::restore::TablespacePlacement> = m
         .tablespaces
         .iter()
@@ -264,17 +278,53 @@ pub async fn policy(
 ) -> Result<Vec<Verdict>> {
     let repo = crate::repo::open_for(&work.policy).await?;
     let mut out = Vec::new();
-    for m in &work.manifests {
+    // Parents before their incrementals: a dependent's verdict includes
+    // its chain's.
+    let mut manifests: Vec<&Manifest> = work.manifests.iter().collect();
+    manifests.sort_by_key(|m| (m.started_at, m.id.clone()));
+    let mut failed: std::collections::HashSet<String> = Default::default();
+    for m in manifests.iter().copied() {
         if crate::cancel::requested() {
             anyhow::bail!("cancelled");
         }
-        let r = verify(
+        let chain = match crate::restore::chain::of(m, &manifests) {
+            Ok(c) if c.len() > 1 => c,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                let r = Verdict {
+                    id: m.id.clone(),
+                    policy: m.policy.clone(),
+                    deep: identities.is_some(),
+                    ok: false,
+                    problems: vec![format!("{e:#}")],
+                };
+                failed.insert(m.id.clone());
+                catalog
+                    .record_verify(&r.id, r.deep, r.ok, &r.problems.join("; "))
+                    .await?;
+                on_report(&r);
+                out.push(r);
+                continue;
+            }
+        };
+        let mut r = verify(
             &*repo,
             m,
+            &chain,
             identities,
             work.policy.source.pg_bindir.as_deref(),
         )
         .await?;
+        if let Some(bad) = chain.iter().find(|l| failed.contains(&l.id)) {
+            r.ok = false;
+            r.problems.push(format!(
+                "{}, a backup in its chain, failed verification: this incremental cannot be restored",
+                bad.id
+            ));
+        }
+        if !r.ok {
+            failed.insert(m.id.clone());
+        }
         // A verify cut short proves nothing either way: not recorded.
         if crate::cancel::requested() {
             anyhow::bail!("cancelled");

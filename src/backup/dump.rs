@@ -64,6 +64,8 @@ pub(crate) async fn backup(
         id: id.to_string(),
         policy: policy.name.clone(),
         method: Method::Dump,
+        kind: manifest::Kind::Full,
+        parent: None,
         started_at: started,
         finished_at: Timestamp::now(),
         consistent_at: snap.consistent_at,

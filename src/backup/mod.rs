@@ -7,6 +7,7 @@
 //! into the repository, sharing `store`) and `crate::rds::backup`.
 
 pub mod dump;
+pub mod incremental;
 pub mod physical;
 pub mod store;
 
@@ -43,21 +44,46 @@ pub struct BackupOutcome {
     pub copy_failures: std::collections::BTreeMap<String, String>,
     pub pruned: Option<crate::prune::Pruned>,
     pub prune_error: Option<String>,
+    /// Why a wanted incremental is a full.
+    pub note: Option<String>,
 }
 
-pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Result<BackupOutcome> {
+/// How one run was asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `--full` / `--incremental`; None: as the policy says.
+    pub force: Option<manifest::Kind>,
+}
+
+pub async fn run(
+    policy: &Policy,
+    catalog: &Catalog,
+    catalog_path: &Path,
+    opts: Options,
+) -> Result<BackupOutcome> {
+    if opts.force.is_some() && policy.backup.method != Method::Physical {
+        return Err(crate::error::usage(format!(
+            "--full and --incremental are for physical policies; {} is {} (always whole)",
+            policy.name,
+            policy.backup.method.as_str()
+        )));
+    }
     let _lock = crate::lock::acquire(catalog_path, &policy.name, "backup")?;
     let rds = policy.backup.method == Method::RdsSnapshot;
     let mut copy_failures = std::collections::BTreeMap::new();
+    let mut note = None;
     let made = if rds {
         crate::rds::backup(policy, catalog)
             .await
             .map(|b| Made::Rds(Box::new(b)))
     } else {
-        into_repository(policy, catalog).await.map(|(m, failed)| {
-            copy_failures = failed;
-            Made::Repository(Box::new(m))
-        })
+        into_repository(policy, catalog, opts)
+            .await
+            .map(|(m, failed, n)| {
+                copy_failures = failed;
+                note = n;
+                Made::Repository(Box::new(m))
+            })
     };
     let made = match made {
         Ok(m) => m,
@@ -95,6 +121,7 @@ pub async fn run(policy: &Policy, catalog: &Catalog, catalog_path: &Path) -> Res
         made,
         pruned: None,
         prune_error: None,
+        note,
     };
     if !crate::prune::retention::Rules::from_policy(&policy.retention).is_empty() {
         let r = async {
@@ -195,7 +222,12 @@ pub fn copy_failure_message(
 async fn into_repository(
     policy: &Policy,
     catalog: &Catalog,
-) -> Result<(Manifest, std::collections::BTreeMap<String, String>)> {
+    opts: Options,
+) -> Result<(
+    Manifest,
+    std::collections::BTreeMap<String, String>,
+    Option<String>,
+)> {
     let method = policy.backup.method;
     let conn = policy.source_conn()?;
     let recipients = crate::pipeline::parse_recipients(policy.recipients()).map_err(|e| {
@@ -217,6 +249,16 @@ async fn into_repository(
         tracing::warn!(policy = %policy.name, "cannot remove what earlier runs left: {e:#}");
     }
 
+    // Decided before anything is written: a forced incremental that
+    // cannot be one is refused here.
+    let (parent, mut note) = if method == Method::Physical {
+        incremental::choose(policy, &conn, catalog, opts.force).await?
+    } else {
+        (None, None)
+    };
+    if let Some(n) = &note {
+        tracing::warn!(policy = %policy.name, "taking a full backup: {n}");
+    }
     let started = Timestamp::now();
     let id = manifest::new_backup_id(started);
     catalog
@@ -224,18 +266,32 @@ async fn into_repository(
         .await?;
     tracing::info!(policy = %policy.name, backup = %id, "backup started");
     let result = match method {
-        Method::Physical => physical::backup(policy, &conn, &repo, &recipients, &id, started).await,
-        _ => dump::backup(policy, &conn, &*repo, &recipients, &id, started).await,
+        Method::Physical => {
+            physical::backup(policy, &conn, &repo, &recipients, &id, started, parent)
+                .await
+                .map(|t| {
+                    if t.note.is_some() {
+                        note = t.note;
+                    }
+                    (t.manifest, t.server_manifest)
+                })
+        }
+        _ => dump::backup(policy, &conn, &*repo, &recipients, &id, started)
+            .await
+            .map(|m| (m, None)),
     };
     match result {
-        Ok(m) => {
+        Ok((m, server_manifest)) => {
             catalog.upsert_complete(&m, repo.url()).await?;
+            if let Some(json) = server_manifest {
+                catalog.put_server_manifest(&m.id, &json).await?;
+            }
             for c in policy.copies.iter().filter(|c| !failures.has(&c.name)) {
                 catalog.record_copy(&policy.name, &m.id, &c.name).await?;
             }
             catch_up(policy, catalog, &failures).await;
             tracing::info!(policy = %policy.name, backup = %id, "backup complete");
-            Ok((m, failures.all()))
+            Ok((m, failures.all(), note))
         }
         Err(e) => {
             let msg = format!("{e:#}");

@@ -188,12 +188,24 @@ async fn backup_points(
 
 /// The archives of a base backup, stored, and the points the tool reported.
 struct Streamed {
+    /// The server's backup_manifest as it streamed by (drctl's own client).
+    server_manifest_json: Option<Vec<u8>>,
     objects: Vec<ObjectEntry>,
     tablespaces: Vec<Tablespace>,
     points: Option<Points>,
     /// pg_basebackup's version, when it was used.
     tool: Option<String>,
     server_manifest: manifest::ServerManifest,
+}
+
+/// A committed physical backup.
+pub struct Taken {
+    pub manifest: Manifest,
+    /// The server's backup_manifest, for the catalog (what an incremental
+    /// on this backup is taken against).
+    pub server_manifest: Option<Vec<u8>>,
+    /// Why a wanted incremental is a full after all.
+    pub note: Option<String>,
 }
 
 pub async fn backup(
@@ -203,7 +215,8 @@ pub async fn backup(
     recipients: &[age::x25519::Recipient],
     id: &str,
     started: Timestamp,
-) -> Result<Manifest> {
+    parent: Option<super::incremental::Parent>,
+) -> Result<Taken> {
     let (source, seg_size, tablespaces) = server_facts(conn).await?;
     // drctl's own replication client reads the archives straight off the
     // socket; pg_basebackup would relay every byte through its own buffers
@@ -215,19 +228,45 @@ pub async fn backup(
             && source.server_version_num >= 150000
             && crate::pg::replication::Params::from_conn(conn)
                 .is_ok_and(|p| p.plain_is_what_libpq_would_do()));
+    let (mut parent, mut note) = (parent, None);
+    if parent.is_some() && !own_client {
+        parent = None;
+        note = Some("incrementals are taken by drctl's own replication client, which this policy does not use (use_pg_basebackup, or a connection that may want TLS)".into());
+    } else if parent.is_some() && tablespaces > 0 {
+        parent = None;
+        note = Some("incrementals of clusters with tablespaces are not supported yet".into());
+    }
     let streamed = if own_client {
-        over_replication(policy, conn, repo, recipients, id).await?
+        match over_replication(policy, conn, repo, recipients, id, parent.as_ref()).await {
+            // The server may lack the WAL summaries an incremental needs
+            // (summarize_wal turned on late, or older than
+            // wal_summary_keep_time): a full, never a failed night.
+            Err(e) if parent.is_some() && format!("{e:#}").contains("WAL summar") => {
+                let why = format!("the server cannot take the incremental: {e:#}");
+                tracing::warn!(policy = %policy.name, "taking a full backup: {why}");
+                note = Some(why);
+                parent = None;
+                over_replication(policy, conn, repo, recipients, id, None).await?
+            }
+            r => r?,
+        }
     } else {
         let tool = policy.pg_tool("pg_basebackup", source.server_version_num / 10000)?;
         with_pg_basebackup(policy, conn, &tool, &**repo, recipients, id).await?
     };
     let keys: Vec<String> = streamed.objects.iter().map(|o| o.key.clone()).collect();
+    let server_manifest = streamed.server_manifest_json.clone();
+    let parent_id = parent.map(|p| p.id);
     match finish(
-        policy, conn, &**repo, recipients, id, started, source, seg_size, streamed,
+        policy, conn, &**repo, recipients, id, started, source, seg_size, streamed, parent_id,
     )
     .await
     {
-        Ok(m) => Ok(m),
+        Ok(manifest) => Ok(Taken {
+            manifest,
+            server_manifest,
+            note,
+        }),
         Err(e) => {
             for k in keys {
                 let _ = repo.delete(&k).await;
@@ -280,6 +319,7 @@ async fn with_pg_basebackup(
         Err(e) => return Err(e),
     };
     Ok(Streamed {
+        server_manifest_json: None,
         objects: vec![object_entry("base", key, d)],
         tablespaces: Vec::new(),
         points: parse_points(&stderr),
@@ -309,8 +349,10 @@ async fn over_replication(
     repo: &Arc<dyn Repository>,
     recipients: &[age::x25519::Recipient],
     id: &str,
+    parent: Option<&super::incremental::Parent>,
 ) -> Result<Streamed> {
     let params = crate::pg::replication::Params::from_conn(conn)?;
+    let parent_manifest = parent.map(|p| p.manifest.clone());
     let handle = tokio::runtime::Handle::current();
     let prefix = manifest::backup_prefix(&policy.name, id);
     let label = format!("drctl {id}");
@@ -321,8 +363,14 @@ async fn over_replication(
     let written2 = written.clone();
     let on_server = policy.compression.on_server.unwrap_or(true);
     let result = tokio::task::spawn_blocking(move || -> Result<Streamed> {
-        let (mut bb, server_zstd) =
-            start_base_backup(&params, &label, on_server, (level, threads))?;
+        let (mut bb, server_zstd) = start_base_backup(
+            &params,
+            &label,
+            on_server,
+            (level, threads),
+            parent_manifest.as_deref(),
+        )?;
+        let mut server_manifest_json = None;
         let opts = crate::pipeline::EncodeOptions {
             level,
             threads,
@@ -346,6 +394,17 @@ async fn over_replication(
             };
             let d = if server_zstd && !h.is_manifest {
                 crate::pipeline::encode_compressed(&mut bb, writer, &recips, &progress)
+            } else if h.is_manifest {
+                // Kept as it goes by: the next incremental is taken
+                // against it, and the catalog (not the encrypted
+                // repository) is where it is read from.
+                let mut tee = Tee {
+                    inner: &mut bb,
+                    copy: Vec::new(),
+                };
+                let d = crate::pipeline::encode(&mut tee, writer, &opts, &progress, &mut || Ok(()));
+                server_manifest_json = Some(tee.copy);
+                d
             } else {
                 crate::pipeline::encode(&mut bb, writer, &opts, &progress, &mut || Ok(()))
             };
@@ -364,6 +423,7 @@ async fn over_replication(
             bail!("the server sent no backup manifest");
         }
         Ok(Streamed {
+            server_manifest_json,
             objects,
             tablespaces,
             points: Some(Points {
@@ -386,6 +446,20 @@ async fn over_replication(
     result
 }
 
+/// A reader that keeps a copy of what it reads.
+struct Tee<R> {
+    inner: R,
+    copy: Vec<u8>,
+}
+
+impl<R: std::io::Read> std::io::Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Start BASE_BACKUP. The server compresses when it can (only compressed
 /// bytes cross the wire, and nothing relays plain bytes); a server built
 /// without zstd refuses the option before its checkpoint, and drctl
@@ -395,9 +469,10 @@ fn start_base_backup(
     label: &str,
     on_server: bool,
     zstd: (i32, u32),
+    parent: Option<&[u8]>,
 ) -> Result<(crate::pg::replication::BaseBackup, bool)> {
     let start = |zstd| {
-        crate::pg::replication::BaseBackup::start(params, label, zstd)
+        crate::pg::replication::BaseBackup::start(params, label, zstd, parent)
             .with_context(|| format!("base backup over replication from {params:?}"))
     };
     if !on_server {
@@ -452,6 +527,7 @@ async fn finish(
     mut source: SourceInfo,
     seg_size: u64,
     streamed: Streamed,
+    parent: Option<String>,
 ) -> Result<Manifest> {
     let wait = policy.archive_timeout();
     let points = match streamed.points {
@@ -502,6 +578,12 @@ async fn finish(
         id: id.to_string(),
         policy: policy.name.clone(),
         method: Method::Physical,
+        kind: if parent.is_some() {
+            manifest::Kind::Incremental
+        } else {
+            manifest::Kind::Full
+        },
+        parent,
         started_at: started,
         finished_at: Timestamp::now(),
         consistent_at,

@@ -55,6 +55,11 @@ pub struct BackupRow {
     pub repository: Option<String>,
     pub error: Option<String>,
     pub pinned: bool,
+    /// "full" or "incremental" (physical backups).
+    pub kind: String,
+    /// An incremental's parent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,7 +91,7 @@ fn pid_alive(pid: i64) -> bool {
 macro_rules! row_columns {
     () => {
         "id, policy, method, status, started_at, finished_at, consistent_at, \
-         stored_bytes, source_bytes, repository, error, pinned"
+         stored_bytes, source_bytes, repository, error, pinned, kind, parent"
     };
 }
 
@@ -317,12 +322,13 @@ impl Catalog {
     /// Insert or replace a committed backup from its manifest.
     pub async fn upsert_complete(&self, m: &Manifest, repo: &str) -> Result<()> {
         sqlx::query(
-            "insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, source_bytes, repository, manifest)
-             values (?, ?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?)
+            "insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, source_bytes, repository, manifest, kind, parent)
+             values (?, ?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?)
              on conflict(id) do update set status = 'complete', finished_at = excluded.finished_at,
                consistent_at = excluded.consistent_at, stored_bytes = excluded.stored_bytes,
                source_bytes = excluded.source_bytes, repository = excluded.repository,
-               manifest = excluded.manifest, error = null, pid = null",
+               manifest = excluded.manifest, kind = excluded.kind, parent = excluded.parent,
+               error = null, pid = null",
         )
         .bind(&m.id)
         .bind(&m.policy)
@@ -334,10 +340,41 @@ impl Catalog {
         .bind(m.source_bytes() as i64)
         .bind(repo)
         .bind(m.to_json())
+        .bind(m.kind.as_str())
+        .bind(&m.parent)
         .execute(&self.pool)
         .await
         .context("recording the completed backup in the catalog")?;
         Ok(())
+    }
+
+    /// Keep the server's `backup_manifest` of a physical backup (what the
+    /// next incremental is taken against).
+    pub async fn put_server_manifest(&self, id: &str, json: &[u8]) -> Result<()> {
+        let body = zstd::bulk::compress(json, 3).context("compressing a server manifest")?;
+        sqlx::query("insert or replace into server_manifests (backup_id, body) values (?, ?)")
+            .bind(id)
+            .bind(body)
+            .execute(&self.pool)
+            .await
+            .context("keeping the server manifest in the catalog")?;
+        Ok(())
+    }
+
+    /// The server's `backup_manifest` of a backup, if the catalog has it.
+    pub async fn server_manifest(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let body: Option<Vec<u8>> =
+            sqlx::query_scalar("select body from server_manifests where backup_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        body.map(|b| {
+            let mut out = Vec::new();
+            zstd::stream::copy_decode(&b[..], &mut out)
+                .with_context(|| format!("the catalog's server manifest of {id} is damaged"))?;
+            Ok(out)
+        })
+        .transpose()
     }
 
     pub async fn mark_failed(&self, id: &str, at: Timestamp, error: &str) -> Result<()> {
@@ -416,7 +453,7 @@ impl Catalog {
                  where b.status = 'complete' group by b.policy
              )
              select b.id, b.policy, b.method, b.status, b.started_at, b.finished_at, b.consistent_at,
-                    b.stored_bytes, b.source_bytes, b.repository, b.error, b.pinned
+                    b.stored_bytes, b.source_bytes, b.repository, b.error, b.pinned, b.kind, b.parent
              from backups b
              left join ok on ok.policy = b.policy
              left join last on last.policy = b.policy
@@ -471,6 +508,8 @@ impl Catalog {
             repository: r.get("repository"),
             error: r.get("error"),
             pinned: r.get::<i64, _>("pinned") != 0,
+            kind: r.get("kind"),
+            parent: r.get("parent"),
         }
     }
 
@@ -529,6 +568,10 @@ impl Catalog {
             let id: String = r.get(0);
             if !present.contains(&id) {
                 sqlx::query("delete from backups where id = ?")
+                    .bind(&id)
+                    .execute(&self.pool)
+                    .await?;
+                sqlx::query("delete from server_manifests where backup_id = ?")
                     .bind(&id)
                     .execute(&self.pool)
                     .await?;

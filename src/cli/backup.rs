@@ -12,12 +12,28 @@ use crate::time::parse::rfc3339;
 pub struct Args {
     /// Policy name
     policy: String,
+    /// Take a full backup, whatever [backup] incremental says
+    #[arg(long, conflicts_with = "incremental")]
+    full: bool,
+    /// Take an incremental on the newest backup (fails, naming why, when
+    /// none can be taken), past full_every and max_chain
+    #[arg(long)]
+    incremental: bool,
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = ctx.load(&a.policy)?;
     let catalog = ctx.catalog().await?;
-    let out = crate::backup::run(&policy, &catalog, &ctx.catalog_path).await?;
+    let force = match (a.full, a.incremental) {
+        (true, _) => Some(crate::repo::manifest::Kind::Full),
+        (_, true) => Some(crate::repo::manifest::Kind::Incremental),
+        _ => None,
+    };
+    let opts = crate::backup::Options { force };
+    let out = crate::backup::run(&policy, &catalog, &ctx.catalog_path, opts).await?;
+    if let Some(n) = &out.note {
+        eprintln!("drctl: note: a full backup, not an incremental: {n}");
+    }
     if let Some(e) = &out.prune_error {
         eprintln!(
             "drctl: warning: backup {} is complete, but pruning failed: {e}",
@@ -48,8 +64,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         }
         crate::backup::Made::Repository(m) => {
             let secs = m.finished_at.duration_since(m.started_at).as_secs_f64();
+            let kind = match &m.parent {
+                Some(p) => format!(" (incremental on {p})"),
+                None if m.method == crate::policy::Method::Physical => " (full)".into(),
+                None => String::new(),
+            };
             println!(
-                "backup {} complete: policy {}, consistent at {}, {} tables ({} counts), {} -> {} stored in {:.1}s",
+                "backup {}{kind} complete: policy {}, consistent at {}, {} tables ({} counts), {} -> {} stored in {:.1}s",
                 m.id,
                 m.policy,
                 rfc3339(m.consistent_at),

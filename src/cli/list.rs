@@ -31,6 +31,16 @@ pub struct Entry {
     pub source_bytes: Option<i64>,
     pub pinned: bool,
     pub error: Option<String>,
+    /// Physical: "full" or "incremental".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// An incremental's parent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// An incremental's chain, its full first and itself last: what a
+    /// restore of it reads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
     /// Physical: how far this backup can be rolled forward with the
     /// archived WAL (the end of its recoverable window).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,6 +66,9 @@ impl Entry {
             source_bytes: r.source_bytes,
             pinned: r.pinned,
             error: r.error.clone(),
+            kind: (r.method == "physical").then(|| r.kind.clone()),
+            parent: r.parent.clone(),
+            chain: Vec::new(),
             recoverable_until: None,
             repositories: Vec::new(),
         }
@@ -74,6 +87,9 @@ impl Entry {
             source_bytes: Some(m.source_bytes() as i64),
             pinned: false,
             error: None,
+            kind: (m.method == crate::policy::Method::Physical).then(|| m.kind.as_str().into()),
+            parent: m.parent.clone(),
+            chain: Vec::new(),
             recoverable_until: None,
             repositories: Vec::new(),
         }
@@ -87,6 +103,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let catalog = ctx.catalog_for_reading().await?;
     let rows = catalog.list(a.policy.as_deref()).await?;
     let mut entries: Vec<Entry> = rows.iter().map(Entry::from_row).collect();
+    chains(&mut entries);
     let windows = windows(ctx, &mut entries).await;
     repositories(ctx, &catalog, &rows, &mut entries).await?;
     if ctx.json() {
@@ -121,6 +138,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 .unwrap_or_else(|| "-".into()),
             if e.pinned { "  pinned" } else { "" }
         );
+        if let Some(p) = &e.parent {
+            println!(
+                "{:<22} incremental on {p}; restores with {} backups: {}",
+                "",
+                e.chain.len(),
+                e.chain.join(" <- ")
+            );
+        }
         if !e.repositories.is_empty() {
             println!("{:<22} in: {}", "", e.repositories.join(", "));
         }
@@ -132,6 +157,30 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         println!("recoverable window of {policy}: {w}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fill `chain` for incrementals (a broken chain lists what there is,
+/// from the first missing link's child on).
+pub fn chains(entries: &mut [Entry]) {
+    use crate::backup::incremental::{chain, Link};
+    use crate::repo::manifest::Kind;
+    let links: Vec<Link> = entries
+        .iter()
+        .filter(|e| e.status == "complete" && e.kind.is_some())
+        .map(|e| Link {
+            id: e.id.clone(),
+            kind: if e.parent.is_some() {
+                Kind::Incremental
+            } else {
+                Kind::Full
+            },
+            parent: e.parent.clone(),
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+        })
+        .collect();
+    for e in entries.iter_mut().filter(|e| e.parent.is_some()) {
+        e.chain = chain(&e.id, &links).unwrap_or_else(|_| vec![e.id.clone()]);
+    }
 }
 
 /// Fill `repositories` for the complete backups of policies with copies:

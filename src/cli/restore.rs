@@ -349,6 +349,14 @@ pub(crate) fn print_plan(
         crate::progress::human_bytes(p.stored_bytes),
         crate::progress::human_bytes(p.source_bytes)
     )?;
+    if !p.chain.is_empty() {
+        writeln!(
+            out,
+            "chain:         {} (combined by pg_combinebackup: about {} on disk while it runs)",
+            p.chain.join(" <- "),
+            crate::progress::human_bytes(crate::restore::chain::bytes_needed(&p.links))
+        )?;
+    }
     Ok(())
 }
 

@@ -23,9 +23,24 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         .await?
         .map(|(r, _)| r.pinned)
         .unwrap_or(false);
+    // An incremental's chain, as the catalog knows the policy's backups.
+    let mut entries: Vec<super::list::Entry> = catalog
+        .list(Some(&m.policy))
+        .await?
+        .iter()
+        .map(super::list::Entry::from_row)
+        .collect();
+    super::list::chains(&mut entries);
+    let chain = entries
+        .into_iter()
+        .find(|e| e.id == m.id)
+        .map(|e| e.chain)
+        .unwrap_or_default();
+    let physical = m.method == crate::policy::Method::Physical;
     if ctx.json() {
         ctx.print_json(&serde_json::json!({
             "id": m.id, "policy": m.policy, "status": "complete", "pinned": pinned,
+            "kind": physical.then(|| m.kind.as_str()), "parent": m.parent, "chain": chain,
             "manifest": m, "verification": verification,
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -33,6 +48,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     println!("id:             {}", m.id);
     println!("policy:         {}", m.policy);
     println!("method:         {}", m.method);
+    match &m.parent {
+        Some(p) => println!(
+            "kind:           incremental on {p}; restores with {}",
+            chain.join(" <- ")
+        ),
+        None if physical => println!("kind:           full"),
+        None => {}
+    }
     println!(
         "status:         complete (manifest committed){}",
         if pinned { ", pinned" } else { "" }

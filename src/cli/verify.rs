@@ -134,9 +134,21 @@ async fn select(
         Some(t) => {
             // One backup: its objects, not its policy's whole archive.
             let (p, m) = super::find_backup(ctx, t).await?;
+            // An incremental is verified with its chain: it restores only
+            // with every link.
+            let manifests = if m.parent.is_some() {
+                let found = scan(&p).await?;
+                let all: Vec<&crate::repo::manifest::Manifest> = found.complete.iter().collect();
+                match crate::restore::chain::of(&m, &all) {
+                    Ok(c) => c,
+                    Err(_) => vec![m],
+                }
+            } else {
+                vec![m]
+            };
             work.push(Work {
                 policy: p,
-                manifests: vec![m],
+                manifests,
                 wal: false,
             });
         }

@@ -217,7 +217,14 @@ async fn job(
 ) -> Result<()> {
     let _permit = sem.acquire_owned().await.context("scheduler closed")?;
     let started = std::time::Instant::now();
-    match crate::backup::run(&policy, &shared.catalog, &catalog_path).await {
+    match crate::backup::run(
+        &policy,
+        &shared.catalog,
+        &catalog_path,
+        crate::backup::Options::default(),
+    )
+    .await
+    {
         Ok(out) => {
             tracing::info!(
                 backup = %out.made.id(),

@@ -459,6 +459,24 @@ fn startup(w: &mut Wire, p: &Params) -> Result<()> {
     }
 }
 
+/// UPLOAD_MANIFEST: the parent's manifest as CopyData, then CopyDone, and
+/// the command's completion.
+fn upload_manifest(w: &mut Wire, manifest: &[u8]) -> Result<()> {
+    w.send(Some(b'Q'), b"UPLOAD_MANIFEST\0")?;
+    w.expect(b'G')?;
+    for chunk in manifest.chunks(64 << 10) {
+        w.send(Some(b'd'), chunk)?;
+    }
+    w.send(Some(b'c'), &[])?;
+    loop {
+        match w.recv()? {
+            b'Z' => return Ok(()),
+            b'C' | b'T' | b'D' => {}
+            t => bail!("unexpected message '{}' after UPLOAD_MANIFEST", t as char),
+        }
+    }
+}
+
 /// One archive of a running base backup, as the server announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveHeader {
@@ -493,9 +511,25 @@ impl BaseBackup {
     /// Connect and start `BASE_BACKUP` with WAL included and a fast checkpoint.
     /// With `zstd` = Some((level, workers)) the server compresses each
     /// archive (PostgreSQL 15+ built with zstd): the archives are then zstd
-    /// streams.
-    pub fn start(p: &Params, label: &str, zstd: Option<(i32, u32)>) -> Result<BaseBackup> {
+    /// streams. With `parent` (a backup's `backup_manifest`, PostgreSQL
+    /// 17+ with summarize_wal) the backup is incremental on that one: the
+    /// manifest goes up with UPLOAD_MANIFEST on this same connection first,
+    /// and the server then reads and sends only the blocks changed since.
+    pub fn start(
+        p: &Params,
+        label: &str,
+        zstd: Option<(i32, u32)>,
+        parent: Option<&[u8]>,
+    ) -> Result<BaseBackup> {
         let mut w = connect(p)?;
+        if let Some(manifest) = parent {
+            upload_manifest(&mut w, manifest).context("UPLOAD_MANIFEST")?;
+        }
+        let incremental = if parent.is_some() {
+            ", INCREMENTAL"
+        } else {
+            ""
+        };
         let compression = match zstd {
             Some((level, workers)) if workers > 1 => {
                 format!(
@@ -511,7 +545,7 @@ impl BaseBackup {
         // The server's manifest (SHA256 of every file it sent) comes last,
         // so that pg_verifybackup can prove a restored directory.
         let cmd = format!(
-            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'SHA256', TABLESPACE_MAP false{compression})",
+            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'SHA256', TABLESPACE_MAP false{incremental}{compression})",
             quote(label)
         );
         let mut q = cmd.into_bytes();

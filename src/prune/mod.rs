@@ -193,6 +193,12 @@ pub async fn run(
         .map(|m| Item::of(m, pins.contains(&m.id)))
         .collect();
     let mut decisions = retention::decide_or_keep(&items, &rules, &policy.timezone());
+    let parents: std::collections::HashMap<String, String> = inv
+        .complete
+        .iter()
+        .filter_map(|m| Some((m.id.clone(), m.parent.clone()?)))
+        .collect();
+    retention::keep_ancestors(&mut decisions, &parents);
     // Claims are held until the deletions are done, so no restore can
     // lease a backup between this check and its deletion.
     let mut claims = claim(catalog, &policy.name, &mut decisions, dry_run);
@@ -200,6 +206,10 @@ pub async fn run(
     let lockable = repo.lockable().await?;
     if lockable {
         hold_locked(repo, &policy.name, &mut decisions, &mut claims).await?;
+    }
+    // A dependent kept by a lease or a lock keeps its chain too.
+    for id in retention::keep_ancestors(&mut decisions, &parents) {
+        claims.remove(&id);
     }
     let backups: Vec<Entry> = decisions
         .into_iter()

@@ -192,10 +192,82 @@ pub fn decide(items: &[Item], rules: &Rules, tz: &TimeZone) -> Vec<Decision> {
     out
 }
 
+/// Keep every ancestor of a kept incremental: a full goes only with the
+/// last backup that needs it. `parents` maps an incremental to its parent.
+/// Returns the ids this kept that were to be deleted.
+pub fn keep_ancestors(
+    decisions: &mut [Decision],
+    parents: &std::collections::HashMap<String, String>,
+) -> Vec<String> {
+    let mut newly = Vec::new();
+    // Newest first, so each parent is named after its newest kept child.
+    let kept: Vec<String> = decisions
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.id.clone())
+        .collect();
+    for child in kept {
+        let mut at = child.clone();
+        let mut hops = 0;
+        while let Some(p) = parents.get(&at) {
+            hops += 1;
+            if hops > parents.len() {
+                break;
+            }
+            if let Some(d) = decisions.iter_mut().find(|d| &d.id == p) {
+                if !d.keep {
+                    d.keep = true;
+                    d.reasons = vec![format!("parent of {at}")];
+                    newly.push(d.id.clone());
+                }
+            }
+            at = p.clone();
+        }
+    }
+    newly
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_kept_incremental_keeps_its_whole_chain() {
+        // f <- i1 <- i2, then a new full g: keep_last = 1 keeps g only;
+        // keep_last = 2 keeps g and i2, and so i1 and f.
+        let items = vec![
+            item("f", "2026-11-20T01:00:00Z"),
+            item("i1", "2026-11-20T02:00:00Z"),
+            item("i2", "2026-11-20T03:00:00Z"),
+            item("g", "2026-11-20T04:00:00Z"),
+        ];
+        let parents: std::collections::HashMap<String, String> = [("i1", "f"), ("i2", "i1")]
+            .map(|(a, b)| (a.into(), b.into()))
+            .into();
+        let mut d = decide(
+            &items,
+            &Rules {
+                last: 1,
+                ..Rules::default()
+            },
+            &TimeZone::UTC,
+        );
+        assert!(keep_ancestors(&mut d, &parents).is_empty());
+        assert_eq!(kept(&d), ["g"]);
+        let mut d = decide(
+            &items,
+            &Rules {
+                last: 2,
+                ..Rules::default()
+            },
+            &TimeZone::UTC,
+        );
+        assert_eq!(keep_ancestors(&mut d, &parents), ["i1", "f"]);
+        assert_eq!(kept(&d), ["g", "i2", "i1", "f"]);
+        let f = d.iter().find(|d| d.id == "f").unwrap();
+        assert_eq!(f.reasons, ["parent of i1"]);
+    }
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -425,6 +497,37 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the rules, no kept backup's parent is deleted.
+        #[test]
+        fn no_kept_backup_loses_a_parent(
+            n in 1usize..30,
+            fulls in proptest::collection::vec(any::<bool>(), 30),
+            last in 0u32..5,
+            daily in 0u32..5,
+        ) {
+            let items: Vec<Item> = (0..n)
+                .map(|i| Item {
+                    id: format!("b{i:02}"),
+                    at: Timestamp::from_second(1_800_000_000 + i as i64 * 5000).unwrap(),
+                    pinned: false,
+                })
+                .collect();
+            let mut parents = std::collections::HashMap::new();
+            for (i, full) in fulls.iter().enumerate().take(n).skip(1) {
+                if !full {
+                    parents.insert(format!("b{i:02}"), format!("b{:02}", i - 1));
+                }
+            }
+            let rules = Rules { last, daily, ..Rules::default() };
+            let mut d = decide_or_keep(&items, &rules, &TimeZone::UTC);
+            keep_ancestors(&mut d, &parents);
+            for x in d.iter().filter(|x| x.keep) {
+                if let Some(p) = parents.get(&x.id) {
+                    prop_assert!(d.iter().any(|y| &y.id == p && y.keep), "{} kept without {}", x.id, p);
+                }
+            }
+        }
+
         #[test]
         fn invariants(items in arb_items(), rules in arb_rules()) {
             let d = decide(&items, &rules, &TimeZone::UTC);

@@ -20,6 +20,14 @@ pub struct Manifest {
     pub id: String,
     pub policy: String,
     pub method: Method,
+    /// Physical backups: a full, or an incremental on `parent`. Fulls leave
+    /// it out, so manifests from before incrementals keep their seal.
+    #[serde(default, skip_serializing_if = "Kind::is_full")]
+    pub kind: Kind,
+    /// An incremental's parent: the backup (full or incremental) it holds
+    /// the changes since. Restoring it needs the whole chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     pub started_at: Timestamp,
     pub finished_at: Timestamp,
     /// For dumps: the instant of the dump's snapshot. Every transaction
@@ -44,6 +52,28 @@ pub struct Manifest {
     pub row_counts: String,
     pub tables: Vec<TableCount>,
     pub drctl_version: String,
+}
+
+/// Whole, or the changes since a parent.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    #[default]
+    Full,
+    Incremental,
+}
+
+impl Kind {
+    pub fn is_full(&self) -> bool {
+        *self == Kind::Full
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Incremental => "incremental",
+        }
+    }
 }
 
 /// The object holding the server's manifest when it is stored on its own.
@@ -214,6 +244,8 @@ mod tests {
             id: "20261122T101500Z-3f9a".into(),
             policy: "orders".into(),
             method: Method::Dump,
+            kind: Kind::Full,
+            parent: None,
             started_at: ts,
             finished_at: ts,
             consistent_at: ts,

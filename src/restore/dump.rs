@@ -124,6 +124,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         req.identity.as_ref(),
         req.dry_run,
         req.lease_catalog.as_ref(),
+        &[],
     )
     .await?
     else {

@@ -4,6 +4,7 @@
 //! (`Plan`, `Outcome`) and the key check every restore makes before it
 //! touches anything.
 
+pub mod chain;
 pub mod dump;
 pub mod physical;
 pub mod plan;
@@ -58,6 +59,13 @@ pub struct Plan {
     /// is lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overwrites_source: Option<String>,
+    /// Physical incrementals: the backups the restore combines, the full
+    /// first and `backup_id` last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    /// Their manifests (same order), for the restore itself.
+    #[serde(skip)]
+    pub links: Vec<Manifest>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -90,6 +98,8 @@ impl Plan {
             archive_end: None,
             tablespaces: Vec::new(),
             overwrites_source: None,
+            chain: Vec::new(),
+            links: Vec::new(),
         }
     }
 }
@@ -152,8 +162,8 @@ pub async fn check_identity(
 /// What a restore holds once the shared preamble let it go ahead.
 pub struct Go {
     pub ids: Vec<age::x25519::Identity>,
-    /// Prune keeps the backup while this restore reads it.
-    pub _lease: Option<crate::lock::Lease>,
+    /// Prune keeps the backup (and its chain) while this restore reads it.
+    pub _lease: Vec<crate::lock::Lease>,
 }
 
 /// The preamble every restore runs after its own checks: load the key and
@@ -165,6 +175,7 @@ pub async fn preamble(
     identity: Option<&PathBuf>,
     dry_run: bool,
     lease_catalog: Option<&PathBuf>,
+    chain: &[String],
 ) -> Result<Option<Go>> {
     let ids = match (identity, dry_run) {
         (None, true) => None,
@@ -176,10 +187,12 @@ pub async fn preamble(
     if dry_run {
         return Ok(None);
     }
-    let lease = match lease_catalog {
-        Some(c) => Some(crate::lock::lease(c, &policy.name, &m.id)?),
-        None => None,
-    };
+    let mut lease = Vec::new();
+    if let Some(c) = lease_catalog {
+        for id in std::iter::once(&m.id).chain(chain.iter().filter(|id| **id != m.id)) {
+            lease.push(crate::lock::lease(c, &policy.name, id)?);
+        }
+    }
     Ok(Some(Go {
         ids: ids.expect("loaded unless dry-run"),
         _lease: lease,

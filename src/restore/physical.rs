@@ -196,6 +196,12 @@ async fn plan_from(
             Target::Latest => r.segments_until(None),
         };
         let tablespaces = place_tablespaces(&m.tablespaces, &req.tablespace_map).map_err(usage)?;
+        let links = crate::restore::chain::of(&m, &physical)?;
+        let (chain, links) = if links.len() > 1 {
+            (links.iter().map(|l| l.id.clone()).collect(), links)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok((
             Plan {
                 // Replay stops at the target itself: nothing committed before it is lost.
@@ -213,6 +219,8 @@ async fn plan_from(
                     .end
                     .map(|e| crate::time::parse::rfc3339_exact(e.max(m.consistent_at))),
                 tablespaces,
+                chain,
+                links,
                 ..Plan::new(policy, &m, target_time, req.dry_run)
             },
             m,
@@ -353,6 +361,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         req.identity.as_ref(),
         req.dry_run,
         req.lease_catalog.as_ref(),
+        &plan.chain,
     )
     .await?
     else {
@@ -389,9 +398,25 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             .with_context(|| format!("cannot set the mode of {}", d.display()))?;
     }
     let prepared = async {
-        check_space(&m, &dir, &plan.tablespaces)?;
         let repo = crate::repo::open_for_reading(policy).await?;
-        extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
+        if plan.links.is_empty() {
+            check_space(&m, &dir, &plan.tablespaces)?;
+            extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
+        } else {
+            check_bytes(
+                &m.id,
+                &dir,
+                crate::restore::chain::bytes_needed(&plan.links),
+            )?;
+            crate::restore::chain::restore(
+                policy.source.pg_bindir.as_deref(),
+                &*repo,
+                &plan.links,
+                ids,
+                &dir,
+            )
+            .await?;
+        }
         verify_restored(&m, &dir, policy.source.pg_bindir.as_deref()).await?;
         write_recovery(policy, req, &plan, &dir, &identity)
     }
@@ -471,18 +496,23 @@ pub fn check_space(m: &Manifest, dir: &Path, places: &[TablespacePlacement]) -> 
         need.entry(dev).or_insert((into, 0)).1 += obj.plain_bytes;
     }
     for (d, bytes) in need.into_values() {
-        let free = free_bytes(&d)?;
-        // Tar headers and padding make the archive a little larger than
-        // the files it holds.
-        if free < bytes / 100 * 95 {
-            bail!(
-                "No space left on device for backup {}: {} has {} free, the backup needs about {}; free space there or restore elsewhere",
-                m.id,
-                d.display(),
-                crate::progress::human_bytes(free),
-                crate::progress::human_bytes(bytes)
-            );
-        }
+        check_bytes(&m.id, &d, bytes)?;
+    }
+    Ok(())
+}
+
+/// Refuse when `d`'s filesystem has clearly less than `bytes` free.
+pub fn check_bytes(id: &str, d: &Path, bytes: u64) -> Result<()> {
+    let free = free_bytes(d)?;
+    // Tar headers and padding make the archive a little larger than
+    // the files it holds.
+    if free < bytes / 100 * 95 {
+        bail!(
+            "No space left on device for backup {id}: {} has {} free, the backup needs about {}; free space there or restore elsewhere",
+            d.display(),
+            crate::progress::human_bytes(free),
+            crate::progress::human_bytes(bytes)
+        );
     }
     Ok(())
 }

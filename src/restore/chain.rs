@@ -1,0 +1,169 @@
+//! Restoring an incremental: its chain (the full, then each incremental
+//! up to it) extracted side by side and combined by the server major's
+//! `pg_combinebackup` into the target directory, which pg_verifybackup
+//! then proves like any full.
+//!
+//! Disk: the links are extracted next to the target directory (same
+//! filesystem) and removed once combined. On PostgreSQL 18 the combined
+//! files are hard links into the full's extraction (`--link`), so a chain
+//! needs about the full plus its incrementals; on 17 the combined copy is
+//! written too: about twice the full plus the incrementals, for the
+//! length of the restore.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::repo::manifest::{Kind, Manifest};
+use crate::repo::Repository;
+
+/// The chain that restores `m` among the policy's complete physical
+/// backups: its full first, `m` last. A missing link fails, naming it.
+pub fn of(m: &Manifest, physical: &[&Manifest]) -> Result<Vec<Manifest>> {
+    let mut out = vec![m.clone()];
+    while let Some(parent) = out.last().and_then(|l| l.parent.clone()) {
+        if out.len() > physical.len() {
+            bail!("the chain of backup {} loops at {parent}", m.id);
+        }
+        let p = physical.iter().find(|p| p.id == parent).ok_or_else(|| {
+            anyhow!(
+                "backup {} cannot be restored: {parent}, a backup in its chain, is missing from the repository",
+                m.id
+            )
+        })?;
+        out.push((*p).clone());
+    }
+    if out.last().map(|l| l.kind) != Some(Kind::Full) {
+        bail!("the chain of backup {} does not start with a full", m.id);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Bytes a restore of `chain` writes at its peak (see the module's note).
+pub fn bytes_needed(chain: &[Manifest]) -> u64 {
+    let all: u64 = chain.iter().map(|m| m.source_bytes()).sum();
+    match chain {
+        [_] => all,
+        [full, .., last] if last.source.server_version_num < 180000 => all + full.source_bytes(),
+        _ => all,
+    }
+}
+
+/// Where the links of a chain are extracted: beside `dir`, removed
+/// however the restore ends.
+struct Work(PathBuf);
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Restore `chain` (full first) into the empty directory `dir`.
+pub async fn restore(
+    bindir: Option<&Path>,
+    repo: &dyn Repository,
+    chain: &[Manifest],
+    ids: &[age::x25519::Identity],
+    dir: &Path,
+) -> Result<()> {
+    let last = chain.last().context("an empty chain")?;
+    if chain.iter().any(|m| !m.tablespaces.is_empty()) {
+        bail!(
+            "backup {} is an incremental of a cluster with tablespaces, which this drctl cannot restore",
+            last.id
+        );
+    }
+    let major = last.source.server_version_num / 10000;
+    let tool = crate::pg::tools::find("pg_combinebackup", major, bindir)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    let work = Work(
+        dir.parent()
+            .unwrap_or(Path::new("/"))
+            .join(format!(".{name}.drctl-chain-{}", std::process::id())),
+    );
+    let mut inputs = Vec::new();
+    for (i, m) in chain.iter().enumerate() {
+        let d = work.0.join(format!("{i}-{}", m.id));
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        super::physical::extract(repo, m, &[], ids, &d).await?;
+        if crate::cancel::requested() {
+            bail!("cancelled");
+        }
+        inputs.push(d);
+    }
+    let mut cmd = tokio::process::Command::new(&tool);
+    cmd.args(&inputs).arg("-o").arg(dir);
+    if major >= 18 {
+        // The output's files are hard links into the extracted full,
+        // which goes once combined: no second copy of the cluster.
+        cmd.arg("--link");
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", tool.display()))?;
+    if !out.status.success() {
+        if crate::cancel::requested() {
+            bail!("cancelled while pg_combinebackup combined the chain");
+        }
+        bail!(
+            "pg_combinebackup could not combine the chain of {} ({}): {}",
+            last.id,
+            chain
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>()
+                .join(" <- "),
+            crate::pg::stderr_summary(&out.stderr)
+        );
+    }
+    drop(work);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, parent: Option<&str>) -> Manifest {
+        let mut m: Manifest = serde_json::from_value(serde_json::json!({
+            "format": 2, "id": id, "policy": "p", "method": "physical",
+            "started_at": "2026-12-01T00:00:00Z", "finished_at": "2026-12-01T00:00:01Z",
+            "consistent_at": "2026-12-01T00:00:01Z",
+            "source": {"database": "postgres", "host": "h", "server_version": "17.1", "server_version_num": 170001},
+            "objects": [{"name": "base", "key": "k", "plain_bytes": 100, "plain_sha256": "",
+                         "stored_bytes": 10, "stored_sha256": ""}],
+            "compression": {"algorithm": "zstd", "level": 3},
+            "encryption": {"algorithm": "age", "recipients": []},
+            "row_counts": "off", "tables": [], "drctl_version": "0"
+        }))
+        .unwrap();
+        if let Some(p) = parent {
+            m.kind = Kind::Incremental;
+            m.parent = Some(p.into());
+            m.objects[0].plain_bytes = 5;
+        }
+        m
+    }
+
+    #[test]
+    fn a_chain_is_its_full_then_each_incremental() {
+        let (a, b, c) = (m("a", None), m("b", Some("a")), m("c", Some("b")));
+        let all = [&a, &b, &c];
+        let ids: Vec<String> = of(&c, &all).unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let e = of(&c, &[&b, &c]).unwrap_err().to_string();
+        assert!(e.contains("a, a backup in its chain, is missing"), "{e}");
+        // 17 writes the combined copy beside the extracted chain.
+        assert_eq!(bytes_needed(&of(&c, &all).unwrap()), 100 + 5 + 5 + 100);
+        assert_eq!(bytes_needed(&[a]), 100);
+    }
+}

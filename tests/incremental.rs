@@ -1,0 +1,317 @@
+//! Incremental physical backups on PostgreSQL 17 and 18 (the server's own
+//! incremental backup: UPLOAD_MANIFEST, then BASE_BACKUP INCREMENTAL):
+//! a full and three incrementals with writes between them, each point
+//! restored from its chain equal by content fingerprint; chains in list,
+//! show and verify; a flipped byte in a parent fails its dependents; prune
+//! keeps a chain whole; what rules an incremental out makes a full with a
+//! note.
+
+mod common;
+
+use common::{wait_archived, Drctl, PgCluster, Restored};
+
+fn switch_and_archive(pg: &PgCluster) {
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(pg, &seg);
+}
+
+/// A physical policy on `pg` with `extra` in `[backup]` and retention
+/// `keep_last`.
+fn policy(d: &Drctl, pg: &PgCluster, backup_extra: &str, keep_last: u32) {
+    d.write_physical_policy("inc", &pg.url("postgres"));
+    let p = d.path().join("policies/inc.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replacen(
+            "[source]\n",
+            &format!("[source]\npg_bindir = \"{}\"\n", pg.bin.display()),
+            1,
+        )
+        .replacen(
+            "method = \"physical\"\n",
+            &format!("method = \"physical\"\n{backup_extra}"),
+            1,
+        )
+        .replace("keep_last = 3", &format!("keep_last = {keep_last}"));
+    d.write_policy_text("inc", &text);
+}
+
+fn cluster(d: &Drctl, major: u32, summarize: bool) -> PgCluster {
+    PgCluster::start_major(
+        major,
+        &[],
+        &[
+            "archive_mode = on".into(),
+            d.archive_command("inc"),
+            format!("summarize_wal = {}", if summarize { "on" } else { "off" }),
+        ],
+    )
+}
+
+/// The backup `id`'s chain restored into a fresh directory and started:
+/// its content.
+fn restore_backup(d: &Drctl, id: &str) -> (Vec<String>, common::Run) {
+    let server = Restored::new();
+    let r = d.run(&[
+        "restore",
+        "inc",
+        "--backup",
+        id,
+        "--target-dir",
+        &server.dir.display().to_string(),
+        "--start",
+        "--port",
+        &server.port.to_string(),
+        "--identity",
+        &d.identity_arg(),
+    ]);
+    if r.code != 0 {
+        return (Vec::new(), r);
+    }
+    (common::fingerprint_url(&server.url("postgres")), r)
+}
+
+fn stored(d: &Drctl, id: &str) -> i64 {
+    d.list("inc")
+        .into_iter()
+        .find(|e| e["id"] == id)
+        .and_then(|e| e["stored_bytes"].as_i64())
+        .unwrap()
+}
+
+fn chain_restores_each_point(major: u32) {
+    let d = Drctl::for_owner();
+    let pg = cluster(&d, major, true);
+    policy(&d, &pg, "incremental = true\n", 10);
+    // ~40 MB of table; each round changes 1% of its rows, together (as
+    // most changes are: recent rows), so about 1% of its pages.
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) || repeat('x', 150) FROM generate_series(1, 200000) g;",
+    );
+    let first = d.run(&["backup", "inc"]).ok();
+    assert!(
+        first.stderr.contains("no backup yet"),
+        "the first is a full, saying why: {}",
+        first.stderr
+    );
+    let mut points = vec![(
+        d.list("inc")[0]["id"].as_str().unwrap().to_string(),
+        pg.fingerprint("postgres"),
+    )];
+    for round in 1..=3 {
+        pg.psql(
+            "postgres",
+            &format!(
+                "UPDATE t SET v = 'round {round}' WHERE id BETWEEN {round} * 20000 AND {round} * 20000 + 2000; INSERT INTO t SELECT g, 'new' FROM generate_series(300000 + {round} * 1000, 300000 + {round} * 1000 + 500) g; CREATE TABLE r{round} AS SELECT {round} AS n;"
+            ),
+        );
+        let want = pg.fingerprint("postgres");
+        let r = d.run(&["backup", "inc", "--output", "json"]).ok();
+        let v = r.json();
+        assert_eq!(v["kind"], "incremental", "{v:#}");
+        assert_eq!(v["parent"], points.last().unwrap().0.as_str(), "{v:#}");
+        points.push((v["id"].as_str().unwrap().to_string(), want));
+    }
+    // A write after the last backup, so the switch ends a segment.
+    pg.psql("postgres", "CREATE TABLE after_all (x int)");
+    switch_and_archive(&pg);
+
+    // list and show say the kind, the parent and the chain.
+    let ids: Vec<&str> = points.iter().map(|(id, _)| id.as_str()).collect();
+    let list = d.list("inc");
+    let newest = list.iter().find(|e| e["id"] == ids[3]).unwrap();
+    assert_eq!(newest["kind"], "incremental");
+    assert_eq!(newest["chain"], serde_json::json!(ids), "{newest:#}");
+    let full = list.iter().find(|e| e["id"] == ids[0]).unwrap();
+    assert_eq!(full["kind"], "full");
+    let show = d.run(&["show", ids[2], "--output", "json"]).ok().json();
+    assert_eq!(show["parent"], ids[1]);
+    assert_eq!(show["manifest"]["kind"], "incremental");
+    // Each incremental holds the changed blocks, not the table again.
+    let (full_bytes, inc_bytes) = (stored(&d, ids[0]), stored(&d, ids[3]));
+    assert!(
+        inc_bytes * 4 < full_bytes,
+        "PostgreSQL {major}: an incremental stored {inc_bytes} bytes against the full's {full_bytes}"
+    );
+
+    // Every point restores from its chain, equal to what it held.
+    for (id, want) in &points {
+        let (got, r) = restore_backup(&d, id);
+        assert_eq!(r.code, 0, "restore {id}: {}", r.stderr);
+        assert_eq!(
+            &got, want,
+            "PostgreSQL {major}: the restore of {id} differs"
+        );
+    }
+    // A dry run names the chain.
+    let plan = d
+        .run(&[
+            "restore",
+            "inc",
+            "--backup",
+            ids[3],
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(plan["chain"], serde_json::json!(ids), "{plan:#}");
+
+    // verify --deep combines each chain and proves it.
+    let v = d
+        .run(&["verify", "inc", "--deep", "--identity", &d.identity_arg()])
+        .ok();
+    assert_eq!(v.stdout.matches("ok ").count(), 5, "{}", v.stdout);
+
+    // Prune with keep_last = 1 keeps the newest and so its whole chain.
+    policy(&d, &pg, "incremental = true\n", 1);
+    let p = d
+        .run(&["prune", "inc", "--dry-run", "--output", "json"])
+        .ok()
+        .json();
+    let backups = p.as_array().unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let e = backups.iter().find(|e| e["id"] == *id).unwrap();
+        assert_eq!(e["action"], "keep", "{e:#}");
+        if i < 3 {
+            assert_eq!(
+                e["reasons"][0],
+                format!("parent of {}", ids[i + 1]),
+                "{e:#}"
+            );
+        }
+    }
+
+    // A flipped byte in the first incremental fails it and both of its
+    // dependents, by name, and a restore of the newest.
+    let obj = d
+        .repo_dir()
+        .join(format!("inc/backups/{}/base.tar.zst.age", ids[1]));
+    let mut b = std::fs::read(&obj).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x10;
+    std::fs::write(&obj, b).unwrap();
+    let v = d.run(&["verify", "inc"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    for dep in &ids[2..] {
+        let line = v
+            .stdout
+            .lines()
+            .find(|l| l.contains(dep))
+            .unwrap_or_default();
+        assert!(
+            line.contains("FAIL")
+                || v.stdout
+                    .contains(&format!("{}, a backup in its chain", ids[1])),
+            "{dep} passed with a corrupt parent: {}",
+            v.stdout
+        );
+    }
+    assert_eq!(
+        v.stdout
+            .matches(&format!(
+                "{}, a backup in its chain, failed verification",
+                ids[1]
+            ))
+            .count(),
+        2,
+        "{}",
+        v.stdout
+    );
+    let (_, r) = restore_backup(&d, ids[3]);
+    assert_eq!(r.code, 1, "a restore over a corrupt parent: {}", r.stdout);
+    assert!(r.stderr.contains(ids[1]), "{}", r.stderr);
+}
+
+#[test]
+fn postgresql_17_full_and_three_incrementals_restore_each_point() {
+    chain_restores_each_point(17);
+}
+
+#[test]
+fn postgresql_18_full_and_three_incrementals_restore_each_point() {
+    chain_restores_each_point(18);
+}
+
+#[test]
+fn what_rules_an_incremental_out_makes_a_full_with_a_note_and_check_says_so() {
+    let d = Drctl::for_owner();
+    let pg = cluster(&d, 17, false);
+    policy(&d, &pg, "incremental = true\n", 10);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g",
+    );
+    let c = d.run(&["check", "inc"]);
+    assert_eq!(c.code, 1, "{}", c.stdout);
+    assert!(c.stdout.contains("summarize_wal is off"), "{}", c.stdout);
+    d.backup("inc");
+    let r = d.run(&["backup", "inc"]).ok();
+    assert!(
+        r.stderr
+            .contains("a full backup, not an incremental: summarize_wal is off"),
+        "{}",
+        r.stderr
+    );
+    assert!(d.list("inc").iter().all(|e| e["kind"] == "full"));
+    // Insisting fails, naming why, and takes nothing.
+    let forced = d.run(&["backup", "inc", "--incremental"]);
+    assert_eq!(forced.code, 1, "{}", forced.stderr);
+    assert!(
+        forced.stderr.contains("summarize_wal is off"),
+        "{}",
+        forced.stderr
+    );
+    assert_eq!(d.list("inc").len(), 2);
+    // Turned on: the next is an incremental; --full forces a full.
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let c = d.run(&["check", "inc"]).ok();
+    assert!(c.stdout.contains("summarize_wal = on"), "{}", c.stdout);
+    // Summaries start from when it was turned on: the newest full is older,
+    // so this one falls back to a full with the server's reason.
+    let r = d.run(&["backup", "inc"]).ok();
+    let kinds: Vec<String> = d
+        .list("inc")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    if kinds[0] == "full" {
+        assert!(
+            r.stderr.contains("note"),
+            "a full without a note: {}",
+            r.stderr
+        );
+    }
+    let r = d.run(&["backup", "inc", "--output", "json"]).ok();
+    assert_eq!(r.json()["kind"], "incremental", "{}", r.stderr);
+    let r = d.run(&["backup", "inc", "--full", "--output", "json"]).ok();
+    assert_eq!(r.json()["kind"], "full");
+    // Dump policies have no kinds.
+    d.write_policy("dump", &pg.url("postgres"), "");
+    let r = d.run(&["backup", "dump", "--incremental"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = d.run(&["policy", "check"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    d.write_policy("dump", &pg.url("postgres"), "");
+    let p = d.path().join("policies/dump.toml");
+    let text = std::fs::read_to_string(&p).unwrap().replacen(
+        "method = \"dump\"\n",
+        "method = \"dump\"\nincremental = true\n",
+        1,
+    );
+    d.write_policy_text("dump", &text);
+    let r = d.run(&["policy", "check"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("backup.incremental"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+}
