@@ -126,7 +126,7 @@ async fn extract_and_prove(
     let dir = scratch.path().join("data");
     if chain.len() > 1 {
         std::fs::create_dir_all(&dir)?;
-        crate::restore::physical::check_bytes(
+        crate::restore::extract::check_bytes(
             &m.id,
             &dir,
             crate::restore::chain::bytes_needed(chain),
@@ -152,9 +152,9 @@ async fn extract_and_prove(
     {
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    crate::restore::physical::check_space(m, &dir, &places)
+    crate::restore::extract::check_space(m, &dir, &places)
         .context("verify --deep extracts the backup under TMPDIR (set TMPDIR to a larger place)")?;
-    crate::restore::physical::extract(repo, m, &places, ids, &dir).await?;
+    crate::restore::extract::extract(repo, m, &places, ids, &dir).await?;
     crate::restore::physical::verify_restored(m, &dir, bindir).await
 }
 

@@ -1,6 +1,6 @@
 //! Incremental physical backups on PostgreSQL 17 and 18 (the server's own
-//! incremental backup: UPLOAD_MANIFEST, then BASE_BACKUP INCREMENTAL):
-//! a full and three incrementals with writes between them, each point
+//! incremental backup: UPLOAD_MANIFEST, then BASE_BACKUP INCREMENTAL) and
+//! on 15 (drctl's block deltas): a full and three incrementals with writes between them, each point
 //! restored from its chain equal by content fingerprint; chains in list,
 //! show and verify; a flipped byte in a parent fails its dependents; prune
 //! keeps a chain whole; what rules an incremental out makes a full with a
@@ -37,15 +37,14 @@ fn policy(d: &Drctl, pg: &PgCluster, backup_extra: &str, keep_last: u32) {
 }
 
 fn cluster(d: &Drctl, major: u32, summarize: bool) -> PgCluster {
-    PgCluster::start_major(
-        major,
-        &[],
-        &[
-            "archive_mode = on".into(),
-            d.archive_command("inc"),
-            format!("summarize_wal = {}", if summarize { "on" } else { "off" }),
-        ],
-    )
+    let mut conf = vec!["archive_mode = on".into(), d.archive_command("inc")];
+    if major >= 17 {
+        conf.push(format!(
+            "summarize_wal = {}",
+            if summarize { "on" } else { "off" }
+        ));
+    }
+    PgCluster::start_major(major, &[], &conf)
 }
 
 /// The backup `id`'s chain restored into a fresh directory and started:
@@ -223,6 +222,11 @@ fn chain_restores_each_point(major: u32) {
     let (_, r) = restore_backup(&d, ids[3]);
     assert_eq!(r.code, 1, "a restore over a corrupt parent: {}", r.stdout);
     assert!(r.stderr.contains(ids[1]), "{}", r.stderr);
+}
+
+#[test]
+fn postgresql_15_block_deltas_restore_each_point() {
+    chain_restores_each_point(15);
 }
 
 #[test]

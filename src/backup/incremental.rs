@@ -4,7 +4,9 @@
 //! `decide` is pure: the policy's wishes and its complete physical backups
 //! in, a full or an incremental on the newest backup of its chain out.
 //! `choose` adds what only the server and the catalog know (the major,
-//! summarize_wal, the parent's server manifest). Anything that rules an
+//! summarize_wal, the parent's server manifest or block map). PostgreSQL
+//! 17+ takes the server's own incremental; 15 and 16 a block delta
+//! (`super::delta`). Anything that rules an
 //! incremental out makes a full with a note saying why, never a failed
 //! night; only `--incremental` (the operator insisting) fails instead.
 
@@ -137,10 +139,11 @@ pub fn decide(w: &Wish, links: &[Link]) -> Result<Decision, String> {
 }
 
 /// The parent of an incremental, with the server manifest it is taken
-/// against.
+/// against (PostgreSQL 17+), or None: a block delta against its block map
+/// (15, 16).
 pub struct Parent {
     pub id: String,
-    pub manifest: Vec<u8>,
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// The policy's complete physical backups as links, from the catalog.
@@ -191,11 +194,19 @@ pub async fn choose(
         .parse()
         .unwrap_or(0);
     if version < 170000 {
-        let why = format!(
-            "PostgreSQL {} has no incremental backup of its own (17 and later do); drctl's block-level delta for 15 and 16 is not built yet",
-            version / 10000
-        );
-        return refuse_or_note(force, why);
+        if !catalog.has_block_map(&parent).await? {
+            return refuse_or_note(
+                force,
+                format!("the catalog has no block map of {parent} (taken before incremental = true, with pg_basebackup, or before a catalog rebuild)"),
+            );
+        }
+        return Ok((
+            Some(Parent {
+                id: parent,
+                manifest: None,
+            }),
+            None,
+        ));
     }
     let summarize = conn
         .query_one("select current_setting('summarize_wal')", &[])
@@ -210,7 +221,7 @@ pub async fn choose(
         Some(manifest) => Ok((
             Some(Parent {
                 id: parent,
-                manifest,
+                manifest: Some(manifest),
             }),
             None,
         )),

@@ -6,6 +6,7 @@
 //! One entry point per method: `dump::backup`, `physical::backup` (both
 //! into the repository, sharing `store`) and `crate::rds::backup`.
 
+pub mod delta;
 pub mod dump;
 pub mod incremental;
 pub mod physical;
@@ -266,16 +267,23 @@ async fn into_repository(
         .await?;
     tracing::info!(policy = %policy.name, backup = %id, "backup started");
     let result = match method {
-        Method::Physical => {
-            physical::backup(policy, &conn, &repo, &recipients, &id, started, parent)
-                .await
-                .map(|t| {
-                    if t.note.is_some() {
-                        note = t.note;
-                    }
-                    (t.manifest, t.server_manifest)
-                })
-        }
+        Method::Physical => physical::backup(
+            policy,
+            &conn,
+            &repo,
+            &recipients,
+            &id,
+            started,
+            parent,
+            catalog,
+        )
+        .await
+        .map(|t| {
+            if t.note.is_some() {
+                note = t.note;
+            }
+            (t.manifest, t.server_manifest)
+        }),
         _ => dump::backup(policy, &conn, &*repo, &recipients, &id, started)
             .await
             .map(|m| (m, None)),

@@ -208,6 +208,7 @@ pub struct Taken {
     pub note: Option<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn backup(
     policy: &Policy,
     conn: &Conn,
@@ -216,6 +217,7 @@ pub async fn backup(
     id: &str,
     started: Timestamp,
     parent: Option<super::incremental::Parent>,
+    catalog: &crate::catalog::Catalog,
 ) -> Result<Taken> {
     let (source, seg_size, tablespaces) = server_facts(conn).await?;
     // drctl's own replication client reads the archives straight off the
@@ -236,8 +238,29 @@ pub async fn backup(
         parent = None;
         note = Some("incrementals of clusters with tablespaces are not supported yet".into());
     }
+    // PostgreSQL 15/16 with incrementals: every backup records its block
+    // map, and an incremental stores only the pages that differ from its
+    // parent's.
+    let blocks = (own_client && tablespaces == 0 && source.server_version_num < 170000)
+        .then_some(())
+        .filter(|()| policy.backup.incremental || parent.is_some())
+        .map(|()| Blocks {
+            catalog: catalog.clone(),
+            id: id.to_string(),
+            parent: parent.as_ref().map(|p| p.id.clone()),
+        });
     let streamed = if own_client {
-        match over_replication(policy, conn, repo, recipients, id, parent.as_ref()).await {
+        match over_replication(
+            policy,
+            conn,
+            repo,
+            recipients,
+            id,
+            parent.as_ref(),
+            blocks.clone(),
+        )
+        .await
+        {
             // The server may lack the WAL summaries an incremental needs
             // (summarize_wal turned on late, or older than
             // wal_summary_keep_time): a full, never a failed night.
@@ -246,7 +269,7 @@ pub async fn backup(
                 tracing::warn!(policy = %policy.name, "taking a full backup: {why}");
                 note = Some(why);
                 parent = None;
-                over_replication(policy, conn, repo, recipients, id, None).await?
+                over_replication(policy, conn, repo, recipients, id, None, None).await?
             }
             r => r?,
         }
@@ -341,8 +364,68 @@ fn object_entry(name: &str, key: String, d: crate::pipeline::Digests) -> ObjectE
     }
 }
 
-/// Clusters with tablespaces: BASE_BACKUP spoken by drctl, each archive
-/// (the data directory, then one per tablespace) into its own object.
+/// A block-delta backup (PostgreSQL 15/16): where its block map goes, and
+/// the parent whose map it compares with.
+#[derive(Clone)]
+struct Blocks {
+    catalog: crate::catalog::Catalog,
+    id: String,
+    parent: Option<String>,
+}
+
+/// Pass the base archive through `delta::transform` into the encoder.
+fn encode_blocks(
+    bb: &mut crate::pg::replication::BaseBackup,
+    blocks: &Blocks,
+    handle: &tokio::runtime::Handle,
+    writer: Box<dyn crate::repo::ObjectWriter>,
+    opts: &crate::pipeline::EncodeOptions<'_>,
+    progress: &dyn Fn(u64) -> bool,
+) -> Result<crate::pipeline::Digests> {
+    let (mut pr, mut pw) = crate::pipeline::chunk_pipe(8);
+    let (digests, stats) = std::thread::scope(|s| {
+        let t = s.spawn(move || {
+            let io = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
+            let r = super::delta::transform(
+                bb,
+                &mut pw,
+                &mut |path| match &blocks.parent {
+                    Some(p) => handle
+                        .block_on(blocks.catalog.block_map(p, path))
+                        .map_err(io),
+                    None => Ok(None),
+                },
+                &mut |path, hashes| {
+                    handle
+                        .block_on(blocks.catalog.put_block_map(&blocks.id, path, hashes))
+                        .map_err(io)
+                },
+            );
+            r.and_then(|s| std::io::Write::flush(&mut pw).map(|()| s))
+        });
+        let d = crate::pipeline::encode(&mut pr, writer, opts, progress, &mut || Ok(()));
+        // A failed encoder must not leave the transform blocked on the pipe.
+        drop(pr);
+        (d, t.join())
+    });
+    let stats = stats
+        .map_err(|_| anyhow::anyhow!("the block delta thread panicked"))?
+        .context("comparing pages with the parent's block map")?;
+    let d = digests?;
+    tracing::info!(
+        backup = %blocks.id,
+        parent = blocks.parent.as_deref().unwrap_or("none"),
+        "{} of {} pages in {} relation files stored",
+        stats.stored_pages,
+        stats.pages,
+        stats.paged_files
+    );
+    Ok(d)
+}
+
+/// BASE_BACKUP spoken by drctl, each archive (the data directory, then one
+/// per tablespace) into its own object.
+#[allow(clippy::too_many_arguments)]
 async fn over_replication(
     policy: &Policy,
     conn: &Conn,
@@ -350,9 +433,10 @@ async fn over_replication(
     recipients: &[age::x25519::Recipient],
     id: &str,
     parent: Option<&super::incremental::Parent>,
+    blocks: Option<Blocks>,
 ) -> Result<Streamed> {
     let params = crate::pg::replication::Params::from_conn(conn)?;
-    let parent_manifest = parent.map(|p| p.manifest.clone());
+    let parent_manifest = parent.and_then(|p| p.manifest.clone());
     let handle = tokio::runtime::Handle::current();
     let prefix = manifest::backup_prefix(&policy.name, id);
     let label = format!("drctl {id}");
@@ -361,7 +445,8 @@ async fn over_replication(
     let written = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let repo2 = repo.clone();
     let written2 = written.clone();
-    let on_server = policy.compression.on_server.unwrap_or(true);
+    // Block deltas read the plain pages: the server does not compress.
+    let on_server = policy.compression.on_server.unwrap_or(true) && blocks.is_none();
     let result = tokio::task::spawn_blocking(move || -> Result<Streamed> {
         let (mut bb, server_zstd) = start_base_backup(
             &params,
@@ -394,6 +479,8 @@ async fn over_replication(
             };
             let d = if server_zstd && !h.is_manifest {
                 crate::pipeline::encode_compressed(&mut bb, writer, &recips, &progress)
+            } else if let (Some(b), "base") = (&blocks, name.as_str()) {
+                encode_blocks(&mut bb, b, &handle, writer, &opts, &progress)
             } else if h.is_manifest {
                 // Kept as it goes by: the next incremental is taken
                 // against it, and the catalog (not the encrypted

@@ -23,6 +23,7 @@ use crate::time::parse::rfc3339_micros;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+#[derive(Clone)]
 pub struct Catalog {
     pool: SqlitePool,
     path: std::path::PathBuf,
@@ -361,6 +362,54 @@ impl Catalog {
         Ok(())
     }
 
+    /// One relation file's block map in backup `id` (see backup::delta).
+    pub async fn put_block_map(&self, id: &str, path: &str, hashes: &[u64]) -> Result<()> {
+        let blob: Vec<u8> = hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
+        sqlx::query("insert or replace into block_maps (backup_id, path, hashes) values (?, ?, ?)")
+            .bind(id)
+            .bind(path)
+            .bind(blob)
+            .execute(&self.pool)
+            .await
+            .context("keeping a block map in the catalog")?;
+        Ok(())
+    }
+
+    pub async fn block_map(&self, id: &str, path: &str) -> Result<Option<Vec<u64>>> {
+        let blob: Option<Vec<u8>> =
+            sqlx::query_scalar("select hashes from block_maps where backup_id = ? and path = ?")
+                .bind(id)
+                .bind(path)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(blob.map(|b| {
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        }))
+    }
+
+    /// Whether backup `id` has a block map (an incremental can be taken
+    /// on it by page comparison).
+    pub async fn has_block_map(&self, id: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("select count(*) from block_maps where backup_id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// What the catalog keeps beside a backup that is gone or failed.
+    async fn forget_kept(&self, id: &str) -> Result<()> {
+        for q in [
+            "delete from server_manifests where backup_id = ?",
+            "delete from block_maps where backup_id = ?",
+        ] {
+            sqlx::query(q).bind(id).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// The server's `backup_manifest` of a backup, if the catalog has it.
     pub async fn server_manifest(&self, id: &str) -> Result<Option<Vec<u8>>> {
         let body: Option<Vec<u8>> =
@@ -385,6 +434,7 @@ impl Catalog {
             .execute(&self.pool)
             .await
             .context("recording the failure in the catalog")?;
+        self.forget_kept(id).await?;
         Ok(())
     }
 
@@ -571,10 +621,7 @@ impl Catalog {
                     .bind(&id)
                     .execute(&self.pool)
                     .await?;
-                sqlx::query("delete from server_manifests where backup_id = ?")
-                    .bind(&id)
-                    .execute(&self.pool)
-                    .await?;
+                self.forget_kept(&id).await?;
                 n += 1;
             }
         }

@@ -1,14 +1,19 @@
 //! Restoring an incremental: its chain (the full, then each incremental
-//! up to it) extracted side by side and combined by the server major's
-//! `pg_combinebackup` into the target directory, which pg_verifybackup
-//! then proves like any full.
+//! up to it) made into one data directory, which pg_verifybackup then
+//! proves against the newest link's server manifest like any full.
 //!
-//! Disk: the links are extracted next to the target directory (same
-//! filesystem) and removed once combined. On PostgreSQL 18 the combined
-//! files are hard links into the full's extraction (`--link`), so a chain
-//! needs about the full plus its incrementals; on 17 the combined copy is
-//! written too: about twice the full plus the incrementals, for the
-//! length of the restore.
+//! PostgreSQL 17+ (the server's own incrementals): the links are extracted
+//! side by side next to the target directory (same filesystem) and
+//! combined by that major's `pg_combinebackup`, then removed. On 18 the
+//! combined files are hard links into the full's extraction (`--link`),
+//! so a chain needs about the full plus its incrementals; on 17 the
+//! combined copy is written too: about twice the full plus the
+//! incrementals, for the length of the restore.
+//!
+//! PostgreSQL 15 and 16 (drctl's block deltas, `backup::delta`): the full
+//! is extracted into the target directory and each incremental is laid
+//! over it in order (its files replace, its deltas patch, files its
+//! server manifest no longer lists go): the full plus the growth since.
 
 use std::path::{Path, PathBuf};
 
@@ -45,9 +50,16 @@ pub fn bytes_needed(chain: &[Manifest]) -> u64 {
     let all: u64 = chain.iter().map(|m| m.source_bytes()).sum();
     match chain {
         [_] => all,
-        [full, .., last] if last.source.server_version_num < 180000 => all + full.source_bytes(),
+        [full, .., last] if is_native(last) && last.source.server_version_num < 180000 => {
+            all + full.source_bytes()
+        }
         _ => all,
     }
+}
+
+/// The server's own incremental (17+), not a drctl block delta.
+pub fn is_native(m: &Manifest) -> bool {
+    m.source.server_version_num >= 170000
 }
 
 /// Where the links of a chain are extracted: beside `dir`, removed
@@ -75,6 +87,9 @@ pub async fn restore(
             last.id
         );
     }
+    if !is_native(last) {
+        return restore_deltas(repo, chain, ids, dir).await;
+    }
     let major = last.source.server_version_num / 10000;
     let tool = crate::pg::tools::find("pg_combinebackup", major, bindir)?;
     let name = dir
@@ -91,7 +106,7 @@ pub async fn restore(
         let d = work.0.join(format!("{i}-{}", m.id));
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        super::physical::extract(repo, m, &[], ids, &d).await?;
+        super::extract::extract(repo, m, &[], ids, &d).await?;
         if crate::cancel::requested() {
             bail!("cancelled");
         }
@@ -126,6 +141,94 @@ pub async fn restore(
         );
     }
     drop(work);
+    Ok(())
+}
+
+/// The full into `dir`, then each block-delta incremental over it.
+async fn restore_deltas(
+    repo: &dyn Repository,
+    chain: &[Manifest],
+    ids: &[age::x25519::Identity],
+    dir: &Path,
+) -> Result<()> {
+    super::extract::extract(repo, &chain[0], &[], ids, dir).await?;
+    for m in &chain[1..] {
+        if crate::cancel::requested() {
+            bail!("cancelled");
+        }
+        // The newest link's WAL is the one recovery starts with.
+        clear_files(&dir.join("pg_wal"))?;
+        super::extract::overlay(repo, m, ids, dir).await?;
+        drop_unlisted(dir).with_context(|| format!("laying backup {} over its parent", m.id))?;
+    }
+    Ok(())
+}
+
+/// Remove the regular files under `d` (not its subdirectories).
+fn clear_files(d: &Path) -> Result<()> {
+    for e in walk(d)? {
+        std::fs::remove_file(&e).with_context(|| format!("cannot remove {}", e.display()))?;
+    }
+    Ok(())
+}
+
+/// Every regular file under `d`, recursively.
+fn walk(d: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![d.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", d.display())),
+        };
+        for e in rd {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// After an overlay: the files the newest server manifest does not list
+/// (dropped tables and databases) go, as they went on the server.
+fn drop_unlisted(dir: &Path) -> Result<()> {
+    let text = std::fs::read(dir.join("backup_manifest")).context("reading backup_manifest")?;
+    let v: serde_json::Value = serde_json::from_slice(&text).context("parsing backup_manifest")?;
+    let mut listed = std::collections::HashSet::new();
+    for f in v["Files"]
+        .as_array()
+        .context("backup_manifest has no Files")?
+    {
+        if let Some(p) = f["Path"].as_str() {
+            listed.insert(p.to_string());
+        } else if let Some(hex) = f["Encoded-Path"].as_str() {
+            let raw = hex::decode(hex).context("a bad Encoded-Path in backup_manifest")?;
+            listed.insert(String::from_utf8_lossy(&raw).into_owned());
+        }
+    }
+    for f in walk(dir)? {
+        let rel = f.strip_prefix(dir).expect("under dir");
+        let rel_s = rel.to_string_lossy();
+        if rel.starts_with("pg_wal")
+            || rel_s == "backup_manifest"
+            || listed.contains(rel_s.as_ref())
+        {
+            continue;
+        }
+        std::fs::remove_file(&f).with_context(|| format!("cannot remove {}", f.display()))?;
+    }
+    // Databases dropped since the parent leave empty folders.
+    if let Ok(rd) = std::fs::read_dir(dir.join("base")) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod dump;
+pub mod extract;
 pub mod physical;
 pub mod plan;
 pub mod toc;

@@ -17,11 +17,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use jiff::Timestamp;
 
 use crate::error::usage;
-use crate::pipeline::{self, DecodeError};
+
 use crate::policy::{Method, Policy};
 use crate::repo::inventory;
 use crate::repo::manifest::{Manifest, Tablespace};
 use crate::repo::Repository;
+use crate::restore::extract;
 use crate::restore::plan::{self, Target};
 use crate::restore::{Outcome, Plan, TablespacePlacement};
 use crate::time::parse::rfc3339;
@@ -400,10 +401,10 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     let prepared = async {
         let repo = crate::repo::open_for_reading(policy).await?;
         if plan.links.is_empty() {
-            check_space(&m, &dir, &plan.tablespaces)?;
-            extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
+            extract::check_space(&m, &dir, &plan.tablespaces)?;
+            extract::extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
         } else {
-            check_bytes(
+            extract::check_bytes(
                 &m.id,
                 &dir,
                 crate::restore::chain::bytes_needed(&plan.links),
@@ -472,61 +473,6 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         reached_at,
         port,
     })
-}
-
-/// Refuse before extracting into a filesystem too small for the backup:
-/// its archives' plain size (what the manifest records) is about what the
-/// files take once extracted.
-pub fn check_space(m: &Manifest, dir: &Path, places: &[TablespacePlacement]) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let mut need: BTreeMap<u64, (PathBuf, u64)> = BTreeMap::new();
-    for obj in &m.objects {
-        let into = match obj.name.strip_prefix("tablespace-") {
-            _ if obj.name == "base" => dir.to_path_buf(),
-            Some(oid) => places
-                .iter()
-                .find(|p| p.oid.to_string() == oid)
-                .map(|p| PathBuf::from(&p.restore_to))
-                .unwrap_or_else(|| dir.to_path_buf()),
-            None => continue,
-        };
-        let dev = std::fs::metadata(&into)
-            .with_context(|| format!("cannot read {}", into.display()))?
-            .dev();
-        need.entry(dev).or_insert((into, 0)).1 += obj.plain_bytes;
-    }
-    for (d, bytes) in need.into_values() {
-        check_bytes(&m.id, &d, bytes)?;
-    }
-    Ok(())
-}
-
-/// Refuse when `d`'s filesystem has clearly less than `bytes` free.
-pub fn check_bytes(id: &str, d: &Path, bytes: u64) -> Result<()> {
-    let free = free_bytes(d)?;
-    // Tar headers and padding make the archive a little larger than
-    // the files it holds.
-    if free < bytes / 100 * 95 {
-        bail!(
-            "No space left on device for backup {id}: {} has {} free, the backup needs about {}; free space there or restore elsewhere",
-            d.display(),
-            crate::progress::human_bytes(free),
-            crate::progress::human_bytes(bytes)
-        );
-    }
-    Ok(())
-}
-
-fn free_bytes(d: &Path) -> Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(d.as_os_str().as_bytes())?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a zeroed statvfs to fill.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot read the free space of {}", d.display()));
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Empty what a failed or cancelled restore wrote (removing directories it
@@ -673,194 +619,6 @@ fn clear_dir(dir: &Path, remove_self: bool) -> std::io::Result<()> {
             std::fs::remove_file(&p)?;
         }
     }
-    Ok(())
-}
-
-/// Extract the data directory into `dir` and each tablespace into its
-/// placement, pointing `pg_tblspc/<oid>` there.
-pub async fn extract(
-    repo: &dyn Repository,
-    m: &Manifest,
-    places: &[TablespacePlacement],
-    ids: &[age::x25519::Identity],
-    dir: &Path,
-) -> Result<()> {
-    let links: BTreeMap<String, PathBuf> = places
-        .iter()
-        .map(|t| (t.oid.to_string(), PathBuf::from(&t.restore_to)))
-        .collect();
-    let mut jobs = Vec::new();
-    let mut server_manifest = None;
-    for obj in &m.objects {
-        let into = match obj.name.strip_prefix("tablespace-") {
-            None if obj.name == "base" => dir.to_path_buf(),
-            None if obj.name == crate::repo::manifest::SERVER_MANIFEST_OBJECT => {
-                server_manifest = Some(obj.clone());
-                continue;
-            }
-            None => bail!(
-                "backup {} has an object {} this drctl does not know",
-                m.id,
-                obj.name
-            ),
-            Some(oid) => links.get(oid).cloned().with_context(|| {
-                format!("backup {} has no tablespace entry for {}", m.id, obj.name)
-            })?,
-        };
-        jobs.push((obj.clone(), into));
-    }
-    if !jobs.iter().any(|(o, _)| o.name == "base") {
-        bail!("backup {} has no base object", m.id);
-    }
-    for (obj, into) in jobs {
-        let reader = repo.reader(&obj.key).await?;
-        let ids = ids.to_vec();
-        let id = m.id.clone();
-        let links = if obj.name == "base" {
-            links.clone()
-        } else {
-            BTreeMap::new()
-        };
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let (pr, mut pw) = pipeline::chunk_pipe(8);
-            let into2 = into.clone();
-            let untar = std::thread::spawn(move || untar(pr, &into2, &links));
-            let bar = crate::progress::bytes_bar(&format!("restore {}", obj.name));
-            let r = pipeline::decode(reader, &ids, &obj, &mut pw, false, &|n| bar.set_position(n));
-            bar.finish_and_clear();
-            // Whatever is buffered goes too (decode has checked it all by now).
-            let r = r.and_then(|d| {
-                std::io::Write::flush(&mut pw)
-                    .map(|()| d)
-                    .map_err(DecodeError::Sink)
-            });
-            drop(pw);
-            let u = untar
-                .join()
-                .map_err(|_| anyhow!("tar extraction panicked"))?;
-            let key = &obj.key;
-            r.map_err(|e| match e {
-                DecodeError::WrongKey => usage(format!("the identity does not match backup {id}")),
-                DecodeError::Corrupt(why) => anyhow!("backup {id} is corrupt: {key}: {why}"),
-                DecodeError::Sink(e) => anyhow!("extracting into {}: {e}", into.display()),
-                DecodeError::Io(e) => {
-                    anyhow!("reading {key} of backup {id} from the repository: {e}")
-                }
-            })?;
-            u.with_context(|| format!("extracting into {}", into.display()))?;
-            Ok(())
-        })
-        .await
-        .context("extraction panicked")??;
-    }
-    if let Some(obj) = server_manifest {
-        // Where pg_basebackup leaves it too; the server ignores it.
-        let reader = repo.reader(&obj.key).await?;
-        let (ids, id, path) = (ids.to_vec(), m.id.clone(), dir.join("backup_manifest"));
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            pipeline::decode(reader, &ids, &obj, &mut f, false, &|_| {})
-                .map_err(|e| anyhow!("backup {id}: its server manifest ({}): {e}", obj.key))?;
-            Ok(())
-        })
-        .await
-        .context("extraction panicked")??;
-    }
-    Ok(())
-}
-
-/// Unpack a tar stream; `pg_tblspc/<oid>` links point where `links` says.
-fn untar(
-    src: pipeline::ChunkReader,
-    into: &Path,
-    links: &BTreeMap<String, PathBuf>,
-) -> std::io::Result<()> {
-    let mut a = tar::Archive::new(src);
-    a.set_preserve_permissions(true);
-    a.set_overwrite(false);
-    for e in a.entries()? {
-        let mut e = e?;
-        let path = e.path()?.into_owned();
-        let mut parts = path.components().map(|c| c.as_os_str().to_string_lossy());
-        let is_link = e.header().entry_type().is_symlink();
-        if let (true, Some(first), Some(oid), None) =
-            (is_link, parts.next(), parts.next(), parts.next())
-        {
-            if first == "pg_tblspc" {
-                if let Some(to) = links.get(oid.as_ref()) {
-                    std::fs::create_dir_all(into.join("pg_tblspc"))?;
-                    std::os::unix::fs::symlink(to, into.join("pg_tblspc").join(oid.as_ref()))?;
-                    continue;
-                }
-            }
-        }
-        if e.header().entry_type().is_file() {
-            let mode = e.header().mode().unwrap_or(0o600);
-            write_file(&mut e, mode, into, &path)?;
-        } else {
-            e.unpack_in(into)?;
-        }
-    }
-    Ok(())
-}
-
-/// Write one regular file of the archive, asking the kernel to write it
-/// out as it goes. PostgreSQL fsyncs the whole data directory when it
-/// starts on a restored backup; data already on disk makes that pass short
-/// instead of a long stall after extraction, and the disk works while
-/// decompression does (pgBackRest syncs as it restores too).
-fn write_file(
-    e: &mut dyn std::io::Read,
-    mode: u32,
-    into: &Path,
-    path: &Path,
-) -> std::io::Result<()> {
-    use crate::repo::fs::start_writeback;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // What tar's unpack_in guards against: nothing may land outside `into`.
-    if !path
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)))
-    {
-        return Err(std::io::Error::other(format!(
-            "archive entry {} points outside the target directory",
-            path.display()
-        )));
-    }
-    let dest = into.join(path);
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode & 0o777)
-        .open(&dest)?;
-    const WRITEBACK_EVERY: u64 = 8 << 20;
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut written, mut flushed) = (0u64, 0u64);
-    loop {
-        let n = match e.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        f.write_all(&buf[..n])?;
-        written += n as u64;
-        if written - flushed >= WRITEBACK_EVERY {
-            start_writeback(&f, flushed, written - flushed);
-            flushed = written;
-        }
-    }
-    start_writeback(&f, flushed, 0);
     Ok(())
 }
 
@@ -1242,25 +1000,6 @@ mod tests {
                 .contains("two tablespaces")
         );
         assert!(place_tablespaces(&[], &[]).unwrap().is_empty());
-    }
-
-    #[test]
-    fn restored_files_land_inside_the_target_with_their_mode() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..(9 << 20)).map(|i| (i % 251) as u8).collect();
-        write_file(&mut &data[..], 0o600, dir.path(), Path::new("base/1/1234")).unwrap();
-        let p = dir.path().join("base/1/1234");
-        assert_eq!(std::fs::read(&p).unwrap(), data);
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        for bad in ["../escape", "/etc/escape", "base/../../escape"] {
-            let e = write_file(&mut &b"x"[..], 0o600, dir.path(), Path::new(bad)).unwrap_err();
-            assert!(e.to_string().contains("outside the target"), "{bad}: {e}");
-        }
-        assert!(!dir.path().parent().unwrap().join("escape").exists());
     }
 
     #[test]
