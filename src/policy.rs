@@ -1141,6 +1141,37 @@ expect = "t"
     }
 
     #[test]
+    fn incremental_keys_are_physical_and_act_together() {
+        let keys =
+            |errs: Vec<Problem>| -> Vec<String> { errs.into_iter().map(|e| e.key).collect() };
+        let on_dump = GOOD.replace("method = \"dump\"", "method = \"dump\"\nincremental = true");
+        assert_eq!(keys(p(&on_dump).unwrap_err()), ["backup.incremental"]);
+        let alone = GOOD.replace(
+            "method = \"dump\"",
+            "method = \"physical\"\nfull_every = \"7d\"\nmax_chain = 3",
+        );
+        assert_eq!(
+            keys(p(&alone).unwrap_err()),
+            ["backup.full_every", "backup.max_chain"]
+        );
+        let bad = GOOD.replace(
+            "method = \"dump\"",
+            "method = \"physical\"\nincremental = true\nfull_every = \"0s\"\nmax_chain = 0",
+        );
+        assert_eq!(
+            keys(p(&bad).unwrap_err()),
+            ["backup.full_every", "backup.max_chain"]
+        );
+        let good = GOOD.replace(
+            "method = \"dump\"",
+            "method = \"physical\"\nincremental = true\nfull_every = \"3d\"\nmax_chain = 2",
+        );
+        let pol = p(&good).unwrap();
+        assert_eq!(pol.full_every(), std::time::Duration::from_secs(3 * 86400));
+        assert_eq!(pol.max_chain(), 2);
+    }
+
+    #[test]
     fn typo_in_retention_is_an_error_naming_file_and_key() {
         let text = GOOD.replace("keep_daily", "keep_dayly");
         let errs = p(&text).unwrap_err();

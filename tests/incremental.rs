@@ -319,3 +319,116 @@ fn what_rules_an_incremental_out_makes_a_full_with_a_note_and_check_says_so() {
         r.stderr
     );
 }
+
+/// Spawned in its own process group, so that kill -9 reaches drctl also
+/// when it runs under runuser as the cluster owner.
+fn spawn(d: &Drctl, args: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    d.command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn kill_9_during_an_incremental_leaves_nothing_listed_and_the_next_builds_on_the_last_good_one() {
+    let d = Drctl::for_owner();
+    let pg = cluster(&d, 15, false);
+    policy(&d, &pg, "incremental = true\n", 10);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) || repeat('x', 150) FROM generate_series(1, 200000) g;",
+    );
+    let full = d.backup("inc");
+    pg.psql("postgres", "UPDATE t SET v = 'one' WHERE id <= 2000");
+    // Killed once its objects are being written (mid-stream), not before.
+    let mut landed = false;
+    for _ in 0..3 {
+        let mut child = spawn(&d, &["backup", "inc", "--incremental"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            let writing = std::fs::read_dir(d.repo_dir().join("inc/backups"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy() != full)
+                .any(|e| std::fs::read_dir(e.path()).is_ok_and(|mut r| r.next().is_some()));
+            if writing {
+                // SAFETY: a process group this test created.
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
+                landed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = child.wait();
+        if landed {
+            break;
+        }
+        // It finished first: take it away and try again.
+        let newest = d.list("inc")[0]["id"].as_str().unwrap().to_string();
+        assert_ne!(newest, full);
+        std::fs::remove_dir_all(d.repo_dir().join(format!("inc/backups/{newest}"))).unwrap();
+        d.run(&["catalog", "rebuild"]).ok();
+    }
+    assert!(landed, "every incremental finished before its kill");
+    // Nothing of it is listed as a backup, and the repository holds no
+    // manifest of it.
+    let complete: Vec<String> = d
+        .list("inc")
+        .iter()
+        .filter(|e| e["status"] == "complete")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(complete.len(), 1, "{complete:?}");
+    assert_eq!(d.repo_files("manifest.json").len(), 1);
+    // The next run clears what the killed one left and builds on the
+    // last complete backup; its chain restores equal.
+    let want = pg.fingerprint("postgres");
+    let v = d.run(&["backup", "inc", "--output", "json"]).ok().json();
+    assert_eq!(v["kind"], "incremental", "{v:#}");
+    assert_eq!(v["parent"], complete[0].as_str());
+    pg.psql("postgres", "CREATE TABLE after_all (x int)");
+    switch_and_archive(&pg);
+    let (got, r) = restore_backup(&d, v["id"].as_str().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_copy_restores_a_chain_with_the_primary_gone() {
+    let d = Drctl::for_owner();
+    let pg = cluster(&d, 15, false);
+    policy(&d, &pg, "incremental = true\n", 10);
+    let copy_dir = d.path().join("copy-repo");
+    let p = d.path().join("policies/inc.toml");
+    let text = std::fs::read_to_string(&p).unwrap()
+        + &format!(
+            "\n[[copy]]\nname = \"second\"\nurl = \"file://{}\"\n",
+            copy_dir.display()
+        );
+    d.write_policy_text("inc", &text);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g;",
+    );
+    d.backup("inc");
+    pg.psql("postgres", "UPDATE t SET v = 'one' WHERE id <= 500");
+    let one = d.run(&["backup", "inc", "--output", "json"]).ok().json();
+    pg.psql(
+        "postgres",
+        "UPDATE t SET v = 'two' WHERE id > 49000; DELETE FROM t WHERE id % 1000 = 7",
+    );
+    let want = pg.fingerprint("postgres");
+    let two = d.run(&["backup", "inc", "--output", "json"]).ok().json();
+    assert_eq!(two["parent"], one["id"]);
+    pg.psql("postgres", "CREATE TABLE after_all (x int)");
+    switch_and_archive(&pg);
+    std::fs::remove_dir_all(d.repo_dir()).unwrap();
+    let (got, r) = restore_backup(&d, two["id"].as_str().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(got, want, "the chain from the copy differs");
+}

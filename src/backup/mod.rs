@@ -291,7 +291,9 @@ async fn into_repository(
     match result {
         Ok((m, server_manifest)) => {
             catalog.upsert_complete(&m, repo.url()).await?;
-            if let Some(json) = server_manifest {
+            // What a 17+ incremental on this backup is taken against (15
+            // and 16 compare block maps, already recorded).
+            if let (Some(json), true) = (server_manifest, m.source.server_version_num >= 170000) {
                 catalog.put_server_manifest(&m.id, &json).await?;
             }
             for c in policy.copies.iter().filter(|c| !failures.has(&c.name)) {

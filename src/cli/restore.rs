@@ -352,8 +352,13 @@ pub(crate) fn print_plan(
     if !p.chain.is_empty() {
         writeln!(
             out,
-            "chain:         {} (combined by pg_combinebackup: about {} on disk while it runs)",
+            "chain:         {} ({}: about {} on disk while it runs)",
             p.chain.join(" <- "),
+            if p.links.last().is_some_and(crate::restore::chain::is_native) {
+                "combined by pg_combinebackup"
+            } else {
+                "each incremental laid over the full"
+            },
             crate::progress::human_bytes(crate::restore::chain::bytes_needed(&p.links))
         )?;
     }

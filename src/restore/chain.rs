@@ -118,6 +118,9 @@ pub async fn restore(
         // The output's files are hard links into the extracted full,
         // which goes once combined: no second copy of the cluster.
         cmd.arg("--link");
+    } else {
+        // Same filesystem: the kernel copies, not pg_combinebackup.
+        cmd.arg("--copy-file-range");
     }
     let out = cmd
         .stdin(std::process::Stdio::null())
@@ -152,13 +155,17 @@ async fn restore_deltas(
     dir: &Path,
 ) -> Result<()> {
     super::extract::extract(repo, &chain[0], &[], ids, dir).await?;
-    for m in &chain[1..] {
+    for (i, m) in chain.iter().enumerate().skip(1) {
         if crate::cancel::requested() {
             bail!("cancelled");
         }
-        // The newest link's WAL is the one recovery starts with.
-        clear_files(&dir.join("pg_wal"))?;
-        super::extract::overlay(repo, m, ids, dir).await?;
+        // The newest link's WAL is the one recovery starts with; the
+        // others' is never written.
+        let newest = i == chain.len() - 1;
+        if newest {
+            clear_files(&dir.join("pg_wal"))?;
+        }
+        super::extract::overlay(repo, m, ids, dir, newest).await?;
         drop_unlisted(dir).with_context(|| format!("laying backup {} over its parent", m.id))?;
     }
     Ok(())

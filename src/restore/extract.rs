@@ -78,18 +78,20 @@ pub async fn extract(
     ids: &[age::x25519::Identity],
     dir: &Path,
 ) -> Result<()> {
-    extract_as(repo, m, places, ids, dir, false).await
+    extract_as(repo, m, places, ids, dir, None).await
 }
 
 /// Unpack a block-delta incremental over its restored parent in `dir`:
-/// its files replace the parent's, its delta entries patch them.
+/// its files replace the parent's, its delta entries patch them. Without
+/// `wal` its pg_wal/ is skipped: only the newest link's WAL is replayed.
 pub async fn overlay(
     repo: &dyn Repository,
     m: &Manifest,
     ids: &[age::x25519::Identity],
     dir: &Path,
+    wal: bool,
 ) -> Result<()> {
-    extract_as(repo, m, &[], ids, dir, true).await
+    extract_as(repo, m, &[], ids, dir, Some(wal)).await
 }
 
 async fn extract_as(
@@ -98,7 +100,8 @@ async fn extract_as(
     places: &[TablespacePlacement],
     ids: &[age::x25519::Identity],
     dir: &Path,
-    over: bool,
+    // An overlay, and whether it takes the link's WAL.
+    over: Option<bool>,
 ) -> Result<()> {
     let links: BTreeMap<String, PathBuf> = places
         .iter()
@@ -140,8 +143,8 @@ async fn extract_as(
             let (pr, mut pw) = pipeline::chunk_pipe(8);
             let into2 = into.clone();
             let untar = std::thread::spawn(move || {
-                if over {
-                    untar_over(pr, &into2)
+                if let Some(wal) = over {
+                    untar_over(pr, &into2, wal)
                 } else {
                     untar(pr, &into2, &links)
                 }
@@ -180,7 +183,7 @@ async fn extract_as(
         let (ids, id, path) = (ids.to_vec(), m.id.clone(), dir.join("backup_manifest"));
         tokio::task::spawn_blocking(move || -> Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
-            if over {
+            if over.is_some() {
                 let _ = std::fs::remove_file(&path);
             }
             let mut f = std::fs::OpenOptions::new()
@@ -235,11 +238,14 @@ fn untar(
 }
 
 /// Unpack a block-delta incremental's tar over its parent's files.
-fn untar_over(src: pipeline::ChunkReader, into: &Path) -> std::io::Result<()> {
+fn untar_over(src: pipeline::ChunkReader, into: &Path, wal: bool) -> std::io::Result<()> {
     let mut a = tar::Archive::new(src);
     for e in a.entries()? {
         let mut e = e?;
         let path = e.path()?.into_owned();
+        if !wal && path.starts_with("pg_wal") && !e.header().entry_type().is_dir() {
+            continue;
+        }
         if !path
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)))
