@@ -17,7 +17,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use jiff::Timestamp;
 
 use crate::error::usage;
-
 use crate::policy::{Method, Policy};
 use crate::repo::inventory;
 use crate::repo::manifest::{Manifest, Tablespace};
