@@ -161,11 +161,7 @@ pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Findings> {
 /// backup is a full (with a note), and the policy does not do what it says.
 /// 15 and 16 need nothing of the server.
 async fn summarize_wal(conn: &Conn) -> StepResult {
-    let version: u32 = conn
-        .query_one("select current_setting('server_version_num')", &[])
-        .await?
-        .parse()
-        .unwrap_or(0);
+    let version = conn.server_version_num().await?;
     if version < 170000 {
         return Ok(format!(
             "PostgreSQL {}: incrementals are drctl's block deltas (the server sends every page, drctl stores the changed ones); summarize_wal is a 17+ setting",

@@ -188,11 +188,7 @@ pub async fn choose(
         Decision::Full { note } => return Ok((None, note)),
         Decision::Incremental { parent, .. } => parent,
     };
-    let version: u32 = conn
-        .query_one("select current_setting('server_version_num')", &[])
-        .await?
-        .parse()
-        .unwrap_or(0);
+    let version = conn.server_version_num().await?;
     if version < 170000 {
         if !catalog.has_block_map(&parent).await? {
             return refuse_or_note(
@@ -236,11 +232,10 @@ fn refuse_or_note(
     force: Option<Kind>,
     why: String,
 ) -> anyhow::Result<(Option<Parent>, Option<String>)> {
-    match full_because(force, why) {
-        Ok(Decision::Full { note }) => Ok((None, note)),
-        Ok(Decision::Incremental { .. }) => unreachable!("full_because makes fulls"),
-        Err(why) => Err(anyhow::anyhow!("cannot take an incremental: {why}")),
+    if force == Some(Kind::Incremental) {
+        anyhow::bail!("cannot take an incremental: {why}");
     }
+    Ok((None, Some(why)))
 }
 
 #[cfg(test)]

@@ -241,14 +241,15 @@ pub async fn backup(
     // PostgreSQL 15/16 with incrementals: every backup records its block
     // map, and an incremental stores only the pages that differ from its
     // parent's.
-    let blocks = (own_client && tablespaces == 0 && source.server_version_num < 170000)
-        .then_some(())
-        .filter(|()| policy.backup.incremental || parent.is_some())
-        .map(|()| Blocks {
-            catalog: catalog.clone(),
-            id: id.to_string(),
-            parent: parent.as_ref().map(|p| p.id.clone()),
-        });
+    let block_deltas = own_client
+        && tablespaces == 0
+        && source.server_version_num < 170000
+        && (policy.backup.incremental || parent.is_some());
+    let blocks = block_deltas.then(|| Blocks {
+        catalog: catalog.clone(),
+        id: id.to_string(),
+        parent: parent.as_ref().map(|p| p.id.clone()),
+    });
     let streamed = if own_client {
         match over_replication(
             policy,

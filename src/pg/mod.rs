@@ -276,6 +276,15 @@ impl Conn {
         }
     }
 
+    /// `server_version_num` (170004 for 17.4).
+    pub async fn server_version_num(&self) -> Result<u32> {
+        let v = self
+            .query_one("select current_setting('server_version_num')", &[])
+            .await?;
+        v.parse()
+            .with_context(|| format!("the server's server_version_num '{v}' is not a number"))
+    }
+
     /// Cheap reachability check with a clear error.
     pub async fn ping(&self) -> Result<()> {
         self.query("select 1", &[])

@@ -246,15 +246,7 @@ fn untar_over(src: pipeline::ChunkReader, into: &Path, wal: bool) -> std::io::Re
         if !wal && path.starts_with("pg_wal") && !e.header().entry_type().is_dir() {
             continue;
         }
-        if !path
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(std::io::Error::other(format!(
-                "archive entry {} points outside the target directory",
-                path.display()
-            )));
-        }
+        inside(&path)?;
         if let Some((file, _)) = crate::backup::delta::delta_target(&path.to_string_lossy()) {
             crate::backup::delta::apply(&mut e, &into.join(file))?;
             continue;
@@ -278,6 +270,21 @@ fn untar_over(src: pipeline::ChunkReader, into: &Path, wal: bool) -> std::io::Re
     Ok(())
 }
 
+/// What tar's unpack_in guards against: nothing may land outside the
+/// target directory.
+fn inside(path: &Path) -> std::io::Result<()> {
+    if path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "archive entry {} points outside the target directory",
+        path.display()
+    )))
+}
+
 /// Write one regular file of the archive, asking the kernel to write it
 /// out as it goes. PostgreSQL fsyncs the whole data directory when it
 /// starts on a restored backup; data already on disk makes that pass short
@@ -292,16 +299,7 @@ fn write_file(
     use crate::repo::fs::start_writeback;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    // What tar's unpack_in guards against: nothing may land outside `into`.
-    if !path
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)))
-    {
-        return Err(std::io::Error::other(format!(
-            "archive entry {} points outside the target directory",
-            path.display()
-        )));
-    }
+    inside(path)?;
     let dest = into.join(path);
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
