@@ -16,19 +16,22 @@ root=$PWD
 scripts/install-deps.sh --no-test-deps
 cargo build --release --quiet
 drctl="$root/target/release/drctl"
-export PATH="/usr/lib/postgresql/15/bin:$PATH"
+# drctl runs with a service's PATH (it finds PostgreSQL's programs itself);
+# the script's own initdb and pg_ctl come by path.
+export PATH=/usr/local/bin:/usr/bin:/bin
+bin=/usr/lib/postgresql/15/bin
 
 work=$(mktemp -d /tmp/drctl-bench.XXXXXX)
 as_pg=()
 if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$work"; chmod 755 "$work"; as_pg=(runuser -u postgres --); fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cleanup() {
-    "${as_pg[@]}" pg_ctl -D "$work/pgdata" -m fast -w stop >/dev/null 2>&1 || true
+    "${as_pg[@]}" "$bin/pg_ctl" -D "$work/pgdata" -m fast -w stop >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
-"${as_pg[@]}" initdb -D "$work/pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-"${as_pg[@]}" pg_ctl -D "$work/pgdata" -l "$work/pgdata/server.log" -w \
+"${as_pg[@]}" "$bin/initdb" -D "$work/pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+"${as_pg[@]}" "$bin/pg_ctl" -D "$work/pgdata" -l "$work/pgdata/server.log" -w \
     -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c shared_buffers=256MB" start >/dev/null
 url="postgres://postgres@127.0.0.1:$port/bench"
 psql -X -q --dbname="postgres://postgres@127.0.0.1:$port/postgres" -c "CREATE DATABASE bench"

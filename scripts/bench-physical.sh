@@ -25,7 +25,10 @@ if ! command -v pgbackrest >/dev/null; then
 fi
 cargo build --release --quiet
 drctl="$root/target/release/drctl"
-export PATH="/usr/lib/postgresql/15/bin:$PATH"
+# drctl runs with a service's PATH (it finds PostgreSQL's programs itself);
+# the script's own initdb and pg_ctl come by path.
+export PATH=/usr/local/bin:/usr/bin:/bin
+bin=/usr/lib/postgresql/15/bin
 
 work=$(mktemp -d /tmp/drctl-benchphys.XXXXXX)
 chmod 755 "$work"
@@ -35,7 +38,7 @@ pg() { "${as_pg[@]}" "$@"; }
 freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(freeport); port1=$(freeport); port2=$(freeport)
 cleanup() {
-    for d in pgdata r-drctl r-pgbr; do pg pg_ctl -D "$work/$d" -m immediate -w stop >/dev/null 2>&1 || true; done
+    for d in pgdata r-drctl r-pgbr; do pg "$bin/pg_ctl" -D "$work/$d" -m immediate -w stop >/dev/null 2>&1 || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -85,7 +88,7 @@ CONF
 pgbr() { pg pgbackrest --config="$work/pgbackrest.conf" --stanza=bench "$@"; }
 
 echo "==> cluster on 127.0.0.1:$port, archiving to drctl and pgBackRest"
-pg initdb -D "$work/pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+pg "$bin/initdb" -D "$work/pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
 cat >> "$work/pgdata/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $port
@@ -96,7 +99,7 @@ wal_keep_size = 2GB
 archive_mode = on
 archive_command = '$drctl --policies $work/policies wal-push bench %p && pgbackrest --config=$work/pgbackrest.conf --stanza=bench archive-push %p'
 CONF
-pg pg_ctl -D "$work/pgdata" -l "$work/server.log" -w start >/dev/null
+pg "$bin/pg_ctl" -D "$work/pgdata" -l "$work/server.log" -w start >/dev/null
 url="postgres://postgres@127.0.0.1:$port/postgres"
 q() { psql -X -At --dbname="$1" -c "$2"; }
 pgbr stanza-create
@@ -185,7 +188,7 @@ echo "==> PITR restores to $target (two rounds, alternating; the faster of each 
 t_drctl_restore=999999; t_pgbr_restore=999999
 for round in 1 2; do
     for d in r-drctl r-pgbr; do
-        pg pg_ctl -D "$work/$d" -m immediate -w stop >/dev/null 2>&1 || true
+        pg "$bin/pg_ctl" -D "$work/$d" -m immediate -w stop >/dev/null 2>&1 || true
         rm -rf "${work:?}/$d"
     done
     t0=$(now)
@@ -199,7 +202,7 @@ for round in 1 2; do
     pg chmod 700 "$work/r-pgbr"
     pgbr restore --type=time --target="$pgbr_target" --target-action=promote --pg1-path="$work/r-pgbr" \
         --recovery-option="restore_command=pgbackrest --config=$work/pgbackrest.conf --stanza=bench --pg1-path=$work/r-pgbr archive-get %f \"%p\""
-    pg pg_ctl -D "$work/r-pgbr" -l "$work/r-pgbr.log" -w -t 3600 \
+    pg "$bin/pg_ctl" -D "$work/r-pgbr" -l "$work/r-pgbr.log" -w -t 3600 \
         -o "-p $port2 -c archive_mode=off -c unix_socket_directories=$work" start >/dev/null \
         || { tail -20 "$work/r-pgbr.log" >&2; exit 1; }
     wait_promoted "$port2"

@@ -770,7 +770,7 @@ fn a_backup_that_agrees_with_its_own_checksums_but_not_with_the_server_fails_pg_
     let (hi, lo) = wal["start_lsn"].as_str().unwrap().split_once('/').unwrap();
     let start = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
     let in_seg = start % wal["segment_size"].as_u64().unwrap();
-    // A byte of table t (the server's manifest has its SHA256), and a byte
+    // A byte of table t (the server's manifest has its CRC32C), and a byte
     // of the first WAL record the backup needs (pg_waldump's CRC check:
     // WAL that does not parse must never pass as "files checked").
     let cases = [

@@ -315,7 +315,10 @@ async fn with_pg_basebackup(
     // backup restores on its own; the archive is still awaited below so
     // that the chain for point-in-time recovery has no hole.
     cmd.args(["-D", "-", "-Ft", "-X", "fetch", "-c", "fast", "-v", "-w"])
-        .arg("--manifest-checksums=SHA256")
+        .arg(format!(
+            "--manifest-checksums={}",
+            crate::pg::replication::CHECKSUMS
+        ))
         .arg(format!("--label=drctl {id}"))
         .arg(format!("--dbname={}", conn.url))
         .stdin(Stdio::null())

@@ -21,6 +21,15 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
 use super::Conn;
 
+/// The per-file checksum of the server's backup manifest, which
+/// pg_verifybackup checks each restored file against: PostgreSQL's
+/// default. Its job is to catch an extraction that differs from what the
+/// server sent; drctl's own SHA-256 of the whole stream already proves the
+/// repository returned what drctl wrote. SHA256 here cost a second
+/// cryptographic pass over every byte on the server and in every restore
+/// (pg_verifybackup: 1.0 s against 0.4 s for 826 MiB).
+pub const CHECKSUMS: &str = "CRC32C";
+
 /// Where and as whom to connect, resolved the way libpq would.
 #[derive(Clone)]
 pub struct Params {
@@ -542,10 +551,11 @@ impl BaseBackup {
         // WAIT false: the server does not wait for its stop segment to be
         // archived, which with a failing archive_command is forever; drctl
         // waits for the archive itself, bounded by archive_timeout.
-        // The server's manifest (SHA256 of every file it sent) comes last,
-        // so that pg_verifybackup can prove a restored directory.
+        // The server's manifest (size and CRC32C of every file it sent)
+        // comes last, so that pg_verifybackup can prove a restored
+        // directory; see CHECKSUMS.
         let cmd = format!(
-            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'SHA256', TABLESPACE_MAP false{incremental}{compression})",
+            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS '{CHECKSUMS}', TABLESPACE_MAP false{incremental}{compression})",
             quote(label)
         );
         let mut q = cmd.into_bytes();

@@ -531,7 +531,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// Prove a freshly extracted directory with PostgreSQL's own tool: every
-/// file the server sent, by size and SHA256 from the server's backup
+/// file the server sent, by size and CRC32C from the server's backup
 /// manifest, and the WAL from start to stop parsed by pg_waldump. A
 /// difference fails naming the file. Backups taken before drctl asked for
 /// the server's manifest have none to check against: a note says so.
