@@ -25,6 +25,19 @@ pub struct PolicyLock {
     _file: File,
 }
 
+/// Whether process `pid` exists on this host (signal 0 touches nothing;
+/// EPERM means it exists under another user).
+pub fn pid_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// This host's name, recorded beside a holder's pid.
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -143,6 +143,38 @@ fn chain_restores_each_point(major: u32) {
             "PostgreSQL {major}: the restore of {id} differs"
         );
     }
+    // What a kill -9 left of an earlier chain restore to the same place
+    // (its pid gone) goes with the next one.
+    if major >= 17 {
+        let server = Restored::new();
+        let stale = server
+            .dir
+            .parent()
+            .unwrap()
+            .join(".data.drctl-chain-4194305");
+        std::fs::create_dir_all(stale.join("0-x")).unwrap();
+        std::fs::write(stale.join("0-x/PG_VERSION"), "17").unwrap();
+        common::give_to_owner(&stale);
+        let r = d
+            .run(&[
+                "restore",
+                "inc",
+                "--backup",
+                ids[3],
+                "--target-dir",
+                &server.dir.display().to_string(),
+                "--identity",
+                &d.identity_arg(),
+            ])
+            .ok();
+        assert!(!stale.exists(), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("left by a restore (pid 4194305) that was killed"),
+            "{}",
+            r.stderr
+        );
+    }
     // A dry run names the chain.
     let plan = d
         .run(&[

@@ -75,18 +75,6 @@ fn ts(s: Option<String>) -> Option<Timestamp> {
     s.and_then(|s| s.parse().ok())
 }
 
-fn pid_alive(pid: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // Signal 0 checks existence without touching the process.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 /// What `row` reads: everything but the manifest JSON, which lists never
 /// need (a macro so queries stay static strings).
 macro_rules! row_columns {
@@ -285,7 +273,7 @@ impl Catalog {
         for r in rows {
             let id: String = r.get(0);
             let pid: Option<i64> = r.get(1);
-            if !pid.is_some_and(pid_alive) {
+            if !pid.is_some_and(crate::lock::pid_alive) {
                 tracing::warn!(backup = %id, "backup was left running by a process that died; marking it failed");
                 self.mark_failed(
                     &id,

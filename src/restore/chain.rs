@@ -96,11 +96,9 @@ pub async fn restore(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
-    let work = Work(
-        dir.parent()
-            .unwrap_or(Path::new("/"))
-            .join(format!(".{name}.drctl-chain-{}", std::process::id())),
-    );
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    sweep_killed(parent, &name);
+    let work = Work(parent.join(format!(".{name}.drctl-chain-{}", std::process::id())));
     let mut inputs = Vec::new();
     for (i, m) in chain.iter().enumerate() {
         let d = work.0.join(format!("{i}-{}", m.id));
@@ -145,6 +143,37 @@ pub async fn restore(
     }
     drop(work);
     Ok(())
+}
+
+/// Remove what an earlier restore to the same place left when it was
+/// killed (SIGTERM cleans up; kill -9 and a crash cannot): a folder of
+/// extracted links whose pid is gone.
+fn sweep_killed(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.drctl-chain-");
+    for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        if crate::lock::pid_alive(pid) {
+            continue;
+        }
+        let path = e.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => eprintln!(
+                "drctl: note: removed {}, left by a restore (pid {pid}) that was killed",
+                path.display()
+            ),
+            Err(err) => tracing::warn!(
+                "cannot remove {}, left by a killed restore (pid {pid}): {err}",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// The full into `dir`, then each block-delta incremental over it.
