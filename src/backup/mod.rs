@@ -258,7 +258,9 @@ async fn into_repository(
         (None, None)
     };
     if let Some(n) = &note {
-        tracing::warn!(policy = %policy.name, "taking a full backup: {n}");
+        // Info, not a warning: `drctl backup` prints it once as a note, and
+        // the daemon logs at info.
+        tracing::info!(policy = %policy.name, "taking a full backup: {n}");
     }
     let started = Timestamp::now();
     let id = manifest::new_backup_id(started);

@@ -267,7 +267,7 @@ pub async fn backup(
             // wal_summary_keep_time): a full, never a failed night.
             Err(e) if parent.is_some() && format!("{e:#}").contains("WAL summar") => {
                 let why = format!("the server cannot take the incremental: {e:#}");
-                tracing::warn!(policy = %policy.name, "taking a full backup: {why}");
+                tracing::info!(policy = %policy.name, "taking a full backup: {why}");
                 note = Some(why);
                 parent = None;
                 over_replication(policy, conn, repo, recipients, id, None, None).await?
