@@ -464,3 +464,42 @@ fn a_copy_restores_a_chain_with_the_primary_gone() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(got, want, "the chain from the copy differs");
 }
+
+/// The policy's server becomes another cluster (a new one, or pg_upgrade,
+/// which carries the WAL position over): the chain starts again with a
+/// full and a note, never an incremental the server refuses or a chain of
+/// two clusters; --incremental says why not.
+#[test]
+fn another_cluster_behind_the_policy_starts_a_new_chain() {
+    let d = Drctl::for_owner();
+    let old = cluster(&d, 17, true);
+    policy(&d, &old, "incremental = true\n", 10);
+    old.psql("postgres", "CREATE TABLE t AS SELECT 1 AS x");
+    d.run(&["backup", "inc"]).ok();
+    drop(old);
+
+    let new = cluster(&d, 17, true);
+    // Its WAL names follow the old cluster's, as after pg_upgrade.
+    new.reset_wal_to("000000010000000100000000");
+    policy(&d, &new, "incremental = true\n", 10);
+    new.psql("postgres", "CREATE TABLE u AS SELECT 2 AS y");
+    let refused = d.run(&["backup", "inc", "--incremental"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("another cluster"),
+        "{}",
+        refused.stderr
+    );
+    let r = d.run(&["backup", "inc", "--output", "json"]).ok();
+    assert_eq!(r.json()["kind"], "full", "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("a full backup, not an incremental: the server is another cluster"),
+        "{}",
+        r.stderr
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let (got, r) = restore_backup(&d, &id);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(got, new.fingerprint("postgres"));
+}

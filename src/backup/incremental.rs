@@ -189,6 +189,9 @@ pub async fn choose(
         Decision::Incremental { parent, .. } => parent,
     };
     let version = conn.server_version_num().await?;
+    if let Some(why) = another_cluster(catalog, &parent, conn, version).await? {
+        return refuse_or_note(force, why);
+    }
     if version < 170000 {
         if !catalog.has_block_map(&parent).await? {
             return refuse_or_note(
@@ -226,6 +229,47 @@ pub async fn choose(
             format!("the catalog does not keep the server manifest of {parent} (taken with pg_basebackup, or before a catalog rebuild)"),
         ),
     }
+}
+
+/// Why `parent` cannot be built on, when the server is not the cluster it
+/// was taken of: another system identifier (a new cluster, pg_upgrade) or
+/// another major. A chain is one cluster's: PostgreSQL 17+ refuses a
+/// manifest of another system, and a parent of an older major would be
+/// combined by the wrong pg_combinebackup.
+async fn another_cluster(
+    catalog: &Catalog,
+    parent: &str,
+    conn: &Conn,
+    version: u32,
+) -> anyhow::Result<Option<String>> {
+    let Some(m) = catalog
+        .get(parent)
+        .await?
+        .and_then(|(_, json)| json)
+        .and_then(|j| serde_json::from_str::<crate::repo::manifest::Manifest>(&j).ok())
+    else {
+        return Ok(None);
+    };
+    let system = conn
+        .query_one(
+            "select system_identifier::text from pg_control_system()",
+            &[],
+        )
+        .await?;
+    if let Some(was) = m.source.system_identifier.as_deref() {
+        if was != system {
+            return Ok(Some(format!(
+                "the server is another cluster than {parent} was taken of (system identifier {system}, was {was}: a new cluster or pg_upgrade); a chain starts again"
+            )));
+        }
+    }
+    let (now, then) = (version / 10000, m.source.server_version_num / 10000);
+    if then != 0 && now != then {
+        return Ok(Some(format!(
+            "the server is PostgreSQL {now} and {parent} was taken of PostgreSQL {then}; a chain starts again"
+        )));
+    }
+    Ok(None)
 }
 
 fn refuse_or_note(

@@ -224,6 +224,40 @@ impl PgCluster {
         &self.data
     }
 
+    /// Stop, make the next WAL file `segment` (as pg_upgrade does, so a new
+    /// cluster's WAL names follow the old one's), start again on the same
+    /// port.
+    pub fn reset_wal_to(&self, segment: &str) {
+        let dir = self.data.parent().unwrap();
+        let ctl = |args: &[&str]| {
+            check(
+                as_owner(&self.bin.join("pg_ctl"))
+                    .arg("-D")
+                    .arg(&self.data)
+                    .args(args)
+                    .output()
+                    .unwrap(),
+                "pg_ctl",
+            )
+        };
+        ctl(&["-m", "fast", "-w", "stop"]);
+        check(
+            as_owner(&self.bin.join("pg_resetwal"))
+                .args(["-l", segment, "-D"])
+                .arg(&self.data)
+                .output()
+                .unwrap(),
+            "pg_resetwal",
+        );
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            dir.display()
+        );
+        let log = dir.join("server.log").display().to_string();
+        ctl(&["-o", &opts, "-l", &log, "-w", "-t", "60", "start"]);
+    }
+
     /// Connection URL for a database as the superuser.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
