@@ -23,7 +23,7 @@ bin=/usr/lib/postgresql/15/bin
 
 work=$(mktemp -d /tmp/drctl-bench.XXXXXX)
 as_pg=()
-if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$work"; chmod 755 "$work"; as_pg=(runuser -u postgres --); fi
+if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$work"; chmod 755 "$work"; as_pg=(/usr/sbin/runuser -u postgres --); fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cleanup() {
     "${as_pg[@]}" "$bin/pg_ctl" -D "$work/pgdata" -m fast -w stop >/dev/null 2>&1 || true

@@ -33,7 +33,7 @@ bin=/usr/lib/postgresql/15/bin
 work=$(mktemp -d /tmp/drctl-benchphys.XXXXXX)
 chmod 755 "$work"
 as_pg=()
-if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$work"; as_pg=(runuser -u postgres --); fi
+if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$work"; as_pg=(/usr/sbin/runuser -u postgres --); fi
 pg() { "${as_pg[@]}" "$@"; }
 freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(freeport); port1=$(freeport); port2=$(freeport)
@@ -127,7 +127,7 @@ for round in 1 2; do
     t_pgbr_backup=$(min "$t_pgbr_backup" "$(calc "$t1 - $t0")")
 done
 
-echo "==> full backups with one [[copy]] and without (three pairs, in turn)"
+echo "==> full backups with one [[copy]] and without (five pairs, in turn)"
 # The copy is a second file repository: what is measured is drctl's fan-out
 # (one BASE_BACKUP, every byte to two stores), not a remote store.
 cp "$work/policies/bench.toml" "$work/nocopy.toml"
@@ -135,9 +135,13 @@ cp "$work/policies/bench.toml" "$work/withcopy.toml"
 printf '\n[[copy]]\nname = "second"\nurl = "file://%s/drctl-copy"\n' "$work" >> "$work/withcopy.toml"
 pg mkdir -p "$work/drctl-copy"
 copy_ratios=(); copy_peak=0
-for pair in 1 2 3; do
+for pair in 1 2 3 4 5; do
     for mode in nocopy withcopy; do
         pg cp "$work/$mode.toml" "$work/policies/bench.toml"
+        # The copy first comes level (untimed): a copy that missed backups
+        # (here the run without it) catches up in the next backup, which
+        # is a one-time cost, not what a copy costs each backup.
+        [[ $mode == withcopy ]] && pg "$drctl" --policies "$work/policies" --catalog "$work/drctl.db" copy bench >/dev/null
         q "$url" "checkpoint" >/dev/null
         t0=$(now)
         # Not through pg(): a backgrounded function is a subshell, and
@@ -163,7 +167,8 @@ for pair in 1 2 3; do
     copy_ratios+=("$(calc "$t_with / $t_no")")
 done
 pg cp "$work/nocopy.toml" "$work/policies/bench.toml"
-copy_ratio=$(printf '%s\n' "${copy_ratios[@]}" | sort -n | sed -n 2p)
+# The median: one pair swings by a third either way on a busy machine.
+copy_ratio=$(printf '%s\n' "${copy_ratios[@]}" | sort -n | sed -n 3p)
 
 echo "==> writes, a target time, more writes"
 q "$url" "create table marker(batch int, at timestamptz default clock_timestamp())"
@@ -259,5 +264,5 @@ printf '\nper 16 MiB segment over %d segments       p50 ms    p99 ms\n' "$n"
 printf '%-36s %9.1f %9.1f  (target p50 <= 30 ms)\n' "drctl wal-push" "$(calc "$p50 / 1000")" "$(calc "$p99 / 1000")"
 printf '%-36s %9.1f %9.1f\n' "pgbackrest archive-push" "$(calc "$pp50 / 1000")" "$(calc "$pp99 / 1000")"
 printf '%-36s %9.2f\n' "ratio p50" "$(calc "$p50 / $pp50")"
-printf '\nfull backup with one copy / without: %.2f (median of 3 pairs; target <= 1.15)\n' "$copy_ratio"
+printf '\nfull backup with one copy / without: %.2f (median of 5 pairs; target <= 1.15)\n' "$copy_ratio"
 printf 'drctl peak RSS with one copy:        %d MiB (target <= 64)\n' "$((copy_peak / 1024))"
