@@ -110,6 +110,15 @@ pub fn give_to_owner(path: &Path) {
     }
 }
 
+/// pg_ctl's `-o` for a test server: loopback on `port`, its socket in
+/// `dir`, no fsync (it is thrown away).
+fn server_opts(port: u16, dir: &Path) -> String {
+    format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+        dir.display()
+    )
+}
+
 /// A throwaway PostgreSQL 15 cluster.
 pub struct PgCluster {
     pub port: u16,
@@ -187,10 +196,7 @@ impl PgCluster {
         // The port can be taken between probe and bind; retry a few times.
         for attempt in 0..5 {
             let port = free_port();
-            let opts = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-                dir.path().display()
-            );
+            let opts = server_opts(port, dir.path());
             let out = as_owner(&bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&data)
@@ -249,11 +255,7 @@ impl PgCluster {
                 .unwrap(),
             "pg_resetwal",
         );
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            self.port,
-            dir.display()
-        );
+        let opts = server_opts(self.port, dir);
         let log = dir.join("server.log").display().to_string();
         ctl(&["-o", &opts, "-l", &log, "-w", "-t", "60", "start"]);
     }
