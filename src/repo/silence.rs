@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::interceptors::{
     BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
-    FinalizerInterceptorContextRef,
+    FinalizerInterceptorContextMut,
 };
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 
@@ -157,15 +157,41 @@ impl Intercept for Silence {
         Ok(())
     }
 
-    fn read_after_execution(
+    fn modify_before_completion(
         &self,
-        _: &FinalizerInterceptorContextRef<'_>,
+        ctx: &mut FinalizerInterceptorContextMut<'_>,
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let mut s = self.state.lock().unwrap();
+        // Only a timeout is silence: a request that failed otherwise (its
+        // source ended, a refused connection) says nothing of the next one.
+        let timed_out = matches!(ctx.output_or_error(), Some(Err(e))
+            if e.is_timeout_error() || e.as_connector_error().is_some_and(|c| c.is_timeout()));
+        match self.ended(&mut self.state.lock().unwrap(), timed_out) {
+            // Its error names the silence, as a refused next attempt would.
+            Some(silent) => Err(self.refused(silent)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Silence {
+    /// A request is over. If it spent its attempts on a repository that
+    /// stayed silent for the whole bound, the next request must not start
+    /// a fresh clock: a `[[copy]]` whose upload had just timed out cost
+    /// the backup's prune another bound (65 s against 35).
+    /// Returns the silence it gave the repository up after, if it did.
+    fn ended(&self, s: &mut State, timed_out: bool) -> Option<Duration> {
         s.pending = s.pending.saturating_sub(1);
-        Ok(())
+        if let (true, None, Some(since)) = (timed_out, s.gave_up, s.since) {
+            let silent = since.elapsed();
+            if silent >= self.bound {
+                s.gave_up = Some((Instant::now(), silent));
+                tracing::warn!(repository = %self.url, "no answer for {}s: giving up", silent.as_secs());
+                return Some(silent);
+            }
+        }
+        None
     }
 }
 
@@ -201,6 +227,38 @@ mod tests {
             gave_up: None,
         };
         assert!(s.check(&mut idle).is_ok());
+    }
+
+    #[test]
+    fn a_request_that_ended_unanswered_past_the_bound_gives_the_repository_up() {
+        let s = Silence::of("s3://test-silence/ended", Duration::from_millis(50));
+        // Its last attempt timed out just inside the bound, so no attempt
+        // found the bound passed; the request ends past it.
+        let mut st = State {
+            pending: 1,
+            since: Some(Instant::now() - Duration::from_millis(60)),
+            gave_up: None,
+        };
+        assert!(s.ended(&mut st, true).is_some());
+        assert_eq!(st.pending, 0);
+        // The next request (the prune after the upload) is refused at once.
+        assert!(s.check(&mut st).is_err());
+        // A request that was answered recently ends without giving up.
+        let mut answered = State {
+            pending: 1,
+            since: Some(Instant::now()),
+            gave_up: None,
+        };
+        s.ended(&mut answered, true);
+        assert!(answered.gave_up.is_none() && s.check(&mut answered).is_ok());
+        // Nor does one that failed otherwise, however long it ran.
+        let mut failed = State {
+            pending: 1,
+            since: Some(Instant::now() - Duration::from_millis(60)),
+            gave_up: None,
+        };
+        s.ended(&mut failed, false);
+        assert!(failed.gave_up.is_none());
     }
 
     #[test]
