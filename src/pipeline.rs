@@ -632,6 +632,43 @@ pub fn decode(
     drain_after_sink_closes: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Digests, DecodeError> {
+    decode_as(
+        src,
+        identities,
+        expect,
+        sink,
+        drain_after_sink_closes,
+        progress,
+        true,
+    )
+}
+
+/// `decode` for an archive whose every restored file pg_verifybackup then
+/// checks against the server's manifest: the stored bytes' size and sha256
+/// and age's tag on every chunk are checked as before, the plain size too,
+/// but not the plain sha256 (`plain_sha256` comes back empty). Hashing
+/// 1.5 GB took a core for 1.4 s of a 3.5 s restore on two cores, to prove
+/// again what the authenticated stream and pg_verifybackup's checksums
+/// prove; `verify --deep` still checks it.
+pub fn decode_for_verifybackup(
+    src: Box<dyn Read + Send>,
+    identities: &[age::x25519::Identity],
+    expect: &ObjectEntry,
+    sink: &mut dyn Write,
+    progress: &dyn Fn(u64),
+) -> Result<Digests, DecodeError> {
+    decode_as(src, identities, expect, sink, false, progress, false)
+}
+
+fn decode_as(
+    src: Box<dyn Read + Send>,
+    identities: &[age::x25519::Identity],
+    expect: &ObjectEntry,
+    sink: &mut dyn Write,
+    drain_after_sink_closes: bool,
+    progress: &dyn Fn(u64),
+    hash_plain: bool,
+) -> Result<Digests, DecodeError> {
     let mut stored = HashReader::new(src);
     let plain_digest;
     {
@@ -647,12 +684,16 @@ pub fn decode(
                 other => DecodeError::Corrupt(format!("age header: {other}")),
             })?;
         let mut z = zstd::stream::read::Decoder::new(age_r).map_err(DecodeError::Io)?;
-        let hasher = ShaThread::start();
+        let hasher = hash_plain.then(ShaThread::start);
+        let mut own = vec![0u8; BUF];
         let mut plain_n = 0u64;
         let mut held = Holdback::new(&mut *sink);
         let mut sink_open = true;
         loop {
-            let mut buf = hasher.buffer();
+            let mut buf = match &hasher {
+                Some(h) => h.buffer(),
+                None => std::mem::take(&mut own),
+            };
             let n = match z.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -683,10 +724,16 @@ pub fn decode(
                 }
             }
             plain_n += n as u64;
-            hasher.feed(buf, n);
+            match &hasher {
+                Some(h) => h.feed(buf, n),
+                None => own = buf,
+            }
             progress(plain_n);
         }
-        let (plain_bytes, plain_sha256) = hasher.finish();
+        let (plain_bytes, plain_sha256) = match hasher {
+            Some(h) => h.finish(),
+            None => (plain_n, String::new()),
+        };
         plain_digest = (plain_bytes, plain_sha256, held);
     }
     let (plain_bytes, plain_sha256, held) = plain_digest;
@@ -710,7 +757,9 @@ pub fn decode(
             got.stored_bytes, expect.stored_bytes, got.stored_sha256, expect.stored_sha256
         )));
     }
-    if got.plain_bytes != expect.plain_bytes || got.plain_sha256 != expect.plain_sha256 {
+    if got.plain_bytes != expect.plain_bytes
+        || (hash_plain && got.plain_sha256 != expect.plain_sha256)
+    {
         return Err(DecodeError::Corrupt(format!(
             "decrypted data does not match the manifest (size {} vs {}, sha256 {} vs {})",
             got.plain_bytes, expect.plain_bytes, got.plain_sha256, expect.plain_sha256
@@ -990,6 +1039,54 @@ mod tests {
             out.len() <= data.len() - HOLDBACK,
             "tail must be withheld until verified"
         );
+    }
+
+    /// Without the plain hash (pg_verifybackup follows): the data comes
+    /// out whole, the plain sha256 is not what decides, but a flipped
+    /// stored byte, a wrong stored digest and a wrong plain size still fail
+    /// with the tail withheld.
+    #[test]
+    fn decode_for_verifybackup_checks_all_but_the_plain_hash() {
+        let data = sample(2_000_000);
+        let (stored, d, id) = roundtrip_setup(&data);
+        let run = |stored: Vec<u8>, e: &ObjectEntry| {
+            let mut out = Vec::new();
+            let r = decode_for_verifybackup(
+                Box::new(io::Cursor::new(stored)),
+                std::slice::from_ref(&id),
+                e,
+                &mut out,
+                &|_| {},
+            );
+            (r, out)
+        };
+        let mut e = entry(&d);
+        e.plain_sha256 = "00".repeat(32);
+        let (r, out) = run(stored.clone(), &e);
+        let got = r.unwrap();
+        assert_eq!(out, data);
+        assert_eq!(
+            (got.plain_bytes, got.plain_sha256.as_str()),
+            (d.plain_bytes, "")
+        );
+
+        let mut flipped = stored.clone();
+        flipped[stored.len() / 2] ^= 0x01;
+        let (r, out) = run(flipped, &entry(&d));
+        assert!(matches!(r, Err(DecodeError::Corrupt(_))), "{r:?}");
+        assert!(out.len() < data.len());
+
+        let mut e = entry(&d);
+        e.stored_sha256 = "00".repeat(32);
+        let (r, out) = run(stored.clone(), &e);
+        assert!(matches!(r, Err(DecodeError::Corrupt(_))), "{r:?}");
+        assert!(out.len() <= data.len() - HOLDBACK);
+
+        let mut e = entry(&d);
+        e.plain_bytes += 1;
+        let (r, out) = run(stored, &e);
+        assert!(matches!(r, Err(DecodeError::Corrupt(_))), "{r:?}");
+        assert!(out.len() <= data.len() - HOLDBACK);
     }
 
     #[test]

@@ -132,7 +132,8 @@ async fn extract_and_prove(
             crate::restore::chain::bytes_needed(chain),
         )
         .context("verify --deep combines the chain under TMPDIR (set TMPDIR to a larger place)")?;
-        crate::restore::chain::restore(bindir, repo, chain, ids, &dir).await?;
+        let sha = crate::restore::extract::Proof::Sha256;
+        crate::restore::chain::restore(bindir, repo, chain, ids, &dir, sha).await?;
         return crate::restore::physical::verify_restored(m, &dir, bindir).await;
     }
     let places: Vec<crate::restore::TablespacePlacement> = m
@@ -154,7 +155,16 @@ async fn extract_and_prove(
     }
     crate::restore::extract::check_space(m, &dir, &places)
         .context("verify --deep extracts the backup under TMPDIR (set TMPDIR to a larger place)")?;
-    crate::restore::extract::extract(repo, m, &places, ids, &dir).await?;
+    // The manifest's plain sha256 is what --deep is asked to check.
+    crate::restore::extract::extract(
+        repo,
+        m,
+        &places,
+        ids,
+        &dir,
+        crate::restore::extract::Proof::Sha256,
+    )
+    .await?;
     crate::restore::physical::verify_restored(m, &dir, bindir).await
 }
 

@@ -79,6 +79,7 @@ pub async fn restore(
     chain: &[Manifest],
     ids: &[age::x25519::Identity],
     dir: &Path,
+    proof: super::extract::Proof,
 ) -> Result<()> {
     let last = chain.last().context("an empty chain")?;
     if chain.iter().any(|m| !m.tablespaces.is_empty()) {
@@ -88,7 +89,7 @@ pub async fn restore(
         );
     }
     if !is_native(last) {
-        return restore_deltas(repo, chain, ids, dir).await;
+        return restore_deltas(repo, chain, ids, dir, proof).await;
     }
     let major = last.source.server_version_num / 10000;
     let tool = crate::pg::tools::find("pg_combinebackup", major, bindir)?;
@@ -104,7 +105,7 @@ pub async fn restore(
         let d = work.0.join(format!("{i}-{}", m.id));
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        super::extract::extract(repo, m, &[], ids, &d).await?;
+        super::extract::extract(repo, m, &[], ids, &d, proof).await?;
         if crate::cancel::requested() {
             bail!("cancelled");
         }
@@ -182,8 +183,9 @@ async fn restore_deltas(
     chain: &[Manifest],
     ids: &[age::x25519::Identity],
     dir: &Path,
+    proof: super::extract::Proof,
 ) -> Result<()> {
-    super::extract::extract(repo, &chain[0], &[], ids, dir).await?;
+    super::extract::extract(repo, &chain[0], &[], ids, dir, proof).await?;
     for (i, m) in chain.iter().enumerate().skip(1) {
         if crate::cancel::requested() {
             bail!("cancelled");
@@ -194,7 +196,7 @@ async fn restore_deltas(
         if newest {
             clear_files(&dir.join("pg_wal"))?;
         }
-        super::extract::overlay(repo, m, ids, dir, newest).await?;
+        super::extract::overlay(repo, m, ids, dir, newest, proof).await?;
         drop_unlisted(dir).with_context(|| format!("laying backup {} over its parent", m.id))?;
     }
     Ok(())

@@ -77,8 +77,31 @@ pub async fn extract(
     places: &[TablespacePlacement],
     ids: &[age::x25519::Identity],
     dir: &Path,
+    proof: Proof,
 ) -> Result<()> {
-    extract_as(repo, m, places, ids, dir, None).await
+    extract_as(repo, m, places, ids, dir, None, proof).await
+}
+
+/// What proves the extracted files equal what was backed up. Either way
+/// the stored bytes' sha256 and age's tag on every chunk are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// The plain stream's sha256, against the manifest (`verify --deep`).
+    Sha256,
+    /// pg_verifybackup, run on the result against the server's manifest
+    /// before anything uses it (a restore of a backup that has one).
+    VerifyBackup,
+}
+
+impl Proof {
+    /// The proof a restore of `m` (the newest of its chain) can have.
+    pub fn for_restore(m: &Manifest) -> Proof {
+        if m.server_manifest.is_some() {
+            Proof::VerifyBackup
+        } else {
+            Proof::Sha256
+        }
+    }
 }
 
 /// Unpack a block-delta incremental over its restored parent in `dir`:
@@ -90,8 +113,9 @@ pub async fn overlay(
     ids: &[age::x25519::Identity],
     dir: &Path,
     wal: bool,
+    proof: Proof,
 ) -> Result<()> {
-    extract_as(repo, m, &[], ids, dir, Some(wal)).await
+    extract_as(repo, m, &[], ids, dir, Some(wal), proof).await
 }
 
 async fn extract_as(
@@ -102,6 +126,7 @@ async fn extract_as(
     dir: &Path,
     // An overlay, and whether it takes the link's WAL.
     over: Option<bool>,
+    proof: Proof,
 ) -> Result<()> {
     let links: BTreeMap<String, PathBuf> = places
         .iter()
@@ -150,7 +175,13 @@ async fn extract_as(
                 }
             });
             let bar = crate::progress::bytes_bar(&format!("restore {}", obj.name));
-            let r = pipeline::decode(reader, &ids, &obj, &mut pw, false, &|n| bar.set_position(n));
+            let progress = |n| bar.set_position(n);
+            let r = match proof {
+                Proof::Sha256 => pipeline::decode(reader, &ids, &obj, &mut pw, false, &progress),
+                Proof::VerifyBackup => {
+                    pipeline::decode_for_verifybackup(reader, &ids, &obj, &mut pw, &progress)
+                }
+            };
             bar.finish_and_clear();
             // Whatever is buffered goes too (decode has checked it all by now).
             let r = r.and_then(|d| {

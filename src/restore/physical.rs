@@ -399,9 +399,11 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     }
     let prepared = async {
         let repo = crate::repo::open_for_reading(policy).await?;
+        // verify_restored below proves every file.
+        let proof = extract::Proof::for_restore(&m);
         if plan.links.is_empty() {
             extract::check_space(&m, &dir, &plan.tablespaces)?;
-            extract::extract(&*repo, &m, &plan.tablespaces, ids, &dir).await?;
+            extract::extract(&*repo, &m, &plan.tablespaces, ids, &dir, proof).await?;
         } else {
             extract::check_bytes(
                 &m.id,
@@ -414,6 +416,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
                 &plan.links,
                 ids,
                 &dir,
+                proof,
             )
             .await?;
         }
