@@ -685,7 +685,11 @@ fn decode_as(
             })?;
         let mut z = zstd::stream::read::Decoder::new(age_r).map_err(DecodeError::Io)?;
         let hasher = hash_plain.then(ShaThread::start);
-        let mut own = vec![0u8; BUF];
+        let mut own = if hash_plain {
+            Vec::new()
+        } else {
+            vec![0u8; BUF]
+        };
         let mut plain_n = 0u64;
         let mut held = Holdback::new(&mut *sink);
         let mut sink_open = true;
