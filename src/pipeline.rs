@@ -593,12 +593,20 @@ impl<W: Write> Holdback<W> {
 
 impl<W: Write> Write for Holdback<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 2 * HOLDBACK {
-            let cut = self.buf.len() - HOLDBACK;
-            self.inner.write_all(&self.buf[..cut])?;
-            self.buf.drain(..cut);
+        let total = self.buf.len() + data.len();
+        if total <= 2 * HOLDBACK {
+            self.buf.extend_from_slice(data);
+            return Ok(data.len());
         }
+        // All but the last HOLDBACK bytes go on, the most of them straight
+        // from `data`: copying every byte through `buf` and moving the tail
+        // down after was a fifth of a restore's CPU in memmove.
+        let emit = total - HOLDBACK;
+        let from_buf = emit.min(self.buf.len());
+        self.inner.write_all(&self.buf[..from_buf])?;
+        self.inner.write_all(&data[..emit - from_buf])?;
+        self.buf.drain(..from_buf);
+        self.buf.extend_from_slice(&data[emit - from_buf..]);
         Ok(data.len())
     }
 
@@ -1091,6 +1099,30 @@ mod tests {
         let (r, out) = run(stored, &e);
         assert!(matches!(r, Err(DecodeError::Corrupt(_))), "{r:?}");
         assert!(out.len() <= data.len() - HOLDBACK);
+    }
+
+    proptest::proptest! {
+        /// Whatever the write sizes, the sink has all but the last
+        /// HOLDBACK bytes (or none) before release, in order, and all of
+        /// them after.
+        #[test]
+        fn holdback_withholds_exactly_the_tail(
+            sizes in proptest::collection::vec(0usize..(3 * HOLDBACK), 0..12)
+        ) {
+            let total: usize = sizes.iter().sum();
+            let data = sample(total);
+            let mut h = Holdback::new(Vec::new());
+            let mut at = 0;
+            for n in sizes {
+                h.write_all(&data[at..at + n]).unwrap();
+                at += n;
+                let out = &h.inner;
+                proptest::prop_assert!(at - out.len() >= HOLDBACK.min(at));
+                proptest::prop_assert!(at - out.len() <= 2 * HOLDBACK);
+                proptest::prop_assert_eq!(&out[..], &data[..out.len()]);
+            }
+            proptest::prop_assert_eq!(h.release().unwrap(), data);
+        }
     }
 
     #[test]
