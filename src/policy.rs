@@ -135,6 +135,9 @@ pub struct Repository {
     /// Bound on each repository request (connect, and each wait for an
     /// answer) before it is retried; default 60s.
     pub request_timeout: Option<String>,
+    /// S3: how long a run's lease lives without renewal (a dead holder's
+    /// lease is taken over after it); default 2m.
+    pub lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -329,6 +332,14 @@ impl Repository {
     /// `request_timeout`, validated at load.
     pub fn request_timeout(&self) -> std::time::Duration {
         duration_or(self.request_timeout.as_deref(), 60)
+    }
+
+    /// `lease_ttl`, validated at load.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        duration_or(
+            self.lease_ttl.as_deref(),
+            crate::repo::lease::DEFAULT_TTL.as_secs(),
+        )
     }
 }
 
@@ -885,6 +896,31 @@ fn validate_repository(ctx: &mut Ctx<'_>, section: &str, r: &Repository) {
         check_positive(ctx, &format!("{section}.request_timeout"), v);
     }
     validate_lock(ctx, section, r);
+    if let Some(v) = &r.lease_ttl {
+        let key = format!("{section}.lease_ttl");
+        if matches!(
+            crate::repo::url::RepoUrl::parse(&r.url),
+            Ok(crate::repo::url::RepoUrl::File(_))
+        ) {
+            ctx.add(
+                key,
+                "leases are for s3:// repositories: runs on a file repository are kept apart by a file lock on this host; remove the key",
+            );
+        } else if parse_duration(v)
+            .ok()
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .is_some_and(|d| d < std::time::Duration::from_secs(3))
+        {
+            ctx.add(
+                key,
+                format!(
+                    "'{v}' is too short: a lease is renewed every third of it; use at least \"3s\""
+                ),
+            );
+        } else {
+            check_positive(ctx, &key, v);
+        }
+    }
     if let Some(p) = r.part_size_mib {
         if !(5..=512).contains(&p) {
             ctx.add(
@@ -1196,6 +1232,32 @@ expect = "t"
         assert!(keys.contains(&"backup.schedule"), "{keys:?}");
         assert!(keys.contains(&"compression.level"), "{keys:?}");
         assert!(keys.contains(&"encryption.recipients[0]"), "{keys:?}");
+    }
+
+    #[test]
+    fn lease_ttl_acts_on_s3_and_is_refused_where_it_cannot() {
+        let with = |url: &str, ttl: &str| {
+            GOOD.replace(
+                "url = \"file:///var/lib/drctl/repo\"",
+                &format!("url = \"{url}\"\nlease_ttl = \"{ttl}\""),
+            )
+        };
+        let file = p(&with("file:///var/lib/drctl/repo", "1m")).unwrap_err();
+        assert_eq!(file[0].key, "repository.lease_ttl");
+        assert!(file[0].reason.contains("file lock"), "{}", file[0]);
+        let short = p(&with("s3://bucket/pg", "1s")).unwrap_err();
+        assert!(short[0].reason.contains("at least"), "{}", short[0]);
+        assert!(p(&with("s3://bucket/pg", "soon")).is_err());
+        let ok = p(&with("s3://bucket/pg", "90s")).unwrap();
+        assert_eq!(
+            ok.repository.unwrap().lease_ttl(),
+            std::time::Duration::from_secs(90)
+        );
+        let default = p(&GOOD.replace("file:///var/lib/drctl/repo", "s3://bucket/pg")).unwrap();
+        assert_eq!(
+            default.repository.unwrap().lease_ttl(),
+            crate::repo::lease::DEFAULT_TTL
+        );
     }
 
     #[test]

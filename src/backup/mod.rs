@@ -69,7 +69,12 @@ pub async fn run(
             policy.backup.method.as_str()
         )));
     }
-    let _lock = crate::lock::acquire(catalog_path, &policy.name, "backup")?;
+    let guard = crate::lock::run_guard(catalog_path, policy, "backup").await?;
+    guard.around(guarded(policy, catalog, opts)).await
+}
+
+/// The backup (and the prune after it) under the policy's guard.
+async fn guarded(policy: &Policy, catalog: &Catalog, opts: Options) -> Result<BackupOutcome> {
     let rds = policy.backup.method == Method::RdsSnapshot;
     let mut copy_failures = std::collections::BTreeMap::new();
     let mut note = None;

@@ -38,8 +38,6 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             )));
         }
     }
-    // Backups must not be pruned or written meanwhile.
-    let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "copy")?;
     let mut all = crate::repo::open_all(&policy).await?.into_iter();
     let primary = all.next().expect("the primary comes first");
     // "Nothing to copy" only from a primary that provably exists.
@@ -71,30 +69,39 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             policy.name
         );
     }
-    // One backup: found once here (an unknown id is the caller's mistake),
-    // not again per copy.
-    let one = match &a.backup {
-        Some(id) => {
-            let inv = crate::repo::inventory::scan(&*primary.repo, Some(&policy.name)).await?;
-            let m = inv.find(id).cloned().ok_or_else(|| {
-                usage(format!(
-                    "no complete backup {id} of policy {} in the primary repository; see `drctl list {}`",
-                    policy.name, policy.name
-                ))
-            })?;
-            Some(m)
-        }
-        None => None,
-    };
-    let catalog = ctx.catalog().await?;
-    let scope = match &one {
-        Some(m) => crate::copy::Scope::Backup(m),
-        None => crate::copy::Scope::Everything,
-    };
-    let mut reports = Vec::new();
-    for to in all.filter(|c| a.to.as_ref().is_none_or(|t| *t == c.name)) {
-        reports.push(crate::copy::level(&policy, &*primary.repo, &to, scope, &catalog).await);
-    }
+    // Backups must not be pruned or written meanwhile (the guard comes
+    // after the primary is known to exist: a missing primary has no lease).
+    let guard = crate::lock::run_guard(&ctx.catalog_path, &policy, "copy").await?;
+    let reports = guard
+        .around(async {
+            // One backup: found once here (an unknown id is the caller's
+            // mistake), not again per copy.
+            let one = match &a.backup {
+                Some(id) => {
+                    let inv =
+                        crate::repo::inventory::scan(&*primary.repo, Some(&policy.name)).await?;
+                    let m = inv.find(id).cloned().ok_or_else(|| {
+                        usage(format!(
+                            "no complete backup {id} of policy {} in the primary repository; see `drctl list {}`",
+                            policy.name, policy.name
+                        ))
+                    })?;
+                    Some(m)
+                }
+                None => None,
+            };
+            let catalog = ctx.catalog().await?;
+            let scope = match &one {
+                Some(m) => crate::copy::Scope::Backup(m),
+                None => crate::copy::Scope::Everything,
+            };
+            let mut reports = Vec::new();
+            for to in all.filter(|c| a.to.as_ref().is_none_or(|t| *t == c.name)) {
+                reports.push(crate::copy::level(&policy, &*primary.repo, &to, scope, &catalog).await);
+            }
+            anyhow::Ok(reports)
+        })
+        .await?;
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
     if ctx.json() {
         ctx.print_json(&reports)?;

@@ -32,20 +32,26 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let mut reports = Vec::new();
     let mut failed = Vec::new();
     for policy in &policies {
-        let _lock = crate::lock::acquire(&ctx.catalog_path, &policy.name, "prune")?;
-        if policy.backup.method == crate::policy::Method::RdsSnapshot {
-            reports.push(crate::rds::prune(policy, &catalog, a.dry_run).await?);
-            continue;
-        }
-        for (name, r) in crate::prune::everywhere(policy, &catalog, a.dry_run).await {
-            match r {
-                Ok(r) => reports.push(r),
-                // The primary's failure fails the command as before; a
-                // copy's is reported after the rest is done.
-                Err(e) if name == crate::policy::PRIMARY => return Err(e),
-                Err(e) => failed.push(format!("{e:#}")),
-            }
-        }
+        let guard = crate::lock::run_guard(&ctx.catalog_path, policy, "prune").await?;
+        let primary_failed = guard
+            .around(async {
+                if policy.backup.method == crate::policy::Method::RdsSnapshot {
+                    reports.push(crate::rds::prune(policy, &catalog, a.dry_run).await?);
+                    return Ok(());
+                }
+                for (name, r) in crate::prune::everywhere(policy, &catalog, a.dry_run).await {
+                    match r {
+                        Ok(r) => reports.push(r),
+                        // The primary's failure fails the command as before; a
+                        // copy's is reported after the rest is done.
+                        Err(e) if name == crate::policy::PRIMARY => return Err(e),
+                        Err(e) => failed.push(format!("{e:#}")),
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        primary_failed?;
     }
     if ctx.json() {
         let all: Vec<Entry> = reports.into_iter().flat_map(json_entries).collect();

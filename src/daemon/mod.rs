@@ -249,6 +249,9 @@ async fn job(
 }
 
 pub async fn run(opts: Options) -> Result<()> {
+    // A job that loses its lease ends in error; the other policies' jobs
+    // go on.
+    crate::repo::lease::keep_process_on_loss();
     let catalog = Catalog::open(&opts.catalog_path).await?;
     let shared = Arc::new(Shared {
         catalog,

@@ -115,6 +115,11 @@ fn seconds(d: &Option<String>) -> Option<f64> {
 /// it starts (no repository, unreadable policy); everything after is in the
 /// report.
 pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<Report> {
+    let guard = crate::lock::run_guard(&opts.catalog_path, policy, "drill").await?;
+    guard.around(drill(policy, opts, catalog)).await
+}
+
+async fn drill(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<Report> {
     let started = Timestamp::now();
     let t0 = Instant::now();
     let mut report = Report {

@@ -202,6 +202,25 @@ pub async fn run(
     // Claims are held until the deletions are done, so no restore can
     // lease a backup between this check and its deletion.
     let mut claims = claim(catalog, &policy.name, &mut decisions, dry_run);
+    // Restores and drills on other hosts lease what they read in S3.
+    if repo.conditional_writes() {
+        let readers = crate::repo::lease::readers(repo, &policy.name, !dry_run)
+            .await
+            .context("cannot read the leases of running restores; nothing was deleted")?;
+        for d in decisions.iter_mut().filter(|d| !d.keep) {
+            if let Some(h) = readers.get(&d.id) {
+                d.keep = true;
+                d.reasons = vec![format!(
+                    "in use by a {} on {} (pid {}), leased until {}",
+                    h.what,
+                    h.host,
+                    h.pid,
+                    rfc3339(h.expires)
+                )];
+                claims.remove(&d.id);
+            }
+        }
+    }
     // Asked once: a bucket without Object Lock holds no locked object.
     let lockable = repo.lockable().await?;
     if lockable {

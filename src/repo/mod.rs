@@ -7,6 +7,7 @@
 pub mod failover;
 pub mod fs;
 pub mod inventory;
+pub mod lease;
 pub mod manifest;
 pub mod mirror;
 pub mod s3;
@@ -56,6 +57,24 @@ pub trait ObjectWriter: Write + Send {
     fn finish(self: Box<Self>) -> Result<u64>;
 }
 
+/// The condition of a conditional write (leases).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// `If-None-Match: *`: only when no object is there.
+    Absent,
+    /// `If-Match: ETAG`: only when the object there is this version.
+    Matches(String),
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conditional {
+    /// Written; the new version's ETag.
+    Written(String),
+    /// The condition did not hold (412, or 409 for a concurrent write).
+    Refused,
+}
+
 /// A blocking, streaming object download.
 pub type ObjectReader = Box<dyn Read + Send>;
 
@@ -91,6 +110,33 @@ pub trait Repository: Send + Sync {
     /// absent, or the store has no locks. Prune deletes nothing before it.
     async fn locked_until(&self, _key: &str) -> Result<Option<jiff::Timestamp>> {
         Ok(None)
+    }
+    /// Whether this store arbitrates conditional writes (S3's If-None-Match
+    /// and If-Match); only then are `put_if`, `get_tagged` and `delete_if`
+    /// worth calling. File repositories rely on the host's file lock.
+    fn conditional_writes(&self) -> bool {
+        false
+    }
+    /// Write `data` under `key` only if `cond` holds.
+    async fn put_if(&self, key: &str, _data: Vec<u8>, _cond: &Precondition) -> Result<Conditional> {
+        bail!(
+            "{}: conditional writes of {key} are not supported here",
+            self.url()
+        )
+    }
+    /// An object and its ETag; None when absent.
+    async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        bail!(
+            "{}: tagged reads of {key} are not supported here",
+            self.url()
+        )
+    }
+    /// Delete `key` only if it is still version `etag`; false when it is not.
+    async fn delete_if(&self, key: &str, _etag: &str) -> Result<bool> {
+        bail!(
+            "{}: conditional deletes of {key} are not supported here",
+            self.url()
+        )
     }
     /// Whether any object here can be locked (an S3 bucket with Object Lock
     /// enabled): only then is `locked_until` worth asking.

@@ -25,7 +25,10 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{check_key, Leftover, ObjectInfo, ObjectReader, ObjectWriter, Repository};
+use super::{
+    check_key, Conditional, Leftover, ObjectInfo, ObjectReader, ObjectWriter, Precondition,
+    Repository,
+};
 use crate::policy;
 
 const DEFAULT_PART_MIB: usize = 8;
@@ -46,6 +49,19 @@ pub struct S3Repo {
     prefix: String,
     part_size: usize,
     t: Target,
+}
+
+/// A conditional request the store refused: 412 Precondition Failed, or
+/// 409 ConditionalRequestConflict (AWS, when another conditional write of
+/// the key is in flight).
+fn refused<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
+    status(e).is_some_and(|c| matches!(c, 409 | 412))
+}
+
+fn status<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
 }
 
 /// The SDK's error Display is terse ("service error"); show the code and message.
@@ -687,6 +703,96 @@ impl Repository for S3Repo {
             .map_err(sdk_err)
             .with_context(|| format!("DELETE s3://{}/{key}", self.t.bucket))?;
         Ok(())
+    }
+
+    fn conditional_writes(&self) -> bool {
+        true
+    }
+
+    async fn put_if(&self, key: &str, data: Vec<u8>, cond: &Precondition) -> Result<Conditional> {
+        let key = self.full_key(key)?;
+        // No storage class and no Object Lock: a lease is rewritten every
+        // few minutes and deleted at the end; locking each version would
+        // keep thousands of them.
+        let mut req = self
+            .t
+            .client
+            .put_object()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(data));
+        req = match cond {
+            Precondition::Absent => req.if_none_match("*"),
+            Precondition::Matches(etag) => req.if_match(etag),
+        };
+        if let Some(k) = &self.t.sse_kms_key_id {
+            req = req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(k);
+        }
+        match req.send().await {
+            Ok(out) => Ok(Conditional::Written(out.e_tag.ok_or_else(|| {
+                anyhow!(
+                    "PutObject s3://{}/{key}: the store returned no ETag",
+                    self.t.bucket
+                )
+            })?)),
+            Err(e) if refused(&e) => Ok(Conditional::Refused),
+            Err(e) => Err(sdk_err(e))
+                .with_context(|| format!("conditional PutObject s3://{}/{key}", self.t.bucket)),
+        }
+    }
+
+    async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let key = self.full_key(key)?;
+        match self
+            .t
+            .client
+            .get_object()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let etag = out.e_tag.clone().ok_or_else(|| {
+                    anyhow!(
+                        "GET s3://{}/{key}: the store returned no ETag",
+                        self.t.bucket
+                    )
+                })?;
+                let data = out
+                    .body
+                    .collect()
+                    .await
+                    .with_context(|| format!("GET s3://{}/{key}", self.t.bucket))?;
+                Ok(Some((data.into_bytes().to_vec(), etag)))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(sdk_err(e)).with_context(|| format!("GET s3://{}/{key}", self.t.bucket)),
+        }
+    }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool> {
+        let key = self.full_key(key)?;
+        match self
+            .t
+            .client
+            .delete_object()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .if_match(etag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if refused(&e) => Ok(false),
+            // Gone already: nothing of ours to delete.
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(sdk_err(e))
+                .with_context(|| format!("conditional DELETE s3://{}/{key}", self.t.bucket)),
+        }
     }
 
     async fn locked_until(&self, key: &str) -> Result<Option<jiff::Timestamp>> {

@@ -165,6 +165,8 @@ pub struct Go {
     pub ids: Vec<age::x25519::Identity>,
     /// Prune keeps the backup (and its chain) while this restore reads it.
     pub _lease: Vec<crate::lock::Lease>,
+    /// The same in an S3 repository, for a prune on another host.
+    pub _remote: Vec<crate::repo::lease::RunLease>,
 }
 
 /// The preamble every restore runs after its own checks: load the key and
@@ -188,16 +190,46 @@ pub async fn preamble(
     if dry_run {
         return Ok(None);
     }
+    let read: Vec<String> = std::iter::once(&m.id)
+        .chain(chain.iter().filter(|id| **id != m.id))
+        .cloned()
+        .collect();
     let mut lease = Vec::new();
     if let Some(c) = lease_catalog {
-        for id in std::iter::once(&m.id).chain(chain.iter().filter(|id| **id != m.id)) {
+        for id in &read {
             lease.push(crate::lock::lease(c, &policy.name, id)?);
         }
     }
     Ok(Some(Go {
         ids: ids.expect("loaded unless dry-run"),
         _lease: lease,
+        _remote: remote_leases(policy, &read).await,
     }))
+}
+
+/// Lease the backups read in the policy's S3 repository, so a prune on any
+/// host keeps them. A restore matters more than that protection: when the
+/// leases cannot be written (the primary is down, and the restore reads a
+/// copy) it goes on, saying so.
+async fn remote_leases(policy: &Policy, ids: &[String]) -> Vec<crate::repo::lease::RunLease> {
+    let Some(cfg) = &policy.repository else {
+        return Vec::new();
+    };
+    let leased = async {
+        let repo = crate::repo::open(cfg).await?;
+        if !repo.conditional_writes() {
+            return anyhow::Ok(Vec::new());
+        }
+        crate::repo::lease::lease_backups(repo, &policy.name, ids, "restore", cfg.lease_ttl()).await
+    }
+    .await;
+    leased.unwrap_or_else(|e| {
+        tracing::warn!(
+            policy = %policy.name,
+            "cannot lease the backups this restore reads ({e:#}): a prune on another host may delete them meanwhile"
+        );
+        Vec::new()
+    })
 }
 
 impl Outcome {

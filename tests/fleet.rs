@@ -1,0 +1,443 @@
+//! Fleet mode: runs of one policy on many hosts kept apart by the policy's
+//! lease in S3 (conditional writes), against real PostgreSQL 15 and the
+//! loopback S3 server. Each drctl process gets a catalog of its own, as a
+//! process on another host would, so only the lease can keep them apart.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Drctl, PgCluster, S3Server, SAMPLE_SQL};
+
+fn s3_policy(d: &Drctl, s3: &S3Server, name: &str, source: &str, extra_repo: &str) {
+    d.write_policy_repo(
+        name,
+        source,
+        &format!(
+            "url = \"s3://fleet/prod\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\n{extra_repo}",
+            s3.endpoint()
+        ),
+        "",
+    );
+}
+
+/// `drctl ARGS` as a worker on a host of its own: its own catalog, its own
+/// process group (so kill -9 reaches everything it started).
+fn worker(d: &Drctl, n: usize, args: &[&str]) -> Command {
+    let mut c = d.command(args);
+    c.env(
+        "DRCTL_CATALOG",
+        d.path().join(format!("host{n}/catalog.db")),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
+    c
+}
+
+struct Finished {
+    code: i32,
+    stderr: String,
+}
+
+fn finish(child: Child) -> Finished {
+    let out = child.wait_with_output().unwrap();
+    Finished {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn kill9(child: &mut Child) {
+    // SAFETY: a process group this test created.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+/// A session holding an ACCESS EXCLUSIVE lock on `table`, so a pg_dump of
+/// the database waits until the session ends: a run that holds its lease as
+/// long as the test needs. Ended (terminated) on drop.
+struct TableLock {
+    pg_url: String,
+    child: Child,
+}
+
+impl TableLock {
+    fn take(pg: &PgCluster, db: &str, table: &str) -> TableLock {
+        let mut child = Command::new(common::pg_tool("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-w"])
+            .arg(format!("--dbname={}", pg.url(db)))
+            .arg("-c")
+            .arg(format!(
+                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SET application_name = 'fleet-test-lock'; SELECT pg_sleep(300);"
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pg
+            .query(
+                "postgres",
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'fleet-test-lock' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+            )
+            .trim()
+            != "1"
+        {
+            assert!(Instant::now() < deadline, "the test's table lock was not taken");
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("the locking session ended: {s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        TableLock {
+            pg_url: pg.url("postgres"),
+            child,
+        }
+    }
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        let _ = common::psql_url(
+            &self.pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fleet-test-lock'",
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many committed backups of `policy` the bucket holds.
+fn manifests(s3: &S3Server, policy: &str) -> usize {
+    s3.get(&format!("/fleet?list-type=2&prefix=prod/{policy}/backups/"))
+        .matches("/manifest.json</Key>")
+        .count()
+}
+
+fn lease_exists(s3: &S3Server, policy: &str) -> bool {
+    s3.head(&format!("/fleet/prod/{policy}/lease.json"))
+        .starts_with("HTTP/1.1 200")
+}
+
+fn wait_for_lease(s3: &S3Server, policy: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lease_exists(s3, policy) {
+        assert!(Instant::now() < deadline, "no run took the lease");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn eight_workers_started_at_once_run_one_backup_and_the_rest_name_the_holder() {
+    let s3 = S3Server::start();
+    s3.create_bucket("fleet");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let before = pg.fingerprint("shop");
+    let d = Drctl::new();
+    s3_policy(&d, &s3, "shop", &pg.url("shop"), "");
+    d.run(&["init"]).ok();
+
+    let lock = TableLock::take(&pg, "shop", "sales.customers");
+    let mut workers: Vec<Child> = (0..8)
+        .map(|n| worker(&d, n, &["backup", "shop"]).spawn().unwrap())
+        .collect();
+    let pids: Vec<u32> = workers.iter().map(|c| c.id()).collect();
+    // The seven that lose exit at once; the winner waits on the lock.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut done: Vec<(u32, Finished)> = Vec::new();
+    while done.len() < 7 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 8 workers ended while one held the lease",
+            done.len()
+        );
+        let mut i = 0;
+        while i < workers.len() {
+            if workers[i].try_wait().unwrap().is_some() {
+                let c = workers.remove(i);
+                let pid = c.id();
+                done.push((pid, finish(c)));
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(workers.len(), 1, "more than one worker is still running");
+    let winner = workers.pop().unwrap();
+    let winner_pid = winner.id();
+    for (pid, f) in &done {
+        assert_eq!(f.code, 1, "worker {pid} should be refused:\n{}", f.stderr);
+        assert!(
+            f.stderr.contains(&format!(
+                "policy shop is busy: backup by pid {winner_pid} on "
+            )) && f.stderr.contains("its lease expires at")
+                && f.stderr.contains("/prod/shop/lease.json"),
+            "worker {pid} must name the holder {winner_pid} and its expiry:\n{}",
+            f.stderr
+        );
+    }
+    assert!(pids.contains(&winner_pid));
+    assert!(
+        lease_exists(&s3, "shop"),
+        "the running backup holds no lease"
+    );
+    drop(lock);
+    let w = finish(winner);
+    assert_eq!(w.code, 0, "the winner failed:\n{}", w.stderr);
+    assert_eq!(
+        manifests(&s3, "shop"),
+        1,
+        "exactly one backup must have run"
+    );
+    assert!(
+        !lease_exists(&s3, "shop"),
+        "a finished run must release its lease"
+    );
+    // The free policy runs again at once, and the backup restores equal.
+    let id = d.backup("shop");
+    assert_eq!(manifests(&s3, "shop"), 2);
+    d.run(&[
+        "restore",
+        "shop",
+        "--backup",
+        &id,
+        "--target",
+        &pg.url("shop_restored"),
+        "--identity",
+        &d.identity_arg(),
+    ])
+    .ok();
+    assert_eq!(pg.fingerprint("shop_restored"), before);
+}
+
+#[test]
+fn a_dead_holder_is_taken_over_at_once_here_and_after_its_lease_expires_elsewhere() {
+    assert!(
+        common::is_root(),
+        "this test runs the holder in a pid namespace of its own (unshare), which needs root"
+    );
+    let s3 = S3Server::start();
+    s3.create_bucket("fleet");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    let d = Drctl::new();
+    s3_policy(&d, &s3, "shop", &pg.url("shop"), "lease_ttl = \"4s\"\n");
+    d.run(&["init"]).ok();
+
+    // 1. A holder on this host killed -9: its pid is provably gone, so the
+    //    next run takes the lease over without waiting for the expiry.
+    {
+        let _lock = TableLock::take(&pg, "shop", "sales.customers");
+        let mut holder = worker(&d, 0, &["backup", "shop"]).spawn().unwrap();
+        wait_for_lease(&s3, "shop");
+        kill9(&mut holder);
+    }
+    assert!(
+        lease_exists(&s3, "shop"),
+        "kill -9 cannot have released the lease"
+    );
+    let r = finish(worker(&d, 1, &["backup", "shop"]).spawn().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("took over the lease of backup by pid")
+            && r.stderr.contains("its process is gone from this host"),
+        "the takeover must be logged with its reason:\n{}",
+        r.stderr
+    );
+    assert_eq!(manifests(&s3, "shop"), 1);
+
+    // 2. A holder elsewhere (another pid namespace: drctl cannot see its
+    //    pid): its lease is renewed while it lives, past the lease time,
+    //    and taken over only after it expires.
+    let lock = TableLock::take(&pg, "shop", "sales.customers");
+    let mut holder = {
+        let mut c = Command::new("/usr/bin/unshare");
+        c.args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            Drctl::bin(),
+            "backup",
+            "shop",
+        ]);
+        let template = worker(&d, 2, &[]);
+        for (k, v) in template.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.current_dir(d.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    wait_for_lease(&s3, "shop");
+    // Three lease times: renewed, so still held.
+    std::thread::sleep(Duration::from_secs(12));
+    let r = finish(worker(&d, 3, &["backup", "shop"]).spawn().unwrap());
+    assert_eq!(
+        r.code, 1,
+        "a renewed lease must keep others out:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("policy shop is busy: backup by pid"),
+        "{}",
+        r.stderr
+    );
+    kill9(&mut holder);
+    drop(lock);
+    let killed_at = Instant::now();
+    let r = finish(worker(&d, 4, &["backup", "shop"]).spawn().unwrap());
+    assert_eq!(
+        r.code, 1,
+        "a lease not yet expired must be respected:\n{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("unless renewed"), "{}", r.stderr);
+    // Past the lease time (4 s, and a renewal may have landed just before
+    // the kill), the next run takes over.
+    let wait = Duration::from_secs(6).saturating_sub(killed_at.elapsed());
+    std::thread::sleep(wait);
+    let r = finish(worker(&d, 5, &["backup", "shop"]).spawn().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("took over the lease of backup by pid")
+            && r.stderr.contains("it was not renewed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(manifests(&s3, "shop"), 2);
+    assert!(!lease_exists(&s3, "shop"));
+}
+
+#[test]
+fn a_restore_on_one_host_keeps_its_backup_from_a_prune_on_another() {
+    let s3 = S3Server::start();
+    s3.create_bucket("fleet");
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    pg.psql("shop", SAMPLE_SQL);
+    // Big enough that the restore is still reading when it is stopped.
+    pg.psql(
+        "shop",
+        "CREATE TABLE public.bulk AS SELECT g AS id, md5(g::text) AS a FROM generate_series(1, 300000) g;",
+    );
+    let before = pg.fingerprint("shop");
+    let d = Drctl::new();
+    s3_policy(&d, &s3, "shop", &pg.url("shop"), "");
+    let text = std::fs::read_to_string(d.path().join("policies/shop.toml"))
+        .unwrap()
+        .replace("keep_last = 3", "keep_last = 1");
+    d.write_policy_text("shop", &text);
+    d.run(&["init"]).ok();
+    let old = d.backup("shop");
+    pg.psql(
+        "shop",
+        "INSERT INTO sales.customers (name) VALUES ('later')",
+    );
+
+    let mut restore = worker(
+        &d,
+        0,
+        &[
+            "restore",
+            "shop",
+            "--backup",
+            &old,
+            "--target",
+            &pg.url("shop_restored"),
+            "--identity",
+            &d.identity_arg(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let leases = format!("/fleet?list-type=2&prefix=prod/shop/leases/{old}/");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s3.get(&leases).contains("<Key>") {
+        assert!(Instant::now() < deadline, "the restore wrote no lease");
+        assert!(
+            restore.try_wait().unwrap().is_none(),
+            "the restore ended before it was seen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Frozen mid-restore: its lease lives on until it expires.
+    let group = -(restore.id() as i32);
+    // SAFETY: a process group this test created.
+    unsafe { libc::kill(group, libc::SIGSTOP) };
+    // Another host backs up (keep_last = 1 lets the old backup go) and prunes.
+    let new = {
+        let r = finish(worker(&d, 1, &["backup", "shop"]).spawn().unwrap());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        d.run(&[
+            "--catalog",
+            &d.path().join("host1/catalog.db").to_string_lossy(),
+            "list",
+            "shop",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json()[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(new, old);
+    let prune = worker(&d, 1, &["prune", "shop", "--output", "json"])
+        .output()
+        .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(group, libc::SIGCONT) };
+    assert!(
+        prune.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prune.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&prune.stdout).unwrap();
+    let kept = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == old.as_str())
+        .unwrap_or_else(|| panic!("{entries}"));
+    assert_eq!(kept["action"], "keep", "{entries}");
+    let why = kept["reasons"][0].as_str().unwrap();
+    assert!(
+        why.starts_with("in use by a restore on ") && why.contains("leased until"),
+        "{why}"
+    );
+    let r = finish(restore);
+    assert_eq!(r.code, 0, "the restore failed:\n{}", r.stderr);
+    assert_eq!(pg.fingerprint("shop_restored"), before);
+    assert!(
+        s3.get(&format!(
+            "/fleet?list-type=2&prefix=prod/shop/backups/{old}/"
+        ))
+        .contains("manifest.json"),
+        "the prune on the other host deleted the backup being restored"
+    );
+    assert!(
+        !s3.get(&leases).contains("<Key>"),
+        "a finished restore must remove its lease"
+    );
+    // With the restore done, the next prune lets the old backup go.
+    let r = finish(worker(&d, 1, &["prune", "shop"]).spawn().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(manifests(&s3, "shop"), 1);
+}
