@@ -441,3 +441,253 @@ fn a_restore_on_one_host_keeps_its_backup_from_a_prune_on_another() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(manifests(&s3, "shop"), 1);
 }
+
+/// A daemon as a host of its own: its own catalog, log file, and port.
+struct HostDaemon {
+    child: Child,
+    log: std::path::PathBuf,
+    addr: String,
+}
+
+impl HostDaemon {
+    fn start(d: &Drctl, n: usize) -> HostDaemon {
+        let log = d.path().join(format!("daemon{n}.log"));
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let child = worker(
+            d,
+            n,
+            &[
+                "daemon",
+                "--no-catch-up",
+                "--grace",
+                "60s",
+                "--listen",
+                &addr,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+        HostDaemon { child, log, addr }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&self.addr) else {
+            return String::new();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    }
+
+    fn stop(mut self) -> String {
+        // SAFETY: a process group this test created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.log()
+    }
+}
+
+impl Drop for HostDaemon {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn three_daemons_run_each_slot_once_even_when_one_is_killed_mid_run() {
+    let s3 = S3Server::start();
+    s3.create_bucket("fleet");
+    let pg = PgCluster::start();
+    pg.createdb("ha");
+    pg.psql("ha", SAMPLE_SQL);
+    let d = Drctl::new();
+    s3_policy(&d, &s3, "ha", &pg.url("ha"), "lease_ttl = \"4s\"\n");
+    let text = std::fs::read_to_string(d.path().join("policies/ha.toml"))
+        .unwrap()
+        .replace("schedule = \"0 2 * * *\"", "schedule = \"*/10 * * * * *\"")
+        .replace("keep_last = 3", "keep_last = 1000");
+    d.write_policy_text("ha", &text);
+    d.run(&["init"]).ok();
+
+    let started = Instant::now();
+    let mut daemons: Vec<Option<HostDaemon>> =
+        (0..3).map(|n| Some(HostDaemon::start(&d, n))).collect();
+    let pids: Vec<u32> = daemons
+        .iter()
+        .map(|h| h.as_ref().unwrap().child.id())
+        .collect();
+
+    // Halfway, kill -9 the daemon that is running a backup right then.
+    std::thread::sleep(Duration::from_secs(55));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let killed = loop {
+        assert!(Instant::now() < deadline, "no daemon took a lease in 30 s");
+        let lease = s3.get("/fleet/prod/ha/lease.json");
+        if let Some(body) = lease.split_once("\r\n\r\n").map(|(_, b)| b) {
+            if let Ok(h) = serde_json::from_str::<serde_json::Value>(body) {
+                let pid = h["pid"].as_u64().unwrap_or(0) as u32;
+                // A run that started just now: killed mid-run, not between
+                // its commit and its slot record (see docs/fleet.md).
+                let fresh = h["started"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|t| {
+                        jiff::Timestamp::now().duration_since(t)
+                            < jiff::SignedDuration::from_millis(150)
+                    });
+                if let Some(i) = pids.iter().position(|p| *p == pid).filter(|_| fresh) {
+                    let mut h = daemons[i].take().unwrap();
+                    // SAFETY: a process group this test created.
+                    unsafe { libc::kill(-(h.child.id() as i32), libc::SIGKILL) };
+                    let _ = h.child.wait();
+                    break i;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let killed_pid = pids[killed];
+    while started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let metrics: Vec<String> = daemons.iter().flatten().map(|h| h.metrics()).collect();
+    let logs: Vec<String> = daemons
+        .iter_mut()
+        .filter_map(|h| h.take())
+        .map(|h| h.stop())
+        .collect();
+    let all_logs = logs.join("\n----\n");
+
+    // Every slot's marker, in slot order.
+    let listing = s3.get("/fleet?list-type=2&prefix=prod/ha/slots/backup/");
+    let keys: Vec<&str> = listing
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .collect();
+    assert!(
+        keys.len() >= 9,
+        "too few slots ran in 2 minutes: {keys:?}\n{all_logs}"
+    );
+    let markers: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            let r = s3.get(&format!("/fleet/{k}"));
+            serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap()
+        })
+        .collect();
+    let slot_secs: Vec<i64> = markers
+        .iter()
+        .map(|m| {
+            m["slot"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                .as_second()
+        })
+        .collect();
+    for w in slot_secs.windows(2) {
+        assert_eq!(w[1] - w[0], 10, "a slot was missed: {keys:?}\n{all_logs}");
+    }
+    let mut backup_ids = std::collections::BTreeSet::new();
+    let mut taken_over = 0;
+    for m in &markers {
+        assert!(
+            m["finished_at"].is_string(),
+            "a slot never finished: {m}\n{all_logs}"
+        );
+        match m["outcome"].as_str().unwrap() {
+            "complete" => {
+                assert!(
+                    backup_ids.insert(m["backup_id"].as_str().unwrap().to_string()),
+                    "one backup recorded for two slots: {m}"
+                );
+            }
+            // The slot after the killed one may find the takeover still
+            // running (lease time 4 s + the takeover's run).
+            "skipped" => assert!(
+                m["detail"].as_str().unwrap_or_default().contains("busy"),
+                "{m}"
+            ),
+            other => panic!("slot {m} ended {other}\n{all_logs}"),
+        }
+    }
+    let skipped = markers.len() - backup_ids.len();
+    assert!(skipped <= 1, "{skipped} slots skipped:\n{all_logs}");
+    for l in &logs {
+        if l.contains("taking over the backup slot") {
+            taken_over += 1;
+        }
+    }
+    assert_eq!(
+        taken_over, 1,
+        "the killed run's slot must be taken over once:\n{all_logs}"
+    );
+    // The slot the killed daemon was running is finished by a survivor.
+    let line = all_logs
+        .lines()
+        .find(|l| l.contains("taking over the backup slot"))
+        .unwrap();
+    let slot = line.rsplit("slot=").next().unwrap().trim();
+    let m = markers
+        .iter()
+        .find(|m| m["slot"].as_str().unwrap().starts_with(&slot[..19]))
+        .unwrap_or_else(|| panic!("no marker for {slot}"));
+    assert_ne!(
+        m["claimed_by"]["pid"].as_u64().unwrap() as u32,
+        killed_pid,
+        "{m}"
+    );
+    assert!(line.contains(&format!("pid {killed_pid})")), "{line}");
+    // Exactly the slots' backups are in the repository: none doubled, none
+    // lost.
+    let listing = s3.get("/fleet?list-type=2&prefix=prod/ha/backups/");
+    let committed: std::collections::BTreeSet<String> = listing
+        .split("<Key>prod/ha/backups/")
+        .skip(1)
+        .filter_map(|k| {
+            k.split_once("/manifest.json</Key>")
+                .map(|(id, _)| id.to_string())
+        })
+        .collect();
+    assert_eq!(committed, backup_ids, "{all_logs}");
+    // Each surviving daemon says which runs it took.
+    let ran_here: u64 = metrics
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter(|l| {
+            l.starts_with("drctl_daemon_slots_total{policy=\"ha\",kind=\"backup\",ran=\"this\"}")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        ran_here >= 1,
+        "no survivor reports the slots it ran: {metrics:?}"
+    );
+    for m in &metrics {
+        assert!(m.contains("ran=\"other\"}"), "{m}");
+    }
+}

@@ -16,8 +16,12 @@
 //!   `[notify] max_rpo`, notifying once when it goes over.
 //! - `--listen` serves `/metrics` (Prometheus) and `/healthz` (200 while the
 //!   loop is alive).
+//! - Policies on S3: daemons on several hosts share the schedule; each slot
+//!   is claimed once in the repository (`slots`), a dead runner's slot is
+//!   taken over after its lease expires.
 
 pub mod metrics;
+pub mod slots;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -59,6 +63,9 @@ pub struct Options {
 /// Longest the loop sleeps: bounds how stale /healthz and the RPO watch get.
 const TICK: Duration = Duration::from_secs(15);
 
+/// How often a slot running on another daemon is looked at.
+const WATCH: Duration = Duration::from_secs(1);
+
 struct Shared {
     catalog: Catalog,
     policies_dir: PathBuf,
@@ -67,6 +74,101 @@ struct Shared {
     /// Metrics are computed at most this often (reading the WAL archive is
     /// not free).
     cache: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// Slots claimed elsewhere and still running there: looked at again
+    /// until they finish, or taken over if their runner dies.
+    /// `true`: deferred by this daemon because its own run was going; such
+    /// a slot is recorded as skipped unless another daemon claimed it.
+    watching: std::sync::Mutex<BTreeMap<(String, JobKind, Timestamp), bool>>,
+    /// Per (policy, kind): slots this daemon ran, and slots others ran.
+    slots: std::sync::Mutex<BTreeMap<(String, JobKind), [u64; 2]>>,
+}
+
+impl Shared {
+    fn count(&self, policy: &str, kind: JobKind, mine: bool) {
+        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        s.entry((policy.to_string(), kind)).or_default()[usize::from(!mine)] += 1;
+    }
+
+    fn watch(&self, policy: &str, kind: JobKind, due: Timestamp, on: Option<bool>) {
+        let mut w = self.watching.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (policy.to_string(), kind, due);
+        match on {
+            Some(deferred) => {
+                let d = w.entry(key).or_insert(deferred);
+                *d &= deferred;
+            }
+            None => {
+                w.remove(&key);
+            }
+        }
+    }
+}
+
+/// How a scheduled run ended, for its slot marker: the backup it made.
+type Ran = Result<Option<String>>;
+
+/// Run `work` as slot `due` of `policy`'s `kind` runs. On an S3 repository
+/// the slot is claimed first (daemon::slots): a slot another daemon ran or
+/// is running is left to it. Elsewhere `work` just runs.
+async fn in_slot(
+    shared: &Shared,
+    policy: &Policy,
+    kind: JobKind,
+    due: Timestamp,
+    deferred: bool,
+    work: impl std::future::Future<Output = Ran>,
+) -> Result<()> {
+    let what = kind.as_str();
+    let repo = match &policy.repository {
+        Some(cfg) => Some((crate::repo::open(cfg).await?, cfg.lease_ttl())),
+        None => None,
+    };
+    let Some((repo, ttl)) = repo.filter(|(r, _)| r.conditional_writes()) else {
+        return work.await.map(|_| ());
+    };
+    let held = match slots::claim(&*repo, &policy.name, what, due, ttl).await? {
+        slots::Claimed::Mine(h) => h,
+        slots::Claimed::Done(why) => {
+            shared.watch(&policy.name, kind, due, None);
+            shared.count(&policy.name, kind, false);
+            tracing::info!(slot = %rfc3339(due), "slot already run: {why}");
+            return Ok(());
+        }
+        slots::Claimed::Watch(why) => {
+            shared.watch(&policy.name, kind, due, Some(false));
+            tracing::info!(slot = %rfc3339(due), "slot taken by another daemon: {why}");
+            return Ok(());
+        }
+    };
+    shared.watch(&policy.name, kind, due, None);
+    if deferred && held.took_over.is_none() {
+        // As one daemon alone would: a slot due while the previous run went
+        // on is skipped, and recorded so, once.
+        let why = format!("the previous {what} was still going at {}", rfc3339(due));
+        tracing::warn!(slot = %rfc3339(due), "skipped: {why}");
+        held.finish(&*repo, &policy.name, what, "skipped", None, Some(why))
+            .await?;
+        return Ok(());
+    }
+    if let Some(why) = &held.took_over {
+        tracing::warn!(slot = %rfc3339(due), "taking over the {what} slot: {why}");
+    }
+    shared.count(&policy.name, kind, true);
+    let ran = work.await;
+    let (outcome, id, detail) = match &ran {
+        Ok(id) => ("complete", id.clone(), None),
+        Err(e) if format!("{e:#}").contains(" is busy: ") => {
+            ("skipped", None, Some(format!("{e:#}")))
+        }
+        Err(e) => ("failed", None, Some(format!("{e:#}"))),
+    };
+    if let Err(e) = held
+        .finish(&*repo, &policy.name, what, outcome, id, detail)
+        .await
+    {
+        tracing::warn!(slot = %rfc3339(due), "cannot record the slot's outcome: {e:#}");
+    }
+    ran.map(|_| ())
 }
 
 #[derive(Clone)]
@@ -82,6 +184,15 @@ struct Entry {
 enum JobKind {
     Backup,
     Drill,
+}
+
+impl JobKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Drill => "drill",
+        }
+    }
 }
 
 fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
@@ -166,8 +277,21 @@ async fn drill_job(
     sem: Arc<Semaphore>,
     policy: Policy,
     identity: Option<PathBuf>,
+    due: Timestamp,
+    deferred: bool,
 ) -> Result<()> {
     let _permit = sem.acquire_owned().await.context("scheduler closed")?;
+    let work = drill_work(&shared, catalog_path, &policy, identity);
+    in_slot(&shared, &policy, JobKind::Drill, due, deferred, work).await
+}
+
+async fn drill_work(
+    shared: &Shared,
+    catalog_path: PathBuf,
+    policy: &Policy,
+    identity: Option<PathBuf>,
+) -> Ran {
+    let policy = policy.clone();
     let opts = crate::drill::Options {
         point: crate::drill::Point::Latest,
         scratch_url: None,
@@ -191,7 +315,7 @@ async fn drill_job(
             rpo_seconds = r.rpo_seconds,
             "scheduled drill passed"
         );
-        return Ok(());
+        return Ok(r.backup_id);
     }
     let failed: Vec<String> = r
         .checks
@@ -214,8 +338,16 @@ async fn job(
     catalog_path: PathBuf,
     sem: Arc<Semaphore>,
     policy: Policy,
+    due: Timestamp,
+    deferred: bool,
 ) -> Result<()> {
     let _permit = sem.acquire_owned().await.context("scheduler closed")?;
+    let work = backup_work(&shared, catalog_path, &policy);
+    in_slot(&shared, &policy, JobKind::Backup, due, deferred, work).await
+}
+
+async fn backup_work(shared: &Shared, catalog_path: PathBuf, policy: &Policy) -> Ran {
+    let policy = policy.clone();
     let started = std::time::Instant::now();
     match crate::backup::run(
         &policy,
@@ -232,7 +364,7 @@ async fn job(
                 "scheduled backup complete"
             );
             if out.copy_failures.is_empty() {
-                Ok(())
+                Ok(Some(out.made.id().to_string()))
             } else {
                 Err(anyhow::anyhow!(crate::backup::copy_failure_message(
                     out.made.id(),
@@ -258,6 +390,8 @@ pub async fn run(opts: Options) -> Result<()> {
         policies_dir: opts.policies_dir.clone(),
         heartbeat: AtomicI64::new(Timestamp::now().as_second()),
         cache: tokio::sync::Mutex::new(None),
+        watching: Default::default(),
+        slots: Default::default(),
     });
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -291,6 +425,7 @@ pub async fn run(opts: Options) -> Result<()> {
         shared: shared.clone(),
         jobs: JoinSet::new(),
         running: BTreeSet::new(),
+        last_watch: std::time::Instant::now(),
     };
     let mut over_rpo: BTreeSet<String> = BTreeSet::new();
     let mut archive_failing: BTreeSet<String> = BTreeSet::new();
@@ -301,6 +436,7 @@ pub async fn run(opts: Options) -> Result<()> {
         for e in entries.values_mut() {
             runner.start_due(e, now);
         }
+        runner.start_watched(&entries);
         if last_rpo_check.elapsed() >= TICK {
             last_rpo_check = std::time::Instant::now();
             watch_rpo(&shared, &entries, &mut over_rpo).await;
@@ -313,7 +449,19 @@ pub async fn run(opts: Options) -> Result<()> {
             .min()
             .map(|n| n.duration_since(Timestamp::now()).unsigned_abs())
             .unwrap_or(TICK)
-            .min(TICK);
+            .min(TICK)
+            .min(
+                if shared
+                    .watching
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+                {
+                    TICK
+                } else {
+                    WATCH
+                },
+            );
         tokio::select! {
             _ = tokio::time::sleep(until_next) => {}
             Some(done) = runner.jobs.join_next(), if !runner.jobs.is_empty() => {
@@ -345,7 +493,9 @@ async fn catch_up(catalog: &Catalog, entries: &mut BTreeMap<String, Entry>) -> R
         if let Some(due) = last.and_then(|l| s.next_after(l, &e.policy.timezone())) {
             if due <= now {
                 tracing::info!(policy = %e.policy.name, missed = %rfc3339(due), "a run was missed while drctl was down; running it now");
-                e.next = Some(now);
+                // As its own slot, so daemons sharing the repository agree
+                // on it (and run it once).
+                e.next = Some(due);
             }
         }
     }
@@ -379,9 +529,70 @@ struct Runner<'a> {
     sem: Arc<Semaphore>,
     jobs: JoinSet<((String, JobKind), Result<()>)>,
     running: BTreeSet<(String, JobKind)>,
+    last_watch: std::time::Instant,
 }
 
 impl Runner<'_> {
+    /// Looks again at slots other daemons were running: a finished one is
+    /// forgotten, a dead runner's is taken over (see `in_slot`).
+    fn start_watched(&mut self, entries: &BTreeMap<String, Entry>) {
+        if self.last_watch.elapsed() < WATCH {
+            return;
+        }
+        self.last_watch = std::time::Instant::now();
+        let watched: Vec<_> = self
+            .shared
+            .watching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, d)| (k.clone(), *d))
+            .collect();
+        for ((name, kind, due), deferred) in watched {
+            let Some(e) = entries.get(&name) else {
+                self.shared.watch(&name, kind, due, None);
+                continue;
+            };
+            if self.running.contains(&(name.clone(), kind)) {
+                continue;
+            }
+            let (shared, path, sem, policy) = (
+                self.shared.clone(),
+                self.opts.catalog_path.clone(),
+                self.sem.clone(),
+                e.policy.clone(),
+            );
+            match kind {
+                JobKind::Backup => {
+                    self.start_quiet(&name, kind, job(shared, path, sem, policy, due, deferred))
+                }
+                JobKind::Drill => {
+                    let id = self.opts.identity.clone();
+                    let fut = drill_job(shared, path, sem, policy, id, due, deferred);
+                    self.start_quiet(&name, kind, fut)
+                }
+            }
+        }
+    }
+
+    /// Start a job without the "starting" log line (a watched slot is
+    /// looked at every few seconds).
+    fn start_quiet(
+        &mut self,
+        policy: &str,
+        kind: JobKind,
+        fut: impl std::future::Future<Output = Result<()>> + Send + 'static,
+    ) {
+        if self.opts.dry_run {
+            return;
+        }
+        let key = (policy.to_string(), kind);
+        self.running.insert(key.clone());
+        let span = tracing::info_span!("slot", policy, kind = kind.as_str());
+        self.jobs
+            .spawn(async move { (key, fut.await) }.instrument(span));
+    }
+
     /// Starts the entry's drill and backup if due, and plans their next runs.
     fn start_due(&mut self, e: &mut Entry, now: Timestamp) {
         if let Some(due) = e.drill_next.filter(|n| *n <= now) {
@@ -395,8 +606,10 @@ impl Runner<'_> {
                 self.sem.clone(),
                 e.policy.clone(),
                 self.opts.identity.clone(),
+                due,
+                false,
             );
-            self.start(&e.policy.name, JobKind::Drill, due, fut);
+            self.start(&e.policy, JobKind::Drill, due, fut);
         }
         if let Some(due) = e.next.filter(|n| *n <= now) {
             e.next = e
@@ -408,24 +621,33 @@ impl Runner<'_> {
                 self.opts.catalog_path.clone(),
                 self.sem.clone(),
                 e.policy.clone(),
+                due,
+                false,
             );
-            self.start(&e.policy.name, JobKind::Backup, due, fut);
+            self.start(&e.policy, JobKind::Backup, due, fut);
         }
     }
 
     fn start(
         &mut self,
-        policy: &str,
+        p: &Policy,
         kind: JobKind,
         due: Timestamp,
         fut: impl std::future::Future<Output = Result<()>> + Send + 'static,
     ) {
+        let policy = p.name.as_str();
         let key = (policy.to_string(), kind);
-        let what = match kind {
-            JobKind::Backup => "backup",
-            JobKind::Drill => "drill",
-        };
+        let what = kind.as_str();
         if self.running.contains(&key) {
+            // On S3 the slot is shared with other daemons: look at it again
+            // once this job is done (another daemon may run it meanwhile).
+            if p.repository
+                .as_ref()
+                .is_some_and(|r| r.url.starts_with("s3://"))
+            {
+                self.shared.watch(policy, kind, due, Some(true));
+                return;
+            }
             tracing::warn!(policy, due = %rfc3339(due), "previous {what} still going; skipping this one");
             return;
         }
@@ -626,5 +848,27 @@ async fn metrics_text(shared: &Shared) -> Result<String> {
         shared.heartbeat.load(Ordering::Relaxed)
     ));
     *cache = Some((std::time::Instant::now(), body.clone()));
-    Ok(body)
+    Ok(body + &slot_metrics(shared))
+}
+
+/// Which scheduled slots this daemon ran and which it left to others
+/// (daemons sharing an S3 repository; see daemon::slots). Not cached.
+fn slot_metrics(shared: &Shared) -> String {
+    let slots = shared.slots.lock().unwrap_or_else(|e| e.into_inner());
+    if slots.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "# HELP drctl_daemon_slots_total Scheduled slots this daemon saw, by who ran them (ran=\"this\": this daemon; \"other\": another daemon sharing the repository).\n# TYPE drctl_daemon_slots_total counter\n",
+    );
+    for ((policy, kind), [mine, others]) in slots.iter() {
+        for (ran, n) in [("this", mine), ("other", others)] {
+            out.push_str(&format!(
+                "drctl_daemon_slots_total{{policy=\"{}\",kind=\"{}\",ran=\"{ran}\"}} {n}\n",
+                policy.replace('\\', "\\\\").replace('"', "\\\""),
+                kind.as_str()
+            ));
+        }
+    }
+    out
 }
