@@ -45,12 +45,25 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// The folder the catalog lives in.
-pub fn catalog_dir(catalog: &Path) -> &Path {
+/// The folder the catalog lives in; for a PostgreSQL catalog, this host's
+/// state folder (`DRCTL_STATE_DIR`, else `$XDG_RUNTIME_DIR/drctl`, else
+/// `/tmp/drctl-<uid>`): the policy locks are per host.
+pub fn catalog_dir(catalog: &Path) -> PathBuf {
+    if crate::catalog::is_url(catalog) {
+        if let Some(d) = std::env::var_os("DRCTL_STATE_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d);
+        }
+        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d).join("drctl");
+        }
+        // SAFETY: geteuid has no preconditions.
+        return std::env::temp_dir().join(format!("drctl-{}", unsafe { libc::geteuid() }));
+    }
     catalog
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
+        .to_path_buf()
 }
 
 /// Where the policy locks, leases and the migration lock live.

@@ -691,3 +691,171 @@ fn three_daemons_run_each_slot_once_even_when_one_is_killed_mid_run() {
         assert!(m.contains("ran=\"other\"}"), "{m}");
     }
 }
+
+/// `drctl ARGS` on host `n` of a fleet whose catalog is in PostgreSQL.
+fn fleet_worker(d: &Drctl, n: usize, catalog: &str, args: &[&str]) -> Command {
+    let mut c = worker(d, n, args);
+    c.env("DRCTL_CATALOG", catalog)
+        .env("DRCTL_STATE_DIR", d.path().join(format!("host{n}/state")));
+    c
+}
+
+fn fleet_run(d: &Drctl, n: usize, catalog: &str, args: &[&str]) -> common::Run {
+    let out = fleet_worker(d, n, catalog, args).output().unwrap();
+    common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Policy, id, status and stored bytes of every row `list` shows.
+fn rows(v: &serde_json::Value) -> Vec<(String, String, String, u64)> {
+    let mut out: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["policy"].as_str().unwrap().to_string(),
+                r["id"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+                r["stored_bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_catalog_in_postgresql_takes_eight_hosts_at_once_and_serves_every_command() {
+    let s3 = S3Server::start();
+    s3.create_bucket("fleet");
+    let pg = PgCluster::start();
+    pg.createdb("drctl_catalog");
+    let catalog = pg.url("drctl_catalog");
+    let d = Drctl::new();
+    for i in 0..8 {
+        let db = format!("db{i}");
+        pg.createdb(&db);
+        pg.psql(&db, SAMPLE_SQL);
+        s3_policy(&d, &s3, &format!("p{i}"), &pg.url(&db), "");
+    }
+    fleet_run(&d, 9, &catalog, &["init"]).ok();
+
+    // Eight hosts back up eight policies at once into one catalog.
+    let workers: Vec<Child> = (0..8)
+        .map(|i| {
+            fleet_worker(&d, i, &catalog, &["backup", &format!("p{i}")])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, w) in workers.into_iter().enumerate() {
+        let f = finish(w);
+        assert_eq!(f.code, 0, "backup of p{i}:\n{}", f.stderr);
+    }
+    let listed = fleet_run(&d, 10, &catalog, &["list", "--output", "json"])
+        .ok()
+        .json();
+    let before = rows(&listed);
+    assert_eq!(before.len(), 8, "{listed:#}");
+    for (i, (policy, _, status, stored)) in before.iter().enumerate() {
+        assert_eq!(
+            (status.as_str(), policy.as_str()),
+            ("complete", format!("p{i}").as_str())
+        );
+        assert!(*stored > 0);
+    }
+    for (policy, id, _, _) in &before {
+        assert!(
+            s3.head(&format!("/fleet/prod/{policy}/backups/{id}/manifest.json"))
+                .starts_with("HTTP/1.1 200"),
+            "{id} is in the catalog but not in the bucket"
+        );
+    }
+
+    // Every other host sees them, and every command works on them.
+    let id0 = before[0].1.clone();
+    let show = fleet_run(&d, 11, &catalog, &["show", &id0, "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(show["manifest"]["id"], id0.as_str(), "{show}");
+    let status = fleet_run(&d, 11, &catalog, &["status", "--output", "json"])
+        .ok()
+        .json();
+    let with_backup = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["last_backup_id"].is_string())
+        .count();
+    assert_eq!(with_backup, 8, "{status:#}");
+    fleet_run(&d, 11, &catalog, &["verify", "p0"]).ok();
+    let want = pg.fingerprint("db0");
+    fleet_run(
+        &d,
+        12,
+        &catalog,
+        &[
+            "restore",
+            "p0",
+            "--backup",
+            &id0,
+            "--target",
+            &pg.url("db0_restored"),
+            "--identity",
+            &d.identity_arg(),
+        ],
+    )
+    .ok();
+    assert_eq!(pg.fingerprint("db0_restored"), want);
+    let drill = fleet_run(
+        &d,
+        13,
+        &catalog,
+        &[
+            "drill",
+            "p0",
+            "--scratch",
+            &pg.url("postgres"),
+            "--identity",
+            &d.identity_arg(),
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(drill["passed"], true, "{drill:#}");
+    let status = fleet_run(&d, 14, &catalog, &["status", "p0", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(status[0]["last_drill_passed"], true, "{status}");
+    fleet_run(&d, 14, &catalog, &["pin", &id0]).ok();
+    fleet_run(&d, 14, &catalog, &["prune", "p0", "--dry-run"]).ok();
+
+    // What the catalog says equals what `catalog rebuild` derives from the
+    // repository alone.
+    let mut pinned = fleet_run(&d, 15, &catalog, &["list", "p0", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(pinned[0]["pinned"], true, "{pinned}");
+    fleet_run(&d, 15, &catalog, &["catalog", "rebuild"]).ok();
+    let after = fleet_run(&d, 15, &catalog, &["list", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(rows(&after), before);
+    pinned = fleet_run(&d, 15, &catalog, &["list", "p0", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(pinned[0]["pinned"], true, "{pinned}");
+    // The rows are in PostgreSQL, not in a file on some host.
+    let n = pg.query(
+        "drctl_catalog",
+        "SELECT count(*) FROM backups WHERE status = 'complete'",
+    );
+    assert_eq!(n.trim(), "8");
+    assert!(!d.path().join("host0/catalog.db").exists());
+}

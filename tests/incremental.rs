@@ -430,10 +430,19 @@ fn kill_9_during_an_incremental_leaves_nothing_listed_and_the_next_builds_on_the
     assert_eq!(got, want);
 }
 
+/// With the catalog in PostgreSQL (fleet mode): the block maps the
+/// incrementals compare against and the copy's bookkeeping live there too.
 #[test]
-fn a_copy_restores_a_chain_with_the_primary_gone() {
-    let d = Drctl::for_owner();
+fn a_copy_restores_a_chain_with_the_primary_gone_and_the_catalog_in_postgresql() {
+    let mut d = Drctl::for_owner();
     let pg = cluster(&d, 15, false);
+    pg.createdb("drctl_catalog");
+    d.extra_env
+        .push(("DRCTL_CATALOG".into(), pg.url("drctl_catalog")));
+    d.extra_env.push((
+        "DRCTL_STATE_DIR".into(),
+        d.path().join("state").display().to_string(),
+    ));
     policy(&d, &pg, "incremental = true\n", 10);
     let copy_dir = d.path().join("copy-repo");
     let p = d.path().join("policies/inc.toml");
@@ -457,6 +466,24 @@ fn a_copy_restores_a_chain_with_the_primary_gone() {
     let want = pg.fingerprint("postgres");
     let two = d.run(&["backup", "inc", "--output", "json"]).ok().json();
     assert_eq!(two["parent"], one["id"]);
+    // Both repositories hold every backup, by the catalog's bookkeeping.
+    for e in d.list("inc") {
+        assert_eq!(
+            e["repositories"],
+            serde_json::json!(["primary", "second"]),
+            "{e:#}"
+        );
+    }
+    let maps = pg.query(
+        "drctl_catalog",
+        "SELECT count(DISTINCT backup_id) FROM block_maps",
+    );
+    assert_eq!(
+        maps.trim(),
+        "3",
+        "every physical backup's block map is in PostgreSQL"
+    );
+    assert!(!d.catalog().exists(), "a SQLite catalog was made");
     pg.psql("postgres", "CREATE TABLE after_all (x int)");
     switch_and_archive(&pg);
     std::fs::remove_dir_all(d.repo_dir()).unwrap();

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use anyhow::{anyhow, bail, Context, Result};
 use jiff::Timestamp;
 use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -22,11 +23,51 @@ use crate::repo::manifest::Manifest;
 use crate::time::parse::rfc3339_micros;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The embedded SQLite file, or a PostgreSQL database many hosts share.
+#[derive(Clone)]
+enum Db {
+    Lite(SqlitePool),
+    Pg(PgPool),
+}
+
+/// Run `$body` with `$p` bound to whichever pool the catalog has: the SQL
+/// is the same for both (`$N` parameters, standard SQL), each arm decodes
+/// its own rows.
+macro_rules! on {
+    ($self:expr, $p:ident => $body:expr) => {
+        match &$self.db {
+            Db::Lite($p) => $body,
+            Db::Pg($p) => $body,
+        }
+    };
+}
 
 #[derive(Clone)]
 pub struct Catalog {
-    pool: SqlitePool,
+    db: Db,
+    /// The SQLite file, or the `postgres://` URL; policy locks live beside
+    /// the file, or in the host's state folder (`crate::lock::catalog_dir`).
     path: std::path::PathBuf,
+}
+
+/// Whether `path` names a PostgreSQL catalog (`postgres://…`).
+pub fn is_url(path: &Path) -> bool {
+    path.to_str()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// A catalog URL without its password, for messages.
+pub fn shown(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    match url::Url::parse(&text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => text.into_owned(),
+    }
 }
 
 /// One drill as the catalog keeps it.
@@ -75,7 +116,31 @@ fn ts(s: Option<String>) -> Option<Timestamp> {
     s.and_then(|s| s.parse().ok())
 }
 
-/// What `row` reads: everything but the manifest JSON, which lists never
+/// A `BackupRow` from a row of either backend (a macro: each arm of `on!`
+/// decodes its own row type).
+macro_rules! backup_row {
+    ($r:expr) => {{
+        let r = $r;
+        BackupRow {
+            id: r.get("id"),
+            policy: r.get("policy"),
+            method: r.get("method"),
+            status: r.get("status"),
+            started_at: ts(r.get("started_at")),
+            finished_at: ts(r.get("finished_at")),
+            consistent_at: ts(r.get("consistent_at")),
+            stored_bytes: r.get("stored_bytes"),
+            source_bytes: r.get("source_bytes"),
+            repository: r.get("repository"),
+            error: r.get("error"),
+            pinned: r.get::<i64, _>("pinned") != 0,
+            kind: r.get("kind"),
+            parent: r.get("parent"),
+        }
+    }};
+}
+
+/// What `backup_row!` reads: everything but the manifest JSON, which lists never
 /// need (a macro so queries stay static strings).
 macro_rules! row_columns {
     () => {
@@ -91,12 +156,42 @@ impl Catalog {
     }
 
     pub async fn open(path: &Path) -> Result<Catalog> {
+        if is_url(path) {
+            return Self::open_pg(path).await;
+        }
         Self::open_rw(path).await.map_err(|e| explain(path, e))
+    }
+
+    /// A PostgreSQL catalog: connect (the password from the URL, PGPASSWORD
+    /// or ~/.pgpass), migrate under sqlx's advisory lock (many workers may
+    /// start at once), repair this host's orphaned rows.
+    async fn open_pg(path: &Path) -> Result<Catalog> {
+        let url = path.to_string_lossy();
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e| anyhow!("catalog URL {}: {e}", shown(path)))?;
+        let opts = opts.application_name("drctl");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("cannot connect to the catalog {}", shown(path)))?;
+        PG_MIGRATOR
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot migrate the catalog {}", shown(path)))?;
+        let cat = Catalog {
+            db: Db::Pg(pool),
+            path: path.to_path_buf(),
+        };
+        cat.repair_orphans().await?;
+        Ok(cat)
     }
 
     /// Close the connections (SQLite checkpoints and removes -wal/-shm).
     pub async fn close(self) {
-        self.pool.close().await;
+        on!(self, p => p.close().await)
     }
 
     /// For commands that only read (status, list, show): a user who may
@@ -104,6 +199,9 @@ impl Catalog {
     /// looking at a catalog root made, a monitoring account) still gets an
     /// answer, from a read-only connection that takes no lock.
     pub async fn open_for_reading(path: &Path) -> Result<Catalog> {
+        if is_url(path) {
+            return Self::open_pg(path).await;
+        }
         match Self::open_rw(path).await {
             Err(e) if denied(&e) && path.is_file() => {
                 tracing::debug!("catalog not writable, reading it only: {e:#}");
@@ -131,7 +229,7 @@ impl Catalog {
             }
         };
         Ok(Catalog {
-            pool,
+            db: Db::Lite(pool),
             path: path.to_path_buf(),
         })
     }
@@ -190,7 +288,7 @@ impl Catalog {
             .with_context(|| format!("cannot migrate catalog {}", path.display()))?;
         drop(guard);
         let cat = Catalog {
-            pool,
+            db: Db::Lite(pool),
             path: path.to_path_buf(),
         };
         cat.repair_orphans().await?;
@@ -226,7 +324,7 @@ fn explain(path: &Path, e: anyhow::Error) -> anyhow::Error {
         crate::lock::locks_dir(path).display(),
         crate::lock::whoami(),
         e.root_cause(),
-        owner_of(path).or_else(|| owner_of(dir)).unwrap_or_else(|| "?".into()),
+        owner_of(path).or_else(|| owner_of(&dir)).unwrap_or_else(|| "?".into()),
         crate::lock::whoami(),
         dir.display()
     )
@@ -266,13 +364,14 @@ impl Catalog {
     /// (kill -9, power loss): it failed.
     async fn repair_orphans(&self) -> Result<()> {
         let host = crate::lock::hostname();
-        let rows = sqlx::query("select id, pid from backups where status = 'running' and host = ?")
+        let rows: Vec<(String, Option<i64>)> = on!(self, p => sqlx::query("select id, pid from backups where status = 'running' and host = $1")
             .bind(&host)
-            .fetch_all(&self.pool)
-            .await?;
-        for r in rows {
-            let id: String = r.get(0);
-            let pid: Option<i64> = r.get(1);
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect());
+        for (id, pid) in rows {
             if !pid.is_some_and(crate::lock::pid_alive) {
                 tracing::warn!(backup = %id, "backup was left running by a process that died; marking it failed");
                 self.mark_failed(
@@ -294,7 +393,7 @@ impl Catalog {
         started_at: Timestamp,
         repo: &str,
     ) -> Result<()> {
-        sqlx::query("insert into backups (id, policy, method, status, started_at, repository, host, pid) values (?, ?, ?, 'running', ?, ?, ?, ?)")
+        on!(self, p => sqlx::query("insert into backups (id, policy, method, status, started_at, repository, host, pid) values ($1, $2, $3, 'running', $4, $5, $6, $7)")
             .bind(id)
             .bind(policy)
             .bind(method)
@@ -302,17 +401,17 @@ impl Catalog {
             .bind(repo)
             .bind(crate::lock::hostname())
             .bind(std::process::id() as i64)
-            .execute(&self.pool)
-            .await
+            .execute(p)
+            .await.map(|r| r.rows_affected()))
             .context("recording the backup in the catalog")?;
         Ok(())
     }
 
     /// Insert or replace a committed backup from its manifest.
     pub async fn upsert_complete(&self, m: &Manifest, repo: &str) -> Result<()> {
-        sqlx::query(
+        on!(self, p => sqlx::query(
             "insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, source_bytes, repository, manifest, kind, parent)
-             values (?, ?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             values ($1, $2, $3, 'complete', $4, $5, $6, $7, $8, $9, $10, $11, $12)
              on conflict(id) do update set status = 'complete', finished_at = excluded.finished_at,
                consistent_at = excluded.consistent_at, stored_bytes = excluded.stored_bytes,
                source_bytes = excluded.source_bytes, repository = excluded.repository,
@@ -331,8 +430,8 @@ impl Catalog {
         .bind(m.to_json())
         .bind(m.kind.as_str())
         .bind(&m.parent)
-        .execute(&self.pool)
-        .await
+        .execute(p)
+        .await.map(|r| r.rows_affected()))
         .context("recording the completed backup in the catalog")?;
         Ok(())
     }
@@ -341,11 +440,11 @@ impl Catalog {
     /// next incremental is taken against).
     pub async fn put_server_manifest(&self, id: &str, json: &[u8]) -> Result<()> {
         let body = zstd::bulk::compress(json, 3).context("compressing a server manifest")?;
-        sqlx::query("insert or replace into server_manifests (backup_id, body) values (?, ?)")
+        on!(self, p => sqlx::query("insert into server_manifests (backup_id, body) values ($1, $2) on conflict (backup_id) do update set body = excluded.body")
             .bind(id)
             .bind(body)
-            .execute(&self.pool)
-            .await
+            .execute(p)
+            .await.map(|r| r.rows_affected()))
             .context("keeping the server manifest in the catalog")?;
         Ok(())
     }
@@ -353,23 +452,22 @@ impl Catalog {
     /// One relation file's block map in backup `id` (see backup::delta).
     pub async fn put_block_map(&self, id: &str, path: &str, hashes: &[u64]) -> Result<()> {
         let blob: Vec<u8> = hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
-        sqlx::query("insert or replace into block_maps (backup_id, path, hashes) values (?, ?, ?)")
+        on!(self, p => sqlx::query("insert into block_maps (backup_id, path, hashes) values ($1, $2, $3) on conflict (backup_id, path) do update set hashes = excluded.hashes")
             .bind(id)
             .bind(path)
             .bind(blob)
-            .execute(&self.pool)
-            .await
+            .execute(p)
+            .await.map(|r| r.rows_affected()))
             .context("keeping a block map in the catalog")?;
         Ok(())
     }
 
     pub async fn block_map(&self, id: &str, path: &str) -> Result<Option<Vec<u64>>> {
-        let blob: Option<Vec<u8>> =
-            sqlx::query_scalar("select hashes from block_maps where backup_id = ? and path = ?")
+        let blob: Option<Vec<u8>> = on!(self, p => sqlx::query_scalar("select hashes from block_maps where backup_id = $1 and path = $2")
                 .bind(id)
                 .bind(path)
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(p)
+                .await)?;
         Ok(blob.map(|b| {
             b.chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -380,31 +478,30 @@ impl Catalog {
     /// Whether backup `id` has a block map (an incremental can be taken
     /// on it by page comparison).
     pub async fn has_block_map(&self, id: &str) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("select count(*) from block_maps where backup_id = ?")
+        let n: i64 = on!(self, p => sqlx::query_scalar("select count(*) from block_maps where backup_id = $1")
             .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
+            .fetch_one(p)
+            .await)?;
         Ok(n > 0)
     }
 
     /// What the catalog keeps beside a backup that is gone or failed.
     async fn forget_kept(&self, id: &str) -> Result<()> {
         for q in [
-            "delete from server_manifests where backup_id = ?",
-            "delete from block_maps where backup_id = ?",
+            "delete from server_manifests where backup_id = $1",
+            "delete from block_maps where backup_id = $1",
         ] {
-            sqlx::query(q).bind(id).execute(&self.pool).await?;
+            on!(self, p => sqlx::query(q).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
         }
         Ok(())
     }
 
     /// The server's `backup_manifest` of a backup, if the catalog has it.
     pub async fn server_manifest(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let body: Option<Vec<u8>> =
-            sqlx::query_scalar("select body from server_manifests where backup_id = ?")
+        let body: Option<Vec<u8>> = on!(self, p => sqlx::query_scalar("select body from server_manifests where backup_id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(p)
+                .await)?;
         body.map(|b| {
             let mut out = Vec::new();
             zstd::stream::copy_decode(&b[..], &mut out)
@@ -415,12 +512,12 @@ impl Catalog {
     }
 
     pub async fn mark_failed(&self, id: &str, at: Timestamp, error: &str) -> Result<()> {
-        sqlx::query("update backups set status = 'failed', finished_at = ?, error = ?, pid = null where id = ? and status = 'running'")
+        on!(self, p => sqlx::query("update backups set status = 'failed', finished_at = $1, error = $2, pid = null where id = $3 and status = 'running'")
             .bind(rfc3339_micros(at))
             .bind(error)
             .bind(id)
-            .execute(&self.pool)
-            .await
+            .execute(p)
+            .await.map(|r| r.rows_affected()))
             .context("recording the failure in the catalog")?;
         self.forget_kept(id).await?;
         Ok(())
@@ -435,13 +532,13 @@ impl Catalog {
         consistent: Timestamp,
         stored_bytes: i64,
     ) -> Result<()> {
-        sqlx::query("update backups set status = 'complete', finished_at = ?, consistent_at = ?, stored_bytes = ?, pid = null where id = ?")
+        on!(self, p => sqlx::query("update backups set status = 'complete', finished_at = $1, consistent_at = $2, stored_bytes = $3, pid = null where id = $4")
             .bind(rfc3339_micros(finished))
             .bind(rfc3339_micros(consistent))
             .bind(stored_bytes)
             .bind(id)
-            .execute(&self.pool)
-            .await?;
+            .execute(p)
+            .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -456,9 +553,9 @@ impl Catalog {
         stored_bytes: i64,
         location: &str,
     ) -> Result<()> {
-        sqlx::query(
+        on!(self, p => sqlx::query(
             "insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, repository)
-             values (?, ?, ?, 'complete', ?, ?, ?, ?, ?)
+             values ($1, $2, $3, 'complete', $4, $5, $6, $7, $8)
              on conflict(id) do update set status = 'complete', consistent_at = excluded.consistent_at,
                stored_bytes = excluded.stored_bytes, repository = excluded.repository, error = null, pid = null",
         )
@@ -470,8 +567,8 @@ impl Catalog {
         .bind(rfc3339_micros(at))
         .bind(stored_bytes)
         .bind(location)
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -481,7 +578,7 @@ impl Catalog {
     /// whose size follows the policies, not the history: sqlx hands SQLite
     /// rows over one by one, which over 30,000 rows costs 0.4 s.
     pub async fn status_rows(&self) -> Result<HashMap<String, Vec<BackupRow>>> {
-        let rows = sqlx::query(
+        let rows: Vec<BackupRow> = on!(self, p => sqlx::query(
             "with ok as (
                  select policy, max(consistent_at) as newest, min(consistent_at) as oldest
                  from backups where status = 'complete' group by policy
@@ -499,10 +596,13 @@ impl Catalog {
                 or (b.status <> 'complete' and (last.started is null or b.started_at > last.started))
              order by b.started_at desc, b.id desc",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| backup_row!(r))
+        .collect());
         let mut out: HashMap<String, Vec<BackupRow>> = HashMap::new();
-        for r in rows.iter().map(Self::row) {
+        for r in rows {
             out.entry(r.policy.clone()).or_default().push(r);
         }
         Ok(out)
@@ -510,105 +610,72 @@ impl Catalog {
 
     /// Per policy: bytes stored by complete backups, and failed attempts.
     pub async fn totals(&self) -> Result<HashMap<String, (u64, u64)>> {
-        let rows = sqlx::query(
+        // Casts: PostgreSQL sums bigints as numeric.
+        let rows: Vec<(String, i64, i64)> = on!(self, p => sqlx::query(
             "select policy,
-                    coalesce(sum(case when status = 'complete' then stored_bytes end), 0),
-                    sum(status = 'failed')
+                    cast(coalesce(sum(case when status = 'complete' then stored_bytes end), 0) as bigint),
+                    cast(sum(case when status = 'failed' then 1 else 0 end) as bigint)
              from backups group by policy",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect());
         Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<String, _>(0),
-                    (
-                        r.get::<i64, _>(1).max(0) as u64,
-                        r.get::<i64, _>(2).max(0) as u64,
-                    ),
-                )
-            })
+            .into_iter()
+            .map(|(policy, stored, failed)| (policy, (stored.max(0) as u64, failed.max(0) as u64)))
             .collect())
-    }
-
-    fn row(r: &sqlx::sqlite::SqliteRow) -> BackupRow {
-        BackupRow {
-            id: r.get("id"),
-            policy: r.get("policy"),
-            method: r.get("method"),
-            status: r.get("status"),
-            started_at: ts(r.get("started_at")),
-            finished_at: ts(r.get("finished_at")),
-            consistent_at: ts(r.get("consistent_at")),
-            stored_bytes: r.get("stored_bytes"),
-            source_bytes: r.get("source_bytes"),
-            repository: r.get("repository"),
-            error: r.get("error"),
-            pinned: r.get::<i64, _>("pinned") != 0,
-            kind: r.get("kind"),
-            parent: r.get("parent"),
-        }
     }
 
     /// Backups, newest first.
     pub async fn list(&self, policy: Option<&str>) -> Result<Vec<BackupRow>> {
-        let rows = match policy {
-            Some(p) => {
-                sqlx::query(concat!(
-                    "select ",
-                    row_columns!(),
-                    " from backups where policy = ? order by started_at desc, id desc"
-                ))
-                .bind(p)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(concat!(
-                    "select ",
-                    row_columns!(),
-                    " from backups order by started_at desc, id desc"
-                ))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        Ok(rows.iter().map(Self::row).collect())
+        Ok(on!(self, pool => sqlx::query(concat!(
+            "select ",
+            row_columns!(),
+            " from backups where cast($1 as text) is null or policy = $1 order by started_at desc, id desc"
+        ))
+        .bind(policy)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| backup_row!(r))
+        .collect()))
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<(BackupRow, Option<String>)>> {
-        let r = sqlx::query("select * from backups where id = ?")
+        Ok(
+            on!(self, p => sqlx::query("select * from backups where id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(r.map(|r| (Self::row(&r), r.get("manifest"))))
+            .fetch_optional(p)
+            .await?
+            .map(|r| (backup_row!(&r), r.get("manifest")))),
+        )
     }
 
     pub async fn set_pinned(&self, id: &str, pinned: bool) -> Result<()> {
-        sqlx::query("update backups set pinned = ? where id = ?")
+        on!(self, p => sqlx::query("update backups set pinned = $1 where id = $2")
             .bind(pinned as i64)
             .bind(id)
-            .execute(&self.pool)
-            .await
-            .context("recording the pin in the catalog")?;
+            .execute(p)
+            .await.map(|r| r.rows_affected()))
+        .context("recording the pin in the catalog")?;
         Ok(())
     }
 
     /// Remove complete rows of a policy that the repository no longer has.
     pub async fn forget_missing(&self, policy: &str, present: &[String]) -> Result<u64> {
-        let rows = sqlx::query("select id from backups where policy = ? and status = 'complete'")
+        let ids: Vec<String> = on!(self, p => sqlx::query_scalar("select id from backups where policy = $1 and status = 'complete'")
             .bind(policy)
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(p)
+            .await?);
         let mut n = 0;
-        for r in rows {
-            let id: String = r.get(0);
+        for id in ids {
             if !present.contains(&id) {
-                sqlx::query("delete from backups where id = ?")
+                on!(self, p => sqlx::query("delete from backups where id = $1")
                     .bind(&id)
-                    .execute(&self.pool)
-                    .await?;
+                    .execute(p)
+                    .await.map(|r| r.rows_affected()))?;
                 self.forget_kept(&id).await?;
                 n += 1;
             }
@@ -618,16 +685,16 @@ impl Catalog {
 
     /// Copy `copy` holds backup `id` (its manifest is committed there).
     pub async fn record_copy(&self, policy: &str, id: &str, copy: &str) -> Result<()> {
-        sqlx::query(
-            "insert into backup_copies (backup_id, policy, copy, at) values (?, ?, ?, ?) \
+        on!(self, p => sqlx::query(
+            "insert into backup_copies (backup_id, policy, copy, at) values ($1, $2, $3, $4) \
              on conflict (backup_id, copy) do nothing",
         )
         .bind(id)
         .bind(policy)
         .bind(copy)
         .bind(rfc3339_micros(Timestamp::now()))
-        .execute(&self.pool)
-        .await
+        .execute(p)
+        .await.map(|r| r.rows_affected()))
         .context("recording a copy in the catalog")?;
         Ok(())
     }
@@ -639,19 +706,18 @@ impl Catalog {
         copy: &str,
         present: &[String],
     ) -> Result<()> {
-        let rows = sqlx::query("select backup_id from backup_copies where policy = ? and copy = ?")
+        let ids: Vec<String> = on!(self, p => sqlx::query_scalar("select backup_id from backup_copies where policy = $1 and copy = $2")
             .bind(policy)
             .bind(copy)
-            .fetch_all(&self.pool)
-            .await?;
-        for r in rows {
-            let id: String = r.get(0);
+            .fetch_all(p)
+            .await?);
+        for id in ids {
             if !present.contains(&id) {
-                sqlx::query("delete from backup_copies where backup_id = ? and copy = ?")
+                on!(self, p => sqlx::query("delete from backup_copies where backup_id = $1 and copy = $2")
                     .bind(&id)
                     .bind(copy)
-                    .execute(&self.pool)
-                    .await?;
+                    .execute(p)
+                    .await.map(|r| r.rows_affected()))?;
             }
         }
         Ok(())
@@ -660,36 +726,39 @@ impl Catalog {
     /// Per backup id of the policy (every policy: None), the copies that
     /// hold it, by name.
     pub async fn copies(&self, policy: Option<&str>) -> Result<HashMap<String, Vec<String>>> {
-        let rows = sqlx::query(
-            "select backup_id, copy from backup_copies where ?1 is null or policy = ?1 order by copy",
+        let rows: Vec<(String, String)> = on!(self, p => sqlx::query(
+            "select backup_id, copy from backup_copies where cast($1 as text) is null or policy = $1 order by copy",
         )
         .bind(policy)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect());
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
-        for r in rows {
-            out.entry(r.get(0)).or_default().push(r.get(1));
+        for (id, copy) in rows {
+            out.entry(id).or_default().push(copy);
         }
         Ok(out)
     }
 
     pub async fn record_verify(&self, id: &str, deep: bool, ok: bool, detail: &str) -> Result<()> {
-        sqlx::query(
-            "insert into verifications (backup_id, at, deep, ok, detail) values (?, ?, ?, ?, ?)",
+        on!(self, p => sqlx::query(
+            "insert into verifications (backup_id, at, deep, ok, detail) values ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(rfc3339_micros(Timestamp::now()))
         .bind(deep as i64)
         .bind(ok as i64)
         .bind(detail)
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Record a finished drill (`report` is its JSON report).
     pub async fn insert_drill(&self, d: &DrillRow, report: &str) -> Result<()> {
-        sqlx::query("insert into drills (id, policy, backup_id, started_at, finished_at, passed, rto_seconds, rpo_seconds, report) values (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        on!(self, p => sqlx::query("insert into drills (id, policy, backup_id, started_at, finished_at, passed, rto_seconds, rpo_seconds, report) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(&d.id)
             .bind(&d.policy)
             .bind(&d.backup_id)
@@ -699,35 +768,37 @@ impl Catalog {
             .bind(d.rto_seconds)
             .bind(d.rpo_seconds)
             .bind(report)
-            .execute(&self.pool)
-            .await
+            .execute(p)
+            .await.map(|r| r.rows_affected()))
             .context("recording the drill in the catalog")?;
         Ok(())
     }
 
     /// Per policy: its newest drill, and its newest passed drill.
     pub async fn last_drills(&self) -> Result<HashMap<String, (DrillRow, Option<DrillRow>)>> {
-        let rows = sqlx::query(
+        let rows: Vec<DrillRow> = on!(self, p => sqlx::query(
             "select id, policy, backup_id, started_at, finished_at, passed, rto_seconds, rpo_seconds
              from drills d
              where started_at = (select max(started_at) from drills where policy = d.policy)
                 or started_at = (select max(started_at) from drills where policy = d.policy and passed = 1)
              order by started_at desc",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| DrillRow {
+            id: r.get(0),
+            policy: r.get(1),
+            backup_id: r.get(2),
+            started_at: ts(r.get(3)).unwrap_or_default(),
+            finished_at: ts(r.get(4)).unwrap_or_default(),
+            passed: r.get::<i64, _>(5) != 0,
+            rto_seconds: r.get(6),
+            rpo_seconds: r.get(7),
+        })
+        .collect());
         let mut out: HashMap<String, (DrillRow, Option<DrillRow>)> = HashMap::new();
-        for r in &rows {
-            let d = DrillRow {
-                id: r.get(0),
-                policy: r.get(1),
-                backup_id: r.get(2),
-                started_at: ts(r.get(3)).unwrap_or_default(),
-                finished_at: ts(r.get(4)).unwrap_or_default(),
-                passed: r.get::<i64, _>(5) != 0,
-                rto_seconds: r.get(6),
-                rpo_seconds: r.get(7),
-            };
+        for d in rows {
             match out.get_mut(&d.policy) {
                 None => {
                     let passed = d.passed.then(|| d.clone());
@@ -741,22 +812,33 @@ impl Catalog {
     }
 
     pub async fn last_verify(&self, id: &str) -> Result<Option<VerifyRow>> {
-        let r = sqlx::query("select at, deep, ok, detail from verifications where backup_id = ? order by at desc limit 1")
+        Ok(
+            on!(self, p => sqlx::query("select at, deep, ok, detail from verifications where backup_id = $1 order by at desc limit 1")
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(r.map(|r| VerifyRow {
-            at: ts(r.get(0)).unwrap_or_default(),
-            deep: r.get::<i64, _>(1) != 0,
-            ok: r.get::<i64, _>(2) != 0,
-            detail: r.get(3),
-        }))
+            .fetch_optional(p)
+            .await?
+            .map(|r| VerifyRow {
+                at: ts(r.get(0)).unwrap_or_default(),
+                deep: r.get::<i64, _>(1) != 0,
+                ok: r.get::<i64, _>(2) != 0,
+                detail: r.get(3),
+            })),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Catalog {
+        fn lite(&self) -> &SqlitePool {
+            match &self.db {
+                Db::Lite(p) => p,
+                Db::Pg(_) => panic!("a SQLite catalog"),
+            }
+        }
+    }
 
     /// `status_rows` must summarize exactly like the full history does.
     #[tokio::test]
@@ -770,7 +852,7 @@ mod tests {
                         + jiff::SignedDuration::from_mins(m),
                 )
             };
-            sqlx::query("insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, error) values (?, ?, 'dump', ?, ?, ?, ?, 10, ?)")
+            sqlx::query("insert into backups (id, policy, method, status, started_at, finished_at, consistent_at, stored_bytes, error) values ($1, $2, 'dump', $3, $4, $5, $6, 10, $7)")
                 .bind(id.to_string())
                 .bind(policy.to_string())
                 .bind(status.to_string())
@@ -778,7 +860,7 @@ mod tests {
                 .bind(at(minute + 1))
                 .bind(consistent.map(at))
                 .bind((status == "failed").then(|| format!("error {id}")))
-                .execute(&cat.pool)
+                .execute(cat.lite())
         };
         // a: failures before and after successes; b: never succeeded;
         // c: a newer-started backup with an older consistent point.
@@ -843,7 +925,7 @@ mod tests {
         let (cat, path) = with_running_row(&dir, "20261122T101500Z-0001").await;
         // Pretend a dead process owned it.
         sqlx::query("update backups set pid = 999999999")
-            .execute(&cat.pool)
+            .execute(cat.lite())
             .await
             .unwrap();
         drop(cat);

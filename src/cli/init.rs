@@ -106,7 +106,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         ctx.policies_dir.clone(),
         crate::lock::locks_dir(&ctx.catalog_path),
     ];
-    owned.extend(crate::catalog::files(&ctx.catalog_path));
+    if !crate::catalog::is_url(&ctx.catalog_path) {
+        owned.extend(crate::catalog::files(&ctx.catalog_path));
+    }
     if let Some(path) = repo_url.strip_prefix("file://") {
         owned.push(PathBuf::from(path));
     }
@@ -114,11 +116,12 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         Some(user) => {
             give_to(user, &owned)?;
             let dir = crate::lock::catalog_dir(&ctx.catalog_path);
-            let writable = std::process::Command::new(crate::pg::tools::runuser())
-                .args(["-u", user, "--", "test", "-w"])
-                .arg(dir)
-                .status()
-                .is_ok_and(|s| s.success());
+            let writable = crate::catalog::is_url(&ctx.catalog_path)
+                || std::process::Command::new(crate::pg::tools::runuser())
+                    .args(["-u", user, "--", "test", "-w"])
+                    .arg(&dir)
+                    .status()
+                    .is_ok_and(|s| s.success());
             if !writable {
                 eprintln!(
                     "note: {user} cannot write {}, where SQLite keeps the catalog's -wal and -shm files: keep the catalog in a folder {user} owns (install -d -o {user} /var/lib/drctl; --catalog /var/lib/drctl/drctl.db or DRCTL_CATALOG)",

@@ -114,7 +114,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         println!(
             "no backups{} in catalog {} (`drctl catalog rebuild` fills it from the repositories)",
             a.policy.map(|p| format!(" of {p}")).unwrap_or_default(),
-            ctx.catalog_path.display()
+            crate::catalog::shown(&ctx.catalog_path)
         );
         return Ok(ExitCode::SUCCESS);
     }

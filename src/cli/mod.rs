@@ -53,7 +53,7 @@ pub struct Cli {
     /// Directory of policy files (one TOML file per database)
     #[arg(long, env = "DRCTL_POLICIES", global = true, value_name = "DIR")]
     policies: Option<PathBuf>,
-    /// SQLite catalog [default: drctl.db beside the policies directory; without --policies, ./drctl.db when ./policies exists, else $XDG_STATE_HOME/drctl/catalog.db]
+    /// Catalog: a SQLite file, or postgres://user@host/db shared by a fleet (password from PGPASSWORD or ~/.pgpass) [default: drctl.db beside the policies directory; without --policies, ./drctl.db when ./policies exists, else $XDG_STATE_HOME/drctl/catalog.db]
     #[arg(long, env = "DRCTL_CATALOG", global = true, value_name = "PATH")]
     catalog: Option<PathBuf>,
     /// Output format

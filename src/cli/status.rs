@@ -61,7 +61,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         if !all.is_empty() && all.iter().all(|s| s.last_backup_at.is_none()) {
             println!(
                 "(catalog {} has no backups of these policies; `drctl catalog rebuild` fills it from the repositories)",
-                ctx.catalog_path.display()
+                crate::catalog::shown(&ctx.catalog_path)
             );
         }
     }

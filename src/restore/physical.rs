@@ -928,10 +928,20 @@ fn asks_for_password(e: &anyhow::Error) -> bool {
         || t.contains("fe_sendauth")
 }
 
+/// Why the server stopped: its last FATAL or PANIC, leaving out the ones
+/// drctl's own connection attempts cause while it recovers (under load they
+/// come after the real cause, a failed restore_command).
 fn last_error(log: &str) -> Option<String> {
+    const OURS: [&str; 4] = [
+        "the database system is in recovery mode",
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is not yet accepting connections",
+    ];
     log.lines()
         .rev()
-        .find(|l| l.contains("FATAL") || l.contains("PANIC"))
+        .filter(|l| l.contains("FATAL") || l.contains("PANIC"))
+        .find(|l| !OURS.iter().any(|o| l.contains(o)))
         .map(|l| l.trim().to_string())
 }
 
@@ -959,6 +969,18 @@ pub fn reached(log: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cause_of_a_stop_is_not_our_own_connection_attempts() {
+        let log = "\
+2026-12-03 08:54:37.700 UTC [7990] FATAL:  could not restore file \"00000002.history\" from archive: child process exited with exit code 126
+2026-12-03 08:54:37.810 UTC [8000] FATAL:  the database system is in recovery mode
+2026-12-03 08:54:37.817 UTC [8001] FATAL:  the database system is shutting down
+";
+        let e = last_error(log).unwrap();
+        assert!(e.contains("00000002.history"), "{e}");
+        assert_eq!(last_error("LOG:  all fine\n"), None);
+    }
 
     #[test]
     fn tablespaces_go_where_mapped_else_home() {
