@@ -42,6 +42,12 @@ if ((want_test_deps)); then
         python3 -m venv .venv
         .venv/bin/pip install -q --disable-pip-version-check 'moto[server]==5.2.5'
     fi
+    # The Kubernetes API schemas, offline: checks what `drctl deploy
+    # kubernetes` prints (tests/deploy.rs).
+    if [[ ! -x .venv/bin/kubernetes-validate ]]; then
+        echo "install-deps: kubernetes-validate (Kubernetes schemas) into .venv/" >&2
+        .venv/bin/pip install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
+    fi
     # promtool (checks /metrics in tests), taken out of Debian's prometheus
     # package without installing it: the package would also start a server.
     if ! command -v promtool >/dev/null && [[ ! -x .venv/bin/promtool ]]; then

@@ -45,11 +45,19 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// Whether `catalog` names a PostgreSQL catalog (`postgres://…`) rather
+/// than a SQLite file.
+pub fn catalog_is_url(catalog: &Path) -> bool {
+    catalog
+        .to_str()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
 /// The folder the catalog lives in; for a PostgreSQL catalog, this host's
 /// state folder (`DRCTL_STATE_DIR`, else `$XDG_RUNTIME_DIR/drctl`, else
 /// `/tmp/drctl-<uid>`): the policy locks are per host.
 pub fn catalog_dir(catalog: &Path) -> PathBuf {
-    if crate::catalog::is_url(catalog) {
+    if catalog_is_url(catalog) {
         if let Some(d) = std::env::var_os("DRCTL_STATE_DIR").filter(|d| !d.is_empty()) {
             return PathBuf::from(d);
         }
@@ -209,67 +217,6 @@ pub fn acquire(catalog: &Path, policy: &str, what: &str) -> Result<PolicyLock> {
     file.rewind()?;
     file.write_all(note.as_bytes())?;
     Ok(PolicyLock { _file: file })
-}
-
-/// What keeps a run of a policy single: the host's file lock, and on an S3
-/// repository the policy's lease there (repo::lease), which keeps runs on
-/// other hosts out too.
-#[derive(Debug)]
-pub struct RunGuard {
-    _local: Option<PolicyLock>,
-    lease: Option<crate::repo::lease::RunLease>,
-}
-
-/// Take the guard of `policy` for a run of kind `what` ("backup", "prune",
-/// "copy", "drill"), or fail at once naming the holder. Drills take no file
-/// lock (on one host they may overlap a backup, as ever) but hold a lease of
-/// their own, so two daemons never drill one policy at once.
-pub async fn run_guard(
-    catalog: &Path,
-    policy: &crate::policy::Policy,
-    what: &str,
-) -> Result<RunGuard> {
-    let local = if what == "drill" {
-        None
-    } else {
-        Some(acquire(catalog, &policy.name, what)?)
-    };
-    let lease = match &policy.repository {
-        Some(cfg) => {
-            let repo = crate::repo::open(cfg).await?;
-            if repo.conditional_writes() {
-                Some(crate::repo::lease::acquire(repo, &policy.name, what, cfg.lease_ttl()).await?)
-            } else {
-                None
-            }
-        }
-        None => None,
-    };
-    Ok(RunGuard {
-        _local: local,
-        lease,
-    })
-}
-
-impl RunGuard {
-    /// Release the lease (the file lock goes with the value). Returns why
-    /// the lease was lost during the run, if it was.
-    pub async fn release(self) -> Option<String> {
-        match self.lease {
-            Some(l) => l.release().await,
-            None => None,
-        }
-    }
-
-    /// Run `work` under this guard and release it whatever the outcome. A
-    /// lease lost during a run that then failed is named in its error.
-    pub async fn around<T>(self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        let out = work.await;
-        match (self.release().await, out) {
-            (Some(lost), Err(e)) => Err(e.context(lost)),
-            (_, out) => out,
-        }
-    }
 }
 
 /// The name of the user with `uid`.

@@ -321,6 +321,9 @@ impl Policy {
     }
 }
 
+/// How long a run's lease lives without renewal (`[repository] lease_ttl`).
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A validated duration key, or its default in seconds.
 fn duration_or(v: Option<&str>, default_secs: u64) -> std::time::Duration {
     v.and_then(|v| parse_duration(v).ok())
@@ -336,10 +339,7 @@ impl Repository {
 
     /// `lease_ttl`, validated at load.
     pub fn lease_ttl(&self) -> std::time::Duration {
-        duration_or(
-            self.lease_ttl.as_deref(),
-            crate::repo::lease::DEFAULT_TTL.as_secs(),
-        )
+        duration_or(self.lease_ttl.as_deref(), DEFAULT_LEASE_TTL.as_secs())
     }
 }
 
@@ -1254,10 +1254,7 @@ expect = "t"
             std::time::Duration::from_secs(90)
         );
         let default = p(&GOOD.replace("file:///var/lib/drctl/repo", "s3://bucket/pg")).unwrap();
-        assert_eq!(
-            default.repository.unwrap().lease_ttl(),
-            crate::repo::lease::DEFAULT_TTL
-        );
+        assert_eq!(default.repository.unwrap().lease_ttl(), DEFAULT_LEASE_TTL);
     }
 
     #[test]

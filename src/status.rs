@@ -54,6 +54,10 @@ pub struct PolicyStatus {
     /// Why part of this could not be determined (the repository was not
     /// readable, say): an unknown state is a failure, not a success.
     pub error: Option<String>,
+    /// Leases held on this policy's runs as the catalog last heard of
+    /// them (S3 repositories; a fleet's workers): who runs it now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<crate::catalog::LeaseRow>,
 }
 
 pub use crate::pg::archiver::ArchiveHealth;
@@ -169,6 +173,7 @@ pub fn summarize(
         archive: None,
         copies: Vec::new(),
         error: None,
+        leases: Vec::new(),
     }
 }
 
@@ -181,6 +186,7 @@ pub async fn collect(
     let mut all = catalog.status_rows().await?;
     let drills = catalog.last_drills().await?;
     let holds = catalog.copies(None).await?;
+    let mut leases = catalog.leases().await?;
     for p in policies {
         let rows = all.remove(&p.name).unwrap_or_default();
         let mut window = None;
@@ -203,6 +209,7 @@ pub async fn collect(
             (r.map(|r| r.start), r.map(|r| r.end))
         });
         let mut s = summarize(p, &rows, newest, now);
+        s.leases = leases.remove(&p.name).unwrap_or_default();
         if let Some(w) = &window {
             if let Some(r) = w.newest() {
                 (s.window_start, s.window_end) = {
@@ -271,6 +278,7 @@ mod tests {
             pinned: false,
             kind: "full".into(),
             parent: None,
+            host: None,
         }
     }
 

@@ -486,3 +486,165 @@ fn the_runbook_runs_as_written() {
     }
     assert!(ran >= 8, "only {ran} runbook commands found");
 }
+
+/// Every YAML document of `text`, parsed by PyYAML.
+fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    let mut child = Command::new(venv)
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the test venv's python3 (scripts/install-deps.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not YAML: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+#[test]
+fn deploy_kubernetes_renders_valid_hardened_cronjobs_whose_container_backs_up() {
+    let pg = PgCluster::start();
+    pg.createdb("orders");
+    pg.psql(
+        "orders",
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g;",
+    );
+    pg.createdb("drctl_catalog");
+    let d = Drctl::new();
+    d.write_policy(
+        "orders",
+        &pg.url("orders"),
+        "\n[drill]\nschedule = \"0 6 * * 1\"\n",
+    );
+    d.write_policy("billing", &pg.url("orders"), "");
+    let text = std::fs::read_to_string(d.path().join("policies/billing.toml"))
+        .unwrap()
+        .replace("schedule = \"0 2 * * *\"", "schedule = \"*/10 * * * * *\"");
+    d.write_policy_text("billing", &text);
+
+    // A schedule with seconds cannot be a CronJob: refused, naming it.
+    let r = d.run(&["deploy", "kubernetes"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("policy billing") && r.stderr.contains("seconds field"),
+        "{}",
+        r.stderr
+    );
+    let r = d.run(&["deploy", "kubernetes", "orders", "--image", "drctl:latest"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("pin the image"), "{}", r.stderr);
+
+    let r = d
+        .run(&["deploy", "kubernetes", "orders", "--namespace", "backups"])
+        .ok();
+    let file = d.path().join("cronjobs.yaml");
+    std::fs::write(&file, &r.stdout).unwrap();
+    // The Kubernetes API schema (kubernetes-validate, from PyPI, strict:
+    // no unknown field passes).
+    let validator = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/kubernetes-validate");
+    let out = Command::new(&validator)
+        .args(["--strict", "--no-warn"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/install-deps.sh", validator.display()));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schema check failed:\n{said}\n{}",
+        r.stdout
+    );
+    assert!(!said.contains("ERROR"), "{said}");
+
+    let docs = yaml_docs(&r.stdout);
+    assert_eq!(docs.len(), 2, "a backup and a drill job: {}", r.stdout);
+    for (doc, kind) in docs.iter().zip(["backup", "drill"]) {
+        assert_eq!(doc["kind"], "CronJob");
+        assert_eq!(doc["metadata"]["name"], format!("drctl-{kind}-orders"));
+        assert_eq!(doc["metadata"]["namespace"], "backups");
+        let spec = &doc["spec"];
+        assert_eq!(spec["concurrencyPolicy"], "Forbid");
+        assert_eq!(spec["timeZone"], "Etc/UTC");
+        let job = &spec["jobTemplate"]["spec"];
+        assert!(job["activeDeadlineSeconds"].as_i64().unwrap() >= 600);
+        let pod = &job["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let c = &pod["containers"][0];
+        assert!(!c["image"].as_str().unwrap().ends_with(":latest"));
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+        for e in c["env"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            assert!(
+                !name.contains("PASSWORD") && !name.contains("SECRET") && name != "DRCTL_CATALOG",
+                "{name} inline"
+            );
+        }
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "drctl-secrets");
+    }
+    assert_eq!(docs[0]["spec"]["schedule"], "0 2 * * *");
+    assert_eq!(docs[1]["spec"]["schedule"], "0 6 * * 1");
+
+    // The backup job's container, as deployed: its args and env, the
+    // catalog URL from the Secret, the policies where the ConfigMap is.
+    let c = &docs[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut env: BTreeMap<String, String> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    env.insert(
+        "DRCTL_STATE_DIR".into(),
+        d.path().join("state").display().to_string(),
+    );
+    let mut cmd = d.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (k, v) in &env {
+        cmd.env(k, relocate(&d, k, v));
+    }
+    cmd.env("DRCTL_CATALOG", pg.url("drctl_catalog"));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = pg.query(
+        "drctl_catalog",
+        "SELECT count(*) FROM backups WHERE policy = 'orders' AND status = 'complete'",
+    );
+    assert_eq!(n.trim(), "1");
+}

@@ -189,6 +189,19 @@ fn eight_workers_started_at_once_run_one_backup_and_the_rest_name_the_holder() {
         lease_exists(&s3, "shop"),
         "the running backup holds no lease"
     );
+    // `status` on the winner's catalog says who holds the lease now.
+    let host = pids.iter().position(|p| *p == winner_pid).unwrap();
+    let status = |n: usize| {
+        let out = worker(&d, n, &["status", "shop", "--output", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let held = status(host);
+    let lease = &held[0]["leases"][0];
+    assert_eq!(lease["what"], "backup", "{held:#}");
+    assert_eq!(lease["pid"], winner_pid, "{held:#}");
+    assert_eq!(lease["lease"], "run", "{held:#}");
     drop(lock);
     let w = finish(winner);
     assert_eq!(w.code, 0, "the winner failed:\n{}", w.stderr);
@@ -201,6 +214,8 @@ fn eight_workers_started_at_once_run_one_backup_and_the_rest_name_the_holder() {
         !lease_exists(&s3, "shop"),
         "a finished run must release its lease"
     );
+    let after = status(host);
+    assert!(after[0]["leases"].is_null(), "{after:#}");
     // The free policy runs again at once, and the backup restores equal.
     let id = d.backup("shop");
     assert_eq!(manifests(&s3, "shop"), 2);
@@ -450,12 +465,14 @@ struct HostDaemon {
 }
 
 impl HostDaemon {
-    fn start(d: &Drctl, n: usize) -> HostDaemon {
+    /// Daemon `n` of a fleet sharing the PostgreSQL catalog `catalog`.
+    fn start(d: &Drctl, n: usize, catalog: &str) -> HostDaemon {
         let log = d.path().join(format!("daemon{n}.log"));
         let addr = format!("127.0.0.1:{}", common::free_port());
-        let child = worker(
+        let child = fleet_worker(
             d,
             n,
+            catalog,
             &[
                 "daemon",
                 "--no-catch-up",
@@ -522,6 +539,8 @@ fn three_daemons_run_each_slot_once_even_when_one_is_killed_mid_run() {
     let pg = PgCluster::start();
     pg.createdb("ha");
     pg.psql("ha", SAMPLE_SQL);
+    pg.createdb("drctl_catalog");
+    let catalog = pg.url("drctl_catalog");
     let d = Drctl::new();
     s3_policy(&d, &s3, "ha", &pg.url("ha"), "lease_ttl = \"4s\"\n");
     let text = std::fs::read_to_string(d.path().join("policies/ha.toml"))
@@ -529,11 +548,12 @@ fn three_daemons_run_each_slot_once_even_when_one_is_killed_mid_run() {
         .replace("schedule = \"0 2 * * *\"", "schedule = \"*/10 * * * * *\"")
         .replace("keep_last = 3", "keep_last = 1000");
     d.write_policy_text("ha", &text);
-    d.run(&["init"]).ok();
+    fleet_run(&d, 9, &catalog, &["init"]).ok();
 
     let started = Instant::now();
-    let mut daemons: Vec<Option<HostDaemon>> =
-        (0..3).map(|n| Some(HostDaemon::start(&d, n))).collect();
+    let mut daemons: Vec<Option<HostDaemon>> = (0..3)
+        .map(|n| Some(HostDaemon::start(&d, n, &catalog)))
+        .collect();
     let pids: Vec<u32> = daemons
         .iter()
         .map(|h| h.as_ref().unwrap().child.id())
@@ -674,6 +694,25 @@ fn three_daemons_run_each_slot_once_even_when_one_is_killed_mid_run() {
         })
         .collect();
     assert_eq!(committed, backup_ids, "{all_logs}");
+    // The shared catalog lists exactly those as complete (the killed run's
+    // row failed), and `catalog rebuild` derives the same from the bucket.
+    let complete = |v: serde_json::Value| -> std::collections::BTreeSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["status"] == "complete")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let listed = fleet_run(&d, 9, &catalog, &["list", "ha", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(complete(listed), committed);
+    fleet_run(&d, 9, &catalog, &["catalog", "rebuild"]).ok();
+    let rebuilt = fleet_run(&d, 9, &catalog, &["list", "ha", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(complete(rebuilt), committed);
     // Each surviving daemon says which runs it took.
     let ran_here: u64 = metrics
         .iter()
@@ -761,6 +800,11 @@ fn a_catalog_in_postgresql_takes_eight_hosts_at_once_and_serves_every_command() 
         .json();
     let before = rows(&listed);
     assert_eq!(before.len(), 8, "{listed:#}");
+    // Which worker ran each: the host its row names.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for e in listed.as_array().unwrap() {
+        assert_eq!(e["host"], host.trim(), "{e:#}");
+    }
     for (i, (policy, _, status, stored)) in before.iter().enumerate() {
         assert_eq!(
             (status.as_str(), policy.as_str()),

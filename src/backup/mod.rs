@@ -69,7 +69,7 @@ pub async fn run(
             policy.backup.method.as_str()
         )));
     }
-    let guard = crate::lock::run_guard(catalog_path, policy, "backup").await?;
+    let guard = crate::guard::run_guard(catalog_path, policy, "backup", Some(catalog)).await?;
     guard.around(guarded(policy, catalog, opts)).await
 }
 

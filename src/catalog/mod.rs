@@ -54,8 +54,7 @@ pub struct Catalog {
 
 /// Whether `path` names a PostgreSQL catalog (`postgres://…`).
 pub fn is_url(path: &Path) -> bool {
-    path.to_str()
-        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+    crate::lock::catalog_is_url(path)
 }
 
 /// A catalog URL without its password, for messages.
@@ -102,6 +101,36 @@ pub struct BackupRow {
     /// An incremental's parent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// The host whose drctl ran it (None for rows rebuilt from the
+    /// repository): with a shared catalog, which worker it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// What `record_lease` writes: a lease's holder as it last wrote itself.
+pub struct LeaseRecord<'a> {
+    pub token: &'a str,
+    pub what: &'a str,
+    pub host: &'a str,
+    pub pid: u32,
+    pub started: Timestamp,
+    pub expires: Timestamp,
+}
+
+/// A lease as the catalog last heard of it (see `record_lease`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeaseRow {
+    #[serde(skip)]
+    pub policy: String,
+    /// "run" (backup, prune, copy) or "drill".
+    pub lease: String,
+    pub what: String,
+    pub host: String,
+    pub pid: i64,
+    #[serde(serialize_with = "crate::time::parse::ser_rfc3339")]
+    pub started: Timestamp,
+    #[serde(serialize_with = "crate::time::parse::ser_rfc3339")]
+    pub expires: Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +165,7 @@ macro_rules! backup_row {
             pinned: r.get::<i64, _>("pinned") != 0,
             kind: r.get("kind"),
             parent: r.get("parent"),
+            host: r.get("host"),
         }
     }};
 }
@@ -145,7 +175,7 @@ macro_rules! backup_row {
 macro_rules! row_columns {
     () => {
         "id, policy, method, status, started_at, finished_at, consistent_at, \
-         stored_bytes, source_bytes, repository, error, pinned, kind, parent"
+         stored_bytes, source_bytes, repository, error, pinned, kind, parent, host"
     };
 }
 
@@ -588,7 +618,7 @@ impl Catalog {
                  where b.status = 'complete' group by b.policy
              )
              select b.id, b.policy, b.method, b.status, b.started_at, b.finished_at, b.consistent_at,
-                    b.stored_bytes, b.source_bytes, b.repository, b.error, b.pinned, b.kind, b.parent
+                    b.stored_bytes, b.source_bytes, b.repository, b.error, b.pinned, b.kind, b.parent, b.host
              from backups b
              left join ok on ok.policy = b.policy
              left join last on last.policy = b.policy
@@ -807,6 +837,65 @@ impl Catalog {
                 Some((_, ok @ None)) if d.passed => *ok = Some(d),
                 Some(_) => {}
             }
+        }
+        Ok(out)
+    }
+
+    /// Record the lease `h` of `policy` (object `lease`: "run" or
+    /// "drill") as its holder last wrote it.
+    pub async fn record_lease(&self, policy: &str, lease: &str, h: &LeaseRecord<'_>) -> Result<()> {
+        on!(self, p => sqlx::query(
+            "insert into leases (policy, lease, token, what, host, pid, started, expires) values ($1, $2, $3, $4, $5, $6, $7, $8)
+             on conflict (policy, lease) do update set token = excluded.token, what = excluded.what, host = excluded.host,
+               pid = excluded.pid, started = excluded.started, expires = excluded.expires",
+        )
+        .bind(policy)
+        .bind(lease)
+        .bind(h.token)
+        .bind(h.what)
+        .bind(h.host)
+        .bind(i64::from(h.pid))
+        .bind(rfc3339_micros(h.started))
+        .bind(rfc3339_micros(h.expires))
+        .execute(p)
+        .await.map(|r| r.rows_affected()))
+        .context("recording a lease in the catalog")?;
+        Ok(())
+    }
+
+    /// The holder released its lease (only its own row: a successor's
+    /// stays).
+    pub async fn drop_lease(&self, policy: &str, lease: &str, token: &str) -> Result<()> {
+        on!(self, p => sqlx::query("delete from leases where policy = $1 and lease = $2 and token = $3")
+            .bind(policy)
+            .bind(lease)
+            .bind(token)
+            .execute(p)
+            .await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Every recorded lease, by policy.
+    pub async fn leases(&self) -> Result<HashMap<String, Vec<LeaseRow>>> {
+        let rows: Vec<LeaseRow> = on!(self, p => sqlx::query(
+            "select policy, lease, what, host, pid, started, expires from leases order by policy, lease",
+        )
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| LeaseRow {
+            policy: r.get(0),
+            lease: r.get(1),
+            what: r.get(2),
+            host: r.get(3),
+            pid: r.get(4),
+            started: ts(r.get(5)).unwrap_or_default(),
+            expires: ts(r.get(6)).unwrap_or_default(),
+        })
+        .collect());
+        let mut out: HashMap<String, Vec<LeaseRow>> = HashMap::new();
+        for l in rows {
+            out.entry(l.policy.clone()).or_default().push(l);
         }
         Ok(out)
     }

@@ -71,7 +71,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     }
     // Backups must not be pruned or written meanwhile (the guard comes
     // after the primary is known to exist: a missing primary has no lease).
-    let guard = crate::lock::run_guard(&ctx.catalog_path, &policy, "copy").await?;
+    let catalog = ctx.catalog().await?;
+    let guard = crate::guard::run_guard(&ctx.catalog_path, &policy, "copy", Some(&catalog)).await?;
     let reports = guard
         .around(async {
             // One backup: found once here (an unknown id is the caller's
@@ -90,7 +91,6 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 }
                 None => None,
             };
-            let catalog = ctx.catalog().await?;
             let scope = match &one {
                 Some(m) => crate::copy::Scope::Backup(m),
                 None => crate::copy::Scope::Everything,

@@ -49,6 +49,9 @@ pub struct Entry {
     /// that hold it (policies with copies only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repositories: Vec<String>,
+    /// The host whose drctl ran it (a shared catalog's workers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Entry {
@@ -71,6 +74,7 @@ impl Entry {
             chain: Vec::new(),
             recoverable_until: None,
             repositories: Vec::new(),
+            host: r.host.clone(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Entry {
             chain: Vec::new(),
             recoverable_until: None,
             repositories: Vec::new(),
+            host: None,
         }
     }
 }

@@ -6,6 +6,7 @@ mod catalog_cmd;
 mod check;
 mod copy;
 mod daemon;
+mod deploy;
 mod drill;
 mod init;
 mod list;
@@ -118,6 +119,9 @@ enum Command {
     /// Catalog maintenance
     #[command(subcommand)]
     Catalog(catalog_cmd::CatalogCmd),
+    /// Generate deployment files from the policies (Kubernetes CronJobs)
+    #[command(subcommand)]
+    Deploy(deploy::DeployCmd),
 }
 
 /// Shared state every command gets.
@@ -441,6 +445,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => prune::run(&ctx, a).await,
         Command::Copy(a) => copy::run(&ctx, a).await,
         Command::Daemon(a) => daemon::run(&ctx, a).await,
+        Command::Deploy(c) => deploy::run(&ctx, c).await,
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::Pin(a) => pin::run(&ctx, a, true).await,

@@ -32,7 +32,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let mut reports = Vec::new();
     let mut failed = Vec::new();
     for policy in &policies {
-        let guard = crate::lock::run_guard(&ctx.catalog_path, policy, "prune").await?;
+        let guard =
+            crate::guard::run_guard(&ctx.catalog_path, policy, "prune", Some(&catalog)).await?;
         let primary_failed = guard
             .around(async {
                 if policy.backup.method == crate::policy::Method::RdsSnapshot {

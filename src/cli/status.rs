@@ -165,6 +165,23 @@ fn print_row(s: &crate::status::PolicyStatus) {
         };
         println!("{:<16} copy {}: {standing}{wal}", "", c.name);
     }
+    let now = jiff::Timestamp::now();
+    for l in &s.leases {
+        let state = if l.expires > now {
+            "held"
+        } else {
+            "EXPIRED (its holder stopped renewing)"
+        };
+        println!(
+            "{:<16} lease {state}: {} by pid {} on {} since {}, until {}",
+            "",
+            l.what,
+            l.pid,
+            l.host,
+            crate::time::parse::rfc3339(l.started),
+            crate::time::parse::rfc3339(l.expires)
+        );
+    }
     if let Some(e) = &s.error {
         println!("{:<16} error: {e}", "");
     } else if let (Some(e), true) = (&s.last_error, s.failures_since_success > 0) {

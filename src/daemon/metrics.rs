@@ -299,6 +299,7 @@ mod tests {
             last_drill_rpo_seconds: None,
             next_backup_at: Some("2026-11-23T02:00:00Z".into()),
             error: None,
+            leases: Vec::new(),
         };
         let m = |s| PolicyMetrics {
             status: s,

@@ -115,7 +115,7 @@ fn seconds(d: &Option<String>) -> Option<f64> {
 /// it starts (no repository, unreadable policy); everything after is in the
 /// report.
 pub async fn run(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<Report> {
-    let guard = crate::lock::run_guard(&opts.catalog_path, policy, "drill").await?;
+    let guard = crate::guard::run_guard(&opts.catalog_path, policy, "drill", Some(catalog)).await?;
     guard.around(drill(policy, opts, catalog)).await
 }
 

@@ -33,9 +33,6 @@ use serde::{Deserialize, Serialize};
 use super::{Conditional, Precondition, Repository};
 use crate::time::parse::rfc3339;
 
-/// How long a lease lives without renewal: `[repository] lease_ttl`.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(120);
-
 /// What a lease object holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
@@ -174,6 +171,27 @@ struct State {
     etag: String,
     /// Why the lease is no longer ours, once it is not.
     lost: Option<String>,
+    /// Where `status` learns of it: the catalog, this policy, this object.
+    record: Option<(crate::catalog::Catalog, String, &'static str)>,
+}
+
+impl State {
+    /// Tell the catalog (best effort: the lease itself is in S3).
+    async fn record(record: Option<(crate::catalog::Catalog, String, &'static str)>, h: &Holder) {
+        if let Some((cat, policy, lease)) = record {
+            let r = crate::catalog::LeaseRecord {
+                token: &h.token,
+                what: &h.what,
+                host: &h.host,
+                pid: h.pid,
+                started: h.started,
+                expires: h.expires,
+            };
+            if let Err(e) = cat.record_lease(&policy, lease, &r).await {
+                tracing::warn!("cannot record the lease in the catalog: {e:#}");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RunLease {
@@ -332,6 +350,7 @@ fn start(
         holder: mine,
         etag,
         lost: None,
+        record: None,
     }));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let renewer = tokio::spawn(renew(
@@ -488,9 +507,13 @@ async fn renew(
             };
         let lost = match outcome {
             Ok(Ok(etag)) => {
-                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                s.holder = next;
-                s.etag = etag;
+                let record = {
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.holder = next.clone();
+                    s.etag = etag;
+                    s.record.clone()
+                };
+                State::record(record, &next).await;
                 continue;
             }
             Ok(Err(why)) => why,
@@ -511,6 +534,22 @@ async fn renew(
 }
 
 impl RunLease {
+    /// Keep the catalog told of this lease (taken, renewed, released), for
+    /// `status` on any host. `lease` names the object: "run" or "drill".
+    pub async fn record_in(
+        &self,
+        catalog: &crate::catalog::Catalog,
+        policy: &str,
+        lease: &'static str,
+    ) {
+        let (record, holder) = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.record = Some((catalog.clone(), policy.to_string(), lease));
+            (s.record.clone(), s.holder.clone())
+        };
+        State::record(record, &holder).await;
+    }
+
     /// Stop renewing and delete the lease if it is still ours. Returns why
     /// it was lost, if it was. A failed delete only costs the next run the
     /// lease's expiry: logged, not an error of the run.
@@ -520,10 +559,18 @@ impl RunLease {
         if let Some(r) = self.renewer.take() {
             let _ = r.await;
         }
-        let (etag, lost) = {
+        let (etag, lost, record, token) = {
             let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            (s.etag.clone(), s.lost.clone())
+            (
+                s.etag.clone(),
+                s.lost.clone(),
+                s.record.clone(),
+                s.holder.token.clone(),
+            )
         };
+        if let Some((cat, policy, lease)) = record {
+            let _ = cat.drop_lease(&policy, lease, &token).await;
+        }
         if lost.is_some() {
             return lost;
         }
@@ -550,16 +597,24 @@ impl Drop for RunLease {
             return;
         }
         let _ = self.stop.send(true);
-        let (etag, lost) = {
+        let (etag, lost, record, token) = {
             let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            (s.etag.clone(), s.lost.is_some())
+            (
+                s.etag.clone(),
+                s.lost.is_some(),
+                s.record.clone(),
+                s.holder.token.clone(),
+            )
         };
-        if lost {
-            return;
-        }
         let (repo, key) = (self.repo.clone(), self.key.clone());
         let delete = async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), repo.delete_if(&key, &etag)).await;
+            let bound = Duration::from_secs(5);
+            if let Some((cat, policy, lease)) = record {
+                let _ = tokio::time::timeout(bound, cat.drop_lease(&policy, lease, &token)).await;
+            }
+            if !lost {
+                let _ = tokio::time::timeout(bound, repo.delete_if(&key, &etag)).await;
+            }
         };
         match tokio::runtime::Handle::try_current() {
             // Wait (bounded) so a command about to exit still releases.

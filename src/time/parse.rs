@@ -78,6 +78,11 @@ pub fn parse_duration(input: &str) -> Result<SignedDuration, String> {
     Ok(d)
 }
 
+/// Serialize a timestamp as `rfc3339` writes it (serde `serialize_with`).
+pub fn ser_rfc3339<S: serde::Serializer>(ts: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ts))
+}
+
 /// Render an instant as RFC 3339 UTC with seconds, as every output does.
 pub fn rfc3339(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
