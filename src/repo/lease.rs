@@ -173,6 +173,9 @@ struct State {
     lost: Option<String>,
     /// Where `status` learns of it: the catalog, this policy, this object.
     record: Option<(crate::catalog::Catalog, String, &'static str)>,
+    /// A restore's lease on what it reads: losing it ends nothing (the
+    /// restore matters more than the protection from a prune elsewhere).
+    reader: bool,
 }
 
 impl State {
@@ -335,7 +338,7 @@ async fn confirm(
     // The read's ETag is the one to renew on (a store may quote or case
     // the write's differently).
     let _ = etag;
-    Ok(start(repo, key, mine, etag_now, ttl))
+    Ok(start(repo, key, mine, etag_now, ttl, false))
 }
 
 /// Renew a lease just written, in the background, from now on.
@@ -345,12 +348,14 @@ fn start(
     mine: Holder,
     etag: String,
     ttl: Duration,
+    reader: bool,
 ) -> RunLease {
     let state = Arc::new(Mutex::new(State {
         holder: mine,
         etag,
         lost: None,
         record: None,
+        reader,
     }));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let renewer = tokio::spawn(renew(
@@ -411,7 +416,7 @@ pub async fn lease_backups(
             .await
             .with_context(|| format!("cannot write the lease {here}"))?
         {
-            Conditional::Written(etag) => out.push(start(repo.clone(), key, mine, etag, ttl)),
+            Conditional::Written(etag) => out.push(start(repo.clone(), key, mine, etag, ttl, true)),
             Conditional::Refused => {
                 bail!("the lease {here} exists already: a random token repeated")
             }
@@ -523,6 +528,14 @@ async fn renew(
             }
             Err(e) => format!("not renewed before it expired: {e:#}"),
         };
+        let reader = state.lock().unwrap_or_else(|e| e.into_inner()).reader;
+        if reader {
+            tracing::warn!(
+                lease = %here,
+                "lost the lease on a backup this restore reads: {lost}; a prune elsewhere may now delete it"
+            );
+            return;
+        }
         let msg = format!("lost the lease {here}: {lost}; another run of the policy may start");
         tracing::error!("{msg}");
         state.lock().unwrap_or_else(|e| e.into_inner()).lost = Some(msg);
@@ -710,5 +723,83 @@ mod tests {
         let h = holder("b", "2026-12-03T08:06:40Z");
         let back: Holder = serde_json::from_slice(&serde_json::to_vec(&h).unwrap()).unwrap();
         assert_eq!(back, h);
+    }
+
+    /// A store where every conditional write after the first is refused
+    /// and the lease then reads as gone: someone deleted it.
+    struct Vanishing;
+
+    #[async_trait::async_trait]
+    impl Repository for Vanishing {
+        fn url(&self) -> &str {
+            "s3://test/vanishing"
+        }
+        async fn put_bytes(&self, _: &str, _: Vec<u8>) -> Result<()> {
+            unimplemented!()
+        }
+        async fn get_bytes(&self, _: &str) -> Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        async fn head(&self, _: &str) -> Result<Option<u64>> {
+            Ok(None)
+        }
+        async fn list(&self, _: &str) -> Result<Vec<super::super::ObjectInfo>> {
+            Ok(Vec::new())
+        }
+        async fn delete(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn writer(&self, _: &str) -> Result<Box<dyn super::super::ObjectWriter>> {
+            unimplemented!()
+        }
+        async fn reader(&self, _: &str) -> Result<super::super::ObjectReader> {
+            unimplemented!()
+        }
+        async fn leftovers(&self, _: &str) -> Result<Vec<super::super::Leftover>> {
+            Ok(Vec::new())
+        }
+        async fn remove_leftover(&self, _: &super::super::Leftover) -> Result<()> {
+            Ok(())
+        }
+        fn conditional_writes(&self) -> bool {
+            true
+        }
+        async fn put_if(&self, _: &str, _: Vec<u8>, c: &Precondition) -> Result<Conditional> {
+            Ok(match c {
+                Precondition::Absent => Conditional::Written("\"e1\"".into()),
+                Precondition::Matches(_) => Conditional::Refused,
+            })
+        }
+        async fn get_tagged(&self, _: &str) -> Result<Option<(Vec<u8>, String)>> {
+            Ok(None)
+        }
+        async fn delete_if(&self, _: &str, _: &str) -> Result<bool> {
+            Ok(false)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restore_that_loses_its_lease_goes_on() {
+        let repo: Arc<dyn Repository> = Arc::new(Vanishing);
+        let leases = lease_backups(
+            repo,
+            "orders",
+            &["b1".into()],
+            "restore",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        // The first renewal (a third of the lease time) finds it gone.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            leases[0].renewer.as_ref().unwrap().is_finished(),
+            "the renewer should have given up"
+        );
+        assert!(
+            !crate::cancel::requested(),
+            "a lost reader lease cancelled the restore"
+        );
+        assert!(leases[0].state.lock().unwrap().lost.is_none());
     }
 }
