@@ -37,8 +37,8 @@ pub async fn run_guard(
                 let l =
                     crate::repo::lease::acquire(repo, &policy.name, what, cfg.lease_ttl()).await?;
                 if let Some(cat) = record {
-                    let object = if what == "drill" { "drill" } else { "run" };
-                    l.record_in(cat, &policy.name, object).await;
+                    l.record_in(cat, &policy.name, crate::repo::lease::object(what))
+                        .await;
                 }
                 Some(l)
             } else {

@@ -85,12 +85,21 @@ fn human_secs(s: i64) -> String {
     }
 }
 
+/// Which lease a run of kind `what` takes: "drill", or "run" (backup,
+/// prune, copy share one).
+pub fn object(what: &str) -> &'static str {
+    if what == "drill" {
+        "drill"
+    } else {
+        "run"
+    }
+}
+
 /// The lease object of `policy` for runs of kind `what`.
 pub fn key(policy: &str, what: &str) -> String {
-    if what == "drill" {
-        format!("{policy}/lease-drill.json")
-    } else {
-        format!("{policy}/lease.json")
+    match object(what) {
+        "drill" => format!("{policy}/lease-drill.json"),
+        _ => format!("{policy}/lease.json"),
     }
 }
 

@@ -171,6 +171,33 @@ impl S3Repo {
         Ok(format!("{}{key}", self.prefix))
     }
 
+    /// A small object whole, with its ETag when the store gives one; None
+    /// when it is absent.
+    async fn get_object(&self, key: &str) -> Result<Option<(Vec<u8>, Option<String>)>> {
+        let key = self.full_key(key)?;
+        match self
+            .t
+            .client
+            .get_object()
+            .bucket(&self.t.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let etag = out.e_tag.clone();
+                let data = out
+                    .body
+                    .collect()
+                    .await
+                    .with_context(|| format!("GET s3://{}/{key}", self.t.bucket))?;
+                Ok(Some((data.into_bytes().to_vec(), etag)))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(sdk_err(e)).with_context(|| format!("GET s3://{}/{key}", self.t.bucket)),
+        }
+    }
+
     /// HeadObject; None when the object is absent.
     async fn head_object(
         &self,
@@ -563,27 +590,7 @@ impl Repository for S3Repo {
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.full_key(key)?;
-        match self
-            .t
-            .client
-            .get_object()
-            .bucket(&self.t.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let data = out
-                    .body
-                    .collect()
-                    .await
-                    .with_context(|| format!("GET s3://{}/{key}", self.t.bucket))?;
-                Ok(Some(data.into_bytes().to_vec()))
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(sdk_err(e)).with_context(|| format!("GET s3://{}/{key}", self.t.bucket)),
-        }
+        Ok(self.get_object(key).await?.map(|(data, _)| data))
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
@@ -745,32 +752,14 @@ impl Repository for S3Repo {
     }
 
     async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
-        let key = self.full_key(key)?;
-        match self
-            .t
-            .client
-            .get_object()
-            .bucket(&self.t.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let etag = out.e_tag.clone().ok_or_else(|| {
-                    anyhow!(
-                        "GET s3://{}/{key}: the store returned no ETag",
-                        self.t.bucket
-                    )
-                })?;
-                let data = out
-                    .body
-                    .collect()
-                    .await
-                    .with_context(|| format!("GET s3://{}/{key}", self.t.bucket))?;
-                Ok(Some((data.into_bytes().to_vec(), etag)))
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(sdk_err(e)).with_context(|| format!("GET s3://{}/{key}", self.t.bucket)),
+        match self.get_object(key).await? {
+            Some((data, Some(etag))) => Ok(Some((data, etag))),
+            Some((_, None)) => Err(anyhow!(
+                "GET s3://{}/{}: the store returned no ETag",
+                self.t.bucket,
+                self.full_key(key)?
+            )),
+            None => Ok(None),
         }
     }
 
