@@ -39,6 +39,9 @@ pub async fn run_guard(
                 if let Some(cat) = record {
                     l.record_in(cat, &policy.name, crate::repo::lease::object(what))
                         .await;
+                    if what == "backup" {
+                        fail_abandoned(cat, &policy.name).await;
+                    }
                 }
                 Some(l)
             } else {
@@ -51,6 +54,20 @@ pub async fn run_guard(
         _local: local,
         lease,
     })
+}
+
+/// A backup holding the run lease knows no other backup of the policy
+/// lives: rows still `running` were left by runs that died unheard.
+async fn fail_abandoned(cat: &crate::catalog::Catalog, policy: &str) {
+    let why = "drctl ended during the backup without a word (killed, or its host lost); a later run found the policy's lease free";
+    match cat.fail_abandoned(policy, why).await {
+        Ok(ids) => {
+            for id in ids {
+                tracing::warn!(backup = %id, "backup was left running by a run whose lease is gone; marking it failed");
+            }
+        }
+        Err(e) => tracing::warn!("cannot mark abandoned backups of {policy} failed: {e:#}"),
+    }
 }
 
 impl RunGuard {

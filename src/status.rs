@@ -22,6 +22,8 @@ pub struct PolicyStatus {
     /// Consistent point of the newest complete backup.
     pub last_backup_at: Option<String>,
     pub last_backup_id: Option<String>,
+    /// The host that ran it (`hostname`; a fleet's worker).
+    pub last_backup_host: Option<String>,
     /// Now minus the newest recoverable point: what a disaster now would lose.
     pub rpo_seconds: Option<i64>,
     pub window_start: Option<String>,
@@ -151,6 +153,7 @@ pub fn summarize(
         method: policy.backup.method,
         last_backup_at: newest.map(rfc3339),
         last_backup_id: last.map(|r| r.id.clone()),
+        last_backup_host: last.and_then(|r| r.host.clone()),
         rpo_seconds: end.map(|e| now.duration_since(e).as_secs().max(0)),
         // Dumps: rounded up, inside the window (physical ranges are
         // printed inwards by the archive's own rule below).

@@ -1,7 +1,9 @@
 //! Fleet mode: runs of one policy on many hosts kept apart by the policy's
 //! lease in S3 (conditional writes), against real PostgreSQL 15 and the
-//! loopback S3 server. Each drctl process gets a catalog of its own, as a
-//! process on another host would, so only the lease can keep them apart.
+//! loopback S3 server. The lease tests give most processes a catalog of
+//! their own, as a host without a shared catalog has, so only the lease can
+//! keep them apart; the takeover test and the rest share one catalog in
+//! PostgreSQL, as a fleet does.
 
 mod common;
 
@@ -244,9 +246,13 @@ fn a_dead_holder_is_taken_over_at_once_here_and_after_its_lease_expires_elsewher
     let pg = PgCluster::start();
     pg.createdb("shop");
     pg.psql("shop", SAMPLE_SQL);
+    // One catalog in PostgreSQL for every host, as a fleet has.
+    pg.createdb("drctl_catalog");
+    let catalog = pg.url("drctl_catalog");
     let d = Drctl::new();
     s3_policy(&d, &s3, "shop", &pg.url("shop"), "lease_ttl = \"4s\"\n");
-    d.run(&["init"]).ok();
+    fleet_run(&d, 9, &catalog, &["init"]).ok();
+    let worker = |d: &Drctl, n: usize, args: &[&str]| fleet_worker(d, n, &catalog, args);
 
     // 1. A holder on this host killed -9: its pid is provably gone, so the
     //    next run takes the lease over without waiting for the expiry.
@@ -337,6 +343,43 @@ fn a_dead_holder_is_taken_over_at_once_here_and_after_its_lease_expires_elsewher
     );
     assert_eq!(manifests(&s3, "shop"), 2);
     assert!(!lease_exists(&s3, "shop"));
+
+    // The shared catalog holds the two backups that committed, and the two
+    // killed runs as not complete: what `catalog rebuild` derives from the
+    // bucket alone equals it.
+    let complete = |v: serde_json::Value| -> Vec<(String, String, String, u64)> {
+        rows(&v).into_iter().filter(|r| r.2 == "complete").collect()
+    };
+    let listed = fleet_run(&d, 6, &catalog, &["list", "shop", "--output", "json"])
+        .ok()
+        .json();
+    let before = complete(listed.clone());
+    assert_eq!(before.len(), 2, "{listed:#}");
+    // The holder killed in another pid namespace (its pid means nothing
+    // here) is failed too: the run that found its lease expired knows it
+    // is dead. None is left `running`.
+    let rows_of = |status: &str| -> Vec<serde_json::Value> {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["status"] == status)
+            .cloned()
+            .collect()
+    };
+    assert!(rows_of("running").is_empty(), "{listed:#}");
+    assert!(
+        rows_of("failed").iter().any(|r| r["error"]
+            .as_str()
+            .unwrap()
+            .contains("found the policy's lease free")),
+        "{listed:#}"
+    );
+    fleet_run(&d, 6, &catalog, &["catalog", "rebuild"]).ok();
+    let rebuilt = fleet_run(&d, 7, &catalog, &["list", "shop", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(complete(rebuilt), before);
 }
 
 #[test]
@@ -833,7 +876,7 @@ fn a_catalog_in_postgresql_takes_eight_hosts_at_once_and_serves_every_command() 
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["last_backup_id"].is_string())
+        .filter(|s| s["last_backup_id"].is_string() && s["last_backup_host"] == host.trim())
         .count();
     assert_eq!(with_backup, 8, "{status:#}");
     fleet_run(&d, 11, &catalog, &["verify", "p0"]).ok();

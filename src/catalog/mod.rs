@@ -541,6 +541,24 @@ impl Catalog {
         .transpose()
     }
 
+    /// Every `running` row of `policy`, on any host, failed: called by a
+    /// backup that has just taken the policy's run lease, which proves no
+    /// other run of it lives (a pod killed on a lost node, a holder in
+    /// another pid namespace: no host check can tell).
+    pub async fn fail_abandoned(&self, policy: &str, error: &str) -> Result<Vec<String>> {
+        let ids: Vec<String> = on!(self, p => sqlx::query("select id from backups where policy = $1 and status = 'running'")
+            .bind(policy)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect());
+        for id in &ids {
+            self.mark_failed(id, Timestamp::now(), error).await?;
+        }
+        Ok(ids)
+    }
+
     pub async fn mark_failed(&self, id: &str, at: Timestamp, error: &str) -> Result<()> {
         on!(self, p => sqlx::query("update backups set status = 'failed', finished_at = $1, error = $2, pid = null where id = $3 and status = 'running'")
             .bind(rfc3339_micros(at))
@@ -1031,5 +1049,29 @@ mod tests {
         drop(cat);
         let cat = Catalog::open(&path).await.unwrap();
         assert_eq!(cat.list(Some("p")).await.unwrap()[0].status, "running");
+    }
+
+    #[tokio::test]
+    async fn a_lease_holder_fails_the_policys_running_rows_of_any_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, _) = with_running_row(&dir, "20261122T101500Z-0003").await;
+        // Another host's run, whose pid means nothing here.
+        sqlx::query("update backups set host = 'elsewhere', pid = 1")
+            .execute(cat.lite())
+            .await
+            .unwrap();
+        cat.insert_running(
+            "20261122T101600Z-0004",
+            "q",
+            "dump",
+            Timestamp::now(),
+            "file:///r",
+        )
+        .await
+        .unwrap();
+        let failed = cat.fail_abandoned("p", "gone").await.unwrap();
+        assert_eq!(failed, vec!["20261122T101500Z-0003".to_string()]);
+        assert_eq!(cat.list(Some("p")).await.unwrap()[0].status, "failed");
+        assert_eq!(cat.list(Some("q")).await.unwrap()[0].status, "running");
     }
 }

@@ -144,6 +144,14 @@ fn print_row(s: &crate::status::PolicyStatus) {
     for g in s.wal_gaps.iter().flatten() {
         println!("{:<16} {g}", "");
     }
+    // A fleet's worker: who ran the last backup, when it was not this host.
+    if let Some(h) = s
+        .last_backup_host
+        .as_deref()
+        .filter(|h| *h != crate::lock::hostname())
+    {
+        println!("{:<16} last backup ran on {h}", "");
+    }
     if let Some(c) = &s.last_commit_at {
         println!("{:<16} last commit in the window: {c}", "");
     }

@@ -283,6 +283,7 @@ mod tests {
             method: crate::policy::Method::Dump,
             last_backup_at: None,
             last_backup_id: None,
+            last_backup_host: None,
             rpo_seconds: rpo,
             window_start: None,
             window_end: None,
