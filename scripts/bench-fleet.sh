@@ -4,8 +4,8 @@
 # catalog, every policy due every EVERY seconds (staggered), for MINUTES.
 # Halfway one daemon is killed -9 while it holds a lease. Prints:
 #   - runs/minute (slots finished complete);
-#   - lease takeover time: from the kill to the first "taking over" log
-#     line of another daemon;
+#   - lease takeover time: from the kill to another daemon taking over the
+#     killed one's slot (or finding its backup committed);
 #   - lost slots (due while the fleet ran, never finished) and doubled runs
 #     (committed backups no slot names), goal 0 each;
 #   - `drctl status --output json` latency over the fleet from the shared
@@ -41,9 +41,9 @@ free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 
 # PostgreSQL: the catalog and the one small database every policy dumps.
 pgport=$(free_port)
-install -d -o postgres "$work/pg"
+install -d -o postgres "$work/pg" "$work/pglog"
 runuser -u postgres -- "$pgbin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
-runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" \
+runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pglog/pg.log" \
     -o "-p $pgport -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
 psql="$pgbin/psql -X -q -h 127.0.0.1 -p $pgport -U postgres"
 $psql -c "CREATE DATABASE catalog" -c "CREATE DATABASE src" postgres
@@ -83,83 +83,108 @@ lease_ttl = "10s"
 recipients = ["$key"]
 EOF
 done
-export DRCTL_POLICIES="$work/policies" DRCTL_CATALOG="postgres://postgres@127.0.0.1:$pgport/catalog"
-"$drctl" init >/dev/null 2>&1 || true
+chmod -R a+rX "$work/policies"
+# drctl runs as a service does: the postgres OS user, a service's PATH,
+# only the environment it is given.
+as_pg() {
+    runuser -u postgres -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp \
+        AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
+        AWS_EC2_METADATA_DISABLED=true DRCTL_POLICIES="$work/policies" \
+        DRCTL_CATALOG="postgres://postgres@127.0.0.1:$pgport/catalog" "$@"
+}
+as_pg "$drctl" init >/dev/null 2>&1 || true
 rm -f "$work/policies/example.toml"
 
 start=$(date +%s)
 for w in $(seq 1 "$workers"); do
-    DRCTL_STATE_DIR="$work/state$w" setsid "$drctl" --log-format json daemon --no-catch-up \
-        --grace 60s 2>"$work/daemon$w.log" &
+    install -d -o postgres "$work/state$w"
+    # setpriv execs (runuser would stay as a parent that SIGKILLs its child
+    # two seconds after a SIGTERM), so the pid is the daemon's own.
+    setsid setpriv --reuid=postgres --regid=postgres --init-groups env -i \
+        PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp AWS_ACCESS_KEY_ID=bench \
+        AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
+        DRCTL_POLICIES="$work/policies" DRCTL_STATE_DIR="$work/state$w" \
+        DRCTL_CATALOG="postgres://postgres@127.0.0.1:$pgport/catalog" \
+        "$drctl" --log-format json daemon --no-catch-up --grace 60s 2>"$work/daemon$w.log" &
     pids+=($!)
 done
 sleep $((minutes * 30))
-# Kill -9 the daemon holding a lease right now (the first found).
+# Kill -9 a daemon holding a backup's run lease right now, found in the
+# catalog's lease table (every holder records itself there).
 killed_at=
 for _ in $(seq 200); do
-    holder=$(curl -s "http://127.0.0.1:$s3port/fleet?list-type=2&prefix=bench/" |
-        grep -o 'bench/p[0-9]*/lease.json' | head -1 || true)
-    if [[ -n $holder ]]; then
-        pid=$(curl -s "http://127.0.0.1:$s3port/fleet/$holder" | "$py" -c 'import sys,json; print(json.load(sys.stdin)["pid"])' 2>/dev/null || true)
-        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid"; killed_at=$(date +%s.%N); break
-        fi
+    pid=$($psql -At -c "select pid from leases where lease = 'run' and what = 'backup' limit 1" catalog || true)
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -9 "$pid"; killed_at=$(date +%s.%N); break
     fi
     sleep 0.05
 done
 sleep $((minutes * 30))
+sched_end=$(date +%s)
 for p in "${pids[@]:1}"; do kill -TERM "$p" 2>/dev/null || true; done
 for p in "${pids[@]:1}"; do wait "$p" 2>/dev/null || true; done
 stop=$(date +%s)
 pids=("${pids[0]}")
 
 # --- analysis ---------------------------------------------------------------
-"$py" - "$s3port" "$start" "$stop" "$every" "${killed_at:-0}" "$work" <<'EOF'
+"$py" - "$s3port" "$start" "$stop" "$every" "${killed_at:-0}" "$work" "$sched_end" <<'EOF'
 import boto3, json, sys, glob, datetime
 port, start, stop, every, killed, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+sched_end = int(sys.argv[7])
 s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
 keys = []
 for page in s3.get_paginator("list_objects_v2").paginate(Bucket="fleet", Prefix="bench/"):
     keys += [o["Key"] for o in page.get("Contents", [])]
 markers = [k for k in keys if "/slots/backup/" in k]
 manifests = {k.split("/")[3] for k in keys if k.endswith("/manifest.json")}
-complete, named, unfinished = 0, set(), 0
+complete, named, unfinished, outcomes = 0, set(), [], {}
 for k in markers:
     m = json.loads(s3.get_object(Bucket="fleet", Key=k)["Body"].read())
+    outcomes[m.get("outcome")] = outcomes.get(m.get("outcome"), 0) + 1
     if not m.get("finished_at"):
-        unfinished += 1
+        unfinished.append(k)
     elif m.get("outcome") == "complete":
         complete += 1
         named.add(m["backup_id"])
-minutes = (stop - start) / 60
-# Slots due while the whole fleet ran (after the first minute, before the
-# stop) that have no marker at all.
-due = 0
+minutes = (sched_end - start) / 60
+# Every slot due while all daemons ran (from the first minute to the
+# SIGTERM, 5 s short of it) must have a marker.
+have = {(k.split("/")[1], k.rsplit("/", 1)[1][:-5]) for k in markers}
+missing = []
 for p in {k.split("/")[1] for k in keys if k.startswith("bench/p")}:
     i = int(p[1:])
-    for t in range(start + 60, stop - every):
+    for t in range(start + 60, sched_end - 5):
         if t % every == i % 60:
-            due += 1
-lost = max(due - len(markers), 0) + unfinished
+            slot = datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            if (p, slot) not in have:
+                missing.append(f"{p}/{slot}")
+lost = missing + unfinished
+doubled = sorted(manifests - named)
 takeover = None
 for f in glob.glob(f"{work}/daemon*.log"):
     for line in open(f):
-        if "taking over the backup slot" in line:
+        # A slot taken over and run again, or found committed by the dead
+        # runner and finished without a second run.
+        if "taking over the backup slot" in line or "not run again" in line:
             ts = json.loads(line)["timestamp"]
             t = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
             if killed and t > killed and (takeover is None or t - killed < takeover):
                 takeover = t - killed
-print(f"fleet: {len(markers)} slots run in {minutes:.1f} min by the daemons: {complete / minutes:.1f} runs/minute")
-print(f"fleet: lease takeover after kill -9: {takeover:.1f} s" if takeover else "fleet: no takeover seen (the killed daemon held no unfinished slot)")
-print(f"fleet: lost slots {lost} (goal 0), doubled runs {len(manifests - named)} (goal 0)")
+print(f"fleet: {len(markers)} slots ({outcomes}) in {minutes:.1f} min of schedule: {complete / minutes:.1f} complete runs/minute")
+print(f"fleet: killed daemon's slot settled by another {takeover:.1f} s after kill -9 (lease_ttl 10 s)" if takeover else "fleet: no takeover seen (the killed daemon held no unfinished slot)")
+print(f"fleet: lost slots {len(lost)} (goal 0), doubled runs {len(doubled)} (goal 0)")
+for k in lost[:10]:
+    print(f"fleet:   lost: {k}")
+for k in doubled[:10]:
+    print(f"fleet:   backup no finished slot names: {k}")
 EOF
 
 # status latency over the fleet, from the shared catalog; peer: psql.
 ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); echo $(((t1 - t0) / 1000000)); }
 drctl_ms=(); psql_ms=()
 for _ in 1 2 3 4 5; do
-    drctl_ms+=("$(ms "$drctl" status --output json)")
-    psql_ms+=("$(ms $psql -At -c "select policy, max(consistent_at) from backups where status = 'complete' group by policy" catalog)")
+    drctl_ms+=("$(ms as_pg "$drctl" status --output json)")
+    psql_ms+=("$(ms runuser -u postgres -- $psql -At -c "select policy, max(consistent_at) from backups where status = 'complete' group by policy" catalog)")
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
 d=$(median "${drctl_ms[@]}"); p=$(median "${psql_ms[@]}")

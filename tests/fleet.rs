@@ -611,8 +611,8 @@ fn three_daemons_run_each_slot_once_even_when_one_is_killed_mid_run() {
         if let Some(body) = lease.split_once("\r\n\r\n").map(|(_, b)| b) {
             if let Ok(h) = serde_json::from_str::<serde_json::Value>(body) {
                 let pid = h["pid"].as_u64().unwrap_or(0) as u32;
-                // A run that started just now: killed mid-run, not between
-                // its commit and its slot record (see docs/fleet.md).
+                // A run that started just now: killed mid-run, so its slot is
+                // run again (a committed one is not: the test below).
                 let fresh = h["started"]
                     .as_str()
                     .and_then(|t| t.parse::<jiff::Timestamp>().ok())
@@ -772,6 +772,84 @@ fn three_daemons_run_each_slot_once_even_when_one_is_killed_mid_run() {
     for m in &metrics {
         assert!(m.contains("ran=\"other\"}"), "{m}");
     }
+}
+
+#[test]
+fn a_taken_over_slot_whose_backup_was_committed_is_not_run_again() {
+    let s3 = S3Server::start();
+    s3.create_bucket("fleet");
+    let pg = PgCluster::start();
+    pg.createdb("ha");
+    pg.psql("ha", SAMPLE_SQL);
+    let d = Drctl::new();
+    s3_policy(&d, &s3, "ha", &pg.url("ha"), "lease_ttl = \"3s\"\n");
+    let text = std::fs::read_to_string(d.path().join("policies/ha.toml"))
+        .unwrap()
+        .replace("schedule = \"0 2 * * *\"", "schedule = \"*/10 * * * * *\"")
+        .replace("keep_last = 3", "keep_last = 1000");
+    d.write_policy_text("ha", &text);
+    d.run(&["init"]).ok();
+
+    // A daemon elsewhere claimed the next slot, recorded the backup it
+    // started, committed it and died in the prune after it, before writing
+    // the slot's outcome.
+    let id = d.backup("ha");
+    let now = jiff::Timestamp::now().as_second();
+    let mut due = (now / 10 + 1) * 10;
+    if due - now < 6 {
+        due += 10;
+    }
+    let due = jiff::Timestamp::from_second(due).unwrap();
+    let slot = due.strftime("%Y%m%dT%H%M%SZ").to_string();
+    let claimed_at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(20);
+    let marker = serde_json::json!({
+        "slot": due.to_string(),
+        "claimed_by": {"host": "gone", "pid": 999_999, "boot": "elsewhere"},
+        "claimed_at": claimed_at.to_string(),
+        "backup_id": id,
+    });
+    let key = format!("/fleet/prod/ha/slots/backup/{slot}.json");
+    s3.put(&key, marker.to_string().as_bytes());
+
+    let daemon = HostDaemon::start(&d, 0, d.path().join("host0/catalog.db").to_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let finished = loop {
+        let r = s3.get(&key);
+        let m: serde_json::Value =
+            serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap();
+        if m["finished_at"].is_string() {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot was never finished: {m}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = daemon.stop();
+    assert_eq!(finished["outcome"], "complete", "{finished}");
+    assert_eq!(finished["backup_id"], id.as_str(), "{finished}");
+    assert!(
+        finished["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not run again"),
+        "{finished}"
+    );
+    assert!(log.contains("not run again"), "{log}");
+    // No second backup for that slot: none started in its ten seconds.
+    let listing = s3.get("/fleet?list-type=2&prefix=prod/ha/backups/");
+    let next = (due + jiff::SignedDuration::from_secs(10))
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let doubled: Vec<&str> = listing
+        .split("<Key>prod/ha/backups/")
+        .skip(1)
+        .filter_map(|k| k.split_once("/manifest.json</Key>").map(|(id, _)| id))
+        .filter(|i| *i != id && i[..16] >= *slot && i[..16] < *next)
+        .collect();
+    assert!(doubled.is_empty(), "the slot ran again: {doubled:?}\n{log}");
 }
 
 /// `drctl ARGS` on host `n` of a fleet whose catalog is in PostgreSQL.

@@ -50,10 +50,12 @@ pub struct BackupOutcome {
 }
 
 /// How one run was asked for.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// `--full` / `--incremental`; None: as the policy says.
     pub force: Option<manifest::Kind>,
+    /// Told the backup's id once it has one (the daemon's slot marker).
+    pub started: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 pub async fn run(
@@ -273,6 +275,9 @@ async fn into_repository(
         .insert_running(&id, &policy.name, method.as_str(), started, repo.url())
         .await?;
     tracing::info!(policy = %policy.name, backup = %id, "backup started");
+    if let Some(tx) = &opts.started {
+        let _ = tx.send(id.clone());
+    }
     let result = match method {
         Method::Physical => physical::backup(
             policy,

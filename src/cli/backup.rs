@@ -29,7 +29,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         (_, true) => Some(crate::repo::manifest::Kind::Incremental),
         _ => None,
     };
-    let opts = crate::backup::Options { force };
+    let opts = crate::backup::Options {
+        force,
+        started: None,
+    };
     let out = crate::backup::run(&policy, &catalog, &ctx.catalog_path, opts).await?;
     if let Some(n) = &out.note {
         eprintln!("drctl: note: a full backup, not an incremental: {n}");

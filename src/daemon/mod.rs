@@ -107,26 +107,55 @@ impl Shared {
 /// How a scheduled run ended, for its slot marker: the backup it made.
 type Ran = Result<Option<String>>;
 
-/// Run `work` as slot `due` of `policy`'s `kind` runs. On an S3 repository
-/// the slot is claimed first (daemon::slots): a slot another daemon ran or
-/// is running is left to it. Elsewhere `work` just runs.
-async fn in_slot(
-    shared: &Shared,
-    policy: &Policy,
+/// One due slot of a policy's runs, and the daemon's job slots it may use.
+struct SlotRun {
     kind: JobKind,
     due: Timestamp,
     deferred: bool,
+    sem: Arc<Semaphore>,
+}
+
+/// Run `work` as slot `due` of `policy`'s `kind` runs, within one of the
+/// daemon's job slots. On an S3 repository the slot is claimed first
+/// (daemon::slots): a slot another daemon ran or is running is left to it,
+/// found so without waiting for a job slot. Elsewhere `work` just runs.
+async fn in_slot(
+    shared: &Shared,
+    policy: &Policy,
+    run: SlotRun,
     work: impl std::future::Future<Output = Ran>,
+    started: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
 ) -> Result<()> {
+    let SlotRun {
+        kind,
+        due,
+        deferred,
+        sem,
+    } = run;
     let what = kind.as_str();
     let repo = match &policy.repository {
         Some(cfg) => Some((crate::repo::open(cfg).await?, cfg.lease_ttl())),
         None => None,
     };
     let Some((repo, ttl)) = repo.filter(|(r, _)| r.conditional_writes()) else {
+        let _permit = sem.acquire_owned().await.context("scheduler closed")?;
         return work.await.map(|_| ());
     };
-    let held = match slots::claim(&*repo, &policy.name, what, due, ttl).await? {
+    // A look first: a takeover is found while the job slots are busy.
+    let settled = match slots::look(&*repo, &policy.name, what, due, ttl).await? {
+        slots::Step::Done(why) => Some(slots::Claimed::Done(why)),
+        slots::Step::Watch(why) => Some(slots::Claimed::Watch(why)),
+        slots::Step::Claim | slots::Step::TakeOver(_) => None,
+    };
+    let _permit = match settled {
+        Some(_) => None,
+        None => Some(sem.acquire_owned().await.context("scheduler closed")?),
+    };
+    let claimed = match settled {
+        Some(c) => c,
+        None => slots::claim(&*repo, &policy.name, what, due, ttl).await?,
+    };
+    let mut held = match claimed {
         slots::Claimed::Mine(h) => h,
         slots::Claimed::Done(why) => {
             shared.watch(&policy.name, kind, due, None);
@@ -154,7 +183,16 @@ async fn in_slot(
         tracing::warn!(slot = %rfc3339(due), "taking over the {what} slot: {why}");
     }
     shared.count(&policy.name, kind, true);
-    let ran = work.await;
+    // The backup's id goes into the marker as soon as it has one, while
+    // the run goes on.
+    let record = async {
+        if let Some(mut rx) = started {
+            if let Some(id) = rx.recv().await {
+                held.started(&*repo, id).await;
+            }
+        }
+    };
+    let (ran, ()) = tokio::join!(work, record);
     let (outcome, id, detail) = match &ran {
         Ok(id) => ("complete", id.clone(), None),
         Err(e) if format!("{e:#}").contains(" is busy: ") => {
@@ -280,9 +318,14 @@ async fn drill_job(
     due: Timestamp,
     deferred: bool,
 ) -> Result<()> {
-    let _permit = sem.acquire_owned().await.context("scheduler closed")?;
     let work = drill_work(&shared, catalog_path, &policy, identity);
-    in_slot(&shared, &policy, JobKind::Drill, due, deferred, work).await
+    let run = SlotRun {
+        kind: JobKind::Drill,
+        due,
+        deferred,
+        sem,
+    };
+    in_slot(&shared, &policy, run, work, None).await
 }
 
 async fn drill_work(
@@ -341,19 +384,33 @@ async fn job(
     due: Timestamp,
     deferred: bool,
 ) -> Result<()> {
-    let _permit = sem.acquire_owned().await.context("scheduler closed")?;
-    let work = backup_work(&shared, catalog_path, &policy);
-    in_slot(&shared, &policy, JobKind::Backup, due, deferred, work).await
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let work = backup_work(&shared, catalog_path, &policy, tx);
+    let run = SlotRun {
+        kind: JobKind::Backup,
+        due,
+        deferred,
+        sem,
+    };
+    in_slot(&shared, &policy, run, work, Some(rx)).await
 }
 
-async fn backup_work(shared: &Shared, catalog_path: PathBuf, policy: &Policy) -> Ran {
+async fn backup_work(
+    shared: &Shared,
+    catalog_path: PathBuf,
+    policy: &Policy,
+    on_start: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Ran {
     let policy = policy.clone();
     let started = std::time::Instant::now();
     match crate::backup::run(
         &policy,
         &shared.catalog,
         &catalog_path,
-        crate::backup::Options::default(),
+        crate::backup::Options {
+            force: None,
+            started: Some(on_start),
+        },
     )
     .await
     {

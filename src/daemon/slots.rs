@@ -144,6 +144,51 @@ pub struct Held {
     pub took_over: Option<String>,
 }
 
+/// A slot's marker (with its ETag) and the policy's lease holder.
+async fn read(
+    repo: &dyn Repository,
+    key: &str,
+    policy: &str,
+    kind: &str,
+) -> Result<(Option<Marker>, Option<String>, Option<Holder>)> {
+    let found = repo
+        .get_tagged(key)
+        .await
+        .with_context(|| format!("cannot read the slot marker {key}"))?;
+    let (marker, etag) = match found {
+        Some((b, e)) => (
+            Some(serde_json::from_slice::<Marker>(&b).with_context(|| {
+                format!("the slot marker {key} is not drctl's; delete it to let the slot run")
+            })?),
+            Some(e),
+        ),
+        None => (None, None),
+    };
+    let holder = match repo.get_bytes(&lease::key(policy, kind)).await? {
+        Some(b) => serde_json::from_slice::<Holder>(&b).ok(),
+        None => None,
+    };
+    Ok((marker, etag, holder))
+}
+
+/// What `claim` would decide now, without writing anything: a slot
+/// finished or running elsewhere needs none of this daemon's job slots.
+pub async fn look(
+    repo: &dyn Repository,
+    policy: &str,
+    kind: &str,
+    slot: Timestamp,
+    ttl: Duration,
+) -> Result<Step> {
+    let (marker, _, holder) = read(repo, &key(policy, kind, slot), policy, kind).await?;
+    Ok(decide(
+        marker.as_ref(),
+        holder.as_ref(),
+        Timestamp::now(),
+        ttl,
+    ))
+}
+
 /// Claim `slot` of `policy`'s `kind` runs ("backup", "drill").
 pub async fn claim(
     repo: &dyn Repository,
@@ -154,23 +199,7 @@ pub async fn claim(
 ) -> Result<Claimed> {
     let key = key(policy, kind, slot);
     for _ in 0..5 {
-        let found = repo
-            .get_tagged(&key)
-            .await
-            .with_context(|| format!("cannot read the slot marker {key}"))?;
-        let (marker, etag) = match found {
-            Some((b, e)) => (
-                Some(serde_json::from_slice::<Marker>(&b).with_context(|| {
-                    format!("the slot marker {key} is not drctl's; delete it to let the slot run")
-                })?),
-                Some(e),
-            ),
-            None => (None, None),
-        };
-        let holder = match repo.get_bytes(&lease::key(policy, kind)).await? {
-            Some(b) => serde_json::from_slice::<Holder>(&b).ok(),
-            None => None,
-        };
+        let (marker, etag, holder) = read(repo, &key, policy, kind).await?;
         let mine = Marker {
             slot,
             claimed_by: Claimer::me(),
@@ -193,12 +222,40 @@ pub async fn claim(
             .with_context(|| format!("cannot write the slot marker {key}"))?
         {
             Conditional::Written(etag) => {
-                return Ok(Claimed::Mine(Box::new(Held {
+                let held = Box::new(Held {
                     key,
                     marker: mine,
                     etag,
                     took_over,
-                })))
+                });
+                // A claimer that committed its backup and died before writing
+                // the outcome (in the prune after it, say) ran the slot:
+                // running it again would double it.
+                if let (Some(old), Some(_), "backup") = (&marker, &held.took_over, kind) {
+                    if let Some(id) = &old.backup_id {
+                        let committed = repo
+                            .head(&crate::repo::manifest::manifest_key(policy, id))
+                            .await?
+                            .is_some();
+                        if committed {
+                            let why = format!(
+                                "backup {id} was committed by {} (pid {}) before it stopped; not run again",
+                                old.claimed_by.host, old.claimed_by.pid
+                            );
+                            held.finish(
+                                repo,
+                                policy,
+                                kind,
+                                "complete",
+                                Some(id.clone()),
+                                Some(why.clone()),
+                            )
+                            .await?;
+                            return Ok(Claimed::Done(why));
+                        }
+                    }
+                }
+                return Ok(Claimed::Mine(held));
             }
             Conditional::Refused => continue,
         }
@@ -207,6 +264,26 @@ pub async fn claim(
 }
 
 impl Held {
+    /// Record the backup this run started, so a taker of the slot can tell
+    /// whether it was committed. Best effort: without it a taker runs the
+    /// slot again.
+    pub async fn started(&mut self, repo: &dyn Repository, backup_id: String) {
+        self.marker.backup_id = Some(backup_id);
+        let body = match serde_json::to_vec_pretty(&self.marker) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        match repo
+            .put_if(&self.key, body, &Precondition::Matches(self.etag.clone()))
+            .await
+        {
+            Ok(Conditional::Written(etag)) => self.etag = etag,
+            Ok(Conditional::Refused) => {
+                tracing::warn!(slot = %self.key, "the slot was taken over while it ran")
+            }
+            Err(e) => tracing::warn!(slot = %self.key, "cannot record the slot's backup: {e:#}"),
+        }
+    }
     /// Record how the slot's run ended, then trim old markers.
     pub async fn finish(
         self: Box<Self>,

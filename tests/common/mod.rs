@@ -521,6 +521,25 @@ impl S3Server {
     pub fn delete(&self, path: &str) -> String {
         http_with(self.port, "DELETE", path, MOTO_AUTH).unwrap()
     }
+
+    /// Raw S3 API PUT of one object.
+    pub fn put(&self, path: &str, body: &[u8]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{MOTO_AUTH}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let r = String::from_utf8_lossy(&out).into_owned();
+        assert!(r.starts_with("HTTP/1.1 200"), "PUT {path}: {r}");
+        r
+    }
 }
 
 impl Drop for S3Server {
