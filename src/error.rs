@@ -23,6 +23,28 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
+/// Another run of the policy holds its lock or lease: the message names
+/// the holder. Exit 1; the daemon records such a slot as skipped.
+#[derive(Debug)]
+pub struct Busy(pub String);
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+pub fn busy(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Busy(msg.into()))
+}
+
+/// Whether another run holding the policy is what `err` came to.
+pub fn is_busy(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Busy>())
+}
+
 /// Exit code for an error chain: 2 when any link is a usage error, else 1.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(|e| e.is::<UsageError>()) {
@@ -49,6 +71,16 @@ pub fn noted<T>(r: anyhow::Result<T>, note: Option<String>) -> anyhow::Result<T>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_is_found_under_context_and_exits_1() {
+        let e = busy("policy p is busy: backup by pid 7").context("slot 02:00");
+        assert!(is_busy(&e));
+        assert_eq!(exit_code(&e), 1);
+        assert!(!is_busy(&anyhow::anyhow!(
+            "policy p is busy: said in text only"
+        )));
+    }
 
     #[test]
     fn usage_errors_exit_2_even_with_context() {

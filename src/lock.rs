@@ -197,7 +197,7 @@ pub fn acquire(catalog: &Path, policy: &str, what: &str) -> Result<PolicyLock> {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = holder.trim();
-        return Err(anyhow!(
+        return Err(crate::error::busy(format!(
             "policy {policy} is busy: {}; wait for it to finish (lock {})",
             if holder.is_empty() {
                 "another drctl holds it"
@@ -205,7 +205,7 @@ pub fn acquire(catalog: &Path, policy: &str, what: &str) -> Result<PolicyLock> {
                 holder
             },
             path.display()
-        ));
+        )));
     }
     let note = format!(
         "{what} by pid {} on {} since {}",

@@ -195,9 +195,7 @@ async fn in_slot(
     let (ran, ()) = tokio::join!(work, record);
     let (outcome, id, detail) = match &ran {
         Ok(id) => ("complete", id.clone(), None),
-        Err(e) if format!("{e:#}").contains(" is busy: ") => {
-            ("skipped", None, Some(format!("{e:#}")))
-        }
+        Err(e) if crate::error::is_busy(e) => ("skipped", None, Some(format!("{e:#}"))),
         Err(e) => ("failed", None, Some(format!("{e:#}"))),
     };
     if let Err(e) = held

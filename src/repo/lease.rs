@@ -264,10 +264,10 @@ pub async fn acquire(
         }) {
             Step::Busy => {
                 let (h, _) = found.expect("busy means found");
-                bail!(
+                return Err(crate::error::busy(format!(
                     "policy {policy} is busy: {}; wait for it to finish (lease {here})",
                     h.describe(now)
-                );
+                )));
             }
             Step::Ours => {
                 let (_, etag) = found.expect("ours means found");
@@ -338,11 +338,11 @@ async fn confirm(
         .ok_or_else(|| anyhow!("the lease {here} vanished right after drctl wrote it"))?;
     let there = parse(&*repo, &key, &bytes)?;
     if there.token != mine.token {
-        bail!(
+        return Err(crate::error::busy(format!(
             "policy {} is busy: {}; wait for it to finish (lease {here})",
             key.split('/').next().unwrap_or_default(),
             there.describe(now)
-        );
+        )));
     }
     // The read's ETag is the one to renew on (a store may quote or case
     // the write's differently).
