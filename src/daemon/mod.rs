@@ -117,8 +117,10 @@ struct SlotRun {
 
 /// Run `work` as slot `due` of `policy`'s `kind` runs, within one of the
 /// daemon's job slots. On an S3 repository the slot is claimed first
-/// (daemon::slots): a slot another daemon ran or is running is left to it,
-/// found so without waiting for a job slot. Elsewhere `work` just runs.
+/// (daemon::slots): a slot another daemon ran or is running is left to it.
+/// Elsewhere `work` just runs. The look at a slot waits for a job slot too:
+/// unthrottled, the watchers' looks (two GETs a second per watched slot)
+/// swamped a small S3 server in the fleet bench.
 async fn in_slot(
     shared: &Shared,
     policy: &Policy,
@@ -141,20 +143,8 @@ async fn in_slot(
         let _permit = sem.acquire_owned().await.context("scheduler closed")?;
         return work.await.map(|_| ());
     };
-    // A look first: a takeover is found while the job slots are busy.
-    let settled = match slots::look(&*repo, &policy.name, what, due, ttl).await? {
-        slots::Step::Done(why) => Some(slots::Claimed::Done(why)),
-        slots::Step::Watch(why) => Some(slots::Claimed::Watch(why)),
-        slots::Step::Claim | slots::Step::TakeOver(_) => None,
-    };
-    let _permit = match settled {
-        Some(_) => None,
-        None => Some(sem.acquire_owned().await.context("scheduler closed")?),
-    };
-    let claimed = match settled {
-        Some(c) => c,
-        None => slots::claim(&*repo, &policy.name, what, due, ttl).await?,
-    };
+    let _permit = sem.acquire_owned().await.context("scheduler closed")?;
+    let claimed = slots::claim(&*repo, &policy.name, what, due, ttl).await?;
     let mut held = match claimed {
         slots::Claimed::Mine(h) => h,
         slots::Claimed::Done(why) => {

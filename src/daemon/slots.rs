@@ -171,24 +171,6 @@ async fn read(
     Ok((marker, etag, holder))
 }
 
-/// What `claim` would decide now, without writing anything: a slot
-/// finished or running elsewhere needs none of this daemon's job slots.
-pub async fn look(
-    repo: &dyn Repository,
-    policy: &str,
-    kind: &str,
-    slot: Timestamp,
-    ttl: Duration,
-) -> Result<Step> {
-    let (marker, _, holder) = read(repo, &key(policy, kind, slot), policy, kind).await?;
-    Ok(decide(
-        marker.as_ref(),
-        holder.as_ref(),
-        Timestamp::now(),
-        ttl,
-    ))
-}
-
 /// Claim `slot` of `policy`'s `kind` runs ("backup", "drill").
 pub async fn claim(
     repo: &dyn Repository,
