@@ -107,45 +107,30 @@ impl Shared {
 /// How a scheduled run ended, for its slot marker: the backup it made.
 type Ran = Result<Option<String>>;
 
-/// One due slot of a policy's runs, and the daemon's job slots it may use.
-struct SlotRun {
-    kind: JobKind,
-    due: Timestamp,
-    deferred: bool,
-    sem: Arc<Semaphore>,
-}
-
-/// Run `work` as slot `due` of `policy`'s `kind` runs, within one of the
-/// daemon's job slots. On an S3 repository the slot is claimed first
-/// (daemon::slots): a slot another daemon ran or is running is left to it.
-/// Elsewhere `work` just runs. The look at a slot waits for a job slot too:
-/// unthrottled, the watchers' looks (two GETs a second per watched slot)
-/// swamped a small S3 server in the fleet bench.
+/// Run `work` as slot `due` of `policy`'s `kind` runs. On an S3 repository
+/// the slot is claimed first (daemon::slots): a slot another daemon ran or
+/// is running is left to it. Elsewhere `work` just runs. Callers hold a job
+/// slot first, the look at the slot included: unthrottled, the watchers'
+/// looks (two GETs a second per watched slot) swamped a small S3 server in
+/// the fleet bench.
 async fn in_slot(
     shared: &Shared,
     policy: &Policy,
-    run: SlotRun,
+    kind: JobKind,
+    due: Timestamp,
+    deferred: bool,
     work: impl std::future::Future<Output = Ran>,
     started: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
 ) -> Result<()> {
-    let SlotRun {
-        kind,
-        due,
-        deferred,
-        sem,
-    } = run;
     let what = kind.as_str();
     let repo = match &policy.repository {
         Some(cfg) => Some((crate::repo::open(cfg).await?, cfg.lease_ttl())),
         None => None,
     };
     let Some((repo, ttl)) = repo.filter(|(r, _)| r.conditional_writes()) else {
-        let _permit = sem.acquire_owned().await.context("scheduler closed")?;
         return work.await.map(|_| ());
     };
-    let _permit = sem.acquire_owned().await.context("scheduler closed")?;
-    let claimed = slots::claim(&*repo, &policy.name, what, due, ttl).await?;
-    let mut held = match claimed {
+    let mut held = match slots::claim(&*repo, &policy.name, what, due, ttl).await? {
         slots::Claimed::Mine(h) => h,
         slots::Claimed::Done(why) => {
             shared.watch(&policy.name, kind, due, None);
@@ -306,14 +291,9 @@ async fn drill_job(
     due: Timestamp,
     deferred: bool,
 ) -> Result<()> {
+    let _permit = sem.acquire_owned().await.context("scheduler closed")?;
     let work = drill_work(&shared, catalog_path, &policy, identity);
-    let run = SlotRun {
-        kind: JobKind::Drill,
-        due,
-        deferred,
-        sem,
-    };
-    in_slot(&shared, &policy, run, work, None).await
+    in_slot(&shared, &policy, JobKind::Drill, due, deferred, work, None).await
 }
 
 async fn drill_work(
@@ -372,15 +352,20 @@ async fn job(
     due: Timestamp,
     deferred: bool,
 ) -> Result<()> {
+    let _permit = sem.acquire_owned().await.context("scheduler closed")?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let work = backup_work(&shared, catalog_path, &policy, tx);
-    let run = SlotRun {
-        kind: JobKind::Backup,
+    let started = Some(rx);
+    in_slot(
+        &shared,
+        &policy,
+        JobKind::Backup,
         due,
         deferred,
-        sem,
-    };
-    in_slot(&shared, &policy, run, work, Some(rx)).await
+        work,
+        started,
+    )
+    .await
 }
 
 async fn backup_work(
