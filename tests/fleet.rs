@@ -512,7 +512,7 @@ impl HostDaemon {
     fn start(d: &Drctl, n: usize, catalog: &str) -> HostDaemon {
         let log = d.path().join(format!("daemon{n}.log"));
         let addr = format!("127.0.0.1:{}", common::free_port());
-        let child = fleet_worker(
+        let child = fleet_service(
             d,
             n,
             catalog,
@@ -552,8 +552,11 @@ impl HostDaemon {
     }
 
     fn stop(mut self) -> String {
-        // SAFETY: a process group this test created.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        // The daemon alone, as the shipped unit's KillMode=mixed does: a
+        // SIGTERM to the whole group would kill the pg_dump of the slot
+        // being drained, and that slot would end failed.
+        // SAFETY: a process this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(90);
         while self.child.try_wait().unwrap().is_none() {
             assert!(
@@ -857,6 +860,18 @@ fn fleet_worker(d: &Drctl, n: usize, catalog: &str, args: &[&str]) -> Command {
     let mut c = worker(d, n, args);
     c.env("DRCTL_CATALOG", catalog)
         .env("DRCTL_STATE_DIR", d.path().join(format!("host{n}/state")));
+    c
+}
+
+/// `fleet_worker`, started directly as the catalog owner (see
+/// `Drctl::service`).
+fn fleet_service(d: &Drctl, n: usize, catalog: &str, args: &[&str]) -> Command {
+    let mut c = d.service(args);
+    c.env("DRCTL_CATALOG", catalog)
+        .env("DRCTL_STATE_DIR", d.path().join(format!("host{n}/state")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     c
 }
 

@@ -712,13 +712,38 @@ level = 3
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = if self.as_owner {
-            let mut c = as_owner(Path::new(Self::bin()));
-            c.env("HOME", self.path());
+        let c = if self.as_owner {
+            as_owner(Path::new(Self::bin()))
+        } else {
+            Command::new(Self::bin())
+        };
+        self.setup(c, args)
+    }
+
+    /// Like `command`, but drctl is the process started (no runuser in
+    /// between, which forwards a SIGTERM and SIGKILLs 2 s later): for a
+    /// daemon whose drain a test signals, as systemd's KillMode=mixed would.
+    pub fn service(&self, args: &[&str]) -> Command {
+        let c = if self.as_owner && is_root() {
+            let mut c = Command::new("/usr/bin/setpriv");
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(Self::bin());
             c
         } else {
             Command::new(Self::bin())
         };
+        self.setup(c, args)
+    }
+
+    fn setup(&self, mut c: Command, args: &[&str]) -> Command {
+        if self.as_owner {
+            c.env("HOME", self.path());
+        }
         c.args(args)
             .current_dir(self.path())
             .env("DRCTL_POLICIES", self.path().join("policies"))
