@@ -124,18 +124,6 @@ async fn extract_and_prove(
         .tempdir()
         .context("cannot create a scratch directory for verify --deep (set TMPDIR)")?;
     let dir = scratch.path().join("data");
-    if chain.len() > 1 {
-        std::fs::create_dir_all(&dir)?;
-        crate::restore::extract::check_bytes(
-            &m.id,
-            &dir,
-            crate::restore::chain::bytes_needed(chain),
-        )
-        .context("verify --deep combines the chain under TMPDIR (set TMPDIR to a larger place)")?;
-        let sha = crate::restore::extract::Proof::Sha256;
-        crate::restore::chain::restore(bindir, repo, chain, ids, &dir, sha).await?;
-        return crate::restore::physical::verify_restored(m, &dir, bindir).await;
-    }
     let places: Vec<crate::restore::TablespacePlacement> = m
         .tablespaces
         .iter()
@@ -152,6 +140,17 @@ async fn extract_and_prove(
     for d in std::iter::once(dir.clone()).chain(places.iter().map(|p| p.restore_to.clone().into()))
     {
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    if chain.len() > 1 {
+        crate::restore::extract::check_bytes(
+            &m.id,
+            &dir,
+            crate::restore::chain::bytes_needed(chain),
+        )
+        .context("verify --deep combines the chain under TMPDIR (set TMPDIR to a larger place)")?;
+        let sha = crate::restore::extract::Proof::Sha256;
+        crate::restore::chain::restore(bindir, repo, chain, &places, ids, &dir, sha).await?;
+        return crate::restore::physical::verify_restored(m, &dir, bindir).await;
     }
     crate::restore::extract::check_space(m, &dir, &places)
         .context("verify --deep extracts the backup under TMPDIR (set TMPDIR to a larger place)")?;

@@ -26,10 +26,25 @@ pub const CHUNK_PAGES: usize = 1024;
 const MAGIC: &[u8; 8] = b"DRCTLDL1";
 const SUFFIX: &str = ".drctl-delta.";
 
-/// A relation file (paged): `base/<db>/<relfilenode>[_fork][.segment]` or
-/// `global/<relfilenode>[_fork][.segment]`.
+/// A relation file (paged): `base/<db>/<relfilenode>[_fork][.segment]`,
+/// `global/<relfilenode>[_fork][.segment]`, or in a tablespace
+/// `pg_tblspc/<oid>/PG_<major>_<catversion>/<db>/<relfilenode>[_fork][.segment]`.
 pub fn is_paged(path: &str) -> bool {
-    let name = if let Some(rest) = path.strip_prefix("base/") {
+    let in_tablespace = path
+        .strip_prefix("pg_tblspc/")
+        .and_then(|r| r.split_once('/'))
+        .filter(|(oid, _)| digits(oid))
+        .and_then(|(_, r)| r.split_once('/'))
+        .filter(|(version, _)| version.starts_with("PG_"))
+        .and_then(|(_, r)| r.split_once('/'));
+    let name = if let Some((db, name)) = in_tablespace {
+        if !digits(db) {
+            return false;
+        }
+        name
+    } else if path.starts_with("pg_tblspc/") {
+        return false;
+    } else if let Some(rest) = path.strip_prefix("base/") {
         match rest.split_once('/') {
             Some((db, name)) if digits(db) => name,
             _ => return false,
@@ -130,10 +145,14 @@ fn chunk_header(path: &str, k: u32, len: usize, like: &tar::Header) -> (tar::Hea
 
 /// Copy the tar archive `src` to `dst`. Relation files go through whole
 /// when `parent` has no block map for them, else as delta entries; each
-/// one's block map goes to `record`.
+/// one's block map goes to `record`. `root` is where the archive sits in
+/// the data directory ("" for the data directory, `pg_tblspc/<oid>/` for
+/// a tablespace's): block maps are keyed by the path under the data
+/// directory, as the server's manifest names files.
 pub fn transform(
     src: &mut dyn Read,
     dst: &mut dyn Write,
+    root: &str,
     parent: &mut dyn FnMut(&str) -> io::Result<Option<Vec<u64>>>,
     record: &mut dyn FnMut(&str, &[u64]) -> io::Result<()>,
 ) -> io::Result<Stats> {
@@ -145,6 +164,7 @@ pub fn transform(
     for e in ar.entries()? {
         let mut e = e?;
         let path = e.path()?.to_string_lossy().into_owned();
+        let key = format!("{root}{path}");
         let mut header = e.header().clone();
         let kind = header.entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
@@ -152,13 +172,13 @@ pub fn transform(
             out.append_link(&mut header, &path, target)?;
             continue;
         }
-        if !(kind.is_file() && is_paged(&path)) {
+        if !(kind.is_file() && is_paged(&key)) {
             out.append_data(&mut header, &path, &mut e)?;
             continue;
         }
         stats.paged_files += 1;
         let size = header.size()? as usize;
-        let Some(old) = parent(&path)? else {
+        let Some(old) = parent(&key)? else {
             let mut h = Hashing {
                 inner: &mut e,
                 page: Vec::with_capacity(PAGE),
@@ -170,7 +190,7 @@ pub fn transform(
             }
             stats.pages += h.hashes.len() as u64;
             stats.stored_pages += h.hashes.len() as u64;
-            record(&path, &h.hashes)?;
+            record(&key, &h.hashes)?;
             continue;
         };
         let mut hashes = Vec::with_capacity(size / PAGE + 1);
@@ -218,7 +238,7 @@ pub fn transform(
             emit(&mut numbers, &mut pages, &mut k)?;
         }
         stats.pages += hashes.len() as u64;
-        record(&path, &hashes)?;
+        record(&key, &hashes)?;
     }
     out.finish()?;
     Ok(stats)
@@ -283,6 +303,8 @@ mod tests {
             "base/5/16384_fsm",
             "base/5/16384_vm.2",
             "global/1262",
+            "pg_tblspc/16390/PG_15_202209061/5/16391",
+            "pg_tblspc/16390/PG_16_202307071/5/16391_vm.1",
         ] {
             assert!(is_paged(p), "{p}");
         }
@@ -294,6 +316,10 @@ mod tests {
             "base/5/16384_foo",
             "base/x/16384",
             "backup_label",
+            "pg_tblspc/16390/PG_15_202209061/5/PG_VERSION",
+            "pg_tblspc/16390/5/16391",
+            "pg_tblspc/x/PG_15_202209061/5/16391",
+            "pg_tblspc/16390/PG_15_202209061/y/16391",
         ] {
             assert!(!is_paged(p), "{p}");
         }
@@ -331,6 +357,7 @@ mod tests {
         let s = transform(
             &mut &t[..],
             &mut out,
+            "",
             &mut |p| Ok(maps.get(p).cloned()),
             &mut |p, h| {
                 rec.insert(p.to_string(), h.to_vec());

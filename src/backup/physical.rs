@@ -234,15 +234,11 @@ pub async fn backup(
     if parent.is_some() && !own_client {
         parent = None;
         note = Some("incrementals are taken by drctl's own replication client, which this policy does not use (use_pg_basebackup, or a connection that may want TLS)".into());
-    } else if parent.is_some() && tablespaces > 0 {
-        parent = None;
-        note = Some("incrementals of clusters with tablespaces are not supported yet".into());
     }
     // PostgreSQL 15/16 with incrementals: every backup records its block
     // map, and an incremental stores only the pages that differ from its
     // parent's.
     let block_deltas = own_client
-        && tablespaces == 0
         && source.server_version_num < 170000
         && (policy.backup.incremental || parent.is_some());
     let blocks = block_deltas.then(|| Blocks {
@@ -377,10 +373,12 @@ struct Blocks {
     parent: Option<String>,
 }
 
-/// Pass the base archive through `delta::transform` into the encoder.
+/// Pass an archive (the data directory's or a tablespace's) through
+/// `delta::transform` into the encoder.
 fn encode_blocks(
     bb: &mut crate::pg::replication::BaseBackup,
     blocks: &Blocks,
+    root: &str,
     handle: &tokio::runtime::Handle,
     writer: Box<dyn crate::repo::ObjectWriter>,
     opts: &crate::pipeline::EncodeOptions<'_>,
@@ -393,6 +391,7 @@ fn encode_blocks(
             let r = super::delta::transform(
                 bb,
                 &mut pw,
+                root,
                 &mut |path| match &blocks.parent {
                     Some(p) => handle
                         .block_on(blocks.catalog.block_map(p, path))
@@ -483,8 +482,13 @@ async fn over_replication(
             };
             let d = if server_zstd && !h.is_manifest {
                 crate::pipeline::encode_compressed(&mut bb, writer, &recips, &progress)
-            } else if let (Some(b), "base") = (&blocks, name.as_str()) {
-                encode_blocks(&mut bb, b, &handle, writer, &opts, &progress)
+            } else if let (Some(b), false) = (&blocks, h.is_manifest) {
+                // Block maps are keyed by the path in the data directory.
+                let root = match name.strip_prefix("tablespace-") {
+                    Some(oid) => format!("pg_tblspc/{oid}/"),
+                    None => String::new(),
+                };
+                encode_blocks(&mut bb, b, &root, &handle, writer, &opts, &progress)
             } else if h.is_manifest {
                 // Kept as it goes by: the next incremental is taken
                 // against it, and the catalog (not the encrypted

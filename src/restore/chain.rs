@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::TablespacePlacement;
 use crate::repo::manifest::{Kind, Manifest};
 use crate::repo::Repository;
 
@@ -50,7 +51,12 @@ pub fn bytes_needed(chain: &[Manifest]) -> u64 {
     let all: u64 = chain.iter().map(|m| m.source_bytes()).sum();
     match chain {
         [_] => all,
-        [full, .., last] if is_native(last) && last.source.server_version_num < 180000 => {
+        // 18 links the combined files into the full's extraction, but
+        // not with tablespaces (see `restore`).
+        [full, .., last]
+            if is_native(last)
+                && (last.source.server_version_num < 180000 || !last.tablespaces.is_empty()) =>
+        {
             all + full.source_bytes()
         }
         _ => all,
@@ -72,27 +78,18 @@ impl Drop for Work {
     }
 }
 
-/// Restore `chain` (full first) into the empty directory `dir`.
+/// Restore `chain` (full first) into the empty directory `dir`, its
+/// newest link's tablespaces where `places` says.
 pub async fn restore(
     bindir: Option<&Path>,
     repo: &dyn Repository,
     chain: &[Manifest],
+    places: &[TablespacePlacement],
     ids: &[age::x25519::Identity],
     dir: &Path,
     proof: super::extract::Proof,
 ) -> Result<()> {
     let last = chain.last().context("an empty chain")?;
-    if chain.iter().any(|m| !m.tablespaces.is_empty()) {
-        bail!(
-            "backup {} is an incremental of a cluster with tablespaces, which this drctl cannot restore",
-            last.id
-        );
-    }
-    if !is_native(last) {
-        return restore_deltas(repo, chain, ids, dir, proof).await;
-    }
-    let major = last.source.server_version_num / 10000;
-    let tool = crate::pg::tools::find("pg_combinebackup", major, bindir)?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -100,20 +97,45 @@ pub async fn restore(
     let parent = dir.parent().unwrap_or(Path::new("/"));
     sweep_killed(parent, &name);
     let work = Work(parent.join(format!(".{name}.drctl-chain-{}", std::process::id())));
+    if !is_native(last) {
+        return restore_deltas(repo, chain, places, &work, ids, dir, proof).await;
+    }
+    let major = last.source.server_version_num / 10000;
+    let tool = crate::pg::tools::find("pg_combinebackup", major, bindir)?;
     let mut inputs = Vec::new();
+    let mut relocate = Vec::new();
     for (i, m) in chain.iter().enumerate() {
         let d = work.0.join(format!("{i}-{}", m.id));
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        super::extract::extract(repo, m, &[], ids, &d, proof).await?;
+        mkdir_private(&d)?;
+        // Each link's tablespaces beside its data directory; the newest
+        // link's are moved where `places` says as they are combined.
+        let link_places = scratch_places(&m.tablespaces, &work.0, &format!("{i}-{}-", m.id))?;
+        super::extract::extract(repo, m, &link_places, ids, &d, proof).await?;
         if crate::cancel::requested() {
             bail!("cancelled");
+        }
+        if i == chain.len() - 1 {
+            for p in &link_places {
+                let to = places.iter().find(|t| t.oid == p.oid).with_context(|| {
+                    format!(
+                        "no place to restore tablespace {} of backup {}",
+                        p.oid, m.id
+                    )
+                })?;
+                relocate.push(format!(
+                    "--tablespace-mapping={}={}",
+                    p.restore_to, to.restore_to
+                ));
+            }
         }
         inputs.push(d);
     }
     let mut cmd = tokio::process::Command::new(&tool);
-    cmd.args(&inputs).arg("-o").arg(dir);
-    if major >= 18 {
+    cmd.args(&inputs).arg("-o").arg(dir).args(&relocate);
+    if !relocate.is_empty() {
+        // A tablespace may live on another filesystem than the links:
+        // neither hard links nor copy_file_range reach across.
+    } else if major >= 18 {
         // The output's files are hard links into the extracted full,
         // which goes once combined: no second copy of the cluster.
         cmd.arg("--link");
@@ -177,15 +199,54 @@ fn sweep_killed(parent: &Path, name: &str) {
     }
 }
 
-/// The full into `dir`, then each block-delta incremental over it.
+fn mkdir_private(d: &Path) -> Result<()> {
+    std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {}", d.display()))
+}
+
+/// A folder under `work` for each of `ts`, named after `prefix`.
+fn scratch_places(
+    ts: &[crate::repo::manifest::Tablespace],
+    work: &Path,
+    prefix: &str,
+) -> Result<Vec<TablespacePlacement>> {
+    ts.iter()
+        .map(|t| {
+            let d = work.join(format!("{prefix}{}", t.object_name()));
+            mkdir_private(&d)?;
+            Ok(TablespacePlacement {
+                oid: t.oid,
+                location: t.location.clone(),
+                restore_to: d.to_string_lossy().into_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The full into `dir`, then each block-delta incremental over it. A
+/// tablespace an older link has and the newest has not (dropped since)
+/// goes into `work`, and its link out of `pg_tblspc`, at the end.
 async fn restore_deltas(
     repo: &dyn Repository,
     chain: &[Manifest],
+    places: &[TablespacePlacement],
+    work: &Work,
     ids: &[age::x25519::Identity],
     dir: &Path,
     proof: super::extract::Proof,
 ) -> Result<()> {
-    super::extract::extract(repo, &chain[0], &[], ids, dir, proof).await?;
+    let mut all = places.to_vec();
+    for m in chain {
+        let gone: Vec<_> = m
+            .tablespaces
+            .iter()
+            .filter(|t| !all.iter().any(|p| p.oid == t.oid))
+            .cloned()
+            .collect();
+        all.extend(scratch_places(&gone, &work.0, "dropped-")?);
+    }
+    super::extract::extract(repo, &chain[0], &all, ids, dir, proof).await?;
     for (i, m) in chain.iter().enumerate().skip(1) {
         if crate::cancel::requested() {
             bail!("cancelled");
@@ -196,8 +257,16 @@ async fn restore_deltas(
         if newest {
             clear_files(&dir.join("pg_wal"))?;
         }
-        super::extract::overlay(repo, m, ids, dir, newest, proof).await?;
-        drop_unlisted(dir).with_context(|| format!("laying backup {} over its parent", m.id))?;
+        super::extract::overlay(repo, m, &all, ids, dir, newest, proof).await?;
+        drop_unlisted(dir, &all)
+            .with_context(|| format!("laying backup {} over its parent", m.id))?;
+    }
+    for p in all
+        .iter()
+        .filter(|p| !places.iter().any(|t| t.oid == p.oid))
+    {
+        let link = dir.join("pg_tblspc").join(p.oid.to_string());
+        std::fs::remove_file(&link).with_context(|| format!("cannot remove {}", link.display()))?;
     }
     Ok(())
 }
@@ -234,8 +303,9 @@ fn walk(d: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// After an overlay: the files the newest server manifest does not list
-/// (dropped tables and databases) go, as they went on the server.
-fn drop_unlisted(dir: &Path) -> Result<()> {
+/// (dropped tables and databases) go, as they went on the server; in the
+/// tablespaces too, which the manifest lists under `pg_tblspc/<oid>/`.
+fn drop_unlisted(dir: &Path, places: &[TablespacePlacement]) -> Result<()> {
     let text = std::fs::read(dir.join("backup_manifest")).context("reading backup_manifest")?;
     let v: serde_json::Value = serde_json::from_slice(&text).context("parsing backup_manifest")?;
     let mut listed = std::collections::HashSet::new();
@@ -250,13 +320,30 @@ fn drop_unlisted(dir: &Path) -> Result<()> {
             listed.insert(String::from_utf8_lossy(&raw).into_owned());
         }
     }
-    for f in walk(dir)? {
-        let rel = f.strip_prefix(dir).expect("under dir");
-        let rel_s = rel.to_string_lossy();
-        if rel.starts_with("pg_wal")
-            || rel_s == "backup_manifest"
-            || listed.contains(rel_s.as_ref())
-        {
+    let mut files: Vec<(PathBuf, String)> = walk(dir)?
+        .into_iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(dir)
+                .expect("under dir")
+                .to_string_lossy()
+                .into_owned();
+            (f, rel)
+        })
+        .collect();
+    for p in places {
+        let home = Path::new(&p.restore_to);
+        for f in walk(home)? {
+            let rel = f
+                .strip_prefix(home)
+                .expect("under it")
+                .to_string_lossy()
+                .into_owned();
+            files.push((f, format!("pg_tblspc/{}/{rel}", p.oid)));
+        }
+    }
+    for (f, rel) in files {
+        if rel.starts_with("pg_wal/") || rel == "backup_manifest" || listed.contains(&rel) {
             continue;
         }
         std::fs::remove_file(&f).with_context(|| format!("cannot remove {}", f.display()))?;

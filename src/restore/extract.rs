@@ -110,12 +110,13 @@ impl Proof {
 pub async fn overlay(
     repo: &dyn Repository,
     m: &Manifest,
+    places: &[TablespacePlacement],
     ids: &[age::x25519::Identity],
     dir: &Path,
     wal: bool,
     proof: Proof,
 ) -> Result<()> {
-    extract_as(repo, m, &[], ids, dir, Some(wal), proof).await
+    extract_as(repo, m, places, ids, dir, Some(wal), proof).await
 }
 
 async fn extract_as(
@@ -169,7 +170,7 @@ async fn extract_as(
             let into2 = into.clone();
             let untar = std::thread::spawn(move || {
                 if let Some(wal) = over {
-                    untar_over(pr, &into2, wal)
+                    untar_over(pr, &into2, wal, &links)
                 } else {
                     untar(pr, &into2, &links)
                 }
@@ -233,6 +234,25 @@ async fn extract_as(
     Ok(())
 }
 
+/// Where `links` places the tablespace whose `pg_tblspc/<oid>` link the
+/// entry is.
+fn placed<'a>(
+    e: &tar::Entry<impl std::io::Read>,
+    path: &Path,
+    links: &'a BTreeMap<String, PathBuf>,
+) -> Option<(String, &'a PathBuf)> {
+    if !e.header().entry_type().is_symlink() {
+        return None;
+    }
+    let mut parts = path.components().map(|c| c.as_os_str().to_string_lossy());
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(first), Some(oid), None) if first == "pg_tblspc" => {
+            links.get(oid.as_ref()).map(|to| (oid.into_owned(), to))
+        }
+        _ => None,
+    }
+}
+
 /// Unpack a tar stream; `pg_tblspc/<oid>` links point where `links` says.
 fn untar(
     src: pipeline::ChunkReader,
@@ -245,18 +265,10 @@ fn untar(
     for e in a.entries()? {
         let mut e = e?;
         let path = e.path()?.into_owned();
-        let mut parts = path.components().map(|c| c.as_os_str().to_string_lossy());
-        let is_link = e.header().entry_type().is_symlink();
-        if let (true, Some(first), Some(oid), None) =
-            (is_link, parts.next(), parts.next(), parts.next())
-        {
-            if first == "pg_tblspc" {
-                if let Some(to) = links.get(oid.as_ref()) {
-                    std::fs::create_dir_all(into.join("pg_tblspc"))?;
-                    std::os::unix::fs::symlink(to, into.join("pg_tblspc").join(oid.as_ref()))?;
-                    continue;
-                }
-            }
+        if let Some((oid, to)) = placed(&e, &path, links) {
+            std::fs::create_dir_all(into.join("pg_tblspc"))?;
+            std::os::unix::fs::symlink(to, into.join("pg_tblspc").join(oid))?;
+            continue;
         }
         if e.header().entry_type().is_file() {
             let mode = e.header().mode().unwrap_or(0o600);
@@ -269,7 +281,12 @@ fn untar(
 }
 
 /// Unpack a block-delta incremental's tar over its parent's files.
-fn untar_over(src: pipeline::ChunkReader, into: &Path, wal: bool) -> std::io::Result<()> {
+fn untar_over(
+    src: pipeline::ChunkReader,
+    into: &Path,
+    wal: bool,
+    links: &BTreeMap<String, PathBuf>,
+) -> std::io::Result<()> {
     let mut a = tar::Archive::new(src);
     for e in a.entries()? {
         let mut e = e?;
@@ -278,6 +295,16 @@ fn untar_over(src: pipeline::ChunkReader, into: &Path, wal: bool) -> std::io::Re
             continue;
         }
         inside(&path)?;
+        if let Some((oid, to)) = placed(&e, &path, links) {
+            // A tablespace the parent had is linked already.
+            let link = into.join("pg_tblspc").join(oid);
+            if std::fs::read_link(&link).ok().as_ref() != Some(to) {
+                std::fs::create_dir_all(into.join("pg_tblspc"))?;
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(to, &link)?;
+            }
+            continue;
+        }
         if let Some((file, _)) = crate::backup::delta::delta_target(&path.to_string_lossy()) {
             crate::backup::delta::apply(&mut e, &into.join(file))?;
             continue;

@@ -414,6 +414,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
                 policy.source.pg_bindir.as_deref(),
                 &*repo,
                 &plan.links,
+                &plan.tablespaces,
                 ids,
                 &dir,
                 proof,
