@@ -267,9 +267,13 @@ pub fn words(cmd: &str) -> Vec<String> {
 pub fn archive_command_problem(cmd: &str, policy: &str, policies_dir: &Path) -> Option<String> {
     let w = words(cmd);
     let Some(i) = w.iter().position(|x| x == "wal-push") else {
+        let exe = std::env::current_exe()
+            .map(|e| e.display().to_string())
+            .unwrap_or_else(|_| "drctl".into());
         return Some(format!(
-            "archive_command = '{cmd}' does not run drctl wal-push; set archive_command = 'drctl --policies {} wal-push {policy} %p'",
-            policies_dir.display()
+            "archive_command = '{cmd}' does not run drctl wal-push; set archive_command = '{} --policies {} wal-push {policy} %p'",
+            crate::policy::shell_word(&exe),
+            crate::policy::shell_word(&policies_dir.display().to_string())
         ));
     };
     if w.get(i + 1).map(String::as_str) != Some(policy) {

@@ -230,7 +230,42 @@ impl Copy {
     }
 }
 
+/// `s` as one word of a shell command line (archive_command and
+/// restore_command run through `sh -c`), quoted only when it must be.
+pub fn shell_word(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!(
+            "\"{}\"",
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+                .replace('`', "\\`")
+        )
+    }
+}
+
 impl Policy {
+    /// The archive_command that archives into this policy, as the server
+    /// runs it: this drctl by its full path (the server's PATH rarely has
+    /// it) and the policies directory (the postgres user has no default).
+    pub fn archive_command(&self) -> String {
+        let exe = std::env::current_exe()
+            .map(|e| e.display().to_string())
+            .unwrap_or_else(|_| "/usr/local/bin/drctl".into());
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        format!(
+            "{} --policies {} wal-push {} %p",
+            shell_word(&exe),
+            shell_word(&dir.display().to_string()),
+            self.name
+        )
+    }
+
     /// The path of PostgreSQL's `program` for a server of `major`.
     pub fn pg_tool(&self, program: &str, major: u32) -> anyhow::Result<std::path::PathBuf> {
         crate::pg::tools::find(program, major, self.source.pg_bindir.as_deref())
@@ -433,7 +468,12 @@ impl Ctx<'_> {
                         key = format!("{key}.{field}");
                     }
                     let expected = rest.split_once(", expected ").map(|x| x.1).unwrap_or("");
-                    format!("unknown key (expected {expected})")
+                    match closest(field, expected) {
+                        Some(near) => {
+                            format!("unknown key; did you mean `{near}`? (expected {expected})")
+                        }
+                        None => format!("unknown key (expected {expected})"),
+                    }
                 } else if let Some(rest) = inner.strip_prefix("missing field `") {
                     let field = rest.split('`').next().unwrap_or_default();
                     if !key.ends_with(&format!(".{field}")) {
@@ -448,6 +488,43 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// The key among serde's backquoted `expected` list nearest to `field`,
+/// when it is a likely typo (at most a third of its letters off).
+fn closest<'a>(field: &str, expected: &'a str) -> Option<&'a str> {
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(field, k), k))
+        .filter(|(d, k)| *d > 0 && *d <= (k.len().max(field.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, with a swap of two neighbours counting once.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// The policy's TOML table, its unknown sections reported; None when the
@@ -470,9 +547,17 @@ fn toml_table(ctx: &mut Ctx<'_>, text: &str) -> Option<toml::Table> {
     };
     for key in table.keys() {
         if !SECTIONS.contains(&key.as_str()) {
+            let expected: Vec<String> = SECTIONS.iter().map(|s| format!("`{s}`")).collect();
+            let expected = expected.join(", ");
+            let hint = closest(key, &expected)
+                .map(|n| format!("; did you mean [{n}]?"))
+                .unwrap_or_default();
             ctx.add(
                 key.clone(),
-                format!("unknown section (expected one of {})", SECTIONS.join(", ")),
+                format!(
+                    "unknown section{hint} (expected one of {})",
+                    SECTIONS.join(", ")
+                ),
             );
         }
     }
@@ -520,7 +605,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Policy, Vec<Problem>> {
     }
     let is_rds = source.as_ref().is_some_and(|s| s.kind == SourceKind::Rds);
     if !is_rds && source.is_some() {
-        require_storage(&mut ctx, repository.is_some(), encryption.is_some());
+        // A section that is there but wrong has its own error already.
+        require_storage(
+            &mut ctx,
+            table.contains_key("repository"),
+            table.contains_key("encryption"),
+        );
     }
     let no_rules = Retention::default();
     let policy_retention = retention.as_ref().unwrap_or(&no_rules);
@@ -1217,6 +1307,41 @@ expect = "t"
         assert!(errs[0]
             .to_string()
             .starts_with("policies/orders.toml: retention.keep_dayly: "));
+    }
+
+    #[test]
+    fn a_typo_gets_a_did_you_mean_and_one_error_only() {
+        let errs = p(&GOOD.replace("keep_last", "keep_lsat")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].reason.contains("did you mean `keep_last`?"),
+            "{}",
+            errs[0]
+        );
+        // A bad key in [repository] is that one error, not also "missing
+        // section".
+        let errs = p(&GOOD.replacen("url = \"file", "urll = \"file", 1)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "repository.urll");
+        assert!(
+            errs[0].reason.contains("did you mean `url`?"),
+            "{}",
+            errs[0]
+        );
+        // Nothing near: no guess.
+        let errs = p(&GOOD.replace("keep_last", "frobnicate")).unwrap_err();
+        assert!(!errs[0].reason.contains("did you mean"), "{}", errs[0]);
+        let errs = p(&format!("{GOOD}\n[retenton]\nkeep_last = 1\n")).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.reason.contains("did you mean [retention]?")),
+            "{errs:?}"
+        );
+        assert_eq!(
+            closest("keep_dayly", "`keep_last`, `keep_daily`"),
+            Some("keep_daily")
+        );
+        assert_eq!(edit_distance("keep_lsat", "keep_last"), 1);
     }
 
     #[test]

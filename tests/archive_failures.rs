@@ -488,4 +488,15 @@ fn drctl_check_proves_the_chain_and_names_each_broken_link() {
     let r = d.run(&["check", "off"]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(r.stderr.contains("archive_mode = off"), "{}", r.stderr);
+    // A backup says the archive_command to set as the server will run
+    // it: drctl by its full path, with the policies directory.
+    let r = d.run(&["backup", "off"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let policies = d.path().join("policies");
+    let want = format!(
+        "archive_command = '{} --policies {} wal-push off %p'",
+        Drctl::bin(),
+        policies.display()
+    );
+    assert!(r.stderr.contains(&want), "{want}\n{}", r.stderr);
 }

@@ -138,6 +138,10 @@ fn init_writes_a_valid_policy_and_a_private_key_only_we_can_read() {
     ])
     .ok();
     assert_eq!(pg.fingerprint("shop2"), pg.fingerprint("shop"));
+    // The policy's comment names it by its own name.
+    let text = std::fs::read_to_string(d.path().join("policies/shop.toml")).unwrap();
+    assert!(text.contains("file stem (\"shop\")"), "{text}");
+    assert!(!text.contains("\"example\""), "{text}");
     // A second init must not overwrite the policy.
     let r = d.run(&["init", "--repo", &repo, "--name", "shop"]);
     assert_eq!(r.code, 2, "{}", r.stderr);

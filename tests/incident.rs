@@ -204,7 +204,7 @@ fn copy_from_a_missing_primary_fails_naming_the_copy() {
     let r = d.run(&["copy", "shop", "--to", "offsite"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(
-        r.stderr.contains("is missing") && r.stderr.contains("offsite (1 backups)"),
+        r.stderr.contains("is missing") && r.stderr.contains("offsite (1 backup)"),
         "{}",
         r.stderr
     );
@@ -247,7 +247,7 @@ fn printed_dump_times_are_accepted_and_jobs_act() {
     assert_eq!(early.code, 2, "{}", early.stderr);
     let from = early
         .stderr
-        .split("1 backups from ")
+        .split("1 backup from ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .unwrap_or_else(|| panic!("{}", early.stderr))

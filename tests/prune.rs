@@ -43,11 +43,9 @@ fn prune_keeps_what_the_rules_and_pins_say_and_deletes_the_rest() {
     made.reverse(); // newest first, like prune's answer
     assert_eq!(ids(&d), made);
     let r = d.run(&["prune", "shop", "--output", "json"]).ok().json();
-    assert!(r
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|e| e["action"] == "keep" && e["reasons"][0] == "no retention rules"));
+    assert!(r.as_array().unwrap().iter().all(|e| e["action"] == "keep"
+        && e["reasons"][0] == "no retention rules"
+        && e["dry_run"] == false));
 
     let text = std::fs::read_to_string(d.path().join("policies/shop.toml"))
         .unwrap()
@@ -61,6 +59,10 @@ fn prune_keeps_what_the_rules_and_pins_say_and_deletes_the_rest() {
         .run(&["prune", "shop", "--dry-run", "--output", "json"])
         .ok()
         .json();
+    assert!(
+        r.as_array().unwrap().iter().all(|e| e["dry_run"] == true),
+        "{r}"
+    );
     let plan: Vec<(String, String, Vec<String>)> = r
         .as_array()
         .unwrap()

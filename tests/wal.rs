@@ -310,6 +310,28 @@ fn a_flipped_digit_in_a_wal_sidecar_is_caught() {
     let r = d.run(&["verify", "wal"]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(r.stdout.contains("seal"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("the WAL archive of wal failed verification"),
+        "{}",
+        r.stderr
+    );
+    // In JSON the archive has a field of its own, not a pseudo-backup.
+    let r = d.run(&["verify", "wal", "--output", "json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["failed_wal_archives"], 1, "{v}");
+    assert_eq!(v["wal_archives"][0]["policy"], "wal", "{v}");
+    assert_eq!(v["wal_archives"][0]["ok"], false, "{v}");
+    assert!(
+        v["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["id"] != "wal"),
+        "{v}"
+    );
     // wal-fetch will not hand it to recovery either (126, not "absent").
     let dest = d.path().join("RECOVERYXLOG");
     let r = fetch(&d, "wal", "000000010000000000000001", &dest);

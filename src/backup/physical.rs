@@ -55,7 +55,7 @@ pub fn parse_points(stderr: &str) -> Option<Points> {
 
 /// What the server says about itself, and how many tablespaces it has
 /// besides pg_default and pg_global.
-async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64, u64)> {
+async fn server_facts(policy: &Policy, conn: &Conn) -> Result<(SourceInfo, u64, u64)> {
     let rows = conn
         .query(
             "select current_setting('server_version'), current_setting('server_version_num'), \
@@ -80,8 +80,9 @@ async fn server_facts(conn: &Conn) -> Result<(SourceInfo, u64, u64)> {
     }
     if r[4] == "off" {
         return Err(crate::error::usage(format!(
-            "archive_mode is off on {}: physical backups need the WAL archive; set archive_mode = on and archive_command = 'drctl wal-push POLICY %p'",
-            conn.url.host()
+            "archive_mode is off on {}: physical backups need the WAL archive; set archive_mode = on and archive_command = '{}' (then restart the server)",
+            conn.url.host(),
+            policy.archive_command()
         )));
     }
     let seg = match r[5].split_once(' ') {
@@ -179,7 +180,7 @@ async fn backup_points(
                 bail!("cancelled while waiting for the server's backup history file")
             }
             Err(Gave::Up) => bail!(
-                "the server's backup history file for {id} is not in the archive after {}s; check archive_command = 'drctl wal-push {policy} %p' and pg_stat_archiver on the server",
+                "the server's backup history file for {id} is not in the archive after {}s; check pg_stat_archiver on the server, and run `drctl check {policy}`, which says what archive_command should be",
                 timeout.as_secs()
             ),
         }
@@ -219,7 +220,7 @@ pub async fn backup(
     parent: Option<super::incremental::Parent>,
     catalog: &crate::catalog::Catalog,
 ) -> Result<Taken> {
-    let (source, seg_size, tablespaces) = server_facts(conn).await?;
+    let (source, seg_size, tablespaces) = server_facts(policy, conn).await?;
     // drctl's own replication client reads the archives straight off the
     // socket; pg_basebackup would relay every byte through its own buffers
     // and a pipe (a quarter of a backup's CPU, measured). It is used unless

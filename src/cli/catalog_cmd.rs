@@ -115,8 +115,11 @@ pub async fn run(ctx: &Ctx, cmd: CatalogCmd) -> Result<ExitCode> {
         }))?;
     } else {
         println!(
-            "catalog rebuilt from {} repositories and RDS tags: {complete} backups ({rds} RDS snapshots), {incomplete} incomplete (no manifest) ignored, {forgotten} stale rows removed",
-            seen_repos.len()
+            "catalog rebuilt from {} and RDS tags: {} ({}), {incomplete} incomplete (no manifest) ignored, {} removed",
+            super::count(seen_repos.len(), "repository", "repositories"),
+            super::count(complete, "backup", "backups"),
+            super::count(rds, "RDS snapshot", "RDS snapshots"),
+            super::count(forgotten as usize, "stale row", "stale rows"),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -55,7 +55,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         } else {
             let list: Vec<String> = by_copy
                 .iter()
-                .map(|(c, n)| format!("{c} ({n} backups)"))
+                .map(|(c, n)| format!("{c} ({})", super::count(*n, "backup", "backups")))
                 .collect();
             format!(
                 "its backups are still held by {}: restore with --repo {}",
@@ -108,10 +108,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     } else {
         for r in &reports {
             println!(
-                "copy {} of policy {}: {} backups{} copied, {}",
+                "copy {} of policy {}: {}{} copied, {}",
                 r.copy,
                 r.policy,
-                r.backups.len(),
+                super::count(r.backups.len(), "backup", "backups"),
                 if a.backup.is_some() {
                     String::new()
                 } else {

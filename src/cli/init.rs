@@ -79,6 +79,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(&ctx.policies_dir)
         .with_context(|| format!("cannot create {}", ctx.policies_dir.display()))?;
     let text = include_str!("../../policies/example.toml")
+        .replace("(\"example\")", &format!("(\"{}\")", a.name))
         .replace("postgres://backup@db1:5432/orders", &a.source)
         .replace("file:///var/lib/drctl/repo", &repo_url)
         .replace(

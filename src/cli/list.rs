@@ -145,9 +145,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         );
         if let Some(p) = &e.parent {
             println!(
-                "{:<22} incremental on {p}; restores with {} backups: {}",
+                "{:<22} incremental on {p}; restores with {}: {}",
                 "",
-                e.chain.len(),
+                super::count(e.chain.len(), "backup", "backups"),
                 e.chain.join(" <- ")
             );
         }

@@ -242,6 +242,11 @@ impl Ctx {
 /// is given (so `DRCTL_POLICIES=/srv/x/policies drctl status` reads the same
 /// catalog from any working directory), `./drctl.db` beside `./policies`,
 /// else the user's state directory.
+/// "1 backup", "2 backups".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn default_catalog(policies: Option<&Path>) -> PathBuf {
     if let Some(dir) = policies {
         let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());

@@ -55,7 +55,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         primary_failed?;
     }
     if ctx.json() {
-        let all: Vec<Entry> = reports.into_iter().flat_map(json_entries).collect();
+        // Each entry says whether it was done or only planned: the
+        // contract's array stays an array.
+        let mut all = Vec::new();
+        for e in reports.into_iter().flat_map(json_entries) {
+            let mut v = serde_json::to_value(e)?;
+            v["dry_run"] = a.dry_run.into();
+            all.push(v);
+        }
         ctx.print_json(&all)?;
     } else {
         for r in &reports {

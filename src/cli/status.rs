@@ -166,10 +166,12 @@ fn print_row(s: &crate::status::PolicyStatus) {
         let standing = match (c.missing_backups, c.lag_seconds) {
             (0, _) if wal.is_empty() => "level with the primary".to_string(),
             (0, _) => "all backups".to_string(),
-            (n, Some(l)) => {
-                format!("BEHIND: {n} backups missing, newest {l}s older than the primary's")
-            }
-            (n, None) => format!("BEHIND: holds none of {n} backups"),
+            (n, Some(l)) => format!(
+                "BEHIND: {} missing, newest {l}s older than the primary's",
+                super::count(n as usize, "backup", "backups")
+            ),
+            (1, None) => "BEHIND: does not hold the primary's one backup".to_string(),
+            (n, None) => format!("BEHIND: holds none of the primary's {n} backups"),
         };
         println!("{:<16} copy {}: {standing}{wal}", "", c.name);
     }

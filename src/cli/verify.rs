@@ -72,11 +72,31 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     for w in &work {
         left.extend(crate::verify::left_behind(&w.policy, &inv.incomplete).await?);
     }
+    // Each physical policy's WAL archive is checked beside its backups:
+    // reported and counted apart from them.
+    let (archives, reports): (Vec<Verdict>, Vec<Verdict>) =
+        reports.into_iter().partition(|r| r.id == WAL);
     let failed = reports.iter().filter(|r| !r.ok).count();
+    let failed_archives: Vec<&str> = archives
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.policy.as_str())
+        .collect();
     if json {
+        let archives: Vec<serde_json::Value> = archives
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "policy": r.policy, "ok": r.ok, "deep": r.deep, "problems": r.problems,
+                })
+            })
+            .collect();
         ctx.print_json(&serde_json::json!({
-            "ok": failed == 0,
+            "ok": failed == 0 && failed_archives.is_empty(),
             "backups": reports,
+            "failed": failed,
+            "wal_archives": archives,
+            "failed_wal_archives": failed_archives.len(),
             "incomplete": left,
             "unsealed": inv.unsealed,
         }))?;
@@ -84,15 +104,23 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         for l in &left {
             print_left(l);
         }
-        if reports.is_empty() {
+        if reports.is_empty() && archives.is_empty() {
             println!("no complete backups to verify");
-        } else if failed > 0 {
+        }
+        if failed > 0 {
             eprintln!(
-                "drctl: error: {failed} of {} backups failed verification",
-                reports.len()
+                "drctl: error: {failed} of {} failed verification",
+                super::count(reports.len(), "backup", "backups")
+            );
+        }
+        if !failed_archives.is_empty() {
+            eprintln!(
+                "drctl: error: the WAL archive of {} failed verification",
+                failed_archives.join(", ")
             );
         }
     }
+    let failed = failed + failed_archives.len();
     Ok(if failed > 0 {
         ExitCode::from(1)
     } else {
@@ -164,8 +192,11 @@ async fn select(
     Ok((work, inv))
 }
 
+/// The id `verify::policy` gives a policy's WAL archive's verdict.
+const WAL: &str = "wal";
+
 fn print_report(r: &Verdict) {
-    let what = if r.id == "wal" {
+    let what = if r.id == WAL {
         "WAL archive".to_string()
     } else {
         r.id.clone()

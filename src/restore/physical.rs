@@ -635,10 +635,10 @@ fn write_recovery(
     let exe = std::env::current_exe().context("cannot find the drctl executable")?;
     let restore_command = format!(
         "{} --policies {} wal-fetch {} %f %p --identity {}{}",
-        shell_word(&exe.display().to_string()),
-        shell_word(&req.policies_dir.display().to_string()),
+        crate::policy::shell_word(&exe.display().to_string()),
+        crate::policy::shell_word(&req.policies_dir.display().to_string()),
         policy.name,
-        shell_word(&identity.display().to_string()),
+        crate::policy::shell_word(&identity.display().to_string()),
         // A restore pinned to one repository fetches its WAL there too.
         policy
             .pinned_to
@@ -721,22 +721,6 @@ fn recovery_timeline(plan: &Plan) -> String {
         .and_then(|n| wal::parse(n).ok())
         .map(|w| w.timeline.to_string())
         .unwrap_or_else(|| "current".into())
-}
-
-fn shell_word(s: &str) -> String {
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!(
-            "\"{}\"",
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('$', "\\$")
-                .replace('`', "\\`")
-        )
-    }
 }
 
 /// Start the restored server (archiving off, so it can never write into
@@ -1042,6 +1026,7 @@ mod tests {
 
     #[test]
     fn shell_words_are_quoted_only_when_needed() {
+        use crate::policy::shell_word;
         assert_eq!(shell_word("/usr/bin/drctl"), "/usr/bin/drctl");
         assert_eq!(shell_word("/a b/$x"), "\"/a b/\\$x\"");
     }

@@ -42,8 +42,12 @@ pub fn describe_window(c: &[Candidate]) -> String {
         // consistent point, so it is accepted (and after the newest one,
         // restores the newest).
         Some((a, b)) => format!(
-            "{} backups from {} to {}",
-            c.len(),
+            "{} from {} to {}",
+            if c.len() == 1 {
+                "1 backup".to_string()
+            } else {
+                format!("{} backups", c.len())
+            },
             crate::time::parse::rfc3339_ceil(a),
             crate::time::parse::rfc3339_ceil(b)
         ),
@@ -113,10 +117,11 @@ pub fn choose(cands: &[Candidate], target: &Target) -> Result<Choice, String> {
     }
 }
 
-/// "restored state is 1h 2m older than the requested time".
+/// "data committed in the 1h 2m before the target is not in this
+/// backup", or "none".
 pub fn describe_gap(gap: SignedDuration) -> String {
     if gap.is_zero() {
-        "no data-loss gap".into()
+        "none".into()
     } else {
         format!(
             "data committed in the {} before the target is not in this backup",
@@ -135,7 +140,7 @@ mod tests {
         let w = describe_window(&cands);
         assert_eq!(
             w,
-            "1 backups from 2026-12-02T16:14:23Z to 2026-12-02T16:14:23Z"
+            "1 backup from 2026-12-02T16:14:23Z to 2026-12-02T16:14:23Z"
         );
         let start: Timestamp = "2026-12-02T16:14:23Z".parse().unwrap();
         assert!(choose(&cands, &Target::Time(start)).is_ok());

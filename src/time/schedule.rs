@@ -30,6 +30,21 @@ impl Schedule {
             }
         };
         let mut parts: Vec<String> = full.split_whitespace().map(str::to_string).collect();
+        // The cron crate's own range errors are off by one ("Hours must be
+        // less than 23" for 24); numeric fields are checked here first.
+        for (i, (what, lo, hi)) in [
+            ("second", 0, 59),
+            ("minute", 0, 59),
+            ("hour", 0, 23),
+            ("day of month", 1, 31),
+            ("month", 1, 12),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            in_range(&parts[i], lo, hi)
+                .map_err(|v| format!("'{expr}': {what} {v} is out of range ({lo}-{hi})"))?;
+        }
         parts[5] =
             crontab_weekdays(&parts[5]).map_err(|e| format!("'{expr}': day of week: {e}"))?;
         let full = parts.join(" ");
@@ -79,6 +94,22 @@ impl Schedule {
 /// Crontab weekdays (0-7, 0 and 7 = Sunday) as the cron crate's (1-7,
 /// 1 = Sunday). `*`, `*/N` and names mean the same in both and pass as
 /// they are; numbers, ranges and stepped ranges become explicit lists.
+/// Every number in the cron field `field` (lists, ranges, steps) within
+/// `lo..=hi`; the first that is not, as the error.
+fn in_range(field: &str, lo: u32, hi: u32) -> Result<(), String> {
+    for item in field.split(',') {
+        let range = item.split_once('/').map_or(item, |(r, _)| r);
+        for v in range.split('-') {
+            if let Ok(n) = v.parse::<u32>() {
+                if n < lo || n > hi {
+                    return Err(v.to_string());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn crontab_weekdays(field: &str) -> Result<String, String> {
     let mut out: Vec<String> = Vec::new();
     for item in field.split(',') {
@@ -144,6 +175,23 @@ mod tests {
         );
         assert!(Schedule::parse("bogus").is_err());
         assert!(Schedule::parse("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn an_out_of_range_field_names_the_field_and_its_range() {
+        for (expr, want) in [
+            ("0 25 * * *", "hour 25 is out of range (0-23)"),
+            ("0 1-24 * * *", "hour 24 is out of range (0-23)"),
+            ("60 2 * * *", "minute 60 is out of range (0-59)"),
+            ("0 2 0 * *", "day of month 0 is out of range (1-31)"),
+            ("0 2 * 13 *", "month 13 is out of range (1-12)"),
+            ("61 0 2 * * *", "second 61 is out of range (0-59)"),
+        ] {
+            let e = Schedule::parse(expr).unwrap_err();
+            assert!(e.contains(want), "{expr}: {e}");
+        }
+        assert!(Schedule::parse("0 23 31 12 *").is_ok());
+        assert!(Schedule::parse("0 */6 1,15 1-12 *").is_ok());
     }
 
     #[test]
