@@ -92,7 +92,10 @@ pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Findings> {
     // Before the write probe: a bucket without Object Lock refuses every
     // locked write, and this step says why.
     if let Some(days) = policy.repository.as_ref().and_then(|r| r.object_lock_days) {
-        step!("Object Lock", object_lock(&*repo, &policy.name, days).await);
+        step!(
+            "Object Lock",
+            object_lock(&*repo, &policy.name, days, "repository.object_lock_days").await
+        );
     }
     step!(
         "repository writable",
@@ -104,7 +107,13 @@ pub async fn run(policy: &Policy, opts: &Options<'_>) -> Result<Findings> {
         if let Some(days) = c.repository.object_lock_days {
             step!(
                 format!("copy {}: Object Lock", c.name),
-                object_lock(&*copy, &policy.name, days).await
+                object_lock(
+                    &*copy,
+                    &policy.name,
+                    days,
+                    &format!("object_lock_days of [[copy]] {}", c.name)
+                )
+                .await
             );
         }
         step!(
@@ -208,10 +217,10 @@ async fn probe_write(repo: &dyn Repository, policy: &str) -> StepResult {
 /// A policy that asks for Object Lock needs a bucket that has it, and an
 /// object drctl writes must come back locked: otherwise the backups are not
 /// immutable and the user believes they are.
-async fn object_lock(repo: &dyn Repository, policy: &str, days: u32) -> StepResult {
+async fn object_lock(repo: &dyn Repository, policy: &str, days: u32, key: &str) -> StepResult {
     if !repo.lockable().await? {
         return fail(format!(
-            "{} does not have S3 Object Lock enabled, but repository.object_lock_days = {days} asks for immutable backups; use a bucket created with Object Lock (aws s3api create-bucket --object-lock-enabled-for-bucket) or remove object_lock_days",
+            "{} does not have S3 Object Lock enabled, but {key} = {days} asks for immutable backups; use a bucket created with Object Lock (aws s3api create-bucket --object-lock-enabled-for-bucket) or remove it",
             repo.url()
         ));
     }

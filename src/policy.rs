@@ -252,6 +252,17 @@ impl Policy {
     /// The archive_command that archives into this policy, as the server
     /// runs it: this drctl by its full path (the server's PATH rarely has
     /// it) and the policies directory (the postgres user has no default).
+    /// Which repository a read (restore, drill, verify) goes to: the one
+    /// `--repo` pinned, else the primary (then each copy, in order, when
+    /// the primary fails).
+    pub fn reads_from(&self) -> String {
+        match (&self.pinned_to, self.copies.is_empty()) {
+            (Some(name), _) => name.clone(),
+            (None, true) => PRIMARY.to_string(),
+            (None, false) => format!("{PRIMARY}, then each [[copy]] in order"),
+        }
+    }
+
     pub fn archive_command(&self) -> String {
         let exe = std::env::current_exe()
             .map(|e| e.display().to_string())

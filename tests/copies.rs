@@ -92,8 +92,9 @@ fn one_backup_writes_every_repository_and_restores_from_the_copy_when_the_primar
     let r = restore_dump(&d, &pg, "from_copy", &[]).ok();
     assert!(r.stdout.contains(&id), "{}", r.stdout);
     assert_eq!(pg.fingerprint("from_copy"), before);
-    // A drill proves the copy restores.
+    // A drill proves the copy restores, and says it read the copy.
     let id_arg = d.identity_arg();
+    let junit = d.path().join("offsite.xml");
     let drill = d
         .run(&[
             "drill",
@@ -104,11 +105,35 @@ fn one_backup_writes_every_repository_and_restores_from_the_copy_when_the_primar
             "json",
             "--identity",
             &id_arg,
+            "--junit",
+            junit.to_str().unwrap(),
         ])
         .ok()
         .json();
     assert_eq!(drill["passed"], true, "{drill}");
     assert_eq!(drill["backup_id"], id.as_str());
+    assert_eq!(drill["repository"], "offsite", "{drill}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<property name=\"repository\" value=\"offsite\"/>"),
+        "{xml}"
+    );
+    // So does a restore's plan.
+    let plan = restore_dump(
+        &d,
+        &pg,
+        "planned",
+        &["--repo", "offsite", "--dry-run", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(plan["repository"], "offsite", "{plan}");
+    let plan = restore_dump(&d, &pg, "planned", &["--repo", "offsite", "--dry-run"]).ok();
+    assert!(
+        plan.stdout.contains("repository:    offsite"),
+        "{}",
+        plan.stdout
+    );
     // --repo pins one: the primary has nothing left to give.
     let r = restore_dump(&d, &pg, "pinned", &["--repo", "primary"]);
     assert_ne!(r.code, 0, "{}", r.stdout);

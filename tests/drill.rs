@@ -128,9 +128,12 @@ import json, sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
 print(json.dumps({
   "tag": root.tag, "tests": root.get("tests"), "failures": root.get("failures"),
+  "errors": root.get("errors"),
   "suites": [{"name": s.get("name"), "tests": s.get("tests"), "failures": s.get("failures"),
-              "cases": [{"name": c.get("name"),
-                         "failure": (c.find("failure").text if c.find("failure") is not None else None)}
+              "errors": s.get("errors"),
+              "cases": [{"name": c.get("name"), "time": c.get("time"),
+                         "failure": (c.find("failure").text if c.find("failure") is not None else None),
+                         "error": (c.find("error").get("message") if c.find("error") is not None else None)}
                         for c in s.findall("testcase")]}
              for s in root.findall("testsuite")]}))
 "#;
@@ -238,6 +241,9 @@ expect = "1"
     assert_eq!(wrong["actual"], "300");
     let errors = check(&v, "errors");
     assert_eq!(errors["passed"], false);
+    // It could not be judged: an error, not a failure.
+    assert_eq!(errors["errored"], true, "{errors}");
+    assert_eq!(wrong.get("errored"), None, "{wrong}");
     assert!(
         errors["detail"].as_str().unwrap().contains("no_such_table"),
         "{errors}"
@@ -252,7 +258,23 @@ expect = "1"
     assert_eq!(check(&v, "restore")["passed"], true);
 
     let j = parse_junit(&junit);
-    assert_eq!(j["failures"], "3", "{j}");
+    assert_eq!(j["failures"], "2", "{j}");
+    assert_eq!(j["errors"], "1", "{j}");
+    let cases = j["suites"][0]["cases"].as_array().unwrap();
+    assert!(
+        cases
+            .iter()
+            .all(|c| c["time"].as_str().is_some_and(|t| t.parse::<f64>().is_ok())),
+        "{j}"
+    );
+    let error = cases.iter().find(|c| c["name"] == "errors").unwrap();
+    let message = error["error"].as_str().unwrap();
+    assert!(message.contains("no_such_table"), "{j}");
+    // Nothing in it changes from run to run: no scratch port.
+    let port_like = message
+        .split(|c: char| !c.is_ascii_digit())
+        .any(|n| n.len() >= 4 && n.parse::<u32>().is_ok_and(|p| p > 1024));
+    assert!(!port_like, "{message}");
     let failure = j["suites"][0]["cases"]
         .as_array()
         .unwrap()

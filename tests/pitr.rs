@@ -71,6 +71,13 @@ fn restore_to_a_time_brings_back_exactly_the_batches_committed_before_it() {
     let before_backup = pg.now_utc();
     std::thread::sleep(Duration::from_millis(1100));
     let id = d.backup("pitr");
+    // The backup's own sessions end cleanly: no warning in the server's log.
+    let log = pg.server_log();
+    assert!(!log.is_empty());
+    assert!(
+        !log.contains("there is no transaction in progress"),
+        "{log}"
+    );
     let show = d.run(&["show", &id, "--output", "json"]).ok().json();
     assert_eq!(show["manifest"]["method"], "physical");
     assert!(show["manifest"]["wal"]["start_lsn"]

@@ -188,7 +188,26 @@ fn object_lock_makes_backups_immutable_and_prune_respects_it() {
     let r = d.run(&["check", "unlocked"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(
-        r.stderr.contains("does not have S3 Object Lock enabled"),
+        r.stderr.contains("does not have S3 Object Lock enabled")
+            && r.stderr.contains("repository.object_lock_days = 1"),
+        "{}",
+        r.stderr
+    );
+    // A copy's lock is named as the copy's, not the primary's.
+    d.write_policy_repo(
+        "copylock",
+        &pg.url("shop"),
+        &repo("locked", 1).replace(
+            "object_lock_days = 1\nobject_lock_mode = \"compliance\"\n",
+            "",
+        ),
+        &format!("\n[[copy]]\nname = \"vault\"\n{}", repo("plain", 1)),
+    );
+    let r = d.run(&["check", "copylock"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("object_lock_days of [[copy]] vault = 1")
+            && !r.stderr.contains("repository.object_lock_days"),
         "{}",
         r.stderr
     );

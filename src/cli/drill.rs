@@ -124,16 +124,21 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
 
 fn print_text(r: &drill::Report) {
     println!(
-        "drill {}: {}  backup {}  target {}",
+        "drill {}: {}  backup {}  target {}  from {}",
         r.policy,
         if r.passed { "PASSED" } else { "FAILED" },
         r.backup_id.as_deref().unwrap_or("-"),
         r.target_time.as_deref().unwrap_or("-"),
+        r.repository,
     );
     for c in &r.checks {
         println!(
             "  {} {:<32} {}",
-            if c.passed { "ok  " } else { "FAIL" },
+            match (c.passed, c.errored) {
+                (true, _) => "ok   ",
+                (false, false) => "FAIL ",
+                (false, true) => "ERROR",
+            },
             c.name,
             c.detail
         );

@@ -323,6 +323,7 @@ pub(crate) fn print_plan(
         p.backup_id, p.method, p.consistent_at
     )?;
     writeln!(out, "target time:   {}", p.target_time)?;
+    writeln!(out, "repository:    {}", p.repository)?;
     if let Some(g) = p.gap_seconds {
         writeln!(
             out,

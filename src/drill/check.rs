@@ -16,6 +16,13 @@ pub struct CheckResult {
     pub expected: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actual: Option<String>,
+    /// The check could not be judged (its SQL failed): an error in JUnit,
+    /// not a failure.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub errored: bool,
+    /// How long the check took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
 }
 
 impl CheckResult {
@@ -26,6 +33,8 @@ impl CheckResult {
             detail: detail.into(),
             expected: None,
             actual: None,
+            errored: false,
+            seconds: None,
         }
     }
 
@@ -58,11 +67,14 @@ pub fn judge(c: &Check, answer: Result<Vec<Vec<String>>, String>) -> CheckResult
         detail: String::new(),
         expected: Some(expected.clone()),
         actual: None,
+        errored: false,
+        seconds: None,
     };
     let rows = match answer {
         Ok(rows) => rows,
         Err(e) => {
             r.detail = format!("error: {e}");
+            r.errored = true;
             return r;
         }
     };
@@ -111,6 +123,8 @@ pub fn budget(name: &str, measured: Option<f64>, max: Option<f64>) -> CheckResul
             },
             expected: Some(format!("<= {max:.0}s")),
             actual: Some(format!("{m:.1}s")),
+            errored: false,
+            seconds: None,
         },
     }
 }
@@ -194,6 +208,8 @@ pub fn row_counts(
             ),
             expected: Some(format!("{} tables as in the backup", expected.len())),
             actual: Some(format!("{n} differ")),
+            errored: false,
+            seconds: None,
         }
     }
 }

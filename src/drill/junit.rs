@@ -1,6 +1,7 @@
 //! JUnit XML for CI systems: one `<testsuite>` per drilled policy, one
-//! `<testcase>` per check (restore, RTO and RPO included), a `<failure>`
-//! carrying the expected and actual values. Pure.
+//! `<testcase>` per check (restore, RTO and RPO included) with its time, a
+//! `<failure>` carrying the expected and actual values, or an `<error>`
+//! when a check could not be judged (its SQL failed). Pure.
 
 use std::fmt::Write;
 
@@ -23,23 +24,28 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// (failures, errors) among `r`'s checks.
+fn counts(r: &Report) -> (usize, usize) {
+    let bad = r.checks.iter().filter(|c| !c.passed);
+    let errors = bad.clone().filter(|c| c.errored).count();
+    (bad.count() - errors, errors)
+}
+
 pub fn render(reports: &[Report]) -> String {
     let tests: usize = reports.iter().map(|r| r.checks.len()).sum();
-    let failures: usize = reports
-        .iter()
-        .map(|r| r.checks.iter().filter(|c| !c.passed).count())
-        .sum();
+    let failures: usize = reports.iter().map(|r| counts(r).0).sum();
+    let errors: usize = reports.iter().map(|r| counts(r).1).sum();
     let time: f64 = reports.iter().map(|r| r.duration_seconds).sum();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         x,
-        "<testsuites name=\"drctl drill\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\" time=\"{time:.3}\">"
+        "<testsuites name=\"drctl drill\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{time:.3}\">"
     );
     for r in reports {
-        let f = r.checks.iter().filter(|c| !c.passed).count();
+        let (f, e) = counts(r);
         let _ = writeln!(
             x,
-            "  <testsuite name=\"drill {}\" tests=\"{}\" failures=\"{f}\" errors=\"0\" time=\"{:.3}\" timestamp=\"{}\">",
+            "  <testsuite name=\"drill {}\" tests=\"{}\" failures=\"{f}\" errors=\"{e}\" time=\"{:.3}\" timestamp=\"{}\">",
             esc(&r.policy),
             r.checks.len(),
             r.duration_seconds,
@@ -47,6 +53,7 @@ pub fn render(reports: &[Report]) -> String {
         );
         let _ = writeln!(x, "    <properties>");
         for (k, v) in [
+            ("repository", r.repository.clone()),
             ("backup_id", r.backup_id.clone().unwrap_or_default()),
             ("target_time", r.target_time.clone().unwrap_or_default()),
             (
@@ -64,9 +71,10 @@ pub fn render(reports: &[Report]) -> String {
         for c in &r.checks {
             let _ = write!(
                 x,
-                "    <testcase classname=\"drctl.drill.{}\" name=\"{}\"",
+                "    <testcase classname=\"drctl.drill.{}\" name=\"{}\" time=\"{:.3}\"",
                 esc(&r.policy),
-                esc(&c.name)
+                esc(&c.name),
+                c.seconds.unwrap_or(0.0)
             );
             if c.passed {
                 let _ = writeln!(x, "/>");
@@ -79,9 +87,10 @@ pub fn render(reports: &[Report]) -> String {
             if let Some(a) = &c.actual {
                 body.push_str(&format!("\nactual: {a}"));
             }
+            let tag = if c.errored { "error" } else { "failure" };
             let _ = writeln!(
                 x,
-                ">\n      <failure message=\"{}\" type=\"drill\">{}</failure>\n    </testcase>",
+                ">\n      <{tag} message=\"{}\" type=\"drill\">{}</{tag}>\n    </testcase>",
                 esc(&c.detail),
                 esc(&body)
             );
@@ -102,8 +111,11 @@ mod tests {
         let mut bad = CheckResult::fail("orders <positive>", "expected = t, got 'f'");
         bad.expected = Some("= t".into());
         bad.actual = Some("f".into());
+        let mut broken = CheckResult::fail("orders sql", "error: relation \"x\" does not exist");
+        broken.errored = true;
         let r = Report {
             policy: "orders".into(),
+            repository: "offsite".into(),
             passed: false,
             backup_id: Some("20261122T101500Z-3f9a".into()),
             target_time: Some("2026-11-22T10:15:00Z".into()),
@@ -112,15 +124,23 @@ mod tests {
             rpo_seconds: Some(2700.0),
             last_commit_at: None,
             duration_seconds: 6.5,
-            checks: vec![CheckResult::pass("restore", "ok"), bad],
+            checks: vec![CheckResult::pass("restore", "ok"), bad, broken],
             error: None,
             scratch: None,
         };
         let x = render(&[r]);
-        assert!(x.contains("<testsuites name=\"drctl drill\" tests=\"2\" failures=\"1\""));
-        assert!(x.contains("<testsuite name=\"drill orders\" tests=\"2\" failures=\"1\""));
-        assert!(x.contains("<testcase classname=\"drctl.drill.orders\" name=\"restore\"/>"));
-        assert!(x.contains("name=\"orders &lt;positive&gt;\">"));
+        assert!(
+            x.contains("<testsuites name=\"drctl drill\" tests=\"3\" failures=\"1\" errors=\"1\"")
+        );
+        assert!(
+            x.contains("<testsuite name=\"drill orders\" tests=\"3\" failures=\"1\" errors=\"1\"")
+        );
+        assert!(x.contains(
+            "<testcase classname=\"drctl.drill.orders\" name=\"restore\" time=\"0.000\"/>"
+        ));
+        assert!(x.contains("<error message=\"error: relation &quot;x&quot; does not exist\""));
+        assert!(x.contains("<property name=\"repository\" value=\"offsite\"/>"));
+        assert!(x.contains("name=\"orders &lt;positive&gt;\" time=\"0.000\">"));
         assert!(x.contains("message=\"expected = t, got &apos;f&apos;\""));
         assert!(x.contains("expected: = t\nactual: f</failure>"));
         assert!(x.contains("<property name=\"rto_seconds\" value=\"4.250\"/>"));

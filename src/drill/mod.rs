@@ -53,6 +53,8 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
     pub policy: String,
+    /// The repository the drill read: "primary" or a `[[copy]]` name.
+    pub repository: String,
     pub passed: bool,
     pub backup_id: Option<String>,
     pub target_time: Option<String>,
@@ -124,6 +126,7 @@ async fn drill(policy: &Policy, opts: &Options, catalog: &Catalog) -> Result<Rep
     let t0 = Instant::now();
     let mut report = Report {
         policy: policy.name.clone(),
+        repository: policy.reads_from(),
         passed: false,
         backup_id: None,
         target_time: None,
@@ -358,8 +361,26 @@ async fn run_checks(policy: &Policy, conn: &Conn, report: &mut Report) {
         .map(|d| d.checks.as_slice())
         .unwrap_or(&[])
     {
-        let answer = conn.query(&c.sql, &[]).await.map_err(|e| format!("{e:#}"));
-        report.checks.push(check::judge(c, answer));
+        let t = Instant::now();
+        let answer = conn
+            .query(&c.sql, &[])
+            .await
+            .map_err(|e| scrub_port(&format!("{e:#}"), conn.url.port()));
+        let mut judged = check::judge(c, answer);
+        judged.seconds = Some(t.elapsed().as_secs_f64());
+        report.checks.push(judged);
+    }
+}
+
+/// `msg` without the scratch server's port, which changes every run: two
+/// runs of one failure read the same (CI systems group by message).
+fn scrub_port(msg: &str, port: Option<u16>) -> String {
+    match port {
+        Some(p) => msg
+            .replace(&format!(":{p}/"), ":PORT/")
+            .replace(&format!(":{p}"), ":PORT")
+            .replace(&format!("port {p}"), "port PORT"),
+        None => msg.to_string(),
     }
 }
 
@@ -414,9 +435,9 @@ async fn judge(
                     .push(CheckResult::fail("restore", format!("{}: {e:#}", r.silent))),
                 Ok(()) => {
                     report.rto_seconds = Some(t0.elapsed().as_secs_f64());
-                    report
-                        .checks
-                        .push(CheckResult::pass("restore", r.done.clone()));
+                    let mut restore = CheckResult::pass("restore", r.done.clone());
+                    restore.seconds = report.rto_seconds;
+                    report.checks.push(restore);
                     let newest = match r.newest {
                         Newest::At(t) => Some(t),
                         Newest::Replayed(fallback) => replayed_until(&r.conn).await.or(fallback),

@@ -99,6 +99,10 @@ pub async fn row_counts(session: &mut Session, mode: RowCounts) -> Result<Vec<Ta
 /// Row counts in a session of their own (not tied to a dump's snapshot).
 pub async fn count_tables(conn: &Conn, mode: RowCounts) -> Result<Vec<TableCount>> {
     let mut s = Session::open(conn).await?;
+    // One snapshot for every count; `close` commits it (without a
+    // transaction the server logs "there is no transaction in progress").
+    s.query("begin isolation level repeatable read, read only;")
+        .await?;
     let t = row_counts(&mut s, mode).await;
     s.close().await.ok();
     t

@@ -51,6 +51,11 @@ impl ConnUrl {
         Ok(c)
     }
 
+    /// The port the URL names, if it names one.
+    pub fn port(&self) -> Option<u16> {
+        self.url.port()
+    }
+
     pub fn database(&self) -> String {
         let path = self.url.path().trim_start_matches('/');
         percent_decode(path)

@@ -268,9 +268,11 @@ impl TargetDb {
                 .parse()
                 .unwrap_or(0);
             if n > 0 && !force {
-                bail!(
+                // A refusal before anything is touched, like a non-empty
+                // --target-dir: exit 2.
+                return Err(crate::error::usage(format!(
                     "target database \"{db}\" already exists and has {n} relations; restore into a new database name, or pass --force to replace its contents"
-                );
+                )));
             }
             clean = n > 0;
         } else {

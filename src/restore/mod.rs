@@ -25,6 +25,8 @@ use crate::time::parse::rfc3339;
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub policy: String,
+    /// The repository the restore reads: "primary" or a `[[copy]]` name.
+    pub repository: String,
     pub backup_id: String,
     pub method: Method,
     /// The requested time, or the backup's consistent point for --latest/--backup.
@@ -82,6 +84,7 @@ impl Plan {
     pub fn new(policy: &Policy, m: &Manifest, target_time: jiff::Timestamp, dry_run: bool) -> Plan {
         Plan {
             policy: policy.name.clone(),
+            repository: policy.reads_from(),
             backup_id: m.id.clone(),
             method: m.method,
             target_time: crate::time::parse::rfc3339_exact(target_time),

@@ -230,6 +230,11 @@ impl PgCluster {
         &self.data
     }
 
+    /// What the server has logged so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.data.parent().unwrap().join("server.log")).unwrap_or_default()
+    }
+
     /// Stop, make the next WAL file `segment` (as pg_upgrade does, so a new
     /// cluster's WAL names follow the old one's), start again on the same
     /// port.
