@@ -16,6 +16,8 @@ use crate::time::parse::rfc3339;
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     BackupFailed,
+    /// Stopped by a signal (shutdown, an operator): not a failure.
+    BackupCancelled,
     BackupSucceeded,
     PruneFailed,
     RpoExceeded,
@@ -30,6 +32,7 @@ impl Event {
     fn title(self) -> &'static str {
         match self {
             Event::BackupFailed => "backup failed",
+            Event::BackupCancelled => "backup cancelled",
             Event::BackupSucceeded => "backup succeeded",
             Event::PruneFailed => "prune failed",
             Event::RpoExceeded => "RPO over budget",

@@ -209,7 +209,11 @@ fn sigterm_ends_a_dump_backup_blocked_on_a_lock_within_10s() {
     assert!(r.took < Duration::from_secs(3 + 10), "took {:?}", r.took);
     assert!(common::files_containing(&d.repo_dir(), "manifest.json").is_empty());
     assert!(common::files_containing(&d.repo_dir(), ".tmp-").is_empty());
-    assert_eq!(d.list("shop")[0]["status"], "failed");
+    // Stopped, not failed: recorded as cancelled and not counted as a
+    // failure.
+    assert_eq!(d.list("shop")[0]["status"], "cancelled");
+    let s = d.run(&["status", "shop", "--output", "json"]).json();
+    assert_eq!(s[0]["failures_since_success"], 0, "{s}");
 }
 
 fn silent_s3_policy(d: &Drctl, name: &str, port: u16, method: &str) {

@@ -96,7 +96,12 @@ async fn guarded(policy: &Policy, catalog: &Catalog, opts: Options) -> Result<Ba
     let made = match made {
         Ok(m) => m,
         Err(e) => {
-            notify::send(policy, Event::BackupFailed, &format!("{e:#}")).await;
+            let event = if crate::cancel::requested() {
+                Event::BackupCancelled
+            } else {
+                Event::BackupFailed
+            };
+            notify::send(policy, event, &format!("{e:#}")).await;
             return Err(e);
         }
     };
@@ -317,7 +322,13 @@ async fn into_repository(
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            if let Err(ce) = catalog.mark_failed(&id, Timestamp::now(), &msg).await {
+            // Stopped by a signal: recorded as cancelled, not as a failure.
+            let ended = if crate::cancel::requested() {
+                catalog.mark_cancelled(&id, Timestamp::now(), &msg).await
+            } else {
+                catalog.mark_failed(&id, Timestamp::now(), &msg).await
+            };
+            if let Err(ce) = ended {
                 tracing::error!(error = %ce, "could not record the failure in the catalog");
             }
             Err(e.context(format!("backup {id} of policy {} failed", policy.name)))

@@ -560,13 +560,24 @@ impl Catalog {
     }
 
     pub async fn mark_failed(&self, id: &str, at: Timestamp, error: &str) -> Result<()> {
-        on!(self, p => sqlx::query("update backups set status = 'failed', finished_at = $1, error = $2, pid = null where id = $3 and status = 'running'")
+        self.mark_ended(id, at, "failed", error).await
+    }
+
+    /// A run stopped by a signal: not a failure (FAILURES and
+    /// drctl_backup_failures_total count only `failed`).
+    pub async fn mark_cancelled(&self, id: &str, at: Timestamp, why: &str) -> Result<()> {
+        self.mark_ended(id, at, "cancelled", why).await
+    }
+
+    async fn mark_ended(&self, id: &str, at: Timestamp, status: &str, error: &str) -> Result<()> {
+        on!(self, p => sqlx::query("update backups set status = $1, finished_at = $2, error = $3, pid = null where id = $4 and status = 'running'")
+            .bind(status)
             .bind(rfc3339_micros(at))
             .bind(error)
             .bind(id)
             .execute(p)
             .await.map(|r| r.rows_affected()))
-            .context("recording the failure in the catalog")?;
+            .with_context(|| format!("recording the backup as {status} in the catalog"))?;
         self.forget_kept(id).await?;
         Ok(())
     }

@@ -154,8 +154,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
         if !e.repositories.is_empty() {
             println!("{:<22} in: {}", "", e.repositories.join(", "));
         }
-        if let (Some(err), "failed") = (&e.error, e.status.as_str()) {
-            println!("{:<22} error: {}", "", err.lines().next().unwrap_or(""));
+        match (&e.error, e.status.as_str()) {
+            (Some(err), "failed") => {
+                println!("{:<22} error: {}", "", err.lines().next().unwrap_or(""))
+            }
+            (Some(err), "cancelled") => {
+                println!("{:<22} stopped: {}", "", err.lines().next().unwrap_or(""))
+            }
+            _ => {}
         }
     }
     for (policy, w) in &windows {

@@ -390,7 +390,14 @@ pub async fn backup(policy: &Policy, catalog: &Catalog) -> Result<Backup> {
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            catalog.mark_failed(&id, Timestamp::now(), &msg).await.ok();
+            if crate::cancel::requested() {
+                catalog
+                    .mark_cancelled(&id, Timestamp::now(), &msg)
+                    .await
+                    .ok();
+            } else {
+                catalog.mark_failed(&id, Timestamp::now(), &msg).await.ok();
+            }
             Err(e.context(format!("backup {id} of policy {} failed", policy.name)))
         }
     }
