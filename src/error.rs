@@ -46,6 +46,22 @@ pub fn is_busy(err: &anyhow::Error) -> bool {
 }
 
 /// Exit code for an error chain: 2 when any link is a usage error, else 1.
+/// The AWS SDK's "no credentials" error is a dozen lines of provider
+/// chain; `text` (an AWS error with its sources) as one line saying so and
+/// where drctl looked, or None when it is another error.
+pub fn aws_credentials(text: &str) -> Option<String> {
+    let missing = text.contains("no credentials found")
+        || text.contains("the credential provider was not enabled")
+        || text.contains("CredentialsNotLoaded");
+    missing.then(|| {
+        "no AWS credentials found (drctl looked in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+         AWS_PROFILE in ~/.aws/credentials and ~/.aws/config, a web identity token, \
+         the ECS container and the EC2 instance metadata); set AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY in drctl's environment, or AWS_PROFILE"
+            .to_string()
+    })
+}
+
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(|e| e.is::<UsageError>()) {
         2

@@ -297,3 +297,25 @@ fn object_lock_makes_backups_immutable_and_prune_respects_it() {
         .starts_with("HTTP/1.1 200"));
     d.run(&["verify", "shop"]).ok();
 }
+
+#[test]
+fn missing_aws_credentials_are_one_line_saying_so_and_where_drctl_looked() {
+    let s3 = S3Server::start();
+    s3.create_bucket("drctl-test");
+    let d = Drctl::new();
+    s3_policy(&d, &s3, "shop", "postgres://postgres@127.0.0.1:1/shop");
+    let mut c = d.command(&["verify", "shop"]);
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_MAX_ATTEMPTS", "1");
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("no AWS credentials found"), "{stderr}");
+    assert!(lines[0].contains("AWS_ACCESS_KEY_ID"), "{stderr}");
+    assert!(lines[0].contains("~/.aws/credentials"), "{stderr}");
+}

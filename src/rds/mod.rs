@@ -57,10 +57,13 @@ fn aws<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
             s.code().unwrap_or("error"),
             s.message().unwrap_or("no message")
         ),
-        None => anyhow!(
-            "{what}: {}",
-            aws_smithy_types::error::display::DisplayErrorContext(&e)
-        ),
+        None => {
+            let text = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+            anyhow!(
+                "{what}: {}",
+                crate::error::aws_credentials(&text).unwrap_or(text)
+            )
+        }
     }
 }
 

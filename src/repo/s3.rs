@@ -81,7 +81,7 @@ where
                 s = format!("{s}: {inner}");
                 src = inner.source();
             }
-            s
+            crate::error::aws_credentials(&s).unwrap_or(s)
         }
     };
     anyhow!(msg)
