@@ -16,6 +16,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --create-home --home-dir /var/lib/drctl --uid 10001 drctl
 COPY --from=build /src/target/release/drctl /usr/local/bin/drctl
+# Completions and man pages, generated from the binary's own flags.
+RUN mkdir -p /usr/share/bash-completion/completions /usr/local/share/man/man1 \
+ && drctl completions bash > /usr/share/bash-completion/completions/drctl \
+ && drctl man --dir /usr/local/share/man/man1
 USER drctl
 WORKDIR /var/lib/drctl
 ENV PATH="/usr/lib/postgresql/15/bin:${PATH}"

@@ -381,3 +381,74 @@ fn a_target_in_the_future_is_refused_naming_now() {
         }
     }
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    let d = Drctl::new();
+    // bash: a script bash accepts, completing subcommands and their flags.
+    let bash = d.run(&["completions", "bash"]).ok().stdout;
+    for want in ["_drctl()", "restore", "--target-dir", "--tablespace-map"] {
+        assert!(
+            bash.contains(want),
+            "{want} missing from the bash completion"
+        );
+    }
+    let script = d.path().join("drctl.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let st = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(st.success(), "bash rejects the completion script");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = d.run(&["completions", shell]).ok().stdout;
+        assert!(out.contains("restore"), "{shell}: {out}");
+    }
+    let r = d.run(&["completions", "tcsh"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // man: one page per visible command, each one man renders, with the
+    // global flags on the subcommands' pages.
+    let dir = d.path().join("man1");
+    d.run(&["man", "--dir", dir.to_str().unwrap()]).ok();
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for want in [
+        "drctl.1",
+        "drctl-backup.1",
+        "drctl-restore.1",
+        "drctl-catalog-rebuild.1",
+    ] {
+        assert!(pages.iter().any(|p| p == want), "{want} in {pages:?}");
+    }
+    assert!(!pages.iter().any(|p| p.contains("prefetch")), "{pages:?}");
+    let rendered = std::process::Command::new("man")
+        .args(["-l", "-P", "cat"])
+        .arg(dir.join("drctl-restore.1"))
+        .env("MANWIDTH", "100")
+        .output()
+        .unwrap();
+    assert!(rendered.status.success());
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    for want in [
+        "drctl restore",
+        "--target-dir",
+        "--policies",
+        "DRCTL_CATALOG",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want} missing from man drctl-restore:\n{text}"
+        );
+    }
+    // Without --dir, drctl.1 on stdout.
+    let top = d.run(&["man"]).ok().stdout;
+    assert!(
+        top.starts_with(".ie") || top.contains(".TH drctl 1"),
+        "{top}"
+    );
+}

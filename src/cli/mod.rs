@@ -4,12 +4,14 @@
 mod backup;
 mod catalog_cmd;
 mod check;
+mod completions;
 mod copy;
 mod daemon;
 mod deploy;
 mod drill;
 mod init;
 mod list;
+mod man;
 mod pin;
 mod policy_cmd;
 mod prune;
@@ -122,6 +124,10 @@ enum Command {
     /// Generate deployment files from the policies (Kubernetes CronJobs)
     #[command(subcommand)]
     Deploy(deploy::DeployCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(completions::Args),
+    /// Write man pages: drctl.1 and one per subcommand
+    Man(man::Args),
 }
 
 /// Shared state every command gets.
@@ -462,6 +468,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::WalPush(a) => wal_push::run(&ctx, a).await,
         Command::WalFetch(a) => wal_fetch::run(&ctx, a).await,
         Command::WalPrefetch(a) => wal_prefetch::run(&ctx, a).await,
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => man::run(a),
     }
 }
 
