@@ -299,6 +299,12 @@ fn daemon_runs_schedules_prunes_notifies_reloads_and_serves_metrics() {
         "drctl_backup_failures_total{policy=\"gone\"}",
         "drctl_rpo_seconds{policy=\"shop\"}",
         "drctl_scheduler_heartbeat_timestamp_seconds",
+        &format!(
+            "drctl_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "drctl_policy_reload_success 1",
+        "drctl_policy_reload_timestamp_seconds ",
     ] {
         assert!(metrics.contains(family), "{family} missing:\n{metrics}");
     }
@@ -360,6 +366,19 @@ fn daemon_runs_schedules_prunes_notifies_reloads_and_serves_metrics() {
     let log = daemon.log();
     assert!(log.contains("invalid policy"), "{log}");
     assert!(log.contains("keeping the previous valid version"), "{log}");
+    // The reload says what it changed and when the new policy runs; the
+    // broken file shows in /metrics.
+    let line = log
+        .lines()
+        .find(|l| l.contains("SIGHUP: policies reloaded"))
+        .unwrap_or_else(|| panic!("no reload line:\n{log}"));
+    assert!(line.contains("added late (next backup 20"), "{line}");
+    assert!(!line.contains("removed"), "{line}");
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("drctl_policy_reload_success 0\n"),
+        "{metrics}"
+    );
 
     // The RPO notification is sent once, not on every turn of the loop.
     let rpo_sent = got

@@ -81,9 +81,22 @@ struct Shared {
     watching: std::sync::Mutex<BTreeMap<(String, JobKind, Timestamp), bool>>,
     /// Per (policy, kind): slots this daemon ran, and slots others ran.
     slots: std::sync::Mutex<BTreeMap<(String, JobKind), [u64; 2]>>,
+    /// Whether the last (re)load read every policy file, and when it ran.
+    reload_ok: std::sync::atomic::AtomicBool,
+    reload_at: AtomicI64,
 }
 
 impl Shared {
+    fn reloaded(&self, ok: bool) {
+        self.reload_ok.store(ok, Ordering::Relaxed);
+        self.reload_at
+            .store(Timestamp::now().as_second(), Ordering::Relaxed);
+        // /metrics says so at once, not after its cache expires.
+        if let Ok(mut c) = self.cache.try_lock() {
+            *c = None;
+        }
+    }
+
     fn count(&self, policy: &str, kind: JobKind, mine: bool) {
         let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         s.entry((policy.to_string(), kind)).or_default()[usize::from(!mine)] += 1;
@@ -206,7 +219,9 @@ impl JobKind {
     }
 }
 
-fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
+/// The policies in `dir` as schedule entries (a file that no longer
+/// parses keeps its previous version), and whether every file loaded.
+fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> (BTreeMap<String, Entry>, bool) {
     let (policies, problems) = match crate::policy::load_dir(dir) {
         Ok(v) => v,
         Err(e) => {
@@ -214,9 +229,10 @@ fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> BTreeMap<String
                 "cannot read policies from {}: {e}; keeping the loaded ones",
                 dir.display()
             );
-            return old.clone();
+            return (old.clone(), false);
         }
     };
+    let ok = problems.is_empty();
     let mut out = BTreeMap::new();
     let now = Timestamp::now();
     for p in policies {
@@ -275,7 +291,50 @@ fn load(dir: &std::path::Path, old: &BTreeMap<String, Entry>) -> BTreeMap<String
             });
         }
     }
-    out
+    (out, ok)
+}
+
+/// What a reload changed: "added a (next 02:00Z), removed b, changed c
+/// (next …)", or "no policy changed".
+fn reload_summary(old: &BTreeMap<String, Entry>, new: &BTreeMap<String, Entry>) -> String {
+    let next = |e: &Entry| match e.next {
+        Some(n) => format!("next backup {}", rfc3339(n)),
+        None => "not scheduled".into(),
+    };
+    let mut parts = Vec::new();
+    let added: Vec<String> = new
+        .iter()
+        .filter(|(k, _)| !old.contains_key(*k))
+        .map(|(k, e)| format!("{k} ({})", next(e)))
+        .collect();
+    let removed: Vec<&str> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    // Policy has no PartialEq; its Debug form covers every field.
+    let changed: Vec<String> = new
+        .iter()
+        .filter(|(k, e)| {
+            old.get(*k)
+                .is_some_and(|o| format!("{:?}", o.policy) != format!("{:?}", e.policy))
+        })
+        .map(|(k, e)| format!("{k} ({})", next(e)))
+        .collect();
+    if !added.is_empty() {
+        parts.push(format!("added {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {}", removed.join(", ")));
+    }
+    if !changed.is_empty() {
+        parts.push(format!("changed {}", changed.join(", ")));
+    }
+    if parts.is_empty() {
+        "no policy changed".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn run_id() -> String {
@@ -422,12 +481,15 @@ pub async fn run(opts: Options) -> Result<()> {
         cache: tokio::sync::Mutex::new(None),
         watching: Default::default(),
         slots: Default::default(),
+        reload_ok: std::sync::atomic::AtomicBool::new(false),
+        reload_at: AtomicI64::new(0),
     });
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
-    let mut entries = load(&opts.policies_dir, &BTreeMap::new());
+    let (mut entries, ok) = load(&opts.policies_dir, &BTreeMap::new());
+    shared.reloaded(ok);
     if entries.is_empty() {
         tracing::warn!(
             "no valid policies in {}; waiting for SIGHUP",
@@ -501,7 +563,14 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading policies");
-                entries = load(&opts.policies_dir, &entries);
+                let (new, ok) = load(&opts.policies_dir, &entries);
+                tracing::info!(
+                    ok,
+                    "SIGHUP: policies reloaded: {}",
+                    reload_summary(&entries, &new)
+                );
+                entries = new;
+                shared.reloaded(ok);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -867,7 +936,7 @@ async fn metrics_text(shared: &Shared) -> Result<String> {
     let mut cache = shared.cache.lock().await;
     if let Some((at, body)) = cache.as_ref() {
         if at.elapsed() < Duration::from_secs(10) {
-            return Ok(body.clone());
+            return Ok(body.clone() + &daemon_metrics(shared) + &slot_metrics(shared));
         }
     }
     let (policies, _) = crate::policy::load_dir(&shared.policies_dir)?;
@@ -878,7 +947,20 @@ async fn metrics_text(shared: &Shared) -> Result<String> {
         shared.heartbeat.load(Ordering::Relaxed)
     ));
     *cache = Some((std::time::Instant::now(), body.clone()));
-    Ok(body + &slot_metrics(shared))
+    Ok(body + &daemon_metrics(shared) + &slot_metrics(shared))
+}
+
+/// The daemon's own state: its version, and how the last policy reload
+/// went (as Prometheus' own prometheus_config_last_reload_* do). Not cached.
+fn daemon_metrics(shared: &Shared) -> String {
+    format!(
+        "# HELP drctl_build_info The running drctl's version.\n# TYPE drctl_build_info gauge\ndrctl_build_info{{version=\"{}\"}} 1\n\
+         # HELP drctl_policy_reload_success Whether the last policy (re)load read every policy file (1) or kept a previous version of some (0).\n# TYPE drctl_policy_reload_success gauge\ndrctl_policy_reload_success {}\n\
+         # HELP drctl_policy_reload_timestamp_seconds When policies were last (re)loaded (Unix time).\n# TYPE drctl_policy_reload_timestamp_seconds gauge\ndrctl_policy_reload_timestamp_seconds {}\n",
+        env!("CARGO_PKG_VERSION"),
+        u8::from(shared.reload_ok.load(Ordering::Relaxed)),
+        shared.reload_at.load(Ordering::Relaxed)
+    )
 }
 
 /// Which scheduled slots this daemon ran and which it left to others
@@ -901,4 +983,50 @@ fn slot_metrics(shared: &Shared) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, schedule: &str, next: Option<&str>) -> (String, Entry) {
+        let text = format!(
+            "[source]\nkind = \"postgres\"\nurl = \"postgres://u@h/db\"\n[backup]\nmethod = \"dump\"\nschedule = \"{schedule}\"\n[repository]\nurl = \"file:///r\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n"
+        );
+        let policy =
+            crate::policy::parse(std::path::Path::new(&format!("p/{name}.toml")), &text).unwrap();
+        (
+            name.to_string(),
+            Entry {
+                policy,
+                schedule: None,
+                next: next.map(|n| n.parse().unwrap()),
+                drill_schedule: None,
+                drill_next: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_reload_names_what_it_added_removed_and_changed() {
+        let old: BTreeMap<_, _> = [
+            entry("a", "0 2 * * *", None),
+            entry("b", "0 2 * * *", None),
+            entry("c", "0 2 * * *", None),
+        ]
+        .into_iter()
+        .collect();
+        let new: BTreeMap<_, _> = [
+            entry("a", "0 2 * * *", None),
+            entry("c", "0 3 * * *", Some("2026-12-04T03:00:00Z")),
+            entry("d", "0 4 * * *", Some("2026-12-04T04:00:00Z")),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            reload_summary(&old, &new),
+            "added d (next backup 2026-12-04T04:00:00Z); removed b; changed c (next backup 2026-12-04T03:00:00Z)"
+        );
+        assert_eq!(reload_summary(&old, &old), "no policy changed");
+    }
 }
