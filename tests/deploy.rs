@@ -155,6 +155,21 @@ fn systemd_unit_verifies_and_its_command_serves_and_stops() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         // Parse problems are warnings with exit 0: any output is a failure.
         assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+        // The sandbox: exposure at most 3.0 of 10 (it was 8.5 EXPOSED).
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--threshold=30", "--no-pager"])
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "exposure over 3.0:\n{report}");
+        let level: f64 = report
+            .lines()
+            .find_map(|l| l.split("exposure level for drctl.service: ").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+        assert!(level <= 3.0, "{level}\n{report}");
     } else {
         eprintln!("systemd-analyze not installed: unit syntax not verified");
     }
@@ -279,7 +294,32 @@ fn kubernetes_cronjob_is_well_formed_and_its_container_backs_up() {
     assert_eq!(spec["concurrencyPolicy"], "Forbid");
     let pod = &spec["jobTemplate"]["spec"]["template"]["spec"];
     assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let c = &pod["containers"][0];
+    let image = c["image"].as_str().unwrap();
+    assert!(
+        image.contains(':') && !image.ends_with(":latest"),
+        "unpinned image {image}"
+    );
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{sc}");
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{sc}");
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{sc}"
+    );
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/tmp"),
+        "a read-only root needs a writable /tmp"
+    );
     let args: Vec<String> = c["args"]
         .as_array()
         .unwrap()
