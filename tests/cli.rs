@@ -86,10 +86,23 @@ fn usage_errors_exit_2() {
         vec!["frobnicate"],
         vec!["list", "--output", "yaml"],
         vec!["show", "not-an-id"],
+        vec!["restore", "good", "--to-lsn", "0/3000060", "--to-xid", "745"],
+        vec!["restore", "good", "--to", "now", "--to-xid", "745"],
     ] {
         let r = d.run(&args);
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
     }
+    // A dump is not replayed: WAL targets are refused, naming why.
+    let r = d.run(&[
+        "restore",
+        "good",
+        "--to-lsn",
+        "0/3000060",
+        "--target",
+        "postgres://x@127.0.0.1:1/y",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("for physical policies"), "{}", r.stderr);
 }
 
 #[test]

@@ -612,3 +612,124 @@ fn a_target_on_production_s_timeline_is_not_diverted_by_a_copy_s_timeline() {
     r.ok();
     assert_eq!(s.batches(), "0,1,2,3 3100");
 }
+
+/// pgBackRest's other restore types: up to an LSN, up to and including a
+/// transaction, each replayed for real and equal to what was committed up
+/// to it; `--target-action pause` leaves the server in recovery at the
+/// target for an operator to look before promoting.
+#[test]
+fn restore_to_an_lsn_or_an_xid_replays_exactly_to_it_and_pause_waits_there() {
+    let d = Drctl::for_owner();
+    let pg = archiving_cluster(&d, "pitr");
+    d.write_physical_policy("pitr", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 100) g;",
+    );
+    let id = d.backup("pitr");
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 1, g, 'one' FROM generate_series(1, 100) g;",
+    );
+    let lsn = pg.query("postgres", "SELECT pg_current_wal_insert_lsn()");
+    let xid = pg.query(
+        "postgres",
+        "BEGIN; INSERT INTO batches SELECT 2, g, 'two' FROM generate_series(1, 100) g; SELECT txid_current(); COMMIT;",
+    );
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 3, g, 'three' FROM generate_series(1, 100) g;",
+    );
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(&pg, &seg);
+
+    // The plan names the target and what happens there.
+    let plan = d
+        .run(&[
+            "restore",
+            "pitr",
+            "--to-lsn",
+            &lsn,
+            "--target-action",
+            "pause",
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(plan["backup_id"], id.as_str(), "{plan}");
+    assert_eq!(plan["recovery_target"], format!("lsn {lsn}"), "{plan}");
+    assert_eq!(plan["target_action"], "pause", "{plan}");
+
+    let (s, r) = restore(&d, &["--to-lsn", &lsn]);
+    r.ok();
+    assert_eq!(s.batches(), "0,1 200", "restored to LSN {lsn}");
+    drop(s);
+    let (s, r) = restore(&d, &["--to-xid", &xid]);
+    r.ok();
+    assert_eq!(s.batches(), "0,1,2 300", "restored to xid {xid}");
+    drop(s);
+
+    // Pause: prepared without --start, started by hand, it waits at the
+    // target in recovery until pg_wal_replay_resume().
+    let (s, r) = restore_with(&d, &["--to-xid", &xid, "--target-action", "pause"], false);
+    r.ok();
+    let auto = std::fs::read_to_string(s.dir.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains(&format!("recovery_target_xid = '{xid}'"))
+            && auto.contains("recovery_target_action = 'pause'"),
+        "{auto}"
+    );
+    start_by_hand(&s);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.sql("SELECT pg_get_wal_replay_pause_state()") != "paused" {
+        assert!(Instant::now() < deadline, "recovery never paused");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(s.sql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(s.batches(), "0,1,2 300");
+    s.sql("SELECT pg_wal_replay_resume()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.sql("SELECT pg_is_in_recovery()") != "f" {
+        assert!(Instant::now() < deadline, "never promoted after resume");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(s);
+
+    // Bad input: one line, exit 2, nothing written.
+    for (args, want) in [
+        (vec!["--to-lsn", "16B374D848"], "--to-lsn"),
+        (vec!["--to-xid", "abc"], "--to-xid"),
+        (
+            vec!["--latest", "--target-action", "pause"],
+            "needs a target",
+        ),
+        (
+            vec![
+                "--to-xid",
+                xid.as_str(),
+                "--target-action",
+                "shutdown",
+                "--start",
+            ],
+            "leave out --start",
+        ),
+        (vec!["--to-lsn", "0/1"], "ends at or before LSN 0/1"),
+    ] {
+        let server = Restored::new();
+        let mut a = vec!["restore", "pitr"];
+        a.extend_from_slice(&args);
+        let dir = server.dir.display().to_string();
+        let key = d.identity_arg();
+        a.extend_from_slice(&["--target-dir", &dir, "--identity", &key]);
+        let r = d.run(&a);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+        assert!(
+            !server.dir.exists(),
+            "{args:?} wrote {}",
+            server.dir.display()
+        );
+    }
+}

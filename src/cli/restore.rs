@@ -13,7 +13,8 @@ use crate::restore::plan::Target;
 use crate::time::parse::{parse_time, rfc3339_exact};
 
 #[derive(Debug, clap::Args)]
-#[command(group(ArgGroup::new("point").required(true).multiple(true).args(["to", "backup", "latest"])))]
+#[command(group(ArgGroup::new("point").required(true).multiple(true).args(["to", "backup", "latest", "to_lsn", "to_xid", "to_name"])))]
+#[command(group(ArgGroup::new("stop").args(["to_lsn", "to_xid", "to_name"]).conflicts_with_all(["to", "latest"])))]
 #[command(group(ArgGroup::new("dest").args(["target", "target_dir", "target_instance"])))]
 pub struct Args {
     /// Policy name
@@ -28,6 +29,21 @@ pub struct Args {
     /// Restore the newest backup
     #[arg(long, conflicts_with_all = ["to", "backup"])]
     latest: bool,
+    /// Physical: replay up to this WAL position (16/B374D848), from the
+    /// newest backup that ends before it (or --backup ID)
+    #[arg(long, value_name = "LSN")]
+    to_lsn: Option<String>,
+    /// Physical: replay up to and including this transaction (the number
+    /// txid_current() returned), from the newest backup (or --backup ID)
+    #[arg(long, value_name = "XID")]
+    to_xid: Option<String>,
+    /// Physical: replay up to this restore point (`drctl restore-point` or
+    /// pg_create_restore_point), from the newest backup (or --backup ID)
+    #[arg(long, value_name = "NAME")]
+    to_name: Option<String>,
+    /// Physical: what the server does at the target [default: promote]
+    #[arg(long, value_enum, value_name = "ACTION")]
+    target_action: Option<crate::restore::plan::Action>,
     /// Target database (created if absent): postgres://user@host:5432/newdb
     #[arg(long, value_name = "URL")]
     target: Option<String>,
@@ -87,6 +103,19 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     let policy = super::pin(ctx.load(&a.policy)?, a.repo.as_deref())?;
     let physical = policy.backup.method == crate::policy::Method::Physical;
     let rds = policy.backup.method == crate::policy::Method::RdsSnapshot;
+    // Replay targets exist only where WAL is replayed.
+    if !physical
+        && (a.to_lsn.is_some()
+            || a.to_xid.is_some()
+            || a.to_name.is_some()
+            || a.target_action.is_some())
+    {
+        return Err(usage(format!(
+            "policy {} takes {} backups: --to-lsn, --to-xid, --to-name and --target-action are for physical policies (WAL replay)",
+            policy.name,
+            policy.backup.method.as_str()
+        )));
+    }
     if rds {
         return run_rds(ctx, &a, policy).await;
     }
@@ -188,7 +217,35 @@ fn resolve_target(ctx: &Ctx, a: &Args) -> Result<Target> {
     })
 }
 
+/// --to-lsn, --to-xid or --to-name, parsed.
+fn resolve_stop(a: &Args) -> Result<Option<crate::restore::plan::Stop>> {
+    use crate::restore::plan::Stop;
+    let parsed = match (&a.to_lsn, &a.to_xid, &a.to_name) {
+        (Some(l), _, _) => Stop::parse_lsn(l).map_err(|e| format!("--to-lsn: {e}")),
+        (_, Some(x), _) => Stop::parse_xid(x).map_err(|e| format!("--to-xid: {e}")),
+        (_, _, Some(n)) => Stop::parse_name(n).map_err(|e| format!("--to-name: {e}")),
+        _ => return Ok(None),
+    };
+    parsed.map(Some).map_err(usage)
+}
+
 async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<ExitCode> {
+    let stop = resolve_stop(a)?;
+    use crate::restore::plan::Action;
+    match a.target_action {
+        Some(_) if a.latest || (a.to.is_none() && a.backup.is_none() && stop.is_none()) => {
+            return Err(usage(
+                "--target-action needs a target: --to, --to-lsn, --to-xid, --to-name or --backup (the end of the archive always promotes)",
+            ))
+        }
+        Some(act @ (Action::Pause | Action::Shutdown)) if a.start => {
+            return Err(usage(format!(
+                "--target-action {} leaves the server in recovery or stopped: leave out --start and start it with the command drctl prints",
+                act.as_str()
+            )))
+        }
+        _ => {}
+    }
     let target = resolve_target(ctx, a)?;
     let policies_dir = std::path::absolute(&ctx.policies_dir)?;
     let req = crate::restore::physical::Request {
@@ -203,6 +260,8 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
         policies_dir,
         tablespace_map: a.tablespace_map.clone(),
         keep_archiving: a.keep_archiving,
+        stop,
+        action: a.target_action,
     };
     let outcome = crate::restore::physical::run(&policy, &req).await?;
     if ctx.json() {
@@ -322,7 +381,15 @@ pub(crate) fn print_plan(
         "backup:        {} ({}, consistent at {})",
         p.backup_id, p.method, p.consistent_at
     )?;
-    writeln!(out, "target time:   {}", p.target_time)?;
+    match &p.recovery_target {
+        // Replay stops where it finds the target; the time is the end of
+        // what the archive offers.
+        Some(t) => writeln!(out, "stops at:      {t} (WAL offered to {})", p.target_time)?,
+        None => writeln!(out, "target time:   {}", p.target_time)?,
+    }
+    if let Some(a) = p.target_action {
+        writeln!(out, "at the target: {a}")?;
+    }
     writeln!(out, "repository:    {}", p.repository)?;
     if let Some(g) = p.gap_seconds {
         writeln!(

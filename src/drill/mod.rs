@@ -553,6 +553,8 @@ async fn drill_physical(
         policies_dir: opts.policies_dir.clone(),
         tablespace_map: map,
         keep_archiving: false,
+        stop: None,
+        action: None,
     };
     let outcome = match crate::restore::physical::run(policy, &req).await {
         Ok(o) => o,

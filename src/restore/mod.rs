@@ -69,6 +69,14 @@ pub struct Plan {
     /// Their manifests (same order), for the restore itself.
     #[serde(skip)]
     pub links: Vec<Manifest>,
+    /// Physical: replay stops at this LSN, transaction or restore point
+    /// ("lsn 0/3000060", "xid 745", "name before-migration").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target: Option<String>,
+    /// Physical: what the server does at the target (promote, pause,
+    /// shutdown), when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_action: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -104,6 +112,8 @@ impl Plan {
             overwrites_source: None,
             chain: Vec::new(),
             links: Vec::new(),
+            recovery_target: None,
+            target_action: None,
         }
     }
 }

@@ -51,6 +51,11 @@ pub struct Request {
     /// Leave the source's archiving settings in force (the restored server
     /// replaces the primary). Default: `archive_mode = 'off'`.
     pub keep_archiving: bool,
+    /// Replay up to an LSN, a transaction or a restore point instead of a
+    /// time (`target` then picks the base backup: Latest, or Backup).
+    pub stop: Option<plan::Stop>,
+    /// What the server does at the target (default: promote).
+    pub action: Option<plan::Action>,
 }
 
 /// Where each tablespace of `ts` is restored: where `maps` says, else where
@@ -162,6 +167,29 @@ async fn plan_from(
             check_in_window(t, &window)?;
         }
         let choice = match (&req.from_backup, &req.target) {
+            // An LSN target: the newest backup that ends at or before it.
+            (None, Target::Latest) if matches!(req.stop, Some(plan::Stop::Lsn(_))) => {
+                let Some(plan::Stop::Lsn(v)) = req.stop else { unreachable!() };
+                let before: Vec<plan::Candidate> = cands
+                    .iter()
+                    .filter(|c| {
+                        physical.iter().any(|m| {
+                            m.id == c.id
+                                && m.wal.as_ref().is_some_and(|w| {
+                                    crate::wal::lsn_value(&w.stop_lsn).is_some_and(|s| s <= v)
+                                })
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                plan::choose(&before, &Target::Latest).map_err(|_| {
+                    usage(format!(
+                        "no backup of policy {} ends at or before LSN {}; pick a later LSN (each backup's stop_lsn is in `drctl show ID`)",
+                        policy.name,
+                        plan::lsn_text(v)
+                    ))
+                })?
+            }
             (Some(id), Target::Time(t)) => {
                 let c = plan::choose(&cands, &Target::Backup(id.clone())).map_err(usage)?;
                 if c.consistent_at > *t {
@@ -188,8 +216,15 @@ async fn plan_from(
             _ => None,
         };
         let r = reach_toward(&m, &archive, target)?;
-        let target_time = target_time(&m, &r, &req.target, &window)?;
-        let segs = match req.target {
+        // An LSN, xid or name stops wherever replay finds it: every
+        // segment reachable from the base is offered.
+        let replay_to = if req.stop.is_some() {
+            &Target::Latest
+        } else {
+            &req.target
+        };
+        let target_time = target_time(&m, &r, replay_to, &window)?;
+        let segs = match replay_to {
             Target::Time(_) => r.segments_until(Some(target_time)),
             // The backup's own WAL, start to stop, and not a segment more.
             Target::Backup(_) => through_stop(r.segments_until(None), &m),
@@ -221,6 +256,8 @@ async fn plan_from(
                 tablespaces,
                 chain,
                 links,
+                recovery_target: req.stop.as_ref().map(plan::Stop::describe),
+                target_action: req.action.map(plan::Action::as_str),
                 ..Plan::new(policy, &m, target_time, req.dry_run)
             },
             m,
@@ -653,21 +690,29 @@ fn write_recovery(
         sql_quote(&restore_command),
         recovery_timeline(plan)
     );
-    match req.target {
-        Target::Time(t) => {
+    let action = req.action.unwrap_or(plan::Action::Promote).as_str();
+    match (&req.stop, &req.target) {
+        (Some(stop), _) => {
+            let (key, value) = stop.setting();
+            conf.push_str(&format!(
+                "{key} = {}\nrecovery_target_action = '{action}'\n",
+                sql_quote(&value)
+            ));
+        }
+        (None, Target::Time(t)) => {
             // PostgreSQL rejects some ISO forms; this one it accepts.
             let utc = t.to_zoned(jiff::tz::TimeZone::UTC);
             conf.push_str(&format!(
-                "recovery_target_time = '{}+00'\nrecovery_target_action = 'promote'\n",
+                "recovery_target_time = '{}+00'\nrecovery_target_action = '{action}'\n",
                 utc.strftime("%Y-%m-%d %H:%M:%S%.6f")
             ));
         }
         // The backup's consistent point, as pgBackRest's --type=immediate:
         // nothing written after the backup is replayed.
-        Target::Backup(_) => {
-            conf.push_str("recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n")
-        }
-        Target::Latest => {}
+        (None, Target::Backup(_)) => conf.push_str(&format!(
+            "recovery_target = 'immediate'\nrecovery_target_action = '{action}'\n"
+        )),
+        (None, Target::Latest) => {}
     }
     if !req.keep_archiving {
         // The source's ALTER SYSTEM settings came along in this file; the

@@ -12,6 +12,88 @@ pub enum Target {
     Time(Timestamp),
 }
 
+/// Where a physical restore's replay stops, other than a time: PostgreSQL's
+/// recovery_target_lsn, _xid and _name (pgBackRest's --type=lsn|xid|name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    Lsn(u64),
+    Xid(u64),
+    Name(String),
+}
+
+impl Stop {
+    /// `16/B374D848`.
+    pub fn parse_lsn(s: &str) -> Result<Stop, String> {
+        let bad =
+            || format!("'{s}' is not an LSN: use the form 16/B374D848 (pg_current_wal_lsn())");
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
+        Ok(Stop::Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+
+    pub fn parse_xid(s: &str) -> Result<Stop, String> {
+        match s.trim().parse::<u64>() {
+            Ok(x) if x >= 3 => Ok(Stop::Xid(x)),
+            _ => Err(format!(
+                "'{s}' is not a transaction id: use the number txid_current() returned (3 or more)"
+            )),
+        }
+    }
+
+    pub fn parse_name(s: &str) -> Result<Stop, String> {
+        // PostgreSQL's restore point names are at most 63 bytes (MAXFNAMELEN).
+        if s.is_empty() || s.len() > 63 {
+            return Err(format!(
+                "restore point name '{s}' must be 1 to 63 bytes, as pg_create_restore_point takes it"
+            ));
+        }
+        Ok(Stop::Name(s.to_string()))
+    }
+
+    /// The postgresql.conf setting, its value unquoted.
+    pub fn setting(&self) -> (&'static str, String) {
+        match self {
+            Stop::Lsn(v) => ("recovery_target_lsn", lsn_text(*v)),
+            Stop::Xid(x) => ("recovery_target_xid", x.to_string()),
+            Stop::Name(n) => ("recovery_target_name", n.clone()),
+        }
+    }
+
+    /// For the plan: "lsn 0/3000060", "xid 745", "name before-migration".
+    pub fn describe(&self) -> String {
+        let (k, v) = self.setting();
+        format!("{} {v}", k.trim_start_matches("recovery_target_"))
+    }
+}
+
+pub fn lsn_text(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
+}
+
+/// What the restored server does once it reaches its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// End recovery and accept writes (the default)
+    Promote,
+    /// Stay in recovery, read-only, to inspect before promoting
+    /// (SELECT pg_wal_replay_resume() promotes)
+    Pause,
+    /// Stop the server; starting it again promotes
+    Shutdown,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Promote => "promote",
+            Action::Pause => "pause",
+            Action::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// A committed backup as the planner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -133,6 +215,31 @@ pub fn describe_gap(gap: SignedDuration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsn_xid_and_name_targets_parse_or_say_what_is_expected() {
+        assert_eq!(
+            Stop::parse_lsn("16/B374D848").unwrap(),
+            Stop::Lsn(0x16_B374_D848)
+        );
+        assert_eq!(
+            Stop::parse_lsn("0/3000060").unwrap().setting().1,
+            "0/3000060"
+        );
+        assert!(Stop::parse_lsn("16B374D848")
+            .unwrap_err()
+            .contains("16/B374D848"));
+        assert!(Stop::parse_lsn("x/1").is_err());
+        assert_eq!(Stop::parse_xid("745").unwrap().describe(), "xid 745");
+        assert!(Stop::parse_xid("-1").is_err());
+        assert!(Stop::parse_xid("2").is_err());
+        assert_eq!(
+            Stop::parse_name("before-migration").unwrap().setting(),
+            ("recovery_target_name", "before-migration".to_string())
+        );
+        assert!(Stop::parse_name(&"x".repeat(64)).is_err());
+        assert!(Stop::parse_name("").is_err());
+    }
 
     #[test]
     fn a_printed_window_start_is_accepted() {

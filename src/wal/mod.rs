@@ -111,9 +111,13 @@ pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
 
 /// The segment holding LSN `lsn` ("16/B374D848").
 pub fn lsn_to_segno(lsn: &str, segment_size: u64) -> Option<u64> {
+    Some(lsn_value(lsn)? / segment_size)
+}
+
+/// "16/B374D848" as a number.
+pub fn lsn_value(lsn: &str) -> Option<u64> {
     let (hi, lo) = lsn.split_once('/')?;
-    let v = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
-    Some(v / segment_size)
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 pub fn dir_key(policy: &str) -> String {
