@@ -86,7 +86,14 @@ fn usage_errors_exit_2() {
         vec!["frobnicate"],
         vec!["list", "--output", "yaml"],
         vec!["show", "not-an-id"],
-        vec!["restore", "good", "--to-lsn", "0/3000060", "--to-xid", "745"],
+        vec![
+            "restore",
+            "good",
+            "--to-lsn",
+            "0/3000060",
+            "--to-xid",
+            "745",
+        ],
         vec!["restore", "good", "--to", "now", "--to-xid", "745"],
     ] {
         let r = d.run(&args);

@@ -614,11 +614,13 @@ fn a_target_on_production_s_timeline_is_not_diverted_by_a_copy_s_timeline() {
 }
 
 /// pgBackRest's other restore types: up to an LSN, up to and including a
-/// transaction, each replayed for real and equal to what was committed up
-/// to it; `--target-action pause` leaves the server in recovery at the
-/// target for an operator to look before promoting.
+/// transaction, up to a restore point `drctl restore-point` made, each
+/// replayed for real and equal to what was committed up to it, each from
+/// the newest backup that ends before it; `--target-action pause` leaves
+/// the server in recovery at the target for an operator to look before
+/// promoting.
 #[test]
-fn restore_to_an_lsn_or_an_xid_replays_exactly_to_it_and_pause_waits_there() {
+fn restore_to_an_lsn_an_xid_or_a_restore_point_replays_exactly_to_it_and_pause_waits_there() {
     let d = Drctl::for_owner();
     let pg = archiving_cluster(&d, "pitr");
     d.write_physical_policy("pitr", &pg.url("postgres"));
@@ -636,12 +638,28 @@ fn restore_to_an_lsn_or_an_xid_replays_exactly_to_it_and_pause_waits_there() {
         "postgres",
         "BEGIN; INSERT INTO batches SELECT 2, g, 'two' FROM generate_series(1, 100) g; SELECT txid_current(); COMMIT;",
     );
+    let made = d.run(&["restore-point", "pitr", "before-three"]).ok();
+    assert!(
+        made.stdout.contains("--to-name before-three"),
+        "{}",
+        made.stdout
+    );
     pg.psql(
         "postgres",
         "INSERT INTO batches SELECT 3, g, 'three' FROM generate_series(1, 100) g;",
     );
     let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     wait_archived(&pg, &seg);
+    // A newer backup, after every target below: each must start from the
+    // first one.
+    let newer = d.backup("pitr");
+    let list = d.run(&["list", "pitr"]).ok().stdout;
+    assert!(
+        list.contains("restore point of pitr: before-three at "),
+        "{list}"
+    );
+    let r = d.run(&["restore-point", "pitr", &"x".repeat(64)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
 
     // The plan names the target and what happens there.
     let plan = d
@@ -666,14 +684,43 @@ fn restore_to_an_lsn_or_an_xid_replays_exactly_to_it_and_pause_waits_there() {
     r.ok();
     assert_eq!(s.batches(), "0,1 200", "restored to LSN {lsn}");
     drop(s);
-    let (s, r) = restore(&d, &["--to-xid", &xid]);
+    // An xid does not say where it is: --backup names the base.
+    let (s, r) = restore(&d, &["--to-xid", &xid, "--backup", &id]);
     r.ok();
     assert_eq!(s.batches(), "0,1,2 300", "restored to xid {xid}");
+    drop(s);
+    let plan = d
+        .run(&[
+            "restore",
+            "pitr",
+            "--to-name",
+            "before-three",
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(plan["backup_id"], id.as_str(), "not {newer}: {plan}");
+    let (s, r) = restore(&d, &["--to-name", "before-three"]);
+    r.ok();
+    assert_eq!(s.batches(), "0,1,2 300", "restored to the restore point");
     drop(s);
 
     // Pause: prepared without --start, started by hand, it waits at the
     // target in recovery until pg_wal_replay_resume().
-    let (s, r) = restore_with(&d, &["--to-xid", &xid, "--target-action", "pause"], false);
+    let (s, r) = restore_with(
+        &d,
+        &[
+            "--to-xid",
+            &xid,
+            "--backup",
+            &id,
+            "--target-action",
+            "pause",
+        ],
+        false,
+    );
     r.ok();
     let auto = std::fs::read_to_string(s.dir.join("postgresql.auto.conf")).unwrap();
     assert!(

@@ -44,6 +44,16 @@ macro_rules! on {
     };
 }
 
+/// A named point in a policy's WAL (pg_create_restore_point).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RestorePoint {
+    pub policy: String,
+    pub name: String,
+    pub lsn: String,
+    pub at: String,
+    pub host: String,
+}
+
 #[derive(Clone)]
 pub struct Catalog {
     db: Db,
@@ -780,6 +790,42 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    /// A restore point `drctl restore-point` made on the policy's source.
+    pub async fn add_restore_point(&self, p: &RestorePoint) -> Result<()> {
+        on!(self, pool => sqlx::query(
+            "insert into restore_points (policy, name, lsn, at, host) values ($1, $2, $3, $4, $5) \
+             on conflict (policy, name, lsn) do nothing",
+        )
+        .bind(&p.policy)
+        .bind(&p.name)
+        .bind(&p.lsn)
+        .bind(&p.at)
+        .bind(&p.host)
+        .execute(pool)
+        .await.map(|r| r.rows_affected()))
+        .context("recording the restore point in the catalog")?;
+        Ok(())
+    }
+
+    /// The policy's restore points, oldest first.
+    pub async fn restore_points(&self, policy: &str) -> Result<Vec<RestorePoint>> {
+        Ok(on!(self, p => sqlx::query(
+            "select policy, name, lsn, at, host from restore_points where policy = $1 order by at",
+        )
+        .bind(policy)
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| RestorePoint {
+            policy: r.get(0),
+            name: r.get(1),
+            lsn: r.get(2),
+            at: r.get(3),
+            host: r.get(4),
+        })
+        .collect()))
     }
 
     /// Per backup id of the policy (every policy: None), the copies that

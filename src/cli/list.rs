@@ -166,6 +166,12 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
     }
     for (policy, w) in &windows {
         println!("recoverable window of {policy}: {w}");
+        for p in catalog.restore_points(policy).await? {
+            println!(
+                "restore point of {policy}: {} at {} ({})",
+                p.name, p.lsn, p.at
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

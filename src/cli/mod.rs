@@ -16,6 +16,7 @@ mod pin;
 mod policy_cmd;
 mod prune;
 mod restore;
+mod restore_point;
 mod show;
 mod status;
 mod verify;
@@ -111,6 +112,8 @@ enum Command {
     Verify(verify::Args),
     /// Restore a backup
     Restore(restore::Args),
+    /// Name the WAL position now (pg_create_restore_point) for restore --to-name
+    RestorePoint(restore_point::Args),
     /// Archive one WAL file (archive_command = 'drctl wal-push POLICY %p')
     WalPush(wal_push::Args),
     /// Restore one WAL file (restore_command = 'drctl wal-fetch POLICY %f %p')
@@ -464,6 +467,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Show(a) => show::run(&ctx, a).await,
         Command::Verify(a) => verify::run(&ctx, a).await,
         Command::Restore(a) => restore::run(&ctx, a).await,
+        Command::RestorePoint(a) => restore_point::run(&ctx, a).await,
         Command::Catalog(c) => catalog_cmd::run(&ctx, c).await,
         Command::WalPush(a) => wal_push::run(&ctx, a).await,
         Command::WalFetch(a) => wal_fetch::run(&ctx, a).await,

@@ -247,6 +247,17 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
         _ => {}
     }
     let target = resolve_target(ctx, a)?;
+    // A restore point drctl made: the catalog knows where it is.
+    let mut name_lsn = None;
+    if let (Some(crate::restore::plan::Stop::Name(n)), None) = (&stop, &a.backup) {
+        let points = ctx.catalog().await?.restore_points(&policy.name).await?;
+        match points.iter().rev().find(|p| &p.name == n) {
+            Some(p) => name_lsn = crate::wal::lsn_value(&p.lsn),
+            None => eprintln!(
+                "drctl: note: restore point {n} is not in the catalog (made outside drctl?): replaying from the newest backup; if the point is older, recovery will not find it: pass --backup ID"
+            ),
+        }
+    }
     let policies_dir = std::path::absolute(&ctx.policies_dir)?;
     let req = crate::restore::physical::Request {
         target,
@@ -262,6 +273,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
         keep_archiving: a.keep_archiving,
         stop,
         action: a.target_action,
+        name_lsn,
     };
     let outcome = crate::restore::physical::run(&policy, &req).await?;
     if ctx.json() {

@@ -555,6 +555,7 @@ async fn drill_physical(
         keep_archiving: false,
         stop: None,
         action: None,
+        name_lsn: None,
     };
     let outcome = match crate::restore::physical::run(policy, &req).await {
         Ok(o) => o,

@@ -56,6 +56,9 @@ pub struct Request {
     pub stop: Option<plan::Stop>,
     /// What the server does at the target (default: promote).
     pub action: Option<plan::Action>,
+    /// Where the `--to-name` restore point is (from the catalog), to pick
+    /// the newest backup that ends before it.
+    pub name_lsn: Option<u64>,
 }
 
 /// Where each tablespace of `ts` is restored: where `maps` says, else where
@@ -166,10 +169,16 @@ async fn plan_from(
         if let Target::Time(t) = req.target {
             check_in_window(t, &window)?;
         }
+        let lsn_bound = match &req.stop {
+            Some(plan::Stop::Lsn(v)) => Some(*v),
+            Some(plan::Stop::Name(_)) => req.name_lsn,
+            _ => None,
+        };
         let choice = match (&req.from_backup, &req.target) {
-            // An LSN target: the newest backup that ends at or before it.
-            (None, Target::Latest) if matches!(req.stop, Some(plan::Stop::Lsn(_))) => {
-                let Some(plan::Stop::Lsn(v)) = req.stop else { unreachable!() };
+            // An LSN target (or a restore point whose LSN the catalog
+            // knows): the newest backup that ends at or before it.
+            (None, Target::Latest) if lsn_bound.is_some() => {
+                let v = lsn_bound.expect("checked");
                 let before: Vec<plan::Candidate> = cands
                     .iter()
                     .filter(|c| {
@@ -184,7 +193,7 @@ async fn plan_from(
                     .collect();
                 plan::choose(&before, &Target::Latest).map_err(|_| {
                     usage(format!(
-                        "no backup of policy {} ends at or before LSN {}; pick a later LSN (each backup's stop_lsn is in `drctl show ID`)",
+                        "no backup of policy {} ends at or before LSN {}; pick a later target (each backup's stop_lsn is in `drctl show ID`)",
                         policy.name,
                         plan::lsn_text(v)
                     ))
