@@ -138,6 +138,46 @@ pub struct Repository {
     /// S3: how long a run's lease lives without renewal (a dead holder's
     /// lease is taken over after it); default 2m.
     pub lease_ttl: Option<String>,
+    /// Upper bound on the bytes per second drctl moves to and from this
+    /// repository ("50MiB/s"), uploads and downloads each.
+    pub max_rate: Option<String>,
+}
+
+impl Repository {
+    /// `max_rate` in bytes per second (validated when the policy loaded).
+    pub fn max_rate_bytes(&self) -> Option<u64> {
+        self.max_rate.as_deref().and_then(|r| parse_rate(r).ok())
+    }
+}
+
+/// "50MiB/s", "800KB/s", "1.5GiB/s", "1000000B/s" as bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("'{s}' is not a rate: use a number and a unit per second, like \"50MiB/s\" or \"800KB/s\"")
+    };
+    let per = s.trim().strip_suffix("/s").ok_or_else(bad)?;
+    let split = per
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (num, unit) = per.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match unit.trim() {
+        "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let v = n * mult;
+    if !(v >= 1024.0) || !v.is_finite() {
+        return Err(format!(
+            "'{s}' is below 1KiB/s: drctl could not finish anything at that rate"
+        ));
+    }
+    Ok(v as u64)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -993,6 +1033,11 @@ fn validate_repository(ctx: &mut Ctx<'_>, section: &str, r: &Repository) {
     if let Err(e) = crate::repo::url::RepoUrl::parse(&r.url) {
         ctx.add(format!("{section}.url"), e);
     }
+    if let Some(v) = &r.max_rate {
+        if let Err(e) = parse_rate(v) {
+            ctx.add(format!("{section}.max_rate"), e);
+        }
+    }
     if let Some(v) = &r.request_timeout {
         check_positive(ctx, &format!("{section}.request_timeout"), v);
     }
@@ -1318,6 +1363,20 @@ expect = "t"
         assert!(errs[0]
             .to_string()
             .starts_with("policies/orders.toml: retention.keep_dayly: "));
+    }
+
+    #[test]
+    fn rates_read_as_people_write_them() {
+        assert_eq!(parse_rate("50MiB/s"), Ok(50 << 20));
+        assert_eq!(parse_rate("800KB/s"), Ok(800_000));
+        assert_eq!(parse_rate("1.5GiB/s"), Ok(3 << 29));
+        assert_eq!(parse_rate("4096B/s"), Ok(4096));
+        for bad in ["50MiB", "fast/s", "50 parsecs/s", "10B/s", "/s", "-1MB/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        let errs = p(&GOOD.replacen("url = \"file", "max_rate = \"50MiBps\"\nurl = \"file", 1))
+            .unwrap_err();
+        assert_eq!(errs[0].key, "repository.max_rate", "{errs:?}");
     }
 
     #[test]

@@ -674,3 +674,62 @@ fn a_flipped_digit_in_a_manifest_field_is_caught_and_never_restored_from() {
         r.stdout
     );
 }
+
+/// `[repository] max_rate`: a backup's upload and a restore's download each
+/// take the stored size over the rate, within 15% (plus what the same run
+/// takes unthrottled), and the restore is still equal.
+#[test]
+fn max_rate_holds_backup_upload_and_restore_download_to_the_rate() {
+    let pg = PgCluster::start();
+    pg.createdb("shop");
+    // Hex text: compresses about 2:1, so several MiB are stored.
+    pg.psql(
+        "shop",
+        "CREATE TABLE blob AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS a FROM generate_series(1, 200000) g;",
+    );
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let timed = |args: &[&str]| {
+        let t = std::time::Instant::now();
+        d.run(args).ok();
+        t.elapsed().as_secs_f64()
+    };
+    let restore_into = |db: &str| {
+        let url = pg.url(db);
+        let key = d.identity_arg();
+        timed(&[
+            "restore",
+            "shop",
+            "--latest",
+            "--target",
+            &url,
+            "--identity",
+            &key,
+        ])
+    };
+    let free_backup = timed(&["backup", "shop"]);
+    let free_restore = restore_into("free");
+
+    let rate = 2u64 << 20;
+    let text = std::fs::read_to_string(d.path().join("policies/shop.toml"))
+        .unwrap()
+        .replace("[repository]\n", "[repository]\nmax_rate = \"2MiB/s\"\n");
+    d.write_policy_text("shop", &text);
+    let slow_backup = timed(&["backup", "shop"]);
+    let stored = d.list("shop")[0]["stored_bytes"].as_u64().unwrap() as f64;
+    let want = stored / rate as f64;
+    assert!(want > 2.0, "too little data to measure: {stored} bytes");
+    assert!(
+        slow_backup >= want * 0.85 && slow_backup <= want * 1.15 + free_backup,
+        "backup took {slow_backup:.2}s for {stored} bytes at 2MiB/s ({want:.2}s; {free_backup:.2}s unthrottled)"
+    );
+    let slow_restore = restore_into("slow");
+    assert!(
+        slow_restore >= want * 0.85 && slow_restore <= want * 1.15 + free_restore,
+        "restore took {slow_restore:.2}s for {stored} bytes at 2MiB/s ({want:.2}s; {free_restore:.2}s unthrottled)"
+    );
+    assert_eq!(pg.fingerprint("slow"), pg.fingerprint("shop"));
+    eprintln!(
+        "max_rate 2MiB/s, {stored} bytes stored: want {want:.2}s; backup {slow_backup:.2}s ({free_backup:.2}s free), restore {slow_restore:.2}s ({free_restore:.2}s free)"
+    );
+}

@@ -13,6 +13,7 @@ pub mod mirror;
 pub mod s3;
 pub mod seal;
 pub mod silence;
+pub mod throttle;
 pub mod url;
 
 pub use url::RepoUrl;
@@ -234,9 +235,13 @@ pub async fn open_for_writing(
 
 pub async fn open(cfg: &policy::Repository) -> Result<Arc<dyn Repository>> {
     let url = RepoUrl::parse(&cfg.url).map_err(crate::error::usage)?;
-    Ok(match url {
+    let repo: Arc<dyn Repository> = match url {
         RepoUrl::File(root) => Arc::new(fs::FsRepo::new(cfg.url.clone(), root)),
         RepoUrl::S3 { bucket, prefix } => Arc::new(s3::S3Repo::connect(cfg, bucket, prefix).await?),
+    };
+    Ok(match cfg.max_rate_bytes() {
+        Some(rate) => Arc::new(throttle::Throttled::new(repo, rate)),
+        None => repo,
     })
 }
 
