@@ -172,7 +172,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     let v = n * mult;
-    if !(v >= 1024.0) || !v.is_finite() {
+    if v.is_nan() || v < 1024.0 || !v.is_finite() {
         return Err(format!(
             "'{s}' is below 1KiB/s: drctl could not finish anything at that rate"
         ));
