@@ -632,7 +632,9 @@ async fn decodes(
         Some(path) => {
             let ids = crate::pipeline::load_identities(path)?;
             let r = tokio::task::spawn_blocking(move || {
-                crate::pipeline::decode(reader, &ids, &entry, &mut std::io::sink(), false, &|_| {})
+                crate::pipeline::decode(reader, &ids, &entry, &mut std::io::sink(), false, &|_| {
+                    !crate::cancel::requested()
+                })
             })
             .await
             .map_err(|e| Failed(e.to_string()))?;

@@ -626,10 +626,14 @@ pub enum DecodeError {
     Sink(io::Error),
     #[error("{0}")]
     Io(io::Error),
+    /// `progress` said stop (a SIGTERM): nothing past this point was written.
+    #[error("interrupted")]
+    Cancelled,
 }
 
 /// Stream an object to `sink`, checking sizes and sha256 of stored and plain
-/// bytes against the manifest. The final `HOLDBACK` bytes reach the sink only
+/// bytes against the manifest. `progress` gets the plain bytes so far and
+/// returns false to stop (as for `encode`). The final `HOLDBACK` bytes reach the sink only
 /// after every check passed. With `drain_after_sink_closes`, a sink that
 /// stops early (pg_restore --list) is fine: the rest is still read and checked.
 pub fn decode(
@@ -638,7 +642,7 @@ pub fn decode(
     expect: &ObjectEntry,
     sink: &mut dyn Write,
     drain_after_sink_closes: bool,
-    progress: &dyn Fn(u64),
+    progress: &dyn Fn(u64) -> bool,
 ) -> Result<Digests, DecodeError> {
     decode_as(
         src,
@@ -663,7 +667,7 @@ pub fn decode_for_verifybackup(
     identities: &[age::x25519::Identity],
     expect: &ObjectEntry,
     sink: &mut dyn Write,
-    progress: &dyn Fn(u64),
+    progress: &dyn Fn(u64) -> bool,
 ) -> Result<Digests, DecodeError> {
     decode_as(src, identities, expect, sink, false, progress, false)
 }
@@ -674,7 +678,7 @@ fn decode_as(
     expect: &ObjectEntry,
     sink: &mut dyn Write,
     drain_after_sink_closes: bool,
-    progress: &dyn Fn(u64),
+    progress: &dyn Fn(u64) -> bool,
     hash_plain: bool,
 ) -> Result<Digests, DecodeError> {
     let mut stored = HashReader::new(src);
@@ -740,7 +744,9 @@ fn decode_as(
                 Some(h) => h.feed(buf, n),
                 None => own = buf,
             }
-            progress(plain_n);
+            if !progress(plain_n) {
+                return Err(DecodeError::Cancelled);
+            }
         }
         let (plain_bytes, plain_sha256) = match hasher {
             Some(h) => h.finish(),
@@ -863,7 +869,7 @@ mod tests {
             &entry(&d),
             &mut out,
             false,
-            &|_| {},
+            &|_| true,
         )
         .unwrap();
         assert_eq!(got, d);
@@ -878,7 +884,7 @@ mod tests {
             &entry(d),
             &mut out,
             false,
-            &|_| {},
+            &|_| true,
         )
         .unwrap();
         assert_eq!(&got, d);
@@ -1017,7 +1023,7 @@ mod tests {
             &entry(&d),
             &mut out,
             false,
-            &|_| {},
+            &|_| true,
         )
         .unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
@@ -1025,6 +1031,27 @@ mod tests {
             out.len() < data.len(),
             "sink got the whole stream despite corruption"
         );
+    }
+
+    /// A SIGTERM that lands before the consumer was started (no child to
+    /// signal) must still stop the stream at the next chunk, short of the
+    /// end: the consumer never sees a complete input.
+    #[test]
+    fn a_stop_from_progress_ends_the_stream_short_of_its_end() {
+        let data = sample(2_000_000);
+        let (stored, d, id) = roundtrip_setup(&data);
+        let mut out = Vec::new();
+        let err = decode(
+            Box::new(io::Cursor::new(stored)),
+            &[id],
+            &entry(&d),
+            &mut out,
+            false,
+            &|_| false,
+        )
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::Cancelled), "{err:?}");
+        assert!(out.len() <= data.len() - HOLDBACK, "{}", out.len());
     }
 
     #[test]
@@ -1040,7 +1067,7 @@ mod tests {
             &e,
             &mut out,
             false,
-            &|_| {},
+            &|_| true,
         )
         .unwrap_err();
         assert!(
@@ -1068,7 +1095,7 @@ mod tests {
                 std::slice::from_ref(&id),
                 e,
                 &mut out,
-                &|_| {},
+                &|_| true,
             );
             (r, out)
         };
@@ -1136,7 +1163,7 @@ mod tests {
             &entry(&d),
             &mut io::sink(),
             false,
-            &|_| {},
+            &|_| true,
         )
         .unwrap_err();
         assert!(matches!(err, DecodeError::WrongKey), "{err:?}");

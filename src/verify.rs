@@ -427,9 +427,11 @@ fn deep_one(
     pg_restore: Option<&std::path::Path>,
 ) -> Result<(), String> {
     let Some(pg_restore) = pg_restore else {
-        return pipeline::decode(reader, ids, entry, &mut std::io::sink(), false, &|_| {})
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+        return pipeline::decode(reader, ids, entry, &mut std::io::sink(), false, &|_| {
+            !crate::cancel::requested()
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string());
     };
     let mut child = std::process::Command::new(pg_restore)
         .arg("--list")
@@ -439,7 +441,9 @@ fn deep_one(
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", pg_restore.display()))?;
     let mut stdin = child.stdin.take().expect("piped");
-    let r = pipeline::decode(reader, ids, entry, &mut stdin, true, &|_| {});
+    let r = pipeline::decode(reader, ids, entry, &mut stdin, true, &|_| {
+        !crate::cancel::requested()
+    });
     drop(stdin);
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     match r {

@@ -726,7 +726,7 @@ fn forge_base(d: &Drctl, id: &str, file: &str, at: impl Fn(u64) -> u64) -> Vec<(
         base,
         &mut plain,
         false,
-        &|_| {},
+        &|_| true,
     )
     .unwrap();
     let mut pos = None;

@@ -204,3 +204,108 @@ fn a_cluster_with_a_tablespace_restores_with_the_tablespace_relocated() {
     d.run(&["verify", "ts", "--deep", "--identity", &identity])
         .ok();
 }
+
+/// On a terminal, each operation draws one bar with a percentage against a
+/// known total: a base backup of two archives (data directory and
+/// tablespace) and its restore do not start again at 0 B per archive, and
+/// a dump's bar has the tables' size as its estimate.
+#[test]
+fn each_operation_draws_one_bar_with_a_percentage_on_a_terminal() {
+    let d = Drctl::for_owner();
+    let pg = PgCluster::start_full(
+        &[
+            "host all postgres 127.0.0.1/32 trust",
+            "host replication postgres 127.0.0.1/32 trust",
+        ],
+        &["archive_mode = on".into(), d.archive_command("ts")],
+    );
+    let place = tempfile::tempdir().unwrap();
+    let ts_dir = place.path().join("ts1");
+    std::fs::create_dir(&ts_dir).unwrap();
+    common::give_to_owner(place.path());
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE TABLESPACE ts1 LOCATION '{}';
+             CREATE TABLE hot (id int PRIMARY KEY, v text) TABLESPACE ts1;
+             INSERT INTO hot SELECT g, md5(g::text) FROM generate_series(1, 200000) g;",
+            ts_dir.display()
+        ),
+    );
+    d.write_physical_policy("ts", &pg.url("postgres"));
+    d.write_policy("shop", &pg.url("postgres"), "");
+    // "55.76 MiB" as bytes.
+    let bytes = |shown: &str| -> f64 {
+        let (n, unit) = shown.split_once(' ').unwrap();
+        let scale = match unit {
+            "B" => 1.0,
+            "KiB" => 1024f64,
+            "MiB" => 1024f64 * 1024.0,
+            "GiB" => 1024f64 * 1024.0 * 1024.0,
+            u => panic!("unit {u}"),
+        };
+        n.parse::<f64>().unwrap() * scale
+    };
+
+    // Every frame of one operation: the same label, percentages that only
+    // grow, and one total (an estimate may grow at the end, by a little).
+    let one_bar = |screen: &str, label: &str| {
+        let frames = common::bar_frames(screen);
+        assert!(!frames.is_empty(), "no bar with a percentage: {screen:?}");
+        let first = bytes(&frames[0].total);
+        for f in &frames {
+            assert_eq!(f.label, label, "{frames:?}");
+            let t = bytes(&f.total);
+            assert!(t >= first && t < first * 1.01, "{frames:?}");
+        }
+        assert!(
+            frames.windows(2).all(|w| w[0].percent <= w[1].percent),
+            "{frames:?}"
+        );
+        frames
+    };
+
+    let (code, screen) = common::on_tty(&d.command(&["backup", "ts"]));
+    assert_eq!(code, 0, "{screen}");
+    one_bar(&screen, "base backup");
+    let id = d.list("ts")[0]["id"].as_str().unwrap().to_string();
+
+    let parent = tempfile::tempdir().unwrap();
+    common::give_to_owner(parent.path());
+    let target = parent.path().join("data");
+    let map = format!(
+        "{}={}",
+        ts_dir.display(),
+        parent.path().join("ts").display()
+    );
+    let key = d.identity_arg();
+    let (code, screen) = common::on_tty(&d.command(&[
+        "restore",
+        "ts",
+        "--backup",
+        &id,
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--tablespace-map",
+        &map,
+        "--identity",
+        &key,
+    ]));
+    assert_eq!(code, 0, "{screen}");
+    let frames = one_bar(&screen, &format!("restore {id}"));
+    // The total is the backup's plain size, as `show` gives it.
+    let show = d.run(&["show", &id, "--output", "json"]).ok().json();
+    let plain: u64 = show["manifest"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["name"] != "backup_manifest")
+        .map(|o| o["plain_bytes"].as_u64().unwrap())
+        .sum();
+    let ratio = bytes(&frames[0].total) / plain as f64;
+    assert!((0.99..1.01).contains(&ratio), "{frames:?} vs {plain}");
+
+    let (code, screen) = common::on_tty(&d.command(&["backup", "shop"]));
+    assert_eq!(code, 0, "{screen}");
+    one_bar(&screen, "pg_dump");
+}

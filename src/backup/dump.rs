@@ -24,8 +24,16 @@ pub(crate) async fn backup(
     let pg_dump_version = pg::tool_version(&pg_dump).await?;
     let child = dump::spawn_pg_dump(conn, &pg_dump, &snap.id)?;
     let data_key = format!("{}data.zst.age", manifest::backup_prefix(&policy.name, id));
-    let encoder =
-        store::encode_child(policy, repo, &data_key, recipients, child, "pg_dump").await?;
+    let encoder = store::encode_child(
+        policy,
+        repo,
+        &data_key,
+        recipients,
+        child,
+        "pg_dump",
+        snap.estimated_bytes,
+    )
+    .await?;
 
     let counts = dump::row_counts(&mut snap.session, policy.backup.row_counts).await;
     let (encoded, stderr_text) = encoder.await.context("backup pipeline panicked")?;

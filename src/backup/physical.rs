@@ -328,7 +328,8 @@ async fn with_pg_basebackup(
         "{}base.tar.zst.age",
         manifest::backup_prefix(&policy.name, id)
     );
-    let enc = store::encode_child(policy, repo, &key, recipients, child, "pg_basebackup").await?;
+    let enc =
+        store::encode_child(policy, repo, &key, recipients, child, "pg_basebackup", None).await?;
     let (encoded, stderr) = enc.await.context("backup pipeline panicked")?;
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
     let d = match encoded {
@@ -467,6 +468,19 @@ async fn over_replication(
         };
         let mut objects = Vec::new();
         let mut tablespaces = Vec::new();
+        // One bar for every archive, moved by what the server says it has
+        // read (plain bytes), against its estimate of the whole.
+        // The estimate leaves out the WAL the data directory's archive
+        // ends with: at least one segment.
+        let bar = crate::progress::Bar::new(
+            "base backup",
+            bb.total_bytes.map(|t| t + crate::wal::DEFAULT_SEGMENT_SIZE),
+        );
+        let done = bb.done.clone();
+        let progress = |_| {
+            bar.set(done.load(std::sync::atomic::Ordering::Relaxed));
+            !crate::cancel::requested()
+        };
         while let Some(h) = bb.next_archive()? {
             let name = object_name(&h, &mut tablespaces)?;
             let key = if h.is_manifest {
@@ -476,11 +490,6 @@ async fn over_replication(
             };
             let writer = handle.block_on(repo2.writer(&key))?;
             written2.lock().expect("not poisoned").push(key.clone());
-            let bar = crate::progress::bytes_bar("base backup");
-            let progress = |n| {
-                bar.set_position(n);
-                !crate::cancel::requested()
-            };
             let d = if server_zstd && !h.is_manifest {
                 crate::pipeline::encode_compressed(&mut bb, writer, &recips, &progress)
             } else if let (Some(b), false) = (&blocks, h.is_manifest) {
@@ -504,9 +513,9 @@ async fn over_replication(
             } else {
                 crate::pipeline::encode(&mut bb, writer, &opts, &progress, &mut || Ok(()))
             };
-            bar.finish_and_clear();
             objects.push(object_entry(&name, key, d?));
         }
+        bar.finish();
         let start_lsn = bb.start_lsn.clone();
         let timeline = bb.timeline;
         let stop_lsn = bb.finish()?;

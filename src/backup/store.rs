@@ -28,6 +28,7 @@ pub async fn encode_child(
     recipients: &[age::x25519::Recipient],
     mut child: std::process::Child,
     what: &'static str,
+    total: Option<u64>,
 ) -> Result<Encoding> {
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
@@ -49,7 +50,7 @@ pub async fn encode_child(
     let threads = policy.compression_threads();
     let recips = recipients.to_vec();
     Ok(tokio::task::spawn_blocking(move || {
-        let bar = crate::progress::bytes_bar(what);
+        let bar = crate::progress::Bar::new(what, total);
         let opts = EncodeOptions {
             level,
             threads,
@@ -61,7 +62,7 @@ pub async fn encode_child(
             writer,
             &opts,
             &|n| {
-                bar.set_position(n);
+                bar.set(n);
                 !crate::cancel::requested()
             },
             &mut || {
@@ -76,7 +77,7 @@ pub async fn encode_child(
                 Ok(())
             },
         );
-        bar.finish_and_clear();
+        bar.finish();
         if result.is_err() && status.is_none() {
             let _ = child.kill();
             let _ = child.wait();

@@ -17,6 +17,10 @@ pub struct Snapshot {
     pub id: String,
     pub consistent_at: Timestamp,
     pub source: SourceInfo,
+    /// What pg_dump will write, roughly: the dumped tables' heap and TOAST
+    /// (not pg_database_size, whose indexes and catalogs a dump does not
+    /// hold). For the progress bar only.
+    pub estimated_bytes: Option<u64>,
 }
 
 /// Open a repeatable-read transaction and export its snapshot.
@@ -42,6 +46,15 @@ pub async fn export_snapshot(conn: &Conn) -> Result<Snapshot> {
         bail!("snapshot query returned {} rows", rows.len())
     };
     let consistent_at: Timestamp = row[1].parse().context("parsing the server's timestamp")?;
+    // On its own connection: nothing may abort the snapshot's transaction.
+    let estimated_bytes = conn
+        .query_one(
+            &format!("select coalesce(sum(pg_table_size(c.oid)), 0)::bigint {TABLES}"),
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|n| n.parse().ok());
     Ok(Snapshot {
         session,
         id: row[0].clone(),
@@ -55,6 +68,7 @@ pub async fn export_snapshot(conn: &Conn) -> Result<Snapshot> {
             encoding: Some(row[5].clone()),
             system_identifier: None,
         },
+        estimated_bytes,
     })
 }
 

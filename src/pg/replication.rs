@@ -510,6 +510,22 @@ pub struct BaseBackup {
     at: usize,
     in_archive: bool,
     copy_done: bool,
+    /// The server's estimate of what it will send, summed over every
+    /// tablespace (BASE_BACKUP's PROGRESS option); None if it sent none.
+    pub total_bytes: Option<u64>,
+    /// Plain bytes the server has read so far, across all archives, as its
+    /// progress messages report them: shared with whoever draws a bar.
+    pub done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The sum of the tablespace list's size column (kB), if the server
+/// filled it in for every row.
+fn estimated_total(rows: &[Vec<Option<String>>]) -> Option<u64> {
+    rows.iter()
+        .map(|r| r.get(2)?.as_deref()?.parse::<u64>().ok())
+        .sum::<Option<u64>>()
+        .filter(|&kb| kb > 0)
+        .map(|kb| kb * 1024)
 }
 
 fn quote(s: &str) -> String {
@@ -555,7 +571,7 @@ impl BaseBackup {
         // comes last, so that pg_verifybackup can prove a restored
         // directory; see CHECKSUMS.
         let cmd = format!(
-            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS '{CHECKSUMS}', TABLESPACE_MAP false{incremental}{compression})",
+            "BASE_BACKUP (LABEL {}, CHECKPOINT 'fast', WAL true, WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS '{CHECKSUMS}', TABLESPACE_MAP false, PROGRESS true{incremental}{compression})",
             quote(label)
         );
         let mut q = cmd.into_bytes();
@@ -566,7 +582,7 @@ impl BaseBackup {
             Some([Some(lsn), Some(tli), ..]) => (lsn.clone(), tli.parse()?),
             _ => bail!("BASE_BACKUP sent no start position"),
         };
-        w.result_set().context("BASE_BACKUP tablespaces")?;
+        let tablespaces = w.result_set().context("BASE_BACKUP tablespaces")?;
         w.expect(b'H')?;
         let mut b = BaseBackup {
             w,
@@ -577,6 +593,8 @@ impl BaseBackup {
             at: 0,
             in_archive: false,
             copy_done: false,
+            total_bytes: estimated_total(&tablespaces),
+            done: Default::default(),
         };
         b.fill()?;
         Ok(b)
@@ -612,7 +630,12 @@ impl BaseBackup {
                             self.at = 1;
                             return Ok(());
                         }
-                        b'p' => {}
+                        b'p' => {
+                            if let Some(n) = rest.get(..8) {
+                                let n = u64::from_be_bytes(n.try_into()?);
+                                self.done.store(n, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
                         b'm' => {
                             self.in_archive = false;
                             self.next = Some(ArchiveHeader {
@@ -694,6 +717,17 @@ impl Read for BaseBackup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_estimate_is_every_tablespace_or_none() {
+        let row = |size: Option<&str>| vec![None, None, size.map(String::from)];
+        assert_eq!(
+            estimated_total(&[row(Some("100")), row(Some("28"))]),
+            Some(128 * 1024)
+        );
+        assert_eq!(estimated_total(&[row(Some("100")), row(None)]), None);
+        assert_eq!(estimated_total(&[]), None);
+    }
 
     #[test]
     fn pgpass_lines() {

@@ -453,6 +453,11 @@ async fn feed(
         .context("manifest lists no objects")?
         .clone();
     let reader = repo.reader(&obj.key).await?;
+    // A SIGTERM between two steps finds no child to stop: check before
+    // starting one.
+    if crate::cancel::requested() {
+        bail!("interrupted before {}", tool.display());
+    }
     let mut cmd = target.std_command(tool);
     cmd.args(&args)
         .stdin(Stdio::piped())
@@ -479,12 +484,15 @@ async fn feed(
             buf
         });
         let bar = if label.is_empty() {
-            indicatif::ProgressBar::hidden()
+            crate::progress::hidden()
         } else {
-            crate::progress::bytes_bar(label)
+            crate::progress::Bar::new(label, Some(obj.plain_bytes))
         };
-        let r = pipeline::decode(reader, &ids, &obj, &mut stdin, drain, &|n| bar.set_position(n));
-        bar.finish_and_clear();
+        let r = pipeline::decode(reader, &ids, &obj, &mut stdin, drain, &|n| {
+            bar.set(n);
+            !crate::cancel::requested()
+        });
+        bar.finish();
         match r {
             Ok(_) => {
                 drop(stdin);
@@ -512,6 +520,7 @@ async fn feed(
                     DecodeError::Corrupt(why) => anyhow!("backup {id} is corrupt: {why}; nothing was committed. Run `drctl verify {id}` and restore an older backup with --backup ID"),
                     DecodeError::Sink(_) => anyhow!("pg_restore failed: {}", pg::stderr_summary(&err)),
                     DecodeError::Io(e) => anyhow!("reading backup {id} from the repository: {e}"),
+                    DecodeError::Cancelled => anyhow!("interrupted while restoring backup {id}"),
                 })
             }
         }

@@ -156,8 +156,18 @@ async fn extract_as(
     if !jobs.iter().any(|(o, _)| o.name == "base") {
         bail!("backup {} has no base object", m.id);
     }
+    // One bar for the backup, however many archives it holds.
+    let total = jobs.iter().map(|(o, _)| o.plain_bytes).sum();
+    let bar = std::sync::Arc::new(crate::progress::Bar::new(
+        &format!("restore {}", m.id),
+        Some(total),
+    ));
+    let mut before = 0u64;
     for (obj, into) in jobs {
         let reader = repo.reader(&obj.key).await?;
+        let bar = bar.clone();
+        let at = before;
+        before += obj.plain_bytes;
         let ids = ids.to_vec();
         let id = m.id.clone();
         let links = if obj.name == "base" {
@@ -175,15 +185,16 @@ async fn extract_as(
                     untar(pr, &into2, &links)
                 }
             });
-            let bar = crate::progress::bytes_bar(&format!("restore {}", obj.name));
-            let progress = |n| bar.set_position(n);
+            let progress = |n| {
+                bar.set(at + n);
+                !crate::cancel::requested()
+            };
             let r = match proof {
                 Proof::Sha256 => pipeline::decode(reader, &ids, &obj, &mut pw, false, &progress),
                 Proof::VerifyBackup => {
                     pipeline::decode_for_verifybackup(reader, &ids, &obj, &mut pw, &progress)
                 }
             };
-            bar.finish_and_clear();
             // Whatever is buffered goes too (decode has checked it all by now).
             let r = r.and_then(|d| {
                 std::io::Write::flush(&mut pw)
@@ -202,6 +213,7 @@ async fn extract_as(
                 DecodeError::Io(e) => {
                     anyhow!("reading {key} of backup {id} from the repository: {e}")
                 }
+                DecodeError::Cancelled => anyhow!("interrupted while extracting {key}"),
             })?;
             u.with_context(|| format!("extracting into {}", into.display()))?;
             Ok(())
@@ -209,6 +221,7 @@ async fn extract_as(
         .await
         .context("extraction panicked")??;
     }
+    bar.finish();
     if let Some(obj) = server_manifest {
         // Where pg_basebackup leaves it too; the server ignores it.
         let reader = repo.reader(&obj.key).await?;
@@ -224,8 +237,10 @@ async fn extract_as(
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            pipeline::decode(reader, &ids, &obj, &mut f, false, &|_| {})
-                .map_err(|e| anyhow!("backup {id}: its server manifest ({}): {e}", obj.key))?;
+            pipeline::decode(reader, &ids, &obj, &mut f, false, &|_| {
+                !crate::cancel::requested()
+            })
+            .map_err(|e| anyhow!("backup {id}: its server manifest ({}): {e}", obj.key))?;
             Ok(())
         })
         .await

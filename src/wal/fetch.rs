@@ -63,7 +63,9 @@ async fn fetch_once(
     tokio::task::spawn_blocking(move || -> Result<Fetched> {
         let mut f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let r = pipeline::decode(reader, &ids, &entry, &mut f, false, &|_| {});
+        let r = pipeline::decode(reader, &ids, &entry, &mut f, false, &|_| {
+            !crate::cancel::requested()
+        });
         let done = r
             .map_err(|e| match e {
                 DecodeError::WrongKey => anyhow::Error::new(Permanent(format!(
@@ -74,6 +76,7 @@ async fn fetch_once(
                 }
                 DecodeError::Sink(e) => anyhow!("cannot write {}: {e}", tmp.display()),
                 DecodeError::Io(e) => anyhow!("reading {name} from the repository: {e}"),
+                DecodeError::Cancelled => anyhow!("interrupted while fetching {name}"),
             })
             .and_then(|d| {
                 // No fsync: restore_command's file is scratch for recovery,

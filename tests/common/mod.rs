@@ -1018,3 +1018,82 @@ pub fn silent_server() -> (u16, std::thread::JoinHandle<()>) {
     });
     (port, h)
 }
+
+/// Run `c` on a pseudo-terminal (util-linux `script`), as a user at a
+/// terminal does: drctl draws its progress bars only there. Returns the
+/// exit code and everything the terminal showed.
+pub fn on_tty(c: &Command) -> (i32, String) {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let mut line = String::from("stty cols 200 2>/dev/null; exec ");
+    line.push_str(&quote(c.get_program()));
+    for a in c.get_args() {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let mut s = Command::new("/usr/bin/script");
+    s.args(["-qfec", &line, "/dev/null"]);
+    if let Some(d) = c.get_current_dir() {
+        s.current_dir(d);
+    }
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => s.env(k, v),
+            None => s.env_remove(k),
+        };
+    }
+    let out = s
+        .env("SHELL", "/bin/sh")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A frame of a drawn progress bar: its label, percentage and total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarFrame {
+    pub label: String,
+    pub percent: u32,
+    pub total: String,
+}
+
+/// Every frame with a percentage in what a terminal showed, in order
+/// (terminal escapes stripped; frames end at a CR or LF).
+pub fn bar_frames(screen: &str) -> Vec<BarFrame> {
+    let mut plain = String::new();
+    let mut chars = screen.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if ch == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(ch);
+    }
+    plain
+        .split(['\r', '\n'])
+        .filter_map(|f| {
+            let (label, rest) = f.split_once(" [")?;
+            let (_, rest) = rest.split_once("] ")?;
+            let (pct, rest) = rest.trim_start().split_once("% ")?;
+            // "1.50 MiB/30.00 MiB (…/s, ETA 2s)"
+            let (sizes, _) = rest.split_once(" (")?;
+            let (_, total) = sizes.split_once('/')?;
+            Some(BarFrame {
+                label: label.trim().to_string(),
+                percent: pct.trim().parse().ok()?,
+                total: total.trim().to_string(),
+            })
+        })
+        .collect()
+}
