@@ -616,9 +616,9 @@ fn a_target_on_production_s_timeline_is_not_diverted_by_a_copy_s_timeline() {
 /// pgBackRest's other restore types: up to an LSN, up to and including a
 /// transaction, up to a restore point `drctl restore-point` made, each
 /// replayed for real and equal to what was committed up to it, each from
-/// the newest backup that ends before it; `--target-action pause` leaves
-/// the server in recovery at the target for an operator to look before
-/// promoting.
+/// the newest backup that ends before it; with `--start`,
+/// `--target-action pause` leaves the server in recovery at the target for
+/// an operator to look before promoting, and `shutdown` stops it there.
 #[test]
 fn restore_to_an_lsn_an_xid_or_a_restore_point_replays_exactly_to_it_and_pause_waits_there() {
     let d = Drctl::for_owner();
@@ -707,8 +707,8 @@ fn restore_to_an_lsn_an_xid_or_a_restore_point_replays_exactly_to_it_and_pause_w
     assert_eq!(s.batches(), "0,1,2 300", "restored to the restore point");
     drop(s);
 
-    // Pause: prepared without --start, started by hand, it waits at the
-    // target in recovery until pg_wal_replay_resume().
+    // Pause with --start: drctl waits until recovery waits at the target,
+    // and leaves the server there, in recovery, until pg_wal_replay_resume().
     let (s, r) = restore_with(
         &d,
         &[
@@ -718,22 +718,26 @@ fn restore_to_an_lsn_an_xid_or_a_restore_point_replays_exactly_to_it_and_pause_w
             &id,
             "--target-action",
             "pause",
+            "--output",
+            "json",
         ],
-        false,
+        true,
     );
-    r.ok();
+    let out = r.ok().json();
+    assert_eq!(out["server_state"], "paused", "{out}");
+    assert!(
+        out["reached_at"].as_str().unwrap().contains(&format!(
+            "recovery stopping after commit of transaction {xid}"
+        )),
+        "{out}"
+    );
     let auto = std::fs::read_to_string(s.dir.join("postgresql.auto.conf")).unwrap();
     assert!(
         auto.contains(&format!("recovery_target_xid = '{xid}'"))
             && auto.contains("recovery_target_action = 'pause'"),
         "{auto}"
     );
-    start_by_hand(&s);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.sql("SELECT pg_get_wal_replay_pause_state()") != "paused" {
-        assert!(Instant::now() < deadline, "recovery never paused");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_eq!(s.sql("SELECT pg_get_wal_replay_pause_state()"), "paused");
     assert_eq!(s.sql("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(s.batches(), "0,1,2 300");
     s.sql("SELECT pg_wal_replay_resume()");
@@ -744,6 +748,29 @@ fn restore_to_an_lsn_an_xid_or_a_restore_point_replays_exactly_to_it_and_pause_w
     }
     drop(s);
 
+    // Shutdown with --start: the server replays to the target and stops;
+    // drctl says so, and a start by hand with promote brings back exactly it.
+    let (s, r) = restore_with(&d, &["--to-lsn", &lsn, "--target-action", "shutdown"], true);
+    let r = r.ok();
+    assert!(
+        r.stdout.contains("the server shut down")
+            && r.stdout.contains("recovery_target_action = 'promote'"),
+        "{}",
+        r.stdout
+    );
+    assert!(!s.dir.join("postmaster.pid").exists(), "still running");
+    let mut auto = std::fs::read_to_string(s.dir.join("postgresql.auto.conf")).unwrap();
+    auto.push_str("recovery_target_action = 'promote'\n");
+    std::fs::write(s.dir.join("postgresql.auto.conf"), auto).unwrap();
+    start_by_hand(&s);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.sql("SELECT pg_is_in_recovery()") != "f" {
+        assert!(Instant::now() < deadline, "never promoted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(s.batches(), "0,1 200", "shut down at LSN {lsn}");
+    drop(s);
+
     // Bad input: one line, exit 2, nothing written.
     for (args, want) in [
         (vec!["--to-lsn", "16B374D848"], "--to-lsn"),
@@ -751,16 +778,6 @@ fn restore_to_an_lsn_an_xid_or_a_restore_point_replays_exactly_to_it_and_pause_w
         (
             vec!["--latest", "--target-action", "pause"],
             "needs a target",
-        ),
-        (
-            vec![
-                "--to-xid",
-                xid.as_str(),
-                "--target-action",
-                "shutdown",
-                "--start",
-            ],
-            "leave out --start",
         ),
         (vec!["--to-lsn", "0/1"], "ends at or before LSN 0/1"),
     ] {

@@ -231,18 +231,11 @@ fn resolve_stop(a: &Args) -> Result<Option<crate::restore::plan::Stop>> {
 
 async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Result<ExitCode> {
     let stop = resolve_stop(a)?;
-    use crate::restore::plan::Action;
     match a.target_action {
         Some(_) if a.latest || (a.to.is_none() && a.backup.is_none() && stop.is_none()) => {
             return Err(usage(
                 "--target-action needs a target: --to, --to-lsn, --to-xid, --to-name or --backup (the end of the archive always promotes)",
             ))
-        }
-        Some(act @ (Action::Pause | Action::Shutdown)) if a.start => {
-            return Err(usage(format!(
-                "--target-action {} leaves the server in recovery or stopped: leave out --start and start it with the command drctl prints",
-                act.as_str()
-            )))
         }
         _ => {}
     }
@@ -293,12 +286,31 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
     } else {
         "archiving off".to_string()
     };
-    match &outcome.reached_at {
-        Some(r) => {
+    let port = outcome.port.map_or("?".into(), |p| p.to_string());
+    match (&outcome.reached_at, outcome.server_state) {
+        (Some(r), Some("paused")) => {
             println!(
-                "restored {} into {dir} and recovered: {r} (server running on port {}, {archiving})",
-                outcome.plan.backup_id,
-                outcome.port.map_or("?".into(), |p| p.to_string())
+                "restored {} into {dir}; recovery is paused at the target: {r} (server running read-only in recovery on port {port}, {archiving})",
+                outcome.plan.backup_id
+            );
+            println!(
+                "next: look at the data (psql -p {port}); SELECT pg_wal_replay_resume() promotes it, or stop it and restore with another target"
+            );
+        }
+        (Some(r), Some("shut down")) => {
+            println!(
+                "restored {} into {dir}; recovery reached the target and the server shut down: {r} ({archiving})",
+                outcome.plan.backup_id
+            );
+            println!(
+                "next: a start replays to the same target and stops again; to promote, set recovery_target_action = 'promote' at the end of {dir}/postgresql.auto.conf, then: {}",
+                start_hint(&dir.to_string(), crate::restore::physical::is_root())
+            );
+        }
+        (Some(r), _) => {
+            println!(
+                "restored {} into {dir} and recovered: {r} (server running on port {port}, {archiving})",
+                outcome.plan.backup_id
             );
             if !a.keep_archiving {
                 println!(
@@ -306,7 +318,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
                 );
             }
         }
-        None => {
+        (None, _) => {
             println!(
                 "restored {} into {dir} in {:.1}s; recovery.signal and restore_command are set, {archiving}",
                 outcome.plan.backup_id, outcome.duration_seconds

@@ -170,6 +170,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         duration_seconds: started.elapsed().as_secs_f64(),
         reached_at: None,
         port: None,
+        server_state: None,
     })
 }
 

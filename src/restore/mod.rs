@@ -130,6 +130,10 @@ pub struct Outcome {
     /// Physical with --start: the port the restored server listens on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Physical with --start: "promoted", "paused" (in recovery at the
+    /// target, `--target-action pause`) or "shut down" (`shutdown`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_state: Option<&'static str>,
 }
 
 /// Resolve `--identity` / `DRCTL_IDENTITY` and load it.
@@ -254,6 +258,7 @@ impl Outcome {
             duration_seconds: started.elapsed().as_secs_f64(),
             reached_at: None,
             port: None,
+            server_state: None,
         }
     }
 }

@@ -484,7 +484,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
     // A server that was started keeps its directory (and log) for a look,
     // unless the restore was cancelled: then what drctl started stops and
     // what it extracted goes.
-    let (reached_at, port) = match &pg_ctl {
+    let (recovered, port) = match &pg_ctl {
         Some(pg_ctl) => {
             // Never PostgreSQL's default: on a host that runs the
             // production server (or a standby) the restore would collide
@@ -493,7 +493,8 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
                 Some(p) => p,
                 None => free_port()?,
             };
-            let r = start_and_wait(pg_ctl, &dir, port, &plan, req.keep_archiving).await;
+            let action = req.action.unwrap_or(plan::Action::Promote);
+            let r = start_and_wait(pg_ctl, &dir, port, &plan, req.keep_archiving, action).await;
             match r {
                 // Cancelled, even if recovery finished meanwhile.
                 _ if crate::cancel::requested() => {
@@ -519,7 +520,8 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
         plan,
         created_database: false,
         duration_seconds: started.elapsed().as_secs_f64(),
-        reached_at,
+        reached_at: recovered.as_ref().map(|r| r.reached.clone()),
+        server_state: recovered.map(|r| r.state),
         port,
     })
 }
@@ -786,15 +788,22 @@ async fn start_and_wait(
     port: u16,
     plan: &Plan,
     keep_archiving: bool,
-) -> Result<String> {
+    action: plan::Action,
+) -> Result<Recovered> {
     let log = dir.join("drctl-recovery.log");
     let archiving = if keep_archiving {
         ""
     } else {
         " -c archive_mode=off"
     };
+    // Without hot_standby, PostgreSQL turns a pause into a shutdown.
+    let standby = if action == plan::Action::Pause {
+        " -c hot_standby=on"
+    } else {
+        ""
+    };
     let opts = format!(
-        "-p {port}{archiving} -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c logging_collector=off"
+        "-p {port}{archiving}{standby} -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c logging_collector=off"
     );
     let start = || {
         owner_command(pg_ctl)
@@ -824,6 +833,9 @@ async fn start_and_wait(
     let run = |seen: usize| async move {
         let out = start()?;
         let later = || log_text().get(seen..).unwrap_or_default().to_string();
+        if action == plan::Action::Shutdown {
+            return wait_shut_down(later, alive, &plan.target_time).await;
+        }
         if !out.status.success() {
             // Recovery can end before pg_ctl sees the server ready.
             if ended_in_log(&later()) {
@@ -835,19 +847,22 @@ async fn start_and_wait(
                     .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string())
             );
         }
-        wait_promoted(conn, later, alive, &plan.target_time).await
+        wait_recovered(conn, later, alive, &plan.target_time, action).await
     };
     let mut r = run(0).await;
-    if r.as_ref().is_err_and(ended_before_target) {
+    // Only a time can be "reached" by running out of commits; an LSN, a
+    // transaction or a restore point the archive lacks stays an error.
+    if r.as_ref().is_err_and(ended_before_target) && plan.recovery_target.is_none() {
         // The archive holds WAL past the target with no commit after the
         // last one replayed: the end of the archive is the state at the
         // target. Recover to it instead of failing.
         let stopped = crate::poll::until(Duration::from_secs(60), || async { !alive() }).await;
         if stopped.is_ok() {
             recover_to_end(dir)?;
-            r = run(log_text().len())
-                .await
-                .map(|reached| no_commit_after(&plan.target_time, &reached));
+            r = run(log_text().len()).await.map(|r| Recovered {
+                reached: no_commit_after(&plan.target_time, &r.reached),
+                ..r
+            });
         }
     }
     // Segments prefetched past the target are of no further use.
@@ -858,6 +873,56 @@ async fn start_and_wait(
         } else {
             anyhow!("{e:#} (server log: {})", log.display())
         }
+    })
+    .map_err(|e| match &plan.recovery_target {
+        Some(t) if ended_before_target(&e) => anyhow!(
+            "recovery ended before it reached {t}: the archived WAL does not go that far (is the target right, and archiving up to date?); {e:#}"
+        ),
+        _ => e,
+    })
+}
+
+/// Where a started restore ended up: what it reached, and how the server
+/// stands (promoted, paused in recovery, or shut down), as
+/// `--target-action` asked.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub reached: String,
+    pub state: &'static str,
+}
+
+/// `--target-action shutdown`: the server replays to the target and stops
+/// there ("shutdown at recovery target"), with recovery.signal left for
+/// the operator's next start.
+async fn wait_shut_down(
+    log_text: impl Fn() -> String,
+    alive: impl Fn() -> bool,
+    target_time: &str,
+) -> Result<Recovered> {
+    let mut poll = crate::poll::Poll::every(REPLAY_LIMIT, Duration::from_millis(200));
+    while alive() {
+        match poll.next().await {
+            Ok(()) => {}
+            Err(crate::poll::Gave::Cancelled) => bail!("cancelled"),
+            Err(crate::poll::Gave::Up) => bail!(
+                "the restored server was still recovering after {} days",
+                REPLAY_LIMIT.as_secs() / 86400
+            ),
+        }
+    }
+    let text = log_text();
+    if ended_in_log(&text) {
+        return Err(EndedBeforeTarget(target_time.to_string()).into());
+    }
+    if !text.contains("shutdown at recovery target") {
+        bail!(
+            "the restored server stopped before its recovery target: {}",
+            last_error(&text).unwrap_or_else(|| "see its log".into())
+        );
+    }
+    Ok(Recovered {
+        reached: reached(&text).unwrap_or_else(|| "the target".into()),
+        state: "shut down",
     })
 }
 
@@ -910,9 +975,23 @@ const REPLAY_LIMIT: Duration = Duration::from_secs(30 * 86400);
 pub async fn wait_promoted(
     conn: &crate::pg::Conn,
     log_text: impl Fn() -> String,
-    mut alive: impl FnMut() -> bool,
+    alive: impl FnMut() -> bool,
     target_time: &str,
 ) -> Result<String> {
+    let r = wait_recovered(conn, log_text, alive, target_time, plan::Action::Promote).await?;
+    Ok(r.reached)
+}
+
+/// `wait_promoted`, or with `Action::Pause` until recovery waits at its
+/// target (a recovery that runs to the end of the archive instead promotes,
+/// and says so).
+async fn wait_recovered(
+    conn: &crate::pg::Conn,
+    log_text: impl Fn() -> String,
+    mut alive: impl FnMut() -> bool,
+    target_time: &str,
+    action: plan::Action,
+) -> Result<Recovered> {
     // Replay takes as long as the WAL does; the server's own progress (it is
     // alive, its log moves) is what is watched, this only bounds a hang.
     let mut poll = crate::poll::Poll::every(REPLAY_LIMIT, Duration::from_millis(200));
@@ -921,8 +1000,17 @@ pub async fn wait_promoted(
         if ended_in_log(&text) {
             return Err(EndedBeforeTarget(target_time.to_string()).into());
         }
-        match conn.query_one("select pg_is_in_recovery()", &[]).await {
-            Ok(v) if v == "f" => break,
+        // The pause state is an error outside recovery: asked only inside.
+        let ask = "select case when pg_is_in_recovery() \
+                   then 'recovering ' || pg_get_wal_replay_pause_state() else 'promoted' end";
+        match conn.query_one(ask, &[]).await {
+            Ok(v) if v == "promoted" => break,
+            Ok(v) if action == plan::Action::Pause && v == "recovering paused" => {
+                return Ok(Recovered {
+                    reached: reached(&log_text()).unwrap_or_else(|| "the target".into()),
+                    state: "paused",
+                });
+            }
             Ok(_) => {}
             Err(e) if asks_for_password(&e) && alive() => {
                 return Err(anyhow::Error::new(AsksForPassword).context(format!("{e:#}")));
@@ -951,7 +1039,10 @@ pub async fn wait_promoted(
             ),
         }
     }
-    Ok(reached(&log_text()).unwrap_or_else(|| "end of the archive".into()))
+    Ok(Recovered {
+        reached: reached(&log_text()).unwrap_or_else(|| "end of the archive".into()),
+        state: "promoted",
+    })
 }
 
 /// The restored server runs but drctl cannot log in to watch it promote:
@@ -1000,6 +1091,11 @@ pub fn reached(log: &str) -> Option<String> {
             .nth(1)
         {
             return Some(format!("last transaction committed at {}", t.trim()));
+        }
+        // Paused or shut down at an LSN, a transaction or a restore point:
+        // no promotion line follows, the stop line says where.
+        if let Some(i) = l.find("recovery stopping ") {
+            return Some(l[i..].trim().to_string());
         }
     }
     None
