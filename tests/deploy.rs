@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -699,4 +700,218 @@ fn deploy_kubernetes_renders_valid_hardened_cronjobs_whose_container_backs_up() 
         "SELECT count(*) FROM backups WHERE policy = 'orders' AND status = 'complete'",
     );
     assert_eq!(n.trim(), "1");
+}
+
+/// podman as the unprivileged user scripts/image-base.sh prepared.
+struct Podman {
+    user: String,
+    /// Images and containers this test made, removed however it ends.
+    made: std::cell::RefCell<Vec<(&'static str, String)>>,
+}
+
+impl Podman {
+    fn command(&self, args: &[&str]) -> Command {
+        let out = Command::new("id")
+            .args(["-u", &self.user])
+            .output()
+            .unwrap();
+        let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut c = Command::new("runuser");
+        c.args(["-u", &self.user, "--", "env"])
+            .arg(format!("XDG_RUNTIME_DIR=/tmp/drctl-image-run-{uid}"))
+            .arg(format!("HOME=/home/{}", self.user))
+            .arg("podman")
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Exit code and both streams.
+    fn run(&self, args: &[&str]) -> (i32, String) {
+        let out = self.command(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out) = self.run(args);
+        assert_eq!(code, 0, "podman {args:?}: {out}");
+        out
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for (kind, name) in self.made.borrow().iter().rev() {
+            let _ = self.run(&[kind, "rm", "-f", name]);
+        }
+    }
+}
+
+/// A folder the image user can read, under a fresh temp dir.
+fn readable_dir() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    t
+}
+
+/// The Dockerfile builds, and its image does the whole job with nothing
+/// from the host: as its own non-root user, a PostgreSQL 15 (Debian's) and
+/// an 18 (the wheel's) cluster each archive through drctl, are backed up,
+/// restored with --start (pg_verifybackup, recovery, the rows written after
+/// the backup come back) and drilled (scripts/image-smoke.sh); every major's
+/// server is in it; and its HEALTHCHECK passes against `drctl daemon` and
+/// fails where no daemon runs. The build is podman's, rootless, on a base
+/// made by debootstrap (no registry here), with the Rust stage replaced by
+/// the binary under test (--build-context build=...): what is proven is
+/// the runtime image, not that rust:1-bookworm compiles drctl.
+#[test]
+fn the_image_backs_up_restores_and_drills_with_its_own_tools_and_reports_health() {
+    let Ok(user) = std::env::var("DRCTL_TEST_IMAGE_USER") else {
+        eprintln!("skipped: DRCTL_TEST_IMAGE_USER is unset (scripts/test.sh sets it up with scripts/image-base.sh)");
+        return;
+    };
+    let pm = Podman {
+        user,
+        made: Default::default(),
+    };
+    let bin = readable_dir();
+    std::fs::create_dir(bin.path().join("out")).unwrap();
+    let out = bin.path().join("out/drctl");
+    std::fs::copy(Drctl::bin(), &out).unwrap();
+    // Debug info is most of a test build's size; the image needs none.
+    let _ = Command::new("strip").arg(&out).status();
+    std::fs::set_permissions(
+        bin.path().join("out"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // This machine reaches PyPI through a TLS-intercepting proxy whose CA
+    // the host trusts: the build's PyPI stage gets the same.
+    let ca = readable_dir();
+    std::fs::create_dir(ca.path().join("certs")).unwrap();
+    if let Ok(rd) = std::fs::read_dir("/usr/local/share/ca-certificates") {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "crt") {
+                std::fs::copy(e.path(), ca.path().join("certs").join(e.file_name())).unwrap();
+            }
+        }
+    }
+    std::fs::set_permissions(
+        ca.path().join("certs"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let tag = format!("localhost/drctl:test-{}", std::process::id());
+    pm.made.borrow_mut().push(("image", tag.clone()));
+    let started = Instant::now();
+    let (code, log) = pm.run(&[
+        "build",
+        "--format",
+        "docker",
+        "--build-context",
+        &format!("build={}", bin.path().display()),
+        "--build-context",
+        &format!("extra-ca={}", ca.path().display()),
+        "--build-arg",
+        "DEBIAN_IMAGE=localhost/drctl-base:bookworm",
+        "-t",
+        &tag,
+        env!("CARGO_MANIFEST_DIR"),
+    ]);
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    assert_eq!(code, 0, "podman build: {:?}", tail);
+    eprintln!("image built in {:?}", started.elapsed());
+
+    let version = pm.ok(&["run", "--rm", &tag, "--version"]);
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    for major in 15..=18 {
+        let v = pm.ok(&[
+            "run",
+            "--rm",
+            "--entrypoint",
+            &format!("/usr/lib/postgresql/{major}/bin/postgres"),
+            &tag,
+            "--version",
+        ]);
+        assert!(
+            v.contains(&format!("(PostgreSQL) {major}.")),
+            "{major}: {v}"
+        );
+    }
+    for (major, port) in [(15, common::free_port()), (18, common::free_port())] {
+        let (code, out) = pm.run(&[
+            "run",
+            "--rm",
+            "--env",
+            &format!("PORT={port}"),
+            "--entrypoint",
+            "/bin/sh",
+            &tag,
+            "/usr/local/share/drctl/image-smoke.sh",
+            &major.to_string(),
+        ]);
+        assert_eq!(code, 0, "PostgreSQL {major} in the image: {out}");
+        assert!(
+            out.contains(&format!("image-smoke: PostgreSQL {major}.")) && out.contains("drill ok"),
+            "{out}"
+        );
+    }
+
+    // The HEALTHCHECK: healthy once the daemon serves /healthz, unhealthy
+    // where nothing listens.
+    let port = common::free_port();
+    let daemon = format!("drctl-hc-{}", std::process::id());
+    pm.made.borrow_mut().push(("container", daemon.clone()));
+    pm.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &daemon,
+        "--env",
+        &format!("DRCTL_HEALTH_URL=http://127.0.0.1:{port}/healthz"),
+        "--entrypoint",
+        "/bin/sh",
+        &tag,
+        "-c",
+        &format!("drctl init --name x --policies /tmp/p --repo file:///tmp/r >/dev/null && exec drctl --policies /tmp/p daemon --listen 127.0.0.1:{port}"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out) = pm.run(&["healthcheck", "run", &daemon]);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never healthy: {out}; {}",
+            pm.run(&["logs", &daemon]).1
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let idle = format!("drctl-idle-{}", std::process::id());
+    pm.made.borrow_mut().push(("container", idle.clone()));
+    pm.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &idle,
+        "--entrypoint",
+        "sleep",
+        &tag,
+        "300",
+    ]);
+    let (code, out) = pm.run(&["healthcheck", "run", &idle]);
+    assert_ne!(code, 0, "healthy without a daemon: {out}");
+    // The daemon ends on the engine's SIGTERM, not its SIGKILL.
+    let t = Instant::now();
+    pm.ok(&["stop", "-t", "20", &daemon]);
+    let exit = pm.ok(&["inspect", &daemon, "--format", "{{.State.ExitCode}}"]);
+    assert_eq!(exit.trim(), "0", "stopped after {:?}", t.elapsed());
 }
