@@ -265,8 +265,15 @@ async fn restore_deltas(
         .iter()
         .filter(|p| !places.iter().any(|t| t.oid == p.oid))
     {
+        // A tablespace made and dropped between two links may never have
+        // had its link laid down: gone already is what is wanted.
         let link = dir.join("pg_tblspc").join(p.oid.to_string());
-        std::fs::remove_file(&link).with_context(|| format!("cannot remove {}", link.display()))?;
+        match std::fs::remove_file(&link) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", link.display()))
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
