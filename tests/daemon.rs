@@ -305,6 +305,8 @@ fn daemon_runs_schedules_prunes_notifies_reloads_and_serves_metrics() {
         ),
         "drctl_policy_reload_success 1",
         "drctl_policy_reload_timestamp_seconds ",
+        // The budget the RPO alert compares against, from [notify] max_rpo.
+        "drctl_rpo_budget_seconds{policy=\"gone\"} 3600\n",
     ] {
         assert!(metrics.contains(family), "{family} missing:\n{metrics}");
     }
@@ -673,4 +675,32 @@ fn failing_wal_archiving_is_notified_once_and_again_when_it_recovers() {
         metrics.contains("drctl_wal_archive_last_success_timestamp_seconds{policy=\"pitr\"}"),
         "{metrics}"
     );
+}
+
+/// deploy/prometheus/drctl-rules.yml passes `promtool check rules`, and
+/// `promtool test rules` proves each alert fires on the series that should
+/// fire it and not on a healthy policy beside it.
+#[test]
+fn the_shipped_alert_rules_check_and_pass_their_unit_tests() {
+    let promtool = std::env::var("DRCTL_TEST_PROMTOOL")
+        .ok()
+        .filter(|p| std::path::Path::new(p).exists())
+        .expect("DRCTL_TEST_PROMTOOL: scripts/install-deps.sh fetches promtool, scripts/test.sh names it");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "drctl-rules.yml"],
+        ["test", "rules", "drctl-rules.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

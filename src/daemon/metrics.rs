@@ -21,6 +21,12 @@ pub struct PolicyMetrics {
     pub last_segment_at: Option<Timestamp>,
     /// Finish time of the newest drill that passed.
     pub last_drill_success: Option<Timestamp>,
+    /// The policy's budgets, so alert rules compare against the policy's
+    /// own numbers: `[notify] max_rpo`, `[drill] max_rto`, and each
+    /// `[[copy]]`'s `max_lag` by name (seconds).
+    pub rpo_budget: Option<f64>,
+    pub rto_budget: Option<f64>,
+    pub copy_max_lag: Vec<(String, f64)>,
 }
 
 /// `rows` as `Catalog::status_rows` gives them (the newest complete backup
@@ -44,6 +50,9 @@ pub fn from_rows(
         failures_total: totals.1,
         last_segment_at,
         last_drill_success: None,
+        rpo_budget: None,
+        rto_budget: None,
+        copy_max_lag: Vec::new(),
     }
 }
 
@@ -73,7 +82,7 @@ type Get = fn(&PolicyMetrics) -> Option<f64>;
 
 /// Every metric family: name, type, help, and how a policy's sample is
 /// read (None: no sample). Long because it is the table itself.
-fn families() -> [(&'static str, &'static str, &'static str, Get); 13] {
+fn families() -> [(&'static str, &'static str, &'static str, Get); 16] {
     [
         (
             "drctl_backup_last_success_timestamp_seconds",
@@ -167,6 +176,24 @@ fn families() -> [(&'static str, &'static str, &'static str, Get); 13] {
             |m| m.status.last_drill_rpo_seconds,
         ),
         (
+            "drctl_drill_last_passed",
+            "gauge",
+            "1 when the newest restore drill passed, 0 when it failed (no sample before the first drill).",
+            |m| m.status.last_drill_passed.map(|p| if p { 1.0 } else { 0.0 }),
+        ),
+        (
+            "drctl_rpo_budget_seconds",
+            "gauge",
+            "The policy's RPO budget ([notify] max_rpo): drctl_rpo_seconds above it is a breach.",
+            |m| m.rpo_budget,
+        ),
+        (
+            "drctl_drill_rto_budget_seconds",
+            "gauge",
+            "The policy's RTO budget ([drill] max_rto): a drill's measured RTO above it fails the drill.",
+            |m| m.rto_budget,
+        ),
+        (
             "drctl_backup_next_run_timestamp_seconds",
             "gauge",
             "When the next scheduled backup is due (Unix time).",
@@ -198,6 +225,26 @@ pub fn render(all: &[PolicyMetrics]) -> String {
         }
     }
     render_copies(all, &mut out);
+    let budgets: Vec<(&str, &str, f64)> = all
+        .iter()
+        .flat_map(|m| {
+            m.copy_max_lag
+                .iter()
+                .map(move |(c, v)| (m.status.policy.as_str(), c.as_str(), *v))
+        })
+        .collect();
+    if !budgets.is_empty() {
+        out.push_str("# HELP drctl_copy_max_lag_seconds The copy's lag budget ([[copy]] max_lag): drctl_copy_lag_seconds above it is behind.\n# TYPE drctl_copy_max_lag_seconds gauge\n");
+        for (policy, copy, v) in budgets {
+            let _ = writeln!(
+                out,
+                "drctl_copy_max_lag_seconds{{policy=\"{}\",copy=\"{}\"}} {}",
+                label(policy),
+                label(copy),
+                value(v)
+            );
+        }
+    }
     out
 }
 
@@ -267,6 +314,17 @@ pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<Polic
             .get(&p.name)
             .and_then(|(_, ok)| ok.as_ref())
             .map(|d| d.finished_at);
+        let secs_of = |d: Option<&str>| {
+            d.and_then(|d| crate::time::parse::parse_duration(d).ok())
+                .map(|d| d.as_secs_f64())
+        };
+        pm.rpo_budget = secs_of(p.notify.max_rpo.as_deref());
+        pm.rto_budget = secs_of(p.drill.as_ref().and_then(|d| d.max_rto.as_deref()));
+        pm.copy_max_lag = p
+            .copies
+            .iter()
+            .map(|c| (c.name.clone(), c.max_lag().as_secs_f64()))
+            .collect();
         out.push(pm);
     }
     Ok(out)
@@ -310,6 +368,9 @@ mod tests {
             failures_total: 3,
             last_segment_at: None,
             last_drill_success: None,
+            rpo_budget: Some(3600.0),
+            rto_budget: None,
+            copy_max_lag: vec![("offsite".into(), 900.0)],
         };
         let mut unknown = st("unknown", None);
         unknown.error = Some("repository unreachable".into());
@@ -336,6 +397,61 @@ mod tests {
         assert!(text.contains("drctl_copy_missing_backups{policy=\"orders\",copy=\"offsite\"} 2\n"));
         assert!(text.contains("drctl_copy_wal_backlog{policy=\"orders\",copy=\"offsite\"} 7\n"));
         // No lag known: no sample, and no family without samples.
-        assert!(!text.contains("drctl_copy_lag_seconds"));
+        assert!(
+            !text.contains("# TYPE drctl_copy_lag_seconds")
+                && !text.contains("drctl_copy_lag_seconds{")
+        );
+        // The budgets the alert rules compare against.
+        assert!(text.contains("drctl_rpo_budget_seconds{policy=\"orders\"} 3600\n"));
+        assert!(
+            text.contains("drctl_copy_max_lag_seconds{policy=\"orders\",copy=\"offsite\"} 900\n")
+        );
+        assert!(!text.contains("drctl_drill_rto_budget_seconds"));
+    }
+
+    /// Every series deploy/prometheus/drctl-rules.yml and the Grafana
+    /// dashboard query is one drctl exports: a family here, or one the
+    /// daemon adds itself (daemon/mod.rs).
+    #[test]
+    fn the_shipped_rules_and_dashboard_name_only_exported_series() {
+        let mut exported: Vec<&str> = families().iter().map(|f| f.0).collect();
+        exported.extend([
+            "drctl_copy_missing_backups",
+            "drctl_copy_lag_seconds",
+            "drctl_copy_wal_backlog",
+            "drctl_copy_max_lag_seconds",
+        ]);
+        let daemon = include_str!("mod.rs");
+        for (file, text) in [
+            (
+                "drctl-rules.yml",
+                include_str!("../../deploy/prometheus/drctl-rules.yml"),
+            ),
+            (
+                "drctl.json",
+                include_str!("../../deploy/grafana/drctl.json"),
+            ),
+        ] {
+            let mut seen = 0;
+            for (i, _) in text.match_indices("drctl_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                seen += 1;
+                assert!(
+                    exported.contains(&name.as_str())
+                        || daemon.contains(&format!("# TYPE {name} ")),
+                    "{file} names {name}, which drctl does not export"
+                );
+            }
+            assert!(seen > 5, "{file} names almost no series");
+        }
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/drctl.json")).unwrap();
+        let panels = dash["panels"].as_array().unwrap();
+        assert!(panels
+            .iter()
+            .all(|p| p["targets"].as_array().is_some_and(|t| !t.is_empty())));
     }
 }
