@@ -1000,9 +1000,14 @@ async fn wait_recovered(
         if ended_in_log(&text) {
             return Err(EndedBeforeTarget(target_time.to_string()).into());
         }
-        // The pause state is an error outside recovery: asked only inside.
-        let ask = "select case when pg_is_in_recovery() \
-                   then 'recovering ' || pg_get_wal_replay_pause_state() else 'promoted' end";
+        // The pause state is an error outside recovery (asked only inside)
+        // and new in PostgreSQL 14 (asked only for a pause).
+        let ask = if action == plan::Action::Pause {
+            "select case when pg_is_in_recovery() \
+             then 'recovering ' || pg_get_wal_replay_pause_state() else 'promoted' end"
+        } else {
+            "select case when pg_is_in_recovery() then 'recovering' else 'promoted' end"
+        };
         match conn.query_one(ask, &[]).await {
             Ok(v) if v == "promoted" => break,
             Ok(v) if action == plan::Action::Pause && v == "recovering paused" => {
