@@ -915,3 +915,114 @@ fn the_image_backs_up_restores_and_drills_with_its_own_tools_and_reports_health(
     let exit = pm.ok(&["inspect", &daemon, "--format", "{{.State.ExitCode}}"]);
     assert_eq!(exit.trim(), "0", "stopped after {:?}", t.elapsed());
 }
+
+/// What of the unit's sandbox applies without systemd as PID 1 (this
+/// machine has none; systemd in a rootless container does not start here
+/// either): its user, NoNewPrivileges, the empty CapabilityBoundingSet and
+/// its UMask, taken from the unit file. Under them a physical backup,
+/// a restore --start and a drill still work, and the restore equals the
+/// source.
+#[test]
+fn backup_restore_and_drill_work_under_the_units_privileges_and_umask() {
+    let text = deploy("systemd/drctl.service");
+    let entries = unit_entries(&text);
+    let get = |k: &str| {
+        entries
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k}= missing"))
+    };
+    assert_eq!(get("NoNewPrivileges"), "yes");
+    assert_eq!(get("CapabilityBoundingSet"), "");
+    let umask = get("UMask");
+
+    let d = Drctl::for_owner();
+    let pg = PgCluster::start_full(
+        &[
+            "host all postgres 127.0.0.1/32 trust",
+            "host replication postgres 127.0.0.1/32 trust",
+        ],
+        &["archive_mode = on".into(), d.archive_command("sb")],
+    );
+    d.write_physical_policy("sb", &pg.url("postgres"));
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g;",
+    );
+    // drctl as the unit starts it: no way back to more privileges.
+    let sandboxed = |args: &[&str]| {
+        let base = d.command(args);
+        let mut c = Command::new("/usr/bin/setpriv");
+        if common::is_root() {
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]);
+        }
+        c.args([
+            "--no-new-privs",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("umask {umask} && exec \"$0\" \"$@\""),
+            Drctl::bin(),
+        ])
+        .args(args)
+        .stdin(Stdio::null());
+        if let Some(dir) = base.get_current_dir() {
+            c.current_dir(dir);
+        }
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let out = c.output().unwrap();
+        let run = common::Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        run
+    };
+    sandboxed(&["backup", "sb"]);
+    pg.psql(
+        "postgres",
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(5001, 6000) g;",
+    );
+    let seg = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    common::wait_archived(&pg, &seg);
+    let want = pg.fingerprint("postgres");
+
+    let parent = tempfile::tempdir().unwrap();
+    common::give_to_owner(parent.path());
+    let target = parent.path().join("data");
+    struct Stop(PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            common::stop_server(&self.0);
+        }
+    }
+    let _stop = Stop(target.clone());
+    let port = common::free_port().to_string();
+    let key = d.identity_arg();
+    sandboxed(&[
+        "restore",
+        "sb",
+        "--latest",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--identity",
+        &key,
+        "--start",
+        "--port",
+        &port,
+    ]);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    assert_eq!(common::fingerprint_url(&url), want);
+    let drill = sandboxed(&["drill", "sb", "--identity", &key, "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&drill.stdout).unwrap();
+    assert_eq!(v["passed"], true, "{v}");
+}
