@@ -199,7 +199,9 @@ fn sweep_killed(parent: &Path, name: &str) {
     }
 }
 
-fn mkdir_private(d: &Path) -> Result<()> {
+/// Create `d` (and its parents) readable by its owner alone: PostgreSQL
+/// refuses a data directory others can read.
+pub(crate) fn mkdir_private(d: &Path) -> Result<()> {
     std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("cannot set the mode of {}", d.display()))

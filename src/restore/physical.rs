@@ -438,10 +438,7 @@ pub async fn run(policy: &Policy, req: &Request) -> Result<Outcome> {
             .map(|t| PathBuf::from(&t.restore_to)),
     ) {
         dirs.push((d.clone(), !d.exists()));
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-        // PostgreSQL refuses a data directory others can read.
-        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("cannot set the mode of {}", d.display()))?;
+        crate::restore::chain::mkdir_private(&d)?;
     }
     let prepared = async {
         let repo = crate::repo::open_for_reading(policy).await?;
