@@ -46,6 +46,10 @@ pub struct PolicyStatus {
     /// RTO and RPO measured by the newest drill.
     pub last_drill_rto_seconds: Option<f64>,
     pub last_drill_rpo_seconds: Option<f64>,
+    /// The last drills' RTO and RPO (up to `TREND_DRILLS`), oldest first,
+    /// with their median and maximum: whether restores are getting slower.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill_trend: Option<DrillTrend>,
     pub next_backup_at: Option<String>,
     /// Physical: WAL archiving health.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +67,68 @@ pub struct PolicyStatus {
 }
 
 pub use crate::pg::archiver::ArchiveHealth;
+
+/// How many drills the trend looks back over.
+pub const TREND_DRILLS: i64 = 10;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DrillPoint {
+    pub at: String,
+    pub passed: bool,
+    pub rto_seconds: Option<f64>,
+    pub rpo_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DrillTrend {
+    pub drills: Vec<DrillPoint>,
+    pub rto_p50_seconds: Option<f64>,
+    pub rto_max_seconds: Option<f64>,
+    pub rpo_p50_seconds: Option<f64>,
+    pub rpo_max_seconds: Option<f64>,
+}
+
+/// The median (mean of the two middle values when even) and maximum of
+/// the values present.
+pub fn p50_max(values: impl Iterator<Item = Option<f64>>) -> (Option<f64>, Option<f64>) {
+    let mut v: Vec<f64> = values.flatten().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (None, None);
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let p50 = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (Some(p50), v.last().copied())
+}
+
+/// The trend of `drills` (oldest first, as `Catalog::recent_drills`
+/// gives them).
+pub fn trend(drills: &[crate::catalog::DrillRow]) -> Option<DrillTrend> {
+    if drills.is_empty() {
+        return None;
+    }
+    let (rto_p50_seconds, rto_max_seconds) = p50_max(drills.iter().map(|d| d.rto_seconds));
+    let (rpo_p50_seconds, rpo_max_seconds) = p50_max(drills.iter().map(|d| d.rpo_seconds));
+    Some(DrillTrend {
+        drills: drills
+            .iter()
+            .map(|d| DrillPoint {
+                at: rfc3339(d.finished_at),
+                passed: d.passed,
+                rto_seconds: d.rto_seconds,
+                rpo_seconds: d.rpo_seconds,
+            })
+            .collect(),
+        rto_p50_seconds,
+        rto_max_seconds,
+        rpo_p50_seconds,
+        rpo_max_seconds,
+    })
+}
 
 /// Where one `[[copy]]` stands against the primary.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -172,6 +238,7 @@ pub fn summarize(
         last_drill_passed: None,
         last_drill_rto_seconds: None,
         last_drill_rpo_seconds: None,
+        drill_trend: None,
         next_backup_at: next.map(rfc3339),
         archive: None,
         copies: Vec::new(),
@@ -188,6 +255,7 @@ pub async fn collect(
     let mut out = Vec::new();
     let mut all = catalog.status_rows().await?;
     let drills = catalog.last_drills().await?;
+    let recent = catalog.recent_drills(TREND_DRILLS).await?;
     let holds = catalog.copies(None).await?;
     let mut leases = catalog.leases().await?;
     for p in policies {
@@ -252,6 +320,7 @@ pub async fn collect(
             s.last_drill_rto_seconds = last.rto_seconds;
             s.last_drill_rpo_seconds = last.rpo_seconds;
         }
+        s.drill_trend = recent.get(&p.name).and_then(|d| trend(d));
         if error.is_some() {
             s.rpo_seconds = None;
             s.error = error;
@@ -264,6 +333,29 @@ pub async fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_and_maximum_of_the_drills_that_measured() {
+        let v = |xs: &[Option<f64>]| p50_max(xs.iter().copied());
+        assert_eq!(v(&[]), (None, None));
+        assert_eq!(v(&[None, None]), (None, None));
+        assert_eq!(
+            v(&[Some(3.0), None, Some(1.0), Some(2.0)]),
+            (Some(2.0), Some(3.0))
+        );
+        assert_eq!(v(&[Some(4.0), Some(1.0)]), (Some(2.5), Some(4.0)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_median_lies_between_the_least_and_the_most(xs in proptest::collection::vec(0.0f64..1e6, 1..30)) {
+            let (p50, max) = p50_max(xs.iter().map(|x| Some(*x)));
+            let (p50, max) = (p50.unwrap(), max.unwrap());
+            let least = xs.iter().copied().fold(f64::INFINITY, f64::min);
+            proptest::prop_assert!(xs.iter().all(|x| *x <= max));
+            proptest::prop_assert!(least <= p50 && p50 <= max);
+        }
+    }
 
     fn row(id: &str, status: &str, started: &str, consistent: Option<&str>) -> BackupRow {
         BackupRow {

@@ -570,6 +570,9 @@ fn daemon_runs_scheduled_drills_and_notifies_a_failing_one() {
     check_exposition(&metrics);
     assert!(metrics.contains("drctl_drill_rpo_seconds{policy=\"shop\"}"));
     assert!(!metrics.contains("drctl_drill_last_success_timestamp_seconds{policy=\"shop\"}"));
+    assert!(metrics.contains("drctl_drill_last_passed{policy=\"shop\"} 0\n"));
+    assert!(metrics.contains("drctl_drill_rto_p50_seconds{policy=\"shop\"}"));
+    assert!(metrics.contains("drctl_drill_rto_max_seconds{policy=\"shop\"}"));
     daemon.signal("-TERM");
     assert_eq!(
         daemon.wait_exit(Duration::from_secs(60)),
@@ -583,6 +586,25 @@ fn daemon_runs_scheduled_drills_and_notifies_a_failing_one() {
         s[0]["last_drill_rto_seconds"].as_f64().unwrap() > 0.0,
         "{s}"
     );
+    // The trend: the last drills (up to 10), oldest first, the newest being
+    // the one above, with their median and maximum.
+    let t = &s[0]["drill_trend"];
+    let drills = t["drills"].as_array().unwrap();
+    assert!((1..=10).contains(&drills.len()), "{t}");
+    assert!(drills.iter().all(|d| d["passed"] == false), "{t}");
+    assert_eq!(
+        drills.last().unwrap()["rto_seconds"],
+        s[0]["last_drill_rto_seconds"],
+        "{s}"
+    );
+    let rtos: Vec<f64> = drills
+        .iter()
+        .map(|d| d["rto_seconds"].as_f64().unwrap())
+        .collect();
+    let max = rtos.iter().copied().fold(0.0, f64::max);
+    assert_eq!(t["rto_max_seconds"].as_f64().unwrap(), max, "{t}");
+    let p50 = t["rto_p50_seconds"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= max, "{t}");
     let prefix = format!("drctl-scratch-{}-", daemon.child.id());
     let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()

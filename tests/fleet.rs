@@ -1013,6 +1013,12 @@ fn a_catalog_in_postgresql_takes_eight_hosts_at_once_and_serves_every_command() 
         .ok()
         .json();
     assert_eq!(status[0]["last_drill_passed"], true, "{status}");
+    // The drill trend comes from the PostgreSQL catalog too.
+    assert_eq!(
+        status[0]["drill_trend"]["drills"][0]["rto_seconds"],
+        drill["rto_seconds"],
+        "{status}"
+    );
     fleet_run(&d, 14, &catalog, &["pin", &id0]).ok();
     fleet_run(&d, 14, &catalog, &["prune", "p0", "--dry-run"]).ok();
 

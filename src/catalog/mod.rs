@@ -916,6 +916,36 @@ impl Catalog {
         Ok(out)
     }
 
+    /// The newest `n` drills of every policy, oldest first: the RTO/RPO
+    /// trend.
+    pub async fn recent_drills(&self, n: i64) -> Result<HashMap<String, Vec<DrillRow>>> {
+        let rows: Vec<DrillRow> = on!(self, p => sqlx::query(
+            "select id, policy, backup_id, started_at, finished_at, passed, rto_seconds, rpo_seconds from
+               (select *, row_number() over (partition by policy order by started_at desc) as k from drills) d
+             where k <= $1 order by policy, started_at",
+        )
+        .bind(n)
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| DrillRow {
+            id: r.get(0),
+            policy: r.get(1),
+            backup_id: r.get(2),
+            started_at: ts(r.get(3)).unwrap_or_default(),
+            finished_at: ts(r.get(4)).unwrap_or_default(),
+            passed: r.get::<i64, _>(5) != 0,
+            rto_seconds: r.get(6),
+            rpo_seconds: r.get(7),
+        })
+        .collect());
+        let mut out: HashMap<String, Vec<DrillRow>> = HashMap::new();
+        for d in rows {
+            out.entry(d.policy.clone()).or_default().push(d);
+        }
+        Ok(out)
+    }
+
     /// Record the lease `h` of `policy` (object `lease`: "run" or
     /// "drill") as its holder last wrote it.
     pub async fn record_lease(&self, policy: &str, lease: &str, h: &LeaseRecord<'_>) -> Result<()> {

@@ -82,7 +82,7 @@ type Get = fn(&PolicyMetrics) -> Option<f64>;
 
 /// Every metric family: name, type, help, and how a policy's sample is
 /// read (None: no sample). Long because it is the table itself.
-fn families() -> [(&'static str, &'static str, &'static str, Get); 16] {
+fn families() -> [(&'static str, &'static str, &'static str, Get); 20] {
     [
         (
             "drctl_backup_last_success_timestamp_seconds",
@@ -174,6 +174,30 @@ fn families() -> [(&'static str, &'static str, &'static str, Get); 16] {
             "gauge",
             "Recovery point measured by the newest drill: target time minus the newest data present.",
             |m| m.status.last_drill_rpo_seconds,
+        ),
+        (
+            "drctl_drill_rto_p50_seconds",
+            "gauge",
+            "Median RTO of the last drills (up to 10): the trend a single drill hides.",
+            |m| m.status.drill_trend.as_ref().and_then(|t| t.rto_p50_seconds),
+        ),
+        (
+            "drctl_drill_rto_max_seconds",
+            "gauge",
+            "Longest RTO of the last drills (up to 10).",
+            |m| m.status.drill_trend.as_ref().and_then(|t| t.rto_max_seconds),
+        ),
+        (
+            "drctl_drill_rpo_p50_seconds",
+            "gauge",
+            "Median RPO of the last drills (up to 10).",
+            |m| m.status.drill_trend.as_ref().and_then(|t| t.rpo_p50_seconds),
+        ),
+        (
+            "drctl_drill_rpo_max_seconds",
+            "gauge",
+            "Largest RPO of the last drills (up to 10).",
+            |m| m.status.drill_trend.as_ref().and_then(|t| t.rpo_max_seconds),
         ),
         (
             "drctl_drill_last_passed",
@@ -356,6 +380,7 @@ mod tests {
             last_drill_passed: None,
             last_drill_rto_seconds: None,
             last_drill_rpo_seconds: None,
+            drill_trend: None,
             next_backup_at: Some("2026-11-23T02:00:00Z".into()),
             error: None,
             leases: Vec::new(),
