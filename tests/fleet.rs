@@ -1015,8 +1015,7 @@ fn a_catalog_in_postgresql_takes_eight_hosts_at_once_and_serves_every_command() 
     assert_eq!(status[0]["last_drill_passed"], true, "{status}");
     // The drill trend comes from the PostgreSQL catalog too.
     assert_eq!(
-        status[0]["drill_trend"]["drills"][0]["rto_seconds"],
-        drill["rto_seconds"],
+        status[0]["drill_trend"]["drills"][0]["rto_seconds"], drill["rto_seconds"],
         "{status}"
     );
     fleet_run(&d, 14, &catalog, &["pin", &id0]).ok();
