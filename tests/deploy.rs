@@ -105,6 +105,15 @@ fn unit_entries(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The first value of `key` in a unit's entries; missing is a failure.
+fn unit_value(entries: &[(String, String)], key: &str) -> String {
+    entries
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{key}= missing"))
+}
+
 fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     write!(
@@ -121,13 +130,7 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 fn systemd_unit_verifies_and_its_command_serves_and_stops() {
     let text = deploy("systemd/drctl.service");
     let entries = unit_entries(&text);
-    let get = |k: &str| {
-        entries
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("{k}= missing"))
-    };
+    let get = |k: &str| unit_value(&entries, k);
     assert_eq!(
         get("KillMode"),
         "mixed",
@@ -926,13 +929,7 @@ fn the_image_backs_up_restores_and_drills_with_its_own_tools_and_reports_health(
 fn backup_restore_and_drill_work_under_the_units_privileges_and_umask() {
     let text = deploy("systemd/drctl.service");
     let entries = unit_entries(&text);
-    let get = |k: &str| {
-        entries
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("{k}= missing"))
-    };
+    let get = |k: &str| unit_value(&entries, k);
     assert_eq!(get("NoNewPrivileges"), "yes");
     assert_eq!(get("CapabilityBoundingSet"), "");
     let umask = get("UMask");

@@ -898,14 +898,7 @@ async fn wait_shut_down(
 ) -> Result<Recovered> {
     let mut poll = crate::poll::Poll::every(REPLAY_LIMIT, Duration::from_millis(200));
     while alive() {
-        match poll.next().await {
-            Ok(()) => {}
-            Err(crate::poll::Gave::Cancelled) => bail!("cancelled"),
-            Err(crate::poll::Gave::Up) => bail!(
-                "the restored server was still recovering after {} days",
-                REPLAY_LIMIT.as_secs() / 86400
-            ),
-        }
+        replay_wait(&mut poll).await?;
     }
     let text = log_text();
     if ended_in_log(&text) {
@@ -965,6 +958,19 @@ pub fn no_commit_after(target: &str, reached: &str) -> String {
 
 /// Longest a restored server may replay before drctl gives up on it.
 const REPLAY_LIMIT: Duration = Duration::from_secs(30 * 86400);
+
+/// One wait between looks at a replaying server (a poll bounded by
+/// REPLAY_LIMIT): an error once cancelled or past the limit.
+async fn replay_wait(poll: &mut crate::poll::Poll) -> Result<()> {
+    match poll.next().await {
+        Ok(()) => Ok(()),
+        Err(crate::poll::Gave::Cancelled) => bail!("cancelled"),
+        Err(crate::poll::Gave::Up) => bail!(
+            "the restored server was still recovering after {} days",
+            REPLAY_LIMIT.as_secs() / 86400
+        ),
+    }
+}
 
 /// Wait until a server recovering a restored backup has promoted; the point
 /// it reached, from its log. Recovery that ends before the target, or a
@@ -1032,14 +1038,7 @@ async fn wait_recovered(
                 }
             }
         }
-        match poll.next().await {
-            Ok(()) => {}
-            Err(crate::poll::Gave::Cancelled) => bail!("cancelled"),
-            Err(crate::poll::Gave::Up) => bail!(
-                "the restored server was still recovering after {} days",
-                REPLAY_LIMIT.as_secs() / 86400
-            ),
-        }
+        replay_wait(&mut poll).await?;
     }
     Ok(Recovered {
         reached: reached(&log_text()).unwrap_or_else(|| "end of the archive".into()),
