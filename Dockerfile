@@ -12,6 +12,7 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY templates ./templates
 COPY migrations ./migrations
 COPY policies ./policies
 RUN cargo build --release --locked && strip target/release/drctl \

@@ -27,9 +27,12 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 for p in postgresql-15 postgresql-client-15 postgresql-contrib zstd age curl python3-venv; do
     have_pkg "$p" || pkgs+=("$p")
 done
-# The tests render the generated man pages with man.
-if ((want_test_deps)) && ! have_pkg man-db; then
-    pkgs+=(man-db)
+# The tests render the generated man pages with man, and load the status
+# page in a real browser (headless chromium).
+if ((want_test_deps)); then
+    for p in man-db chromium; do
+        have_pkg "$p" || pkgs+=("$p")
+    done
 fi
 if ((${#pkgs[@]})); then
     echo "install-deps: apt-get install ${pkgs[*]}" >&2

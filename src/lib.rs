@@ -27,6 +27,7 @@ pub(crate) mod progress;
 pub(crate) mod prune;
 pub(crate) mod rds;
 pub(crate) mod repo;
+pub(crate) mod report;
 pub(crate) mod restore;
 pub(crate) mod status;
 pub(crate) mod time;

@@ -726,3 +726,303 @@ fn the_shipped_alert_rules_check_and_pass_their_unit_tests() {
         );
     }
 }
+
+/// Debian's chromium, headless, with nothing of its own reaching out
+/// (`--dump-dom` or `--screenshot` in `args`); `offline` runs it in a
+/// network namespace of its own, so a page that needed the network would
+/// show it. Bounded: a browser that hangs fails the test.
+fn chromium(args: &[&str], offline: bool, profile: &std::path::Path) -> String {
+    let browser =
+        std::env::var("DRCTL_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&browser).exists(),
+        "{browser} missing: scripts/install-deps.sh installs Debian's chromium"
+    );
+    let mut c = Command::new("timeout");
+    c.arg("90");
+    if offline {
+        c.args(["unshare", if common::is_root() { "--net" } else { "-rn" }]);
+    }
+    c.arg(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Each policy's (state, reasons) as the rendered DOM shows its row.
+fn rows_in_dom(dom: &str) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in dom.split("<tr ").skip(1) {
+        let row = part.split("</tr>").next().unwrap();
+        let attr = |name: &str| {
+            row.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .map(str::to_string)
+        };
+        let (Some(policy), Some(state)) = (attr("data-policy"), attr("data-state")) else {
+            continue;
+        };
+        let reasons = row
+            .split("<li class=\"reason\">")
+            .skip(1)
+            .map(|r| r.split("</li>").next().unwrap().replace("&amp;", "&"))
+            .collect();
+        out.insert(policy, (state, reasons));
+    }
+    out
+}
+
+/// Keep a screenshot where CI can pick it up after the temp dir is gone.
+fn keep_artifact(png: &std::path::Path, name: &str) {
+    let bytes = std::fs::read(png).unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000,
+        "{} is no screenshot ({} bytes)",
+        png.display(),
+        bytes.len()
+    );
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(png, dir.join(name)).unwrap();
+}
+
+/// The status page in a real browser, from a running daemon over four
+/// policies in four states: healthy; archiving failing (a server whose
+/// archive_command fails); past max_rpo; and a WAL gap (a segment lost
+/// from the repository). Each row shows its state and why; a policy's own
+/// page shows its history, the gap and the retention plan; `drctl report
+/// --html` opens with no network at all and says the same.
+#[test]
+fn the_status_page_shows_each_policys_state_and_reason_in_a_real_browser() {
+    let d = Drctl::for_owner();
+    let pg = common::archiving_cluster(&d, "gappy");
+    d.write_physical_policy("gappy", &pg.url("postgres"));
+    d.write_policy(
+        "healthy",
+        &pg.url("postgres"),
+        "[drill]\nmax_rto = \"10m\"\n[[drill.checks]]\nname = \"t is there\"\nsql = \"select count(*) from t\"\nexpect = \"0\"\n",
+    );
+    d.write_policy("stale", &pg.url("postgres"), "[notify]\nmax_rpo = \"1s\"\n");
+    let failing = PgCluster::start_conf(&[
+        "archive_mode = on".into(),
+        "archive_command = '/bin/false'".into(),
+    ]);
+    d.write_physical_policy("archfail", &failing.url("postgres"));
+
+    pg.psql("postgres", "CREATE TABLE t (id int)");
+    d.backup("healthy");
+    d.backup("stale");
+    // Two drills: the trend chart has a line.
+    let id = d.identity_arg();
+    for _ in 0..2 {
+        d.run(&["drill", "healthy", "--identity", &id]).ok();
+    }
+    let first = d.backup("gappy");
+    let show = d.run(&["show", &first, "--output", "json"]).ok().json();
+    let stop = show["manifest"]["wal"]["stop_segment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut last = String::new();
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        pg.psql("postgres", &format!("INSERT INTO t VALUES ({i})"));
+        last = pg.query("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    }
+    common::wait_archived(&pg, &last);
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = d.backup("gappy");
+    let victim = common::seg_plus(&stop, 2);
+    let gone = d.repo_files(&format!("{victim}.json"));
+    assert_eq!(gone.len(), 1, "{victim} is not archived");
+    std::fs::remove_file(&gone[0]).unwrap();
+    // The failing archiver: a switched segment it cannot archive.
+    failing.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT 1 AS id; SELECT pg_switch_wal()",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while failing.query("postgres", "SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "archive_command never failed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Past max_rpo = 1s.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let daemon = Daemon::start(&d, &["--listen", &addr, "--no-catch-up"]);
+    wait_for("/healthz", Duration::from_secs(30), &daemon, || {
+        http_get(&addr, "/healthz").filter(|(s, _)| *s == 200)
+    });
+    let profile = d.path().join("chromium-profile");
+    let dom = chromium(&["--dump-dom", &format!("http://{addr}/")], false, &profile);
+    let rows = rows_in_dom(&dom);
+    let expect = |rows: &std::collections::BTreeMap<String, (String, Vec<String>)>, page: &str| {
+        let get = |p: &str| {
+            rows.get(p)
+                .unwrap_or_else(|| panic!("{page}: no row for {p}:\n{dom}"))
+        };
+        let (state, reasons) = get("healthy");
+        assert_eq!(state, "healthy", "{page}: {reasons:?}");
+        assert!(reasons[0].starts_with("RPO "), "{page}: {reasons:?}");
+        let (state, reasons) = get("stale");
+        assert_eq!(state, "failing", "{page}: {reasons:?}");
+        assert!(
+            reasons[0].contains("is past max_rpo 1s"),
+            "{page}: {reasons:?}"
+        );
+        let (state, reasons) = get("archfail");
+        assert_eq!(state, "failing", "{page}: {reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("archive_command FAILING")),
+            "{page}: {reasons:?}"
+        );
+        let (state, reasons) = get("gappy");
+        assert_eq!(state, "warning", "{page}: {reasons:?}");
+        assert_eq!(
+            reasons,
+            &[format!(
+                "WAL gap: {victim} missing: points in it cannot be restored"
+            )],
+            "{page}"
+        );
+        assert_eq!(rows.len(), 4, "{page}: {rows:?}");
+    };
+    expect(&rows, "/");
+    assert!(dom.contains("<meta http-equiv=\"refresh\""), "{dom}");
+    assert_eq!(
+        dom.matches("<polyline").count(),
+        2,
+        "the drilled policy has an RTO and an RPO line"
+    );
+    assert!(
+        dom.contains("class=\"gap\""),
+        "the window bar draws no gap:\n{dom}"
+    );
+    let shot = d.path().join("status-page.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,700",
+            &format!("http://{addr}/"),
+        ],
+        false,
+        &profile,
+    );
+    keep_artifact(&shot, "status-page.png");
+
+    // A policy's own page: both backups on the timeline and in the table,
+    // the gap, and what the next prune keeps.
+    let dom = chromium(
+        &["--dump-dom", &format!("http://{addr}/policy/gappy")],
+        false,
+        &profile,
+    );
+    for want in [
+        first.as_str(),
+        second.as_str(),
+        victim.as_str(),
+        "Retention: what the next prune keeps",
+        "never drilled",
+    ] {
+        assert!(dom.contains(want), "/policy/gappy lacks {want}:\n{dom}");
+    }
+    assert_eq!(dom.matches("class=\"complete\"").count(), 2, "{dom}");
+    let dom = chromium(
+        &["--dump-dom", &format!("http://{addr}/policy/healthy")],
+        false,
+        &profile,
+    );
+    assert_eq!(dom.matches("<tr class=\"drill\">").count(), 2, "{dom}");
+    assert!(dom.contains("t is there: "), "{dom}");
+    let (status, body) = http_get(&addr, "/policy/nosuch").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no policy \"nosuch\""), "{body}");
+
+    // The report file: opened with no network, the same states and
+    // reasons, and every policy's detail below the table.
+    let file = d.path().join("report.html");
+    let r = d.run(&["report", "--html", file.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 healthy, 1 warning, 2 failing"),
+        "{}",
+        r.stderr
+    );
+    let url = format!("file://{}", file.display());
+    let dom = chromium(&["--dump-dom", &url], true, &profile);
+    expect(&rows_in_dom(&dom), "report.html");
+    for p in ["healthy", "stale", "archfail", "gappy"] {
+        assert!(
+            dom.contains(&format!("id=\"policy-{p}\"")),
+            "no detail for {p}"
+        );
+    }
+    assert!(
+        !dom.contains("http-equiv=\"refresh\""),
+        "a file must not reload itself"
+    );
+    let shot = d.path().join("report.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,700",
+            &url,
+        ],
+        true,
+        &profile,
+    );
+    keep_artifact(&shot, "report.png");
+
+    // The same content as JSON.
+    let v = d.run(&["report", "--output", "json"]).ok().json();
+    let states: Vec<(String, String)> = v["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["policy"].as_str().unwrap().into(),
+                p["health"]["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("archfail", "failing"),
+            ("gappy", "warning"),
+            ("healthy", "healthy"),
+            ("stale", "failing")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert_eq!(
+        v["policies"][1]["detail"]["backups"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{v}"
+    );
+}

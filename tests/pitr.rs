@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{archiving_cluster, wait_archived, Drctl, PgCluster, Restored};
+use common::{archiving_cluster, seg_plus, wait_archived, Drctl, PgCluster, Restored};
 
 /// pg_ctl as the cluster owner.
 fn pg_ctl() -> Command {
@@ -361,13 +361,6 @@ fn a_restored_copy_never_archives_into_production_unless_asked() {
     let r = r.ok();
     assert!(r.stdout.contains("archiving off"), "{}", r.stdout);
     assert_eq!(s.sql("SHOW archive_mode"), "off");
-}
-
-/// The segment `n` after `name` on the same timeline (16 MiB segments,
-/// small numbers: no carry into the log part).
-fn seg_plus(name: &str, n: u32) -> String {
-    let low = u32::from_str_radix(&name[16..], 16).unwrap() + n;
-    format!("{}{low:08X}", &name[..16])
 }
 
 #[test]

@@ -180,6 +180,25 @@ macro_rules! backup_row {
     }};
 }
 
+/// A `DrillRow` from the first eight columns (id, policy, backup_id,
+/// started_at, finished_at, passed, rto_seconds, rpo_seconds) of a row of
+/// either backend.
+macro_rules! drill_row {
+    ($r:expr) => {{
+        let r = $r;
+        DrillRow {
+            id: r.get(0),
+            policy: r.get(1),
+            backup_id: r.get(2),
+            started_at: ts(r.get(3)).unwrap_or_default(),
+            finished_at: ts(r.get(4)).unwrap_or_default(),
+            passed: r.get::<i64, _>(5) != 0,
+            rto_seconds: r.get(6),
+            rpo_seconds: r.get(7),
+        }
+    }};
+}
+
 /// What `backup_row!` reads: everything but the manifest JSON, which lists never
 /// need (a macro so queries stay static strings).
 macro_rules! row_columns {
@@ -891,16 +910,7 @@ impl Catalog {
         .fetch_all(p)
         .await?
         .iter()
-        .map(|r| DrillRow {
-            id: r.get(0),
-            policy: r.get(1),
-            backup_id: r.get(2),
-            started_at: ts(r.get(3)).unwrap_or_default(),
-            finished_at: ts(r.get(4)).unwrap_or_default(),
-            passed: r.get::<i64, _>(5) != 0,
-            rto_seconds: r.get(6),
-            rpo_seconds: r.get(7),
-        })
+        .map(|r| drill_row!(r))
         .collect());
         let mut out: HashMap<String, (DrillRow, Option<DrillRow>)> = HashMap::new();
         for d in rows {
@@ -928,22 +938,29 @@ impl Catalog {
         .fetch_all(p)
         .await?
         .iter()
-        .map(|r| DrillRow {
-            id: r.get(0),
-            policy: r.get(1),
-            backup_id: r.get(2),
-            started_at: ts(r.get(3)).unwrap_or_default(),
-            finished_at: ts(r.get(4)).unwrap_or_default(),
-            passed: r.get::<i64, _>(5) != 0,
-            rto_seconds: r.get(6),
-            rpo_seconds: r.get(7),
-        })
+        .map(|r| drill_row!(r))
         .collect());
         let mut out: HashMap<String, Vec<DrillRow>> = HashMap::new();
         for d in rows {
             out.entry(d.policy.clone()).or_default().push(d);
         }
         Ok(out)
+    }
+
+    /// A policy's newest `n` drills, newest first, each with its JSON
+    /// report (the checks).
+    pub async fn drill_history(&self, policy: &str, n: i64) -> Result<Vec<(DrillRow, String)>> {
+        Ok(on!(self, p => sqlx::query(
+            "select id, policy, backup_id, started_at, finished_at, passed, rto_seconds, rpo_seconds, report
+             from drills where policy = $1 order by started_at desc limit $2",
+        )
+        .bind(policy)
+        .bind(n)
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| (drill_row!(r), r.get(8)))
+        .collect()))
     }
 
     /// Record the lease `h` of `policy` (object `lease`: "run" or

@@ -15,6 +15,7 @@ mod man;
 mod pin;
 mod policy_cmd;
 mod prune;
+mod report;
 mod restore;
 mod restore_point;
 mod show;
@@ -102,6 +103,8 @@ enum Command {
     Unpin(pin::Args),
     /// Per policy: last backup, RPO now, recoverable window, failures, next run
     Status(status::Args),
+    /// The status page as one self-contained HTML file (--html) or JSON: health, history, drills, retention
+    Report(report::Args),
     /// Prove a backup restores: scratch server, checks, measured RTO/RPO, JUnit
     Drill(drill::Args),
     /// List backups, newest first
@@ -461,6 +464,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Daemon(a) => daemon::run(&ctx, a).await,
         Command::Deploy(c) => deploy::run(&ctx, c).await,
         Command::Status(a) => status::run(&ctx, a).await,
+        Command::Report(a) => report::run(&ctx, a).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::Pin(a) => pin::run(&ctx, a, true).await,
         Command::Unpin(a) => pin::run(&ctx, a, false).await,

@@ -18,9 +18,9 @@ pub struct Args {
 
 /// A policy file that does not load: its own row, so it hides no other.
 #[derive(Debug, Serialize)]
-struct Broken {
-    policy: String,
-    error: String,
+pub(super) struct Broken {
+    pub(super) policy: String,
+    pub(super) error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,7 +74,10 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
 
 /// The policies asked for (or every one in the directory), and those that
 /// do not load, each as its own row.
-fn select(ctx: &Ctx, names: &[String]) -> Result<(Vec<crate::policy::Policy>, Vec<Broken>)> {
+pub(super) fn select(
+    ctx: &Ctx,
+    names: &[String],
+) -> Result<(Vec<crate::policy::Policy>, Vec<Broken>)> {
     Ok(if names.is_empty() {
         let (policies, problems) = ctx.read_dir()?;
         let mut broken: Vec<Broken> = Vec::new();

@@ -71,9 +71,10 @@ struct Shared {
     policies_dir: PathBuf,
     /// Unix seconds of the scheduler loop's last turn.
     heartbeat: AtomicI64,
-    /// Metrics are computed at most this often (reading the WAL archive is
-    /// not free).
-    cache: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// What /metrics and the status page show, gathered at most every
+    /// `CACHE_FOR` (reading the WAL archive and asking each source is not
+    /// free); both render from the same gathering.
+    cache: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Gathered>)>>,
     /// Slots claimed elsewhere and still running there: looked at again
     /// until they finish, or taken over if their runner dies.
     /// `true`: deferred by this daemon because its own run was going; such
@@ -505,7 +506,7 @@ pub async fn run(opts: Options) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(
-            "serving /metrics and /healthz on http://{}",
+            "serving the status page (/), /metrics and /healthz on http://{}",
             listener.local_addr()?
         );
         tokio::spawn(serve(listener, shared.clone()));
@@ -891,6 +892,35 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     r
 }
 
+/// An HTML page: read-only, never framed by another site, never cached
+/// (it is the state now).
+fn page(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = text(status, body, "text/html; charset=utf-8");
+    let h = r.headers_mut();
+    for (k, v) in [
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+        ),
+    ] {
+        h.insert(
+            hyper::header::HeaderName::from_static(k),
+            hyper::header::HeaderValue::from_static(v),
+        );
+    }
+    r
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("n={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 async fn handle(
     req: Request<hyper::body::Incoming>,
     shared: Arc<Shared>,
@@ -924,30 +954,130 @@ async fn handle(
             ),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"), PLAIN),
         },
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "try /metrics or /healthz\n".into(),
-            PLAIN,
-        ),
+        "/" => match index_page(&shared).await {
+            Ok(body) => page(StatusCode::OK, body),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"), PLAIN),
+        },
+        path => {
+            let name = path
+                .strip_prefix("/policy/")
+                .map(|n| percent_decode(n.trim_end_matches('/')));
+            match name {
+                Some(name) => match policy_page(&shared, &name).await {
+                    Ok(Some(body)) => page(StatusCode::OK, body),
+                    Ok(None) => text(
+                        StatusCode::NOT_FOUND,
+                        format!("no policy {name:?}; / lists them\n"),
+                        PLAIN,
+                    ),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"), PLAIN),
+                },
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "try /, /policy/NAME, /metrics or /healthz\n".into(),
+                    PLAIN,
+                ),
+            }
+        }
     })
 }
 
-async fn metrics_text(shared: &Shared) -> Result<String> {
+/// How long one gathering serves /metrics and the page.
+const CACHE_FOR: Duration = Duration::from_secs(10);
+
+/// The policies as last read and what was learnt about them.
+struct Gathered {
+    policies: Vec<crate::policy::Policy>,
+    unreadable: Vec<crate::report::Unreadable>,
+    metrics: Vec<crate::daemon::metrics::PolicyMetrics>,
+    at: Timestamp,
+}
+
+async fn gathered(shared: &Shared) -> Result<Arc<Gathered>> {
     let mut cache = shared.cache.lock().await;
-    if let Some((at, body)) = cache.as_ref() {
-        if at.elapsed() < Duration::from_secs(10) {
-            return Ok(body.clone() + &daemon_metrics(shared) + &slot_metrics(shared));
+    if let Some((at, g)) = cache.as_ref() {
+        if at.elapsed() < CACHE_FOR {
+            return Ok(g.clone());
         }
     }
-    let (policies, _) = crate::policy::load_dir(&shared.policies_dir)?;
-    let all = crate::daemon::metrics::collect(&policies, &shared.catalog).await?;
-    let mut body = crate::daemon::metrics::render(&all);
+    let (policies, problems) = crate::policy::load_dir(&shared.policies_dir)?;
+    let metrics = crate::daemon::metrics::collect(&policies, &shared.catalog).await?;
+    let mut unreadable: Vec<crate::report::Unreadable> = Vec::new();
+    for p in problems {
+        let name = p
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match unreadable.iter_mut().find(|u| u.policy == name) {
+            Some(u) => u.error = format!("{}; {p}", u.error),
+            None => unreadable.push(crate::report::Unreadable {
+                policy: name,
+                error: p.to_string(),
+            }),
+        }
+    }
+    let g = Arc::new(Gathered {
+        policies,
+        unreadable,
+        metrics,
+        at: Timestamp::now(),
+    });
+    *cache = Some((std::time::Instant::now(), g.clone()));
+    Ok(g)
+}
+
+async fn metrics_text(shared: &Shared) -> Result<String> {
+    let g = gathered(shared).await?;
+    let mut body = crate::daemon::metrics::render(&g.metrics);
     body.push_str(&format!(
         "# HELP drctl_scheduler_heartbeat_timestamp_seconds Last turn of the scheduler loop (Unix time).\n# TYPE drctl_scheduler_heartbeat_timestamp_seconds gauge\ndrctl_scheduler_heartbeat_timestamp_seconds {}\n",
         shared.heartbeat.load(Ordering::Relaxed)
     ));
-    *cache = Some((std::time::Instant::now(), body.clone()));
     Ok(body + &daemon_metrics(shared) + &slot_metrics(shared))
+}
+
+/// How often the page asks the browser to reload it.
+const PAGE_REFRESH_SECONDS: u32 = 30;
+
+fn page_report(g: &Gathered) -> crate::report::Report {
+    crate::report::build(
+        &g.policies,
+        g.metrics.iter().map(|m| m.status.clone()).collect(),
+        g.unreadable.clone(),
+        g.at,
+    )
+}
+
+/// `/`: every policy's row.
+async fn index_page(shared: &Shared) -> Result<String> {
+    let g = gathered(shared).await?;
+    Ok(crate::report::html::index(
+        &page_report(&g),
+        crate::report::html::Mode::Daemon {
+            refresh_seconds: PAGE_REFRESH_SECONDS,
+        },
+    ))
+}
+
+/// `/policy/NAME`: its row, history, drills and retention plan; None for
+/// a policy the directory does not hold.
+async fn policy_page(shared: &Shared, name: &str) -> Result<Option<String>> {
+    let g = gathered(shared).await?;
+    let Some(p) = g.policies.iter().find(|p| p.name == name) else {
+        return Ok(None);
+    };
+    let r = page_report(&g);
+    let Some(pr) = r.policies.iter().find(|x| x.policy == name) else {
+        return Ok(None);
+    };
+    let d = crate::report::detail(p, &shared.catalog).await?;
+    Ok(Some(crate::report::html::policy(
+        &r,
+        pr,
+        &d,
+        PAGE_REFRESH_SECONDS,
+    )))
 }
 
 /// The daemon's own state: its version, and how the last policy reload

@@ -888,6 +888,13 @@ pub fn archiving_cluster(d: &Drctl, policy: &str) -> PgCluster {
     PgCluster::start_conf(&["archive_mode = on".into(), d.archive_command(policy)])
 }
 
+/// The segment `n` after `name` on the same timeline (16 MiB segments,
+/// small numbers: no carry into the log part).
+pub fn seg_plus(name: &str, n: u32) -> String {
+    let low = u32::from_str_radix(&name[16..], 16).unwrap() + n;
+    format!("{}{low:08X}", &name[..16])
+}
+
 /// Wait (at most 90 s) until the server reports `name` or a later WAL file
 /// archived.
 pub fn wait_archived(pg: &PgCluster, name: &str) {

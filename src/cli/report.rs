@@ -1,0 +1,85 @@
+//! `drctl report [POLICY...] [--html FILE]`: the status page as one
+//! self-contained file (for CI artifacts and cron mail), or with
+//! `--output json` its model. Exit 1 when any policy's state could not be
+//! determined, as `status`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::Ctx;
+use crate::report::{self, html, Unreadable};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only these policies (default: all)
+    policy: Vec<String>,
+    /// Write the report as one HTML file (no script, no network needed to
+    /// open it); `-` writes it to standard output
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    let (policies, broken) = super::status::select(ctx, &a.policy)?;
+    let unreadable: Vec<Unreadable> = broken
+        .into_iter()
+        .map(|b| Unreadable {
+            policy: b.policy,
+            error: b.error,
+        })
+        .collect();
+    let catalog = ctx.catalog_for_reading().await?;
+    let r = report::collect(&policies, unreadable, &catalog, jiff::Timestamp::now()).await?;
+    let unknown = r.policies.iter().any(|p| p.status.error.is_some()) || !r.unreadable.is_empty();
+    if let Some(path) = &a.html {
+        let page = html::index(&r, html::Mode::File);
+        if path.as_os_str() == "-" {
+            std::io::stdout().write_all(page.as_bytes())?;
+        } else {
+            // Beside the destination, then renamed: a reader (a CI
+            // artifact upload, a web server) never sees half a page.
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("cannot write the report in {}", dir.display()))?;
+            tmp.write_all(page.as_bytes())?;
+            tmp.persist(path)
+                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            if !ctx.json() {
+                eprintln!(
+                    "wrote {} ({} policies: {} healthy, {} warning, {} failing)",
+                    path.display(),
+                    r.policies.len() + r.unreadable.len(),
+                    r.healthy,
+                    r.warning,
+                    r.failing
+                );
+            }
+        }
+    }
+    if ctx.json() {
+        ctx.print_json(&r)?;
+    } else if a.html.is_none() {
+        for p in &r.policies {
+            println!(
+                "{:<16} {:<8} {}",
+                p.policy,
+                p.health.state.as_str(),
+                p.health.reasons.join("; ")
+            );
+        }
+        for u in &r.unreadable {
+            println!("{:<16} {:<8} policy file: {}", u.policy, "failing", u.error);
+        }
+    }
+    Ok(if unknown {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
