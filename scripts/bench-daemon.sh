@@ -8,7 +8,10 @@
 #   - `drctl status --output json` latency over 1,000 policies with 30
 #     catalog rows each (30,000 rows). Peer: sqlite3 answering the newest
 #     complete backup per policy straight from the same catalog.
-# Targets (issue 4): drift <= 1 s, status <= 200 ms.
+#   - the status page (`daemon --listen`, `/` and `/policy/p1`) over the
+#     same catalog: cold (the daemon gathers afresh; its cache lives 10 s)
+#     and warm. Same peer.
+# Targets (issues 4, 26): drift <= 1 s, status <= 200 ms, page <= 200 ms.
 #
 # Usage: scripts/bench-daemon.sh [POLICIES] [SECONDS]   (default 1000, 35)
 set -euo pipefail
@@ -131,6 +134,21 @@ status_ms=$(for _ in 1 2 3 4 5 6 7; do time_ms "$drctl" status --output json; do
 peer_ms=$(for _ in 1 2 3 4 5 6 7; do time_ms sqlite3 "$DRCTL_CATALOG" \
     "select policy, max(consistent_at) from backups where status = 'complete' group by policy"; done | median)
 
+# --- the status page ----------------------------------------------------------
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$drctl" daemon --dry-run --no-catch-up --listen "127.0.0.1:$port" 2>"$work/page-daemon.log" &
+daemon_pid=$!
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+get_ms() { curl -fs -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port$1" | awk '{ printf "%.0f\n", $1 * 1000 }'; }
+curl -fs "http://127.0.0.1:$port/" | grep -c 'data-state=' >"$work/page-rows.txt"
+# Cold: each after the daemon's 10 s cache has expired.
+page_cold_ms=$(for _ in 1 2 3; do sleep 11; get_ms /; done | median)
+page_warm_ms=$(for _ in 1 2 3 4 5 6 7; do get_ms /; done | median)
+policy_ms=$(for _ in 1 2 3 4 5 6 7; do get_ms /policy/p1; done | median)
+kill -TERM "$daemon_pid"
+wait "$daemon_pid" || true
+daemon_pid=
+
 ms() { awk "BEGIN { printf \"%.0f\", $1 * 1000 }"; }
 ratio() { awk "BEGIN { if ($2 > 0) printf \"%.1f\", $1 / $2; else print \"-\" }"; }
 verdict() { awk "BEGIN { print ($1 <= $2) ? \"ok\" : \"OVER\" }"; }
@@ -141,4 +159,8 @@ printf "%-34s %8s ms %8s ms %10s\n" "scheduling drift p50" "$(ms "$d50")" "$(ms 
 printf "%-34s %8s ms %8s ms %10s   target <= 1000 ms: %s\n" "scheduling drift p99" "$(ms "$d99")" "$(ms "$p99")" "$(ratio "$d99" "$p99")" "$(verdict "$d99" 1)"
 printf "%-34s %8s ms %8s ms %10s\n" "scheduling drift max" "$(ms "$dmax")" "$(ms "$pmax")" "$(ratio "$dmax" "$pmax")"
 printf "%-34s %8s ms %8s ms %10s   target <= 200 ms: %s\n" "status --output json (median of 7)" "$status_ms" "$peer_ms" "$(ratio "$status_ms" "$peer_ms")" "$(verdict "$status_ms" 200)"
+printf "%-34s %8s ms %8s ms %10s   target <= 200 ms: %s\n" "page / cold (median of 3)" "$page_cold_ms" "$peer_ms" "$(ratio "$page_cold_ms" "$peer_ms")" "$(verdict "$page_cold_ms" 200)"
+printf "%-34s %8s ms %8s ms %10s\n" "page / warm (median of 7)" "$page_warm_ms" "$peer_ms" "$(ratio "$page_warm_ms" "$peer_ms")"
+printf "%-34s %8s ms %8s ms %10s   target <= 200 ms: %s\n" "page /policy/p1 (median of 7)" "$policy_ms" "$peer_ms" "$(ratio "$policy_ms" "$peer_ms")" "$(verdict "$policy_ms" 200)"
+echo "(page rows: $(cat "$work/page-rows.txt") of $n policies)"
 echo "(peers: a plain Python sleep loop over the same schedules; sqlite3 answering the newest backup per policy)"

@@ -12,6 +12,8 @@
 #   DRCTL_CATALOG       catalog (drctl's default otherwise)
 #   DRCTL_BIN           drctl to run (default: drctl on PATH, else built here)
 #   JUNIT               report path (default drill-report.xml)
+#   REPORT_HTML         the status page as one file, written beside the JUnit
+#                       (default drill-report.html; empty: none)
 #
 # Usage: scripts/ci-restore-test.sh [POLICY]
 set -euo pipefail
@@ -54,5 +56,18 @@ rc=0
 "$drctl" drill "${which[@]}" --junit "$junit" || rc=$?
 if [[ -f $junit ]]; then
     echo "ci-restore-test: JUnit report in $junit" >&2
+fi
+html=${REPORT_HTML-drill-report.html}
+if [[ -n $html ]]; then
+    # The drills' verdict is the exit code; the page is for people, so a
+    # report that cannot be written is said, not fatal (report also exits
+    # 1 when a policy's state is unknown, having written the page).
+    rm -f "$html"
+    "$drctl" report "$@" --html "$html" || true
+    if [[ -f $html ]]; then
+        echo "ci-restore-test: HTML report in $html" >&2
+    else
+        echo "ci-restore-test: could not write the HTML report $html" >&2
+    fi
 fi
 exit "$rc"

@@ -358,3 +358,54 @@ pub fn policy(r: &Report, p: &PolicyReport, d: &Detail, refresh_seconds: u32) ->
     page.render()
         .unwrap_or_else(|e| format!("rendering failed: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let p = crate::policy::parse(
+            std::path::Path::new("orders.toml"),
+            "[source]\nkind = \"postgres\"\nurl = \"postgres://u@h/db\"\n[backup]\nmethod = \"dump\"\n[repository]\nurl = \"file:///tmp/r\"\n[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n",
+        )
+        .unwrap();
+        let now: Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+        let mut s = crate::status::summarize(&p, &[], None, now);
+        s.failures_since_success = 1;
+        s.last_error = Some("<script>alert(1)</script> postgres://u:hunter2@h/db refused".into());
+        super::super::build(&[p], vec![s], Vec::new(), now)
+    }
+
+    #[test]
+    fn text_is_escaped_and_passwords_never_reach_the_page() {
+        let r = report();
+        for page in [
+            index(&r, Mode::File),
+            index(
+                &r,
+                Mode::Daemon {
+                    refresh_seconds: 30,
+                },
+            ),
+        ] {
+            assert!(!page.contains("<script>"), "{page}");
+            assert!(
+                page.contains("&#60;script&#62;") || page.contains("&lt;script&gt;"),
+                "{page}"
+            );
+            assert!(!page.contains("hunter2"), "{page}");
+            assert!(page.contains("postgres://u:***@h/db"), "{page}");
+            assert!(page.contains(r#"data-state="failing""#), "{page}");
+        }
+        let daemon = index(
+            &r,
+            Mode::Daemon {
+                refresh_seconds: 30,
+            },
+        );
+        assert!(daemon.contains(r#"<meta http-equiv="refresh" content="30">"#));
+        assert!(daemon.contains("href=\"/policy/orders\""), "{daemon}");
+        assert!(index(&r, Mode::File).contains("href=\"#policy-orders\""));
+        assert!(!index(&r, Mode::File).contains("http-equiv"));
+    }
+}
