@@ -252,9 +252,26 @@ pub async fn collect(
     catalog: &Catalog,
     now: Timestamp,
 ) -> Result<Vec<PolicyStatus>> {
-    let mut out = Vec::new();
-    let mut all = catalog.status_rows().await?;
+    let rows = catalog.status_rows().await?;
     let drills = catalog.last_drills().await?;
+    collect_with(policies, catalog, now, rows, &drills).await
+}
+
+/// Newest and last passed drill per policy (`Catalog::last_drills`).
+pub type LastDrills =
+    std::collections::HashMap<String, (crate::catalog::DrillRow, Option<crate::catalog::DrillRow>)>;
+
+/// `collect` over rows a caller already read (`Catalog::status_rows`,
+/// `Catalog::last_drills`): /metrics needs them too, and each is a scan
+/// of the whole history.
+pub async fn collect_with(
+    policies: &[Policy],
+    catalog: &Catalog,
+    now: Timestamp,
+    mut all: std::collections::HashMap<String, Vec<BackupRow>>,
+    drills: &LastDrills,
+) -> Result<Vec<PolicyStatus>> {
+    let mut out = Vec::new();
     let recent = catalog.recent_drills(TREND_DRILLS).await?;
     let holds = catalog.copies(None).await?;
     let mut leases = catalog.leases().await?;

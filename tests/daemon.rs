@@ -930,6 +930,18 @@ fn the_status_page_shows_each_policys_state_and_reason_in_a_real_browser() {
         &profile,
     );
     keep_artifact(&shot, "status-page.png");
+    // A phone's width: each policy a card.
+    let phone = d.path().join("status-page-phone.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", phone.display()),
+            "--window-size=390,844",
+            &format!("http://{addr}/"),
+        ],
+        false,
+        &profile,
+    );
+    keep_artifact(&phone, "status-page-phone.png");
 
     // A policy's own page: both backups on the timeline and in the table,
     // the gap, and what the next prune keeps.

@@ -27,6 +27,10 @@ pub struct PolicyMetrics {
     pub rpo_budget: Option<f64>,
     pub rto_budget: Option<f64>,
     pub copy_max_lag: Vec<(String, f64)>,
+    /// How old the newest passing drill may be: two intervals of the
+    /// policy's `[drill] schedule` (one missed drill is news, not yet an
+    /// alert); None without a schedule.
+    pub drill_max_age: Option<f64>,
 }
 
 /// `rows` as `Catalog::status_rows` gives them (the newest complete backup
@@ -53,6 +57,7 @@ pub fn from_rows(
         rpo_budget: None,
         rto_budget: None,
         copy_max_lag: Vec::new(),
+        drill_max_age: None,
     }
 }
 
@@ -82,7 +87,7 @@ type Get = fn(&PolicyMetrics) -> Option<f64>;
 
 /// Every metric family: name, type, help, and how a policy's sample is
 /// read (None: no sample). Long because it is the table itself.
-fn families() -> [(&'static str, &'static str, &'static str, Get); 20] {
+fn families() -> [(&'static str, &'static str, &'static str, Get); 21] {
     [
         (
             "drctl_backup_last_success_timestamp_seconds",
@@ -162,6 +167,12 @@ fn families() -> [(&'static str, &'static str, &'static str, Get); 20] {
             "gauge",
             "When the newest passing restore drill finished (Unix time).",
             |m| m.last_drill_success.map(secs),
+        ),
+        (
+            "drctl_drill_max_age_seconds",
+            "gauge",
+            "How old the newest passing drill may be before it is overdue: two intervals of the policy's [drill] schedule.",
+            |m| m.drill_max_age,
         ),
         (
             "drctl_drill_rto_seconds",
@@ -320,11 +331,12 @@ fn render_copies(all: &[PolicyMetrics], out: &mut String) {
 
 pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<PolicyMetrics>> {
     let now = Timestamp::now();
-    let statuses = crate::status::collect(policies, catalog, now).await?;
-    let mut out = Vec::new();
     let mut all = catalog.status_rows().await?;
-    let totals = catalog.totals().await?;
     let drills = catalog.last_drills().await?;
+    let statuses =
+        crate::status::collect_with(policies, catalog, now, all.clone(), &drills).await?;
+    let mut out = Vec::new();
+    let totals = catalog.totals().await?;
     for (p, s) in policies.iter().zip(statuses) {
         let rows = all.remove(&p.name).unwrap_or_default();
         let totals = totals.get(&p.name).copied().unwrap_or_default();
@@ -344,6 +356,12 @@ pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<Polic
         };
         pm.rpo_budget = secs_of(p.notify.max_rpo.as_deref());
         pm.rto_budget = secs_of(p.drill.as_ref().and_then(|d| d.max_rto.as_deref()));
+        pm.drill_max_age = p
+            .drill
+            .as_ref()
+            .and_then(|d| d.schedule.as_deref())
+            .and_then(|s| drill_interval(s, &p.timezone(), now))
+            .map(|i| 2.0 * i);
         pm.copy_max_lag = p
             .copies
             .iter()
@@ -352,6 +370,14 @@ pub async fn collect(policies: &[Policy], catalog: &Catalog) -> Result<Vec<Polic
         out.push(pm);
     }
     Ok(out)
+}
+
+/// Seconds between the two due times of `schedule` that follow `now`.
+fn drill_interval(schedule: &str, tz: &jiff::tz::TimeZone, now: Timestamp) -> Option<f64> {
+    let s = crate::time::schedule::Schedule::parse(schedule).ok()?;
+    let a = s.next_after(now, tz)?;
+    let b = s.next_after(a, tz)?;
+    Some(b.duration_since(a).as_secs_f64())
 }
 
 #[cfg(test)]
@@ -396,6 +422,7 @@ mod tests {
             rpo_budget: Some(3600.0),
             rto_budget: None,
             copy_max_lag: vec![("offsite".into(), 900.0)],
+            drill_max_age: Some(14.0 * 86400.0),
         };
         let mut unknown = st("unknown", None);
         unknown.error = Some("repository unreachable".into());
@@ -421,6 +448,7 @@ mod tests {
         assert!(!text.contains("drctl_wal_archive_last_segment_timestamp_seconds"));
         assert!(text.contains("drctl_copy_missing_backups{policy=\"orders\",copy=\"offsite\"} 2\n"));
         assert!(text.contains("drctl_copy_wal_backlog{policy=\"orders\",copy=\"offsite\"} 7\n"));
+        assert!(text.contains("drctl_drill_max_age_seconds{policy=\"orders\"} 1209600\n"));
         // No lag known: no sample, and no family without samples.
         assert!(
             !text.contains("# TYPE drctl_copy_lag_seconds")
@@ -478,5 +506,14 @@ mod tests {
         assert!(panels
             .iter()
             .all(|p| p["targets"].as_array().is_some_and(|t| !t.is_empty())));
+    }
+
+    #[test]
+    fn a_drill_schedule_allows_two_of_its_intervals() {
+        let now: Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+        let tz = jiff::tz::TimeZone::UTC;
+        assert_eq!(drill_interval("0 5 * * *", &tz, now), Some(86400.0));
+        assert_eq!(drill_interval("0 5 * * 0", &tz, now), Some(7.0 * 86400.0));
+        assert_eq!(drill_interval("not a schedule", &tz, now), None);
     }
 }
