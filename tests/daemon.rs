@@ -981,6 +981,18 @@ fn the_status_page_shows_each_policys_state_and_reason_in_a_real_browser() {
         "{}",
         r.stderr
     );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let both = d.run(&["report", "--html", "-", "--output", "json"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    assert!(
+        both.stderr.contains("give --html a file name"),
+        "{}",
+        both.stderr
+    );
     let url = format!("file://{}", file.display());
     let dom = chromium(&["--dump-dom", &url], true, &profile);
     expect(&rows_in_dom(&dom), "report.html");

@@ -23,6 +23,11 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
+    if ctx.json() && a.html.as_deref() == Some(std::path::Path::new("-")) {
+        return Err(crate::error::usage(
+            "--html - and --output json both write to standard output: give --html a file name",
+        ));
+    }
     let (policies, broken) = super::status::select(ctx, &a.policy)?;
     let unreadable: Vec<Unreadable> = broken
         .into_iter()
@@ -48,6 +53,12 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             let mut tmp = tempfile::NamedTempFile::new_in(dir)
                 .with_context(|| format!("cannot write the report in {}", dir.display()))?;
             tmp.write_all(page.as_bytes())?;
+            // A temp file is 0600; a report holds no secret and is made to
+            // be read (CI artifact, web server, mail).
+            std::fs::set_permissions(
+                tmp.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+            )?;
             tmp.persist(path)
                 .with_context(|| format!("cannot write the report to {}", path.display()))?;
             if !ctx.json() {
