@@ -63,9 +63,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 .with_context(|| format!("cannot write the report to {}", path.display()))?;
             if !ctx.json() {
                 eprintln!(
-                    "wrote {} ({} policies: {} healthy, {} warning, {} failing)",
+                    "wrote {} ({}: {} healthy, {} warning, {} failing)",
                     path.display(),
-                    r.policies.len() + r.unreadable.len(),
+                    super::count(r.policies.len() + r.unreadable.len(), "policy", "policies"),
                     r.healthy,
                     r.warning,
                     r.failing
