@@ -271,80 +271,116 @@ pub async fn collect_with(
     mut all: std::collections::HashMap<String, Vec<BackupRow>>,
     drills: &LastDrills,
 ) -> Result<Vec<PolicyStatus>> {
-    let mut out = Vec::new();
     let recent = catalog.recent_drills(TREND_DRILLS).await?;
     let holds = catalog.copies(None).await?;
     let mut leases = catalog.leases().await?;
-    for p in policies {
-        let rows = all.remove(&p.name).unwrap_or_default();
-        let mut window = None;
-        let mut error = None;
-        if p.backup.method == Method::Physical {
-            let w = async {
-                let repo = crate::repo::open_for(p).await?;
-                crate::wal::archive::window(&*repo, &p.name).await
-            }
-            .await;
-            match w {
-                Ok(w) => window = Some(w),
-                Err(e) => error = Some(format!("cannot read the WAL archive: {e:#}")),
-            }
-        }
-        let newest = window.as_ref().map(|w| {
-            // No range yet (the first base backup's WAL is not archived):
-            // no window, rather than the catalog's guess.
-            let r = w.newest();
-            (r.map(|r| r.start), r.map(|r| r.end))
+    let shared = Shared {
+        now,
+        drills,
+        recent: &recent,
+        holds: &holds,
+    };
+    let mut out = Vec::with_capacity(policies.len());
+    // Physical policies read their repository and ask their source, each
+    // bounded in time: a few at once, so one slow source does not hold
+    // up every other policy's row.
+    for chunk in policies.chunks(STATUS_CONCURRENCY) {
+        let each = chunk.iter().map(|p| {
+            let rows = all.remove(&p.name).unwrap_or_default();
+            let leases = leases.remove(&p.name).unwrap_or_default();
+            one(p, rows, leases, &shared)
         });
-        let mut s = summarize(p, &rows, newest, now);
-        s.leases = leases.remove(&p.name).unwrap_or_default();
-        if let Some(w) = &window {
-            if let Some(r) = w.newest() {
-                (s.window_start, s.window_end) = {
-                    let (a, b) = r.printed();
-                    (Some(a), Some(b))
-                };
-                s.last_commit_at = r.last_commit.map(crate::time::parse::rfc3339_exact);
-            }
-            s.windows = Some(w.ranges.iter().map(Into::into).collect());
-            s.wal_gaps = Some(w.gaps.clone());
-            s.archive = Some(match server_archive_health(p).await {
-                Some(h) => h,
-                None => ArchiveHealth {
-                    last_archived_wal: w.newest_segment.as_ref().map(|n| n.0.clone()),
-                    last_archived_at: w.newest_segment.as_ref().and_then(|n| n.1).map(rfc3339),
-                    from: "repository",
-                    ..ArchiveHealth::default()
-                },
-            });
-        }
-        // The primary holds each copy's WAL backlog: opened once for all.
-        let primary = match p.backup.method {
-            Method::Physical if !p.copies.is_empty() => crate::repo::open_for(p).await.ok(),
-            _ => None,
-        };
-        for c in &p.copies {
-            let mut cs = copy_status(&c.name, &rows, &holds);
-            if let Some(repo) = &primary {
-                let prefix = crate::copy::backlog_prefix(&p.name, &c.name);
-                cs.wal_backlog = repo.list(&prefix).await.ok().map(|l| l.len() as u64);
-            }
-            s.copies.push(cs);
-        }
-        if let Some((last, _)) = drills.get(&p.name) {
-            s.last_drill_at = Some(rfc3339(last.finished_at));
-            s.last_drill_passed = Some(last.passed);
-            s.last_drill_rto_seconds = last.rto_seconds;
-            s.last_drill_rpo_seconds = last.rpo_seconds;
-        }
-        s.drill_trend = recent.get(&p.name).and_then(|d| trend(d));
-        if error.is_some() {
-            s.rpo_seconds = None;
-            s.error = error;
-        }
-        out.push(s);
+        out.extend(futures_util::future::join_all(each.collect::<Vec<_>>()).await);
     }
     Ok(out)
+}
+
+/// How many policies' repositories and sources are asked at once.
+const STATUS_CONCURRENCY: usize = 16;
+
+/// What every policy's status reads from the catalog, read once.
+struct Shared<'a> {
+    now: Timestamp,
+    drills: &'a LastDrills,
+    recent: &'a std::collections::HashMap<String, Vec<crate::catalog::DrillRow>>,
+    holds: &'a std::collections::HashMap<String, Vec<String>>,
+}
+
+/// One policy's status: its catalog rows, and for physical policies its
+/// WAL archive and its source's archiver.
+async fn one(
+    p: &Policy,
+    rows: Vec<BackupRow>,
+    leases: Vec<crate::catalog::LeaseRow>,
+    c: &Shared<'_>,
+) -> PolicyStatus {
+    let (now, drills, recent, holds) = (c.now, c.drills, c.recent, c.holds);
+    let mut window = None;
+    let mut error = None;
+    if p.backup.method == Method::Physical {
+        let w = async {
+            let repo = crate::repo::open_for(p).await?;
+            crate::wal::archive::window(&*repo, &p.name).await
+        }
+        .await;
+        match w {
+            Ok(w) => window = Some(w),
+            Err(e) => error = Some(format!("cannot read the WAL archive: {e:#}")),
+        }
+    }
+    let newest = window.as_ref().map(|w| {
+        // No range yet (the first base backup's WAL is not archived):
+        // no window, rather than the catalog's guess.
+        let r = w.newest();
+        (r.map(|r| r.start), r.map(|r| r.end))
+    });
+    let mut s = summarize(p, &rows, newest, now);
+    s.leases = leases;
+    if let Some(w) = &window {
+        if let Some(r) = w.newest() {
+            (s.window_start, s.window_end) = {
+                let (a, b) = r.printed();
+                (Some(a), Some(b))
+            };
+            s.last_commit_at = r.last_commit.map(crate::time::parse::rfc3339_exact);
+        }
+        s.windows = Some(w.ranges.iter().map(Into::into).collect());
+        s.wal_gaps = Some(w.gaps.clone());
+        s.archive = Some(match server_archive_health(p).await {
+            Some(h) => h,
+            None => ArchiveHealth {
+                last_archived_wal: w.newest_segment.as_ref().map(|n| n.0.clone()),
+                last_archived_at: w.newest_segment.as_ref().and_then(|n| n.1).map(rfc3339),
+                from: "repository",
+                ..ArchiveHealth::default()
+            },
+        });
+    }
+    // The primary holds each copy's WAL backlog: opened once for all.
+    let primary = match p.backup.method {
+        Method::Physical if !p.copies.is_empty() => crate::repo::open_for(p).await.ok(),
+        _ => None,
+    };
+    for c in &p.copies {
+        let mut cs = copy_status(&c.name, &rows, holds);
+        if let Some(repo) = &primary {
+            let prefix = crate::copy::backlog_prefix(&p.name, &c.name);
+            cs.wal_backlog = repo.list(&prefix).await.ok().map(|l| l.len() as u64);
+        }
+        s.copies.push(cs);
+    }
+    if let Some((last, _)) = drills.get(&p.name) {
+        s.last_drill_at = Some(rfc3339(last.finished_at));
+        s.last_drill_passed = Some(last.passed);
+        s.last_drill_rto_seconds = last.rto_seconds;
+        s.last_drill_rpo_seconds = last.rpo_seconds;
+    }
+    s.drill_trend = recent.get(&p.name).and_then(|d| trend(d));
+    if error.is_some() {
+        s.rpo_seconds = None;
+        s.error = error;
+    }
+    s
 }
 
 #[cfg(test)]

@@ -113,3 +113,34 @@ fn a_broken_policy_file_is_its_own_row_and_hides_no_other() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&beside.display().to_string()), "{text}");
 }
+
+/// Sources that accept a connection and never answer (a hung server, a
+/// black-holed proxy): each is asked within its own bound, and the
+/// policies' sources are asked at once, not one after another: eight took
+/// 40 s when they were, which a status page then waited for.
+#[test]
+fn silent_sources_are_asked_at_once_and_each_within_its_bound() {
+    let (port, _silent) = common::silent_server();
+    let d = Drctl::new();
+    for i in 0..8 {
+        d.write_physical_policy(
+            &format!("p{i}"),
+            &format!("postgres://u@127.0.0.1:{port}/db"),
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let r = d.run(&["status", "--output", "json"]);
+    let took = t0.elapsed();
+    let v = r.json();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 8, "{v}");
+    for s in rows {
+        // Unanswered: what the repository knows, and said to be that.
+        assert_eq!(s["archive"]["from"], "repository", "{s}");
+        assert_eq!(s["archive"]["failing"], serde_json::Value::Null, "{s}");
+    }
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "status over 8 silent sources took {took:?}"
+    );
+}
