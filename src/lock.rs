@@ -35,7 +35,22 @@ pub fn pid_alive(pid: i64) -> bool {
         return false;
     }
     let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !is_zombie(pid)
+}
+
+/// A process that has exited but is not yet reaped answers signal 0, yet
+/// holds nothing: a holder killed with -9 whose parent died too waits for
+/// PID 1 to reap it (seen taking 1.5 s), and its lease must not look held
+/// meanwhile.
+fn is_zombie(pid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": comm may hold spaces and parentheses.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_some_and(|state| state == 'Z' || state == 'X')
 }
 
 /// This host's name, recorded beside a holder's pid.
@@ -245,6 +260,31 @@ pub fn whoami() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_but_unreaped_process_is_not_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i64::from(child.id());
+        assert!(pid_alive(pid));
+        child.kill().unwrap();
+        // Not waited for: a zombie until reaped, which signal 0 still finds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !is_zombie(pid as libc::pid_t) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never became a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, 0) }, 0);
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+        assert!(pid_alive(i64::from(std::process::id())));
+    }
 
     #[test]
     fn a_second_holder_is_refused_with_the_first_named_until_it_lets_go() {
