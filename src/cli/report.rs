@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::report::{self, html, Unreadable};
+use crate::report::{self, html};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,14 +28,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
             "--html - and --output json both write to standard output: give --html a file name",
         ));
     }
-    let (policies, broken) = super::status::select(ctx, &a.policy)?;
-    let unreadable: Vec<Unreadable> = broken
-        .into_iter()
-        .map(|b| Unreadable {
-            policy: b.policy,
-            error: b.error,
-        })
-        .collect();
+    let (policies, unreadable) = super::status::select(ctx, &a.policy)?;
     let catalog = ctx.catalog_for_reading().await?;
     let r = report::collect(&policies, unreadable, &catalog, jiff::Timestamp::now()).await?;
     let unknown = r.policies.iter().any(|p| p.status.error.is_some()) || !r.unreadable.is_empty();

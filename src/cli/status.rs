@@ -17,11 +17,7 @@ pub struct Args {
 }
 
 /// A policy file that does not load: its own row, so it hides no other.
-#[derive(Debug, Serialize)]
-pub(super) struct Broken {
-    pub(super) policy: String,
-    pub(super) error: String,
-}
+pub(super) use crate::report::Unreadable as Broken;
 
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
@@ -80,21 +76,7 @@ pub(super) fn select(
 ) -> Result<(Vec<crate::policy::Policy>, Vec<Broken>)> {
     Ok(if names.is_empty() {
         let (policies, problems) = ctx.read_dir()?;
-        let mut broken: Vec<Broken> = Vec::new();
-        for p in problems {
-            let name = p
-                .file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            match broken.iter_mut().find(|b| b.policy == name) {
-                Some(b) => b.error = format!("{}; {p}", b.error),
-                None => broken.push(Broken {
-                    policy: name,
-                    error: p.to_string(),
-                }),
-            }
-        }
+        let broken = Broken::from_problems(problems);
         (policies, broken)
     } else {
         let mut policies = Vec::new();

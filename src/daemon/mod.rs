@@ -1002,21 +1002,7 @@ async fn gathered(shared: &Shared) -> Result<Arc<Gathered>> {
     }
     let (policies, problems) = crate::policy::load_dir(&shared.policies_dir)?;
     let metrics = crate::daemon::metrics::collect(&policies, &shared.catalog).await?;
-    let mut unreadable: Vec<crate::report::Unreadable> = Vec::new();
-    for p in problems {
-        let name = p
-            .file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match unreadable.iter_mut().find(|u| u.policy == name) {
-            Some(u) => u.error = format!("{}; {p}", u.error),
-            None => unreadable.push(crate::report::Unreadable {
-                policy: name,
-                error: p.to_string(),
-            }),
-        }
-    }
+    let unreadable = crate::report::Unreadable::from_problems(problems);
     let g = Arc::new(Gathered {
         policies,
         unreadable,

@@ -41,6 +41,29 @@ pub struct Unreadable {
     pub error: String,
 }
 
+impl Unreadable {
+    /// One entry per policy file that did not load (`policy::load_dir`'s
+    /// problems), its problems joined: each its own row, hiding no other.
+    pub fn from_problems(problems: Vec<crate::policy::Problem>) -> Vec<Unreadable> {
+        let mut out: Vec<Unreadable> = Vec::new();
+        for p in problems {
+            let name = p
+                .file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match out.iter_mut().find(|u| u.policy == name) {
+                Some(u) => u.error = format!("{}; {p}", u.error),
+                None => out.push(Unreadable {
+                    policy: name,
+                    error: p.to_string(),
+                }),
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyReport {
     pub policy: String,
