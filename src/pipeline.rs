@@ -70,6 +70,22 @@ impl<R: Read> HashReader<R> {
     }
 }
 
+/// A reader that publishes how much it has read, for a progress bar on
+/// another thread.
+struct Published<'a, R> {
+    inner: HashReader<R>,
+    to: &'a std::sync::atomic::AtomicU64,
+}
+
+impl<R: Read> Read for Published<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.to
+            .store(self.inner.n, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -399,38 +415,44 @@ impl Read for ChunkReader {
     }
 }
 
+/// What reads the plain bytes of a precompressed stream on their way to
+/// the hash (a block-delta full records its block map from them).
+pub type Inspect<'a> = &'a mut (dyn FnMut(&mut dyn Read) -> Result<()> + Send);
+
 /// Like `encode`, for a source that is already a zstd stream (a base
 /// backup the server compressed): it is encrypted as it arrives, and a
 /// second thread decompresses it to hash the plain bytes, which also
-/// proves the stream whole before the object is committed.
+/// proves the stream whole before the object is committed. `inspect`, if
+/// any, reads the plain bytes first, on that thread.
 pub fn encode_compressed(
     src: &mut dyn Read,
     dst: Box<dyn ObjectWriter>,
     recipients: &[age::x25519::Recipient],
     progress: &dyn Fn(u64) -> bool,
+    inspect: Option<Inspect<'_>>,
 ) -> Result<Digests> {
     let mut age_w = start_object(dst, recipients)?;
     let plain_n = std::sync::atomic::AtomicU64::new(0);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(16);
     let (plain_bytes, plain_sha256) = std::thread::scope(|s| -> Result<(u64, String)> {
         let plain_n = &plain_n;
-        let plain = s.spawn(move || -> io::Result<(u64, String)> {
+        let plain = s.spawn(move || -> Result<(u64, String)> {
+            let undo = "the server's zstd stream does not decompress";
             let z = zstd::stream::read::Decoder::new(ChunkReader {
                 rx,
                 cur: None,
                 at: 0,
-            })?;
-            let mut r = HashReader::new(z);
-            let mut buf = vec![0u8; BUF];
-            loop {
-                match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => plain_n.store(r.n, std::sync::atomic::Ordering::Relaxed),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+            })
+            .context(undo)?;
+            let mut r = Published {
+                inner: HashReader::new(z),
+                to: plain_n,
+            };
+            if let Some(f) = inspect {
+                f(&mut r)?;
             }
-            Ok(r.finish())
+            io::copy(&mut r, &mut io::sink()).context(undo)?;
+            Ok(r.inner.finish())
         });
         let r = (|| -> Result<()> {
             loop {
@@ -456,7 +478,7 @@ pub fn encode_compressed(
             .join()
             .map_err(|_| anyhow::anyhow!("decompression panicked"))?;
         r?;
-        p.context("the server's zstd stream does not decompress")
+        p
     })?;
     seal_object(age_w, plain_bytes, plain_sha256, &mut || Ok(()))
 }
@@ -958,12 +980,46 @@ mod tests {
             Box::new(Mem(store.clone())),
             &[id.to_public()],
             &|_| true,
+            None,
         )
         .unwrap();
         assert_eq!(d.plain_bytes, data.len() as u64);
         assert_eq!(d.plain_sha256, sha(&data));
         let stored = store.lock().unwrap().clone();
         assert_eq!(decode_all(stored, id, &d), data);
+    }
+
+    #[test]
+    fn an_inspector_of_a_precompressed_source_reads_its_plain_bytes_and_can_refuse_it() {
+        let data = sample(3 * CHUNK + 5);
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        let id = age::x25519::Identity::generate();
+        let store = Arc::new(Mutex::new(Vec::new()));
+        // It may stop early: the rest is still hashed.
+        let mut seen = Vec::new();
+        let d = encode_compressed(
+            &mut &z[..],
+            Box::new(Mem(store.clone())),
+            &[id.to_public()],
+            &|_| true,
+            Some(&mut |r: &mut dyn Read| {
+                r.take(CHUNK as u64 + 1).read_to_end(&mut seen)?;
+                Ok(())
+            }),
+        )
+        .unwrap();
+        assert_eq!(seen, data[..CHUNK + 1]);
+        assert_eq!(d.plain_sha256, sha(&data));
+        assert_eq!(decode_all(store.lock().unwrap().clone(), id, &d), data);
+
+        let r = encode_compressed(
+            &mut &z[..],
+            Box::new(Mem(Arc::new(Mutex::new(Vec::new())))),
+            &[age::x25519::Identity::generate().to_public()],
+            &|_| true,
+            Some(&mut |_: &mut dyn Read| bail!("no block map")),
+        );
+        assert!(format!("{:#}", r.unwrap_err()).contains("no block map"));
     }
 
     #[test]
@@ -978,6 +1034,7 @@ mod tests {
             Box::new(Mem(store)),
             &[id.to_public()],
             &|_| true,
+            None,
         );
         assert!(
             format!("{:#}", r.unwrap_err()).contains("does not decompress"),

@@ -37,7 +37,12 @@ fn policy(d: &Drctl, pg: &PgCluster, backup_extra: &str, keep_last: u32) {
 }
 
 fn cluster(d: &Drctl, major: u32, summarize: bool) -> PgCluster {
-    let mut conf = vec!["archive_mode = on".into(), d.archive_command("inc")];
+    let mut conf = vec![
+        "archive_mode = on".into(),
+        d.archive_command("inc"),
+        // So the server's log says how each base backup was asked for.
+        "log_replication_commands = on".into(),
+    ];
     if major >= 17 {
         conf.push(format!(
             "summarize_wal = {}",
@@ -127,6 +132,28 @@ fn chain_restores_each_point(major: u32) {
     let show = d.run(&["show", ids[2], "--output", "json"]).ok().json();
     assert_eq!(show["parent"], ids[1]);
     assert_eq!(show["manifest"]["kind"], "incremental");
+    // The full is compressed by the server, as every full is; a block
+    // delta (15, 16) reads plain pages, the server's incremental does not.
+    let log = pg.server_log();
+    let asked = |id: &str| {
+        log.lines()
+            .find(|l| l.contains("BASE_BACKUP") && l.contains(&format!("'drctl {id}'")))
+            .unwrap_or_else(|| panic!("no BASE_BACKUP for {id} in the server log:\n{log}"))
+            .to_string()
+    };
+    assert!(
+        asked(ids[0]).contains("COMPRESSION 'zstd'"),
+        "PostgreSQL {major}: the full was not compressed by the server: {}",
+        asked(ids[0])
+    );
+    for id in &ids[1..] {
+        assert_eq!(
+            asked(id).contains("COMPRESSION"),
+            major >= 17,
+            "PostgreSQL {major}: {}",
+            asked(id)
+        );
+    }
     // Each incremental holds the changed blocks, not the table again.
     let (full_bytes, inc_bytes) = (stored(&d, ids[0]), stored(&d, ids[3]));
     assert!(

@@ -417,6 +417,11 @@ fn encode_blocks(
         .map_err(|_| anyhow::anyhow!("the block delta thread panicked"))?
         .context("comparing pages with the parent's block map")?;
     let d = digests?;
+    log_stats(blocks, &stats);
+    Ok(d)
+}
+
+fn log_stats(blocks: &Blocks, stats: &super::delta::Stats) {
     tracing::info!(
         backup = %blocks.id,
         parent = blocks.parent.as_deref().unwrap_or("none"),
@@ -425,7 +430,30 @@ fn encode_blocks(
         stats.pages,
         stats.paged_files
     );
-    Ok(d)
+}
+
+/// A block-delta full the server compressed is stored as it came; its
+/// block map is read from the plain bytes on their way to the hash.
+fn record_blocks(
+    plain: &mut dyn std::io::Read,
+    blocks: &Blocks,
+    root: &str,
+    handle: &tokio::runtime::Handle,
+) -> Result<()> {
+    let stats = super::delta::transform(
+        plain,
+        &mut std::io::sink(),
+        root,
+        &mut |_| Ok(None),
+        &mut |path, hashes| {
+            handle
+                .block_on(blocks.catalog.put_block_map(&blocks.id, path, hashes))
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))
+        },
+    )
+    .context("recording the block map")?;
+    log_stats(blocks, &stats);
+    Ok(())
 }
 
 /// BASE_BACKUP spoken by drctl, each archive (the data directory, then one
@@ -450,8 +478,12 @@ async fn over_replication(
     let written = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let repo2 = repo.clone();
     let written2 = written.clone();
-    // Block deltas read the plain pages: the server does not compress.
-    let on_server = policy.compression.on_server.unwrap_or(true) && blocks.is_none();
+    // A block-delta incremental compares plain pages as they come: the
+    // server does not compress. A full is compressed by the server like
+    // any other, and its block map read from the decompressed copy that
+    // is hashed anyway.
+    let on_server = policy.compression.on_server.unwrap_or(true)
+        && blocks.as_ref().is_none_or(|b| b.parent.is_none());
     let result = tokio::task::spawn_blocking(move || -> Result<Streamed> {
         let (mut bb, server_zstd) = start_base_backup(
             &params,
@@ -490,14 +522,24 @@ async fn over_replication(
             };
             let writer = handle.block_on(repo2.writer(&key))?;
             written2.lock().expect("not poisoned").push(key.clone());
+            // Block maps are keyed by the path in the data directory.
+            let root = match name.strip_prefix("tablespace-") {
+                Some(oid) => format!("pg_tblspc/{oid}/"),
+                None => String::new(),
+            };
             let d = if server_zstd && !h.is_manifest {
-                crate::pipeline::encode_compressed(&mut bb, writer, &recips, &progress)
+                let (root, handle) = (&root, &handle);
+                let mut inspect = blocks
+                    .as_ref()
+                    .map(|b| move |r: &mut dyn std::io::Read| record_blocks(r, b, root, handle));
+                crate::pipeline::encode_compressed(
+                    &mut bb,
+                    writer,
+                    &recips,
+                    &progress,
+                    inspect.as_mut().map(|f| f as crate::pipeline::Inspect<'_>),
+                )
             } else if let (Some(b), false) = (&blocks, h.is_manifest) {
-                // Block maps are keyed by the path in the data directory.
-                let root = match name.strip_prefix("tablespace-") {
-                    Some(oid) => format!("pg_tblspc/{oid}/"),
-                    None => String::new(),
-                };
                 encode_blocks(&mut bb, b, &root, &handle, writer, &opts, &progress)
             } else if h.is_manifest {
                 // Kept as it goes by: the next incremental is taken
