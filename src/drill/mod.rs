@@ -646,7 +646,7 @@ async fn recover(
         .and_then(|u| Conn::new(u, None));
     let promoted = match (launched, &admin) {
         (Ok(()), Ok(admin)) => {
-            crate::restore::physical::wait_promoted(
+            crate::restore::recovery::wait_promoted(
                 admin,
                 || lock().log(),
                 || lock().alive(),
@@ -659,8 +659,8 @@ async fn recover(
     };
     let ended = promoted
         .as_ref()
-        .is_err_and(crate::restore::physical::ended_before_target)
-        || (promoted.is_err() && crate::restore::physical::ended_in_log(&lock().log()));
+        .is_err_and(crate::restore::recovery::ended_before_target)
+        || (promoted.is_err() && crate::restore::recovery::ended_in_log(&lock().log()));
     let scratch = cell.into_inner().unwrap_or_else(|e| e.into_inner());
     if ended {
         recover_to_end(scratch, target_time).await
@@ -742,7 +742,7 @@ async fn recover_to_end(
     if let Err(e) = stopped {
         return (scratch, Err(e));
     }
-    if let Err(e) = crate::restore::physical::recover_to_end(&scratch.data_dir()) {
+    if let Err(e) = crate::restore::recovery::recover_to_end(&scratch.data_dir()) {
         return (scratch, Err(e));
     }
     if let Err(e) = scratch.launch(false).await {
@@ -757,14 +757,14 @@ async fn recover_to_end(
     };
     let cell = std::sync::Mutex::new(scratch);
     let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
-    let r = crate::restore::physical::wait_promoted(
+    let r = crate::restore::recovery::wait_promoted(
         &admin,
         || lock().log(),
         || lock().alive(),
         target_time,
     )
     .await
-    .map(|reached| crate::restore::physical::no_commit_after(target_time, &reached));
+    .map(|reached| crate::restore::recovery::no_commit_after(target_time, &reached));
     (cell.into_inner().unwrap_or_else(|e| e.into_inner()), r)
 }
 

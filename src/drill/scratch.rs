@@ -77,11 +77,6 @@ impl Drop for Scratch {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// uid and gid of the `postgres` user.
 fn postgres_ids() -> Result<(u32, u32)> {
     let name = std::ffi::CString::new("postgres").expect("no NUL");
@@ -159,7 +154,7 @@ pub fn create(major: u32, bindir: Option<&Path>, keep: bool) -> Result<Scratch> 
         child: None,
         keep: false,
         want_keep: keep,
-        ids: if is_root() {
+        ids: if crate::restore::recovery::is_root() {
             Some(postgres_ids()?)
         } else {
             None

@@ -1,5 +1,6 @@
 //! `drctl restore`: dump restores (`dump`) and point-in-time recovery of
-//! physical backups (`physical`), planned by the pure `plan` over the
+//! physical backups (`physical`, its chains in `chain`, its started
+//! server in `recovery`), planned by the pure `plan` over the
 //! repository's inventory. Shared here: what a restore plans and reports
 //! (`Plan`, `Outcome`) and the key check every restore makes before it
 //! touches anything.
@@ -9,6 +10,7 @@ pub mod dump;
 pub mod extract;
 pub mod physical;
 pub mod plan;
+pub mod recovery;
 pub mod toc;
 
 use std::path::PathBuf;
