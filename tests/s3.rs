@@ -320,3 +320,112 @@ fn missing_aws_credentials_are_one_line_saying_so_and_where_drctl_looked() {
     assert!(lines[0].contains("AWS_ACCESS_KEY_ID"), "{stderr}");
     assert!(lines[0].contains("~/.aws/credentials"), "{stderr}");
 }
+
+/// A backup Object Lock keeps keeps its chain: an incremental still locked
+/// keeps the full it was taken on, which retention lets go and which no
+/// lock holds, and prune says why.
+#[test]
+fn a_locked_incremental_keeps_its_unlocked_parent() {
+    let s3 = S3Server::start();
+    s3.create_locked_bucket("locked");
+    let d = Drctl::for_owner();
+    let creds = d.path().join("aws-credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let archive = format!(
+        "archive_command = 'AWS_SHARED_CREDENTIALS_FILE={} AWS_EC2_METADATA_DISABLED=true {} --policies {} wal-push chain %p'",
+        creds.display(),
+        Drctl::bin(),
+        d.path().join("policies").display()
+    );
+    let pg = PgCluster::start_conf(&["archive_mode = on".into(), archive]);
+    let repo = format!(
+        "url = \"s3://locked/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\n",
+        s3.endpoint()
+    );
+    let write = |lock: bool| {
+        d.write_policy_repo("chain", &pg.url("postgres"), &repo, "");
+        let mut text = std::fs::read_to_string(d.path().join("policies/chain.toml"))
+            .unwrap()
+            .replace(
+                "method = \"dump\"",
+                "method = \"physical\"\nincremental = true",
+            )
+            .replace("keep_last = 3", "keep_last = 1");
+        if lock {
+            text = text.replace(
+                "force_path_style = true\n",
+                "force_path_style = true\nobject_lock_days = 1\nobject_lock_mode = \"governance\"\n",
+            );
+        }
+        d.write_policy_text("chain", &text);
+    };
+    // The full is written before the policy locks anything.
+    write(false);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g",
+    );
+    let full = d.backup("chain");
+    let got = s3.head(&format!("/locked/pg/chain/backups/{full}/manifest.json"));
+    assert_eq!(header(&got, "x-amz-object-lock-mode"), None, "{got}");
+    write(true);
+    pg.psql(
+        "postgres",
+        "INSERT INTO t SELECT g FROM generate_series(1001, 2000) g",
+    );
+    let inc = d.run(&["backup", "chain", "--output", "json"]).ok().json();
+    assert_eq!(inc["kind"], "incremental", "{inc:#}");
+    let inc = inc["id"].as_str().unwrap().to_string();
+    let got = s3.head(&format!("/locked/pg/chain/backups/{inc}/manifest.json"));
+    assert_eq!(
+        header(&got, "x-amz-object-lock-mode").as_deref(),
+        Some("GOVERNANCE"),
+        "{got}"
+    );
+    // A newer full: keep_last = 1 keeps only it, the lock keeps the
+    // incremental, and the incremental keeps its parent.
+    d.run(&["backup", "chain", "--full"]).ok();
+    let newest = d.list("chain")[0]["id"].as_str().unwrap().to_string();
+    assert!(newest != full && newest != inc);
+    let why = |out: &serde_json::Value, id: &str| {
+        out.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap_or("").to_string(),
+                    e["reasons"][0].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .unwrap_or_else(|| panic!("{id} not in {out:#}"))
+    };
+    let dry = d
+        .run(&["prune", "chain", "--dry-run", "--output", "json"])
+        .ok()
+        .json();
+    let (action, reason) = why(&dry, &inc);
+    assert_eq!(action, "keep", "{dry:#}");
+    assert!(reason.starts_with("locked until 20"), "{reason}");
+    assert_eq!(
+        why(&dry, &full),
+        ("keep".to_string(), format!("parent of {inc}")),
+        "{dry:#}"
+    );
+    d.run(&["prune", "chain", "--output", "json"]).ok();
+    let listed: Vec<String> = d
+        .list("chain")
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        [&full, &inc, &newest].iter().all(|id| listed.contains(id)),
+        "{listed:?}"
+    );
+    d.run(&["verify", "chain"]).ok();
+}

@@ -181,7 +181,11 @@ fn matrix(major: u32) {
         "PostgreSQL {major} drill: {v:#}"
     );
     assert_eq!(v["passed"], true, "{v:#}");
-    assert_eq!(v["backup_id"], inc.as_str(), "the drill restores the chain: {v:#}");
+    assert_eq!(
+        v["backup_id"],
+        inc.as_str(),
+        "the drill restores the chain: {v:#}"
+    );
 }
 
 #[test]
