@@ -285,21 +285,7 @@ fn point_in_time_restore_and_wal_fetch_fail_over_to_the_copy() {
     let s3 = S3Server::start();
     s3.create_bucket("offsite");
     let d = Drctl::for_owner();
-    // archive_command runs in the server's environment: give it the test
-    // credentials through a file (never on a command line).
-    let creds = d.path().join("aws-credentials");
-    std::fs::write(
-        &creds,
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let archive = format!(
-        "archive_command = 'AWS_SHARED_CREDENTIALS_FILE={} AWS_EC2_METADATA_DISABLED=true {} --policies {} wal-push pitr %p'",
-        creds.display(),
-        Drctl::bin(),
-        d.path().join("policies").display()
-    );
+    let archive = d.s3_archive_command("pitr");
     let pg = PgCluster::start_conf(&["archive_mode = on".into(), archive]);
     d.write_physical_policy("pitr", &pg.url("postgres"));
     add_to_policy(

@@ -329,19 +329,7 @@ fn a_locked_incremental_keeps_its_unlocked_parent() {
     let s3 = S3Server::start();
     s3.create_locked_bucket("locked");
     let d = Drctl::for_owner();
-    let creds = d.path().join("aws-credentials");
-    std::fs::write(
-        &creds,
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let archive = format!(
-        "archive_command = 'AWS_SHARED_CREDENTIALS_FILE={} AWS_EC2_METADATA_DISABLED=true {} --policies {} wal-push chain %p'",
-        creds.display(),
-        Drctl::bin(),
-        d.path().join("policies").display()
-    );
+    let archive = d.s3_archive_command("chain");
     let pg = PgCluster::start_conf(&["archive_mode = on".into(), archive]);
     let repo = format!(
         "url = \"s3://locked/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nforce_path_style = true\n",

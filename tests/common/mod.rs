@@ -699,6 +699,26 @@ level = 3
         std::fs::write(p, text).unwrap();
     }
 
+    /// The postgresql.conf line that archives into `policy` on S3 (the
+    /// loopback server): archive_command runs in the server's environment,
+    /// so the test credentials come through a file, never a command line.
+    pub fn s3_archive_command(&self, policy: &str) -> String {
+        let creds = self.path().join("aws-credentials");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        format!(
+            "archive_command = 'AWS_SHARED_CREDENTIALS_FILE={} AWS_EC2_METADATA_DISABLED=true {} --policies {} wal-push {policy} %p'",
+            creds.display(),
+            Self::bin(),
+            self.path().join("policies").display()
+        )
+    }
+
     /// The postgresql.conf line that archives into `policy`.
     pub fn archive_command(&self, policy: &str) -> String {
         format!(
