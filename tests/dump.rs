@@ -733,3 +733,39 @@ fn max_rate_holds_backup_upload_and_restore_download_to_the_rate() {
         "max_rate 2MiB/s, {stored} bytes stored: want {want:.2}s; backup {slow_backup:.2}s ({free_backup:.2}s free), restore {slow_restore:.2}s ({free_restore:.2}s free)"
     );
 }
+
+/// drctl's own queries run psql itself, never the `psql` on PATH: on
+/// Debian that is pg_wrapper (Perl, ~90 ms a call, and it points a URL
+/// without a port at the local default cluster while pg_dump, run from its
+/// bin folder, does not). A psql first on PATH that only leaves a mark
+/// must never run.
+#[test]
+fn queries_never_run_the_psql_on_path() {
+    let pg = sample_cluster();
+    let d = Drctl::new();
+    d.write_policy("shop", &pg.url("shop"), "");
+    let shim = d.path().join("shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    let mark = d.path().join("ran-the-psql-on-path");
+    std::fs::write(
+        shim.join("psql"),
+        format!("#!/bin/sh\ntouch '{}'\nexit 3\n", mark.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        shim.join("psql"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", shim.display(), common::test_path());
+    for args in [["check", "shop"], ["backup", "shop"]] {
+        let out = d.command(&args).env("PATH", &path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!mark.exists(), "drctl ran the psql first on PATH");
+}

@@ -227,7 +227,7 @@ impl Conn {
     }
 
     fn psql(&self) -> Command {
-        let mut c = self.command("psql");
+        let mut c = self.command(tools::psql());
         c.args([
             "-X",
             "-q",

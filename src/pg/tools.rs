@@ -151,6 +151,36 @@ fn search(program: &str, major: u32, bindir: Option<&Path>, path: &[PathBuf]) ->
     ))
 }
 
+/// psql itself for drctl's own queries. On Debian, `psql` on PATH is
+/// pg_wrapper, a Perl script that takes ~90 ms a call before it runs the
+/// real psql (a backup makes several queries), and that points a URL
+/// without a port at the local default cluster, where pg_dump and the
+/// other tools, run from their bin folders, use libpq's default: the
+/// newest `/usr/lib/postgresql/N/bin/psql` (a newer psql reads older
+/// servers), else `pg_config --bindir`, else PATH.
+pub fn psql() -> &'static Path {
+    static PSQL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PSQL.get_or_init(|| {
+        newest_in(Path::new("/usr/lib/postgresql"), "psql")
+            .or_else(|| find("psql", 0, None).ok())
+            .unwrap_or_else(|| PathBuf::from("psql"))
+    })
+}
+
+/// `root/N/bin/program` of the highest major N that has it.
+fn newest_in(root: &Path, program: &str) -> Option<PathBuf> {
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let n: u32 = e.file_name().to_str()?.parse().ok()?;
+            let p = e.path().join("bin").join(program);
+            is_program(&p).then_some((n, p))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
+}
+
 /// runuser by its full path: util-linux keeps it in /usr/sbin, which a
 /// service's PATH (and cron's) does not have.
 pub fn runuser() -> &'static str {
@@ -195,6 +225,24 @@ fn major_in(text: &str) -> Option<u32> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_newest_major_folder_with_the_program_wins() {
+        let root = tempfile::tempdir().unwrap();
+        for (major, has) in [("15", true), ("17", true), ("18", false), ("x", true)] {
+            let bin = root.path().join(major).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            if has {
+                tool(&bin, "psql", "17.0");
+            }
+        }
+        assert_eq!(
+            newest_in(root.path(), "psql").unwrap(),
+            root.path().join("17/bin/psql")
+        );
+        assert_eq!(newest_in(root.path(), "pg_dump"), None);
+        assert_eq!(newest_in(&root.path().join("none"), "psql"), None);
+    }
 
     fn tool(dir: &Path, name: &str, version: &str) {
         let p = dir.join(name);
