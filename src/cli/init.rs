@@ -130,7 +130,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<ExitCode> {
                 );
             }
         }
-        None if crate::restore::recovery::is_root() && repo_url.starts_with("file://") => {
+        None if crate::pg::tools::is_root() && repo_url.starts_with("file://") => {
             eprintln!(
                 "note: made as root; archive_command runs as the server's OS user, which must own the repository and should run drctl from then on: `drctl init --owner postgres`, or chown -R postgres {}",
                 owned

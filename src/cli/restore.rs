@@ -304,7 +304,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
             );
             println!(
                 "next: a start replays to the same target and stops again; to promote, set recovery_target_action = 'promote' at the end of {dir}/postgresql.auto.conf, then: {}",
-                start_hint(&dir.to_string(), crate::restore::recovery::is_root())
+                start_hint(&dir.to_string(), crate::pg::tools::is_root())
             );
         }
         (Some(r), _) => {
@@ -325,7 +325,7 @@ async fn run_physical(ctx: &Ctx, a: &Args, policy: crate::policy::Policy) -> Res
             );
             println!(
                 "next: {}",
-                start_hint(&dir.to_string(), crate::restore::recovery::is_root())
+                start_hint(&dir.to_string(), crate::pg::tools::is_root())
             );
         }
     }

@@ -483,8 +483,7 @@ fn budgets(policy: &Policy, report: &mut Report) {
 }
 
 fn keep_note(s: &crate::drill::scratch::Scratch, url: &str) -> String {
-    // SAFETY: geteuid has no preconditions.
-    let as_owner = if unsafe { libc::geteuid() } == 0 {
+    let as_owner = if crate::pg::tools::is_root() {
         "runuser -u postgres -- "
     } else {
         ""

@@ -154,7 +154,7 @@ pub fn create(major: u32, bindir: Option<&Path>, keep: bool) -> Result<Scratch> 
         child: None,
         keep: false,
         want_keep: keep,
-        ids: if crate::restore::recovery::is_root() {
+        ids: if crate::pg::tools::is_root() {
             Some(postgres_ids()?)
         } else {
             None
@@ -334,7 +334,7 @@ async fn answers(s: &Scratch) -> bool {
     let psql = if s.bindir.join("psql").is_file() {
         s.bindir.join("psql")
     } else {
-        PathBuf::from("psql")
+        crate::pg::tools::psql().to_path_buf()
     };
     tokio::process::Command::new(psql)
         .args(["-X", "-q", "-w", "-At", "-c", "select 1"])

@@ -181,6 +181,24 @@ fn newest_in(root: &Path, program: &str) -> Option<PathBuf> {
         .map(|(_, p)| p)
 }
 
+/// Whether drctl runs as root (PostgreSQL's programs then run as postgres).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run a PostgreSQL server tool as the cluster owner: `postgres` when we are
+/// root (the server refuses root), else ourselves.
+pub fn owner_command(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new(runuser());
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
 /// runuser by its full path: util-linux keeps it in /usr/sbin, which a
 /// service's PATH (and cron's) does not have.
 pub fn runuser() -> &'static str {

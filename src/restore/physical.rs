@@ -17,13 +17,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use jiff::Timestamp;
 
 use crate::error::usage;
+use crate::pg::tools::{is_root, owner_command};
 use crate::policy::{Method, Policy};
 use crate::repo::inventory;
 use crate::repo::manifest::{Manifest, Tablespace};
 use crate::repo::Repository;
 use crate::restore::extract;
 use crate::restore::plan::{self, Target};
-use crate::restore::recovery::{is_root, owner_command, start_and_wait, AsksForPassword};
+use crate::restore::recovery::{start_and_wait, AsksForPassword};
 use crate::restore::{Outcome, Plan, TablespacePlacement};
 use crate::time::parse::rfc3339;
 use crate::wal;

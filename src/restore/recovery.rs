@@ -8,25 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::pg::tools::owner_command;
 use crate::restore::plan;
 use crate::restore::Plan;
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Run a PostgreSQL server tool as the cluster owner: `postgres` when we are
-/// root (the server refuses root), else ourselves.
-pub(crate) fn owner_command(program: &Path) -> std::process::Command {
-    if is_root() {
-        let mut c = std::process::Command::new(crate::pg::tools::runuser());
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        std::process::Command::new(program)
-    }
-}
 
 /// Start the restored server (archiving off, so it can never write into
 /// the production archive), wait for recovery to finish and promote, and
